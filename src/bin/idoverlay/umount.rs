@@ -1,0 +1,32 @@
+//! `idoverlay umount`: remove an overlay mount, and nothing else.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// Detach now even if busy; the kernel frees it when the last user goes.
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
+    /// Print the result (or the error) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The overlay's mount point.
+    #[arg(value_name = "TARGET")]
+    pub target: PathBuf,
+}
+
+pub fn run(args: UmountArgs) -> Result<()> {
+    idoverlay::unmount_overlay(&args.target, args.lazy)?;
+    Output { json: args.json }.result(json!({
+        "target": args.target.to_string_lossy(),
+        "unmounted": true,
+        "lazy": args.lazy,
+    }));
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! Assemble overlayfs mounts from idmapped layers, without a temporary
+//! mount ever entering a mount tree.
+//!
+//! A container runtime that runs a container in a user namespace must show
+//! the image's layers (files owned by 0, 1000, … on disk) as owned by the
+//! container's host ids (100000, 101000, …). idoverlay clones each layer
+//! with `open_tree(OPEN_TREE_CLONE)`, idmaps the clone with
+//! `mount_setattr(MOUNT_ATTR_IDMAP)` and hands it to overlayfs as a file
+//! descriptor (`fsconfig(FSCONFIG_SET_FD, "lowerdir+")`). On kernels
+//! without detached layer fds it falls back to strategies that still never
+//! put a layer at risk (see [`Strategy`]).
+//!
+//! ```no_run
+//! use idoverlay::{IdMap, Overlay};
+//!
+//! let map: IdMap = "0:100000:65536".parse()?;
+//! let mount = Overlay::new()
+//!     .lower("/var/lib/images/app/layers/3") // top-most first, like lowerdir=
+//!     .lower("/var/lib/images/app/layers/2")
+//!     .lower("/var/lib/images/app/layers/1")
+//!     .upper("/var/lib/containers/c1/upper")
+//!     .work("/var/lib/containers/c1/work")
+//!     .idmap(map.clone(), map)
+//!     .assemble()?;                          // a detached overlay: nothing attached yet
+//! mount.attach("/run/containers/c1/rootfs")?; // or keep mount's fd and attach it elsewhere
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+// Errors are the cold path and carry the syscall, path, kernel messages and
+// hint as plain fields that callers can match on; boxing them to shrink
+// `Result` would buy nothing measurable.
+#![allow(clippy::result_large_err)]
+
+pub mod error;
+pub mod fs_type;
+pub mod idmap;
+pub mod layer;
+pub mod mountinfo;
+pub mod options;
+mod strategy;
+mod sys;
+pub mod userns;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+pub use idmap::{IdMap, IdRange};
+pub use kernel_compat::{Feature, KernelVersion};
+pub use options::OverlayParam;
+pub use strategy::{Strategy, Trace};
+pub use sys::{MountAttrs, SysError};
+pub use userns::UserNamespace;
+
+use layer::MAX_LAYERS;
+use strategy::Request;
+
+/// An idmapped overlay to assemble: layers, upper and work, options, the
+/// user namespace whose maps the layers get, and the strategy.
+///
+/// Built with chained calls, then [`Overlay::assemble`] (a detached mount)
+/// or [`Overlay::mount`] (assembled and attached in one go). Holds no fds
+/// until assembled; one `Overlay` may be assembled many times, from many
+/// threads.
+#[derive(Clone, Default)]
+pub struct Overlay {
+    lowers: Vec<PathBuf>,
+    data_lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+    idmap_upper: bool,
+    params: Vec<OverlayParam>,
+    attrs: MountAttrs,
+    userns: Option<Arc<UserNamespace>>,
+    maps: Option<(IdMap, IdMap)>,
+    strategy: Strategy,
+    trace: Option<Trace>,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("lowers", &self.lowers)
+            .field("data_lowers", &self.data_lowers)
+            .field("upper", &self.upper)
+            .field("work", &self.work)
+            .field("idmap_upper", &self.idmap_upper)
+            .field("params", &self.params)
+            .field("attrs", &self.attrs)
+            .field("userns", &self.userns)
+            .field("maps", &self.maps)
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Overlay {
+    /// An empty description; add at least one lower layer and a user namespace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a lower layer below those already added (the first one added is
+    /// the top-most, as in overlay's `lowerdir=`). Paths must be absolute.
+    pub fn lower(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lowers.push(path.into());
+        self
+    }
+
+    /// Adds several lower layers, top-most first.
+    pub fn lowers<P: Into<PathBuf>>(mut self, paths: impl IntoIterator<Item = P>) -> Self {
+        self.lowers.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds a data-only lower layer (`datadir+`, kernel 6.7+; needs
+    /// `metacopy=on` and redirects in the regular layers).
+    pub fn data_lower(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_lowers.push(path.into());
+        self
+    }
+
+    /// The upper layer, where writes land. Needs [`Overlay::work`] too.
+    pub fn upper(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upper = Some(path.into());
+        self
+    }
+
+    /// The work directory: empty, on the same mount as the upper layer.
+    pub fn work(mut self, path: impl Into<PathBuf>) -> Self {
+        self.work = Some(path.into());
+        self
+    }
+
+    /// Also idmap the upper and work directories (through one clone of a
+    /// directory above both), so that writes land on disk in container ids.
+    /// Off by default: the upper layer is used as it is.
+    pub fn idmap_upper(mut self, on: bool) -> Self {
+        self.idmap_upper = on;
+        self
+    }
+
+    /// Adds an overlay parameter passed to the kernel as is
+    /// (`index`, `redirect_dir`, `metacopy`, `userxattr`, `xino`, `volatile`, …).
+    pub fn param(mut self, key: impl Into<String>, value: Option<&str>) -> Self {
+        self.params.push(OverlayParam {
+            key: key.into(),
+            value: value.map(str::to_string),
+        });
+        self
+    }
+
+    /// Adds options from a mount-style string: mount flags (`ro`, `nosuid`,
+    /// `nodev`, `noexec`, `noatime`, …) become mount attributes, the rest
+    /// are overlay parameters. Layer and map keys are refused here.
+    pub fn options(mut self, options: &str) -> Result<Self> {
+        let (params, attrs) = options::parse_overlay_options(options)?;
+        self.params.extend(params);
+        let merge = |a: bool, b: bool| a || b;
+        self.attrs = MountAttrs {
+            read_only: merge(self.attrs.read_only, attrs.read_only),
+            nosuid: merge(self.attrs.nosuid, attrs.nosuid),
+            nodev: merge(self.attrs.nodev, attrs.nodev),
+            noexec: merge(self.attrs.noexec, attrs.noexec),
+            nosymfollow: merge(self.attrs.nosymfollow, attrs.nosymfollow),
+            noatime: merge(self.attrs.noatime, attrs.noatime),
+            nodiratime: merge(self.attrs.nodiratime, attrs.nodiratime),
+        };
+        Ok(self)
+    }
+
+    /// Sets the overlay mount's attributes (read-only, nosuid, …).
+    pub fn mount_attrs(mut self, attrs: MountAttrs) -> Self {
+        self.attrs = attrs;
+        self
+    }
+
+    /// Makes the overlay read-only (superblock and mount).
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.attrs.read_only = on;
+        self
+    }
+
+    /// Idmaps the layers through this user namespace.
+    pub fn userns(mut self, userns: impl Into<Arc<UserNamespace>>) -> Self {
+        self.userns = Some(userns.into());
+        self.maps = None;
+        self
+    }
+
+    /// Idmaps the layers through a new user namespace with these maps
+    /// (on-disk id → host id), created when the overlay is assembled.
+    pub fn idmap(mut self, uid_map: IdMap, gid_map: IdMap) -> Self {
+        self.maps = Some((uid_map, gid_map));
+        self.userns = None;
+        self
+    }
+
+    /// Chooses the strategy; [`Strategy::Auto`] (the default) asks the kernel.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Receives one line per step taken (strategy, groups, syscalls), for `-v`.
+    pub fn trace(mut self, trace: Trace) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Checks the description's shape before anything is opened.
+    fn check_shape(&self) -> Result<()> {
+        if self.lowers.is_empty() {
+            return Err(Error::invalid(
+                "layers",
+                "(none)",
+                "overlay needs at least one lower layer; give --lower DIR (top-most first)",
+            ));
+        }
+        let count = self.lowers.len() + self.data_lowers.len();
+        if count > MAX_LAYERS {
+            return Err(Error::invalid(
+                "layers",
+                format!("{count} layers"),
+                format!(
+                    "overlayfs stacks at most {MAX_LAYERS} lower and data layers (OVL_MAX_STACK); \
+                     squash some layers or split the image"
+                ),
+            ));
+        }
+        match (&self.upper, &self.work) {
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "upper dir",
+                    self.upper
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "needs a work dir too (--work DIR, empty, on the same mount)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "work dir",
+                    self.work
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "is only used with an upper dir (--upper DIR)",
+                ))
+            }
+            _ => {}
+        }
+        if self.idmap_upper && self.upper.is_none() {
+            return Err(Error::invalid(
+                "--idmap-upper",
+                "on",
+                "needs an upper and a work dir",
+            ));
+        }
+        if self.userns.is_none() && self.maps.is_none() {
+            return Err(Error::invalid(
+                "id map",
+                "(none)",
+                "give --uidmap and --gidmap (e.g. 0:100000:65536) or --userns FILE|PID",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Assembles the overlay and returns it detached: it is in no mount
+    /// tree until [`DetachedMount::attach`] (or the caller's own
+    /// `move_mount`) puts it somewhere. Nothing is changed on disk or in
+    /// any mount table when this fails.
+    pub fn assemble(&self) -> Result<DetachedMount> {
+        self.check_shape()?;
+        if !sys::has_cap_sys_admin() {
+            return Err(Error::Permission {
+                what: "assembling an idmapped overlay".into(),
+                needs: "CAP_SYS_ADMIN".into(),
+                hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
+            });
+        }
+        let owned_userns;
+        let userns: &UserNamespace = match (&self.userns, &self.maps) {
+            (Some(ns), _) => ns,
+            (None, Some((uid, gid))) => {
+                owned_userns = UserNamespace::from_maps(uid, gid)?;
+                &owned_userns
+            }
+            (None, None) => unreachable!("checked by check_shape"),
+        };
+        if self.idmap_upper {
+            strategy::mounter_ids(userns)?;
+        }
+        let req = Request {
+            lowers: &self.lowers,
+            data_lowers: &self.data_lowers,
+            upper: self.upper.as_deref(),
+            work: self.work.as_deref(),
+            idmap_upper: self.idmap_upper,
+            params: &self.params,
+            attrs: self.attrs,
+            userns,
+            trace: self.trace.as_ref(),
+        };
+        let chosen = match self.strategy {
+            Strategy::Auto => Strategy::Detached,
+            other => other,
+        };
+        req.trace(|| format!("strategy {chosen} (asked: {})", self.strategy));
+        let fd = match chosen {
+            Strategy::Detached => strategy::detached::assemble(&req)?,
+            other => {
+                return Err(Error::Unsupported {
+                    what: format!("the {other} strategy"),
+                    needs: "a later idoverlay".into(),
+                    kernel: String::new(),
+                    hint: None,
+                })
+            }
+        };
+        Ok(DetachedMount {
+            fd,
+            strategy: chosen,
+        })
+    }
+
+    /// Assembles the overlay and attaches it at `target` (an existing
+    /// directory, not a symlink).
+    pub fn mount(&self, target: impl AsRef<Path>) -> Result<DetachedMount> {
+        let target = target.as_ref();
+        let target_fd = open_target(target)?;
+        let mount = self.assemble()?;
+        mount.attach_to_fd(target_fd.as_fd(), target)?;
+        Ok(mount)
+    }
+}
+
+/// An assembled overlay, held by its mount fd.
+///
+/// Until attached it lives in an anonymous mount namespace: dropping it
+/// unmounts it. Once attached, dropping only closes the fd.
+#[derive(Debug)]
+pub struct DetachedMount {
+    fd: OwnedFd,
+    strategy: Strategy,
+}
+
+impl DetachedMount {
+    /// The strategy that assembled it (never [`Strategy::Auto`]).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Moves the overlay onto `target`, an existing directory (a symlink is
+    /// refused rather than followed), with `move_mount`.
+    pub fn attach(&self, target: impl AsRef<Path>) -> Result<()> {
+        let target = target.as_ref();
+        let target_fd = open_target(target)?;
+        self.attach_to_fd(target_fd.as_fd(), target)
+    }
+
+    fn attach_to_fd(&self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
+            .map_err(|e| Error::os("attach the overlay at", Some(target), e))
+    }
+
+    /// Gives up ownership of the mount fd, e.g. to `move_mount` it into
+    /// another process's mount namespace.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for DetachedMount {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Opens a mount target: absolute, an existing directory, not a symlink.
+fn open_target(target: &Path) -> Result<OwnedFd> {
+    if !target.is_absolute() {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            "is a relative path; give an absolute path",
+        ));
+    }
+    sys::open_dir_path(sys::cwd(), target).map_err(|e| {
+        let reason = match e.errno {
+            libc::ENOENT => "does not exist; create the directory first".to_string(),
+            libc::ENOTDIR => match sys::stat_nofollow(sys::cwd(), target) {
+                Ok(st) if st.is_symlink() => {
+                    "is a symlink; give the directory it points to".to_string()
+                }
+                Ok(st) => format!("is {}, not a directory", st.kind()),
+                Err(_) => "has a component that is not a directory".to_string(),
+            },
+            _ => format!("cannot be opened ({e})"),
+        };
+        Error::InvalidInput {
+            what: "target".into(),
+            input: error::display_path(target),
+            reason,
+            path: Some(target.to_path_buf()),
+            source: Some(e),
+        }
+    })
+}
+
+/// Unmounts the overlay mounted at `target`, and refuses anything else:
+/// `target` must be the root of an overlay mount. With `lazy`, a busy mount
+/// is detached now and freed by the kernel when its last user goes.
+pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
+    let target = target.as_ref();
+    let fd = open_target(target)?;
+    let stat = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
+    if stat.mount_root == Some(false) {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            "is not a mount point; nothing to unmount",
+        ));
+    }
+    let fs = fs_type::of_fd(fd.as_fd());
+    if fs != "overlay" {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            format!("is a {fs} mount, not an overlay; idoverlay only unmounts overlays"),
+        ));
+    }
+    drop(fd);
+    sys::unmount(target, lazy).map_err(|e| {
+        let err = Error::os("unmount", Some(target), e.clone());
+        if e.errno == libc::EBUSY {
+            err.with_hint(
+                "it is busy (a process has files open or its working directory there); \
+                 stop them, or use --lazy to detach it now and let the kernel free it \
+                 when the last user goes",
+            )
+        } else {
+            err
+        }
+    })
+}
+
+/// Raises this process's soft limit on open files to its hard limit. The
+/// CLI calls it once; a runtime embedding the library decides for itself.
+/// 500 layers need a few hundred fds at once.
+pub fn raise_fd_limit() {
+    sys::raise_fd_limit();
+}

@@ -1,0 +1,156 @@
+//! User namespaces: the object an idmapped mount takes its mapping from.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::idmap::IdMap;
+use crate::sys;
+
+/// A user namespace held open by an fd; the fd alone keeps it alive.
+///
+/// Made from a pair of maps (a short-lived helper process is cloned into a
+/// new user namespace, its maps are written, its namespace opened, and the
+/// helper is killed and reaped before this returns, on every path), or
+/// opened from a namespace file such as `/proc/PID/ns/user`.
+///
+/// ```no_run
+/// use idoverlay::{IdMap, UserNamespace};
+/// let map: IdMap = "0:100000:65536".parse()?;
+/// let ns = UserNamespace::from_maps(&map, &map)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct UserNamespace {
+    fd: OwnedFd,
+    origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Maps { uid: IdMap, gid: IdMap },
+    File(PathBuf),
+}
+
+impl UserNamespace {
+    /// A new user namespace with these maps (on-disk id → host id).
+    pub fn from_maps(uid_map: &IdMap, gid_map: &IdMap) -> Result<Self> {
+        let child = sys::spawn_userns_child().map_err(|e| {
+            let hint = if e.errno == libc::EPERM || e.errno == libc::ENOSPC {
+                "creating a user namespace needs CAP_SYS_ADMIN (or unprivileged user namespaces) and user.max_user_namespaces > 0"
+            } else {
+                "the kernel refused to create a user namespace"
+            };
+            Error::os("create a user namespace", None, e).with_hint(hint)
+        })?;
+        // `child` is killed and reaped when dropped, whichever way we leave.
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.pid()));
+        write_map(&proc_dir.join("uid_map"), uid_map, "--uidmap")?;
+        write_map(&proc_dir.join("gid_map"), gid_map, "--gidmap")?;
+        let ns_path = proc_dir.join("ns/user");
+        let fd = sys::open_read(sys::cwd(), &ns_path)
+            .map_err(|e| Error::os("open the new user namespace", Some(&ns_path), e))?;
+        drop(child);
+        Ok(UserNamespace {
+            fd,
+            origin: Origin::Maps {
+                uid: uid_map.clone(),
+                gid: gid_map.clone(),
+            },
+        })
+    }
+
+    /// The user namespace behind a namespace file, e.g. `/proc/PID/ns/user`
+    /// or a bind-mounted namespace.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let fd = sys::open_read(sys::cwd(), path).map_err(|e| {
+            let reason = match e.errno {
+                libc::ENOENT => "does not exist".to_string(),
+                _ => format!("cannot be opened: {e}"),
+            };
+            Error::InvalidInput {
+                what: "user namespace".into(),
+                input: crate::error::display_path(path),
+                reason: format!("{reason}; give /proc/PID/ns/user of a process in the namespace"),
+                path: Some(path.to_path_buf()),
+                source: Some(e),
+            }
+        })?;
+        match sys::namespace_type(fd.as_fd()) {
+            Ok(t) if t == sys::CLONE_NEWUSER => {}
+            Ok(_) => {
+                return Err(Error::invalid_path(
+                    "user namespace",
+                    path,
+                    "is a namespace, but not a user namespace; give /proc/PID/ns/user",
+                ))
+            }
+            Err(e) => {
+                return Err(Error::InvalidInput {
+                    what: "user namespace".into(),
+                    input: crate::error::display_path(path),
+                    reason: "is not a namespace file; give /proc/PID/ns/user".into(),
+                    path: Some(path.to_path_buf()),
+                    source: Some(e),
+                })
+            }
+        }
+        Ok(UserNamespace {
+            fd,
+            origin: Origin::File(path.to_path_buf()),
+        })
+    }
+
+    /// The user namespace of a running process.
+    pub fn from_pid(pid: u32) -> Result<Self> {
+        Self::open(format!("/proc/{pid}/ns/user"))
+    }
+
+    /// The uid map, when this namespace was made from maps.
+    pub fn uid_map(&self) -> Option<&IdMap> {
+        match &self.origin {
+            Origin::Maps { uid, .. } => Some(uid),
+            Origin::File(_) => None,
+        }
+    }
+
+    /// The gid map, when this namespace was made from maps.
+    pub fn gid_map(&self) -> Option<&IdMap> {
+        match &self.origin {
+            Origin::Maps { gid, .. } => Some(gid),
+            Origin::File(_) => None,
+        }
+    }
+
+    /// A short description: the maps, or the file it was opened from.
+    pub fn describe(&self) -> String {
+        match &self.origin {
+            Origin::Maps { uid, gid } => format!("uidmap {uid}, gidmap {gid}"),
+            Origin::File(path) => format!("user namespace {}", path.display()),
+        }
+    }
+}
+
+impl AsFd for UserNamespace {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn write_map(file: &Path, map: &IdMap, what: &str) -> Result<()> {
+    let fd = sys::open_write(file).map_err(|e| Error::os("open", Some(file), e))?;
+    sys::write_all(fd.as_fd(), map.to_proc_format().as_bytes()).map_err(|e| {
+        let hint = match e.errno {
+            libc::EPERM => "writing a map needs CAP_SETUID/CAP_SETGID over the host ids it names",
+            _ => "the kernel refused the map",
+        };
+        Error::InvalidInput {
+            what: what.into(),
+            input: map.to_string(),
+            reason: format!("{hint} ({e})"),
+            path: None,
+            source: Some(e),
+        }
+    })
+}
