@@ -328,14 +328,23 @@ impl Overlay {
     }
 
     /// Assembles the overlay and attaches it at `target` (an existing
-    /// directory, not a symlink).
-    pub fn mount(&self, target: impl AsRef<Path>) -> Result<DetachedMount> {
+    /// directory, not a symlink). The target is checked before anything is
+    /// assembled.
+    pub fn mount(&self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
         let target_fd = open_target(target)?;
-        let mount = self.assemble()?;
-        mount.attach_to_fd(target_fd.as_fd(), target)?;
-        Ok(mount)
+        self.assemble()?.attach_to_fd(target_fd.as_fd(), target)
     }
+}
+
+/// An overlay attached at its target. Holds no fd: the mount stays until
+/// unmounted (see [`unmount_overlay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounted {
+    /// Where it is attached.
+    pub target: PathBuf,
+    /// The strategy that assembled it (never [`Strategy::Auto`]).
+    pub strategy: Strategy,
 }
 
 /// An assembled overlay, held by its mount fd.
@@ -355,16 +364,22 @@ impl DetachedMount {
     }
 
     /// Moves the overlay onto `target`, an existing directory (a symlink is
-    /// refused rather than followed), with `move_mount`.
-    pub fn attach(&self, target: impl AsRef<Path>) -> Result<()> {
+    /// refused rather than followed), with `move_mount`, and closes the
+    /// mount fd (an open fd would keep the mount busy). When attaching
+    /// fails, the overlay is dropped, which unmounts it.
+    pub fn attach(self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
         let target_fd = open_target(target)?;
         self.attach_to_fd(target_fd.as_fd(), target)
     }
 
-    fn attach_to_fd(&self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<()> {
+    fn attach_to_fd(self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<Mounted> {
         sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
-            .map_err(|e| Error::os("attach the overlay at", Some(target), e))
+            .map_err(|e| Error::os("attach the overlay at", Some(target), e))?;
+        Ok(Mounted {
+            target: target.to_path_buf(),
+            strategy: self.strategy,
+        })
     }
 
     /// Gives up ownership of the mount fd, e.g. to `move_mount` it into
@@ -434,7 +449,19 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         ));
     }
     drop(fd);
-    sys::unmount(target, lazy).map_err(|e| {
+    // EBUSY can be transient: a fork elsewhere in this process briefly holds
+    // a copy of every fd (until its exec closes them), pinning the mount.
+    let mut result = sys::unmount(target, lazy);
+    for delay_ms in [1, 2, 5, 10, 20, 50] {
+        match &result {
+            Err(e) if e.errno == libc::EBUSY => {
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                result = sys::unmount(target, lazy);
+            }
+            _ => break,
+        }
+    }
+    result.map_err(|e| {
         let err = Error::os("unmount", Some(target), e.clone());
         if e.errno == libc::EBUSY {
             err.with_hint(

@@ -298,11 +298,19 @@ impl OverlayContext {
             self.set_flag(c"ro")?;
         }
         sys::fsconfig_create(self.fd.as_fd()).map_err(|e| {
+            let hint = match e.errno {
+                libc::ELOOP => {
+                    "a layer lies inside another layer (or upper/work inside a layer); \
+                     overlay needs separate directory trees"
+                }
+                libc::EBUSY => {
+                    "a layer, upper or work dir is in use by another overlay \
+                     (an upper/work pair serves one mount at a time)"
+                }
+                _ => "the kernel log (dmesg) may say more",
+            };
             self.kernel_error("create the overlay".into(), None, e)
-                .with_hint(
-                    "the kernel log (dmesg) may say more; check the layers exist on filesystems \
-                 that take idmapped mounts",
-                )
+                .with_hint(hint)
         })?;
         let mount = sys::fsmount(self.fd.as_fd(), attrs)
             .map_err(|e| self.kernel_error("mount the overlay".into(), None, e))?;

@@ -162,9 +162,7 @@ fn demo_in(root: &Path, created: &mut Created, json: bool, verbose: bool) -> Res
     created.adopt(&work.join("work"), true);
     created.adopt(&upper.join("etc"), true);
     created.adopt(&upper.join("etc/motd"), false);
-    let mount = overlay.mount(&merged)?;
-    let strategy = mount.strategy();
-    drop(mount);
+    let strategy = overlay.mount(&merged)?.strategy;
     // Whatever the inspection finds, the overlay comes off again.
     let inspected = inspect(&[&l1, &l2, &l3], &merged, &upper);
     idoverlay::unmount_overlay(&merged, false)?;

@@ -113,7 +113,7 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     let mount = overlay.mount(&args.target)?;
     Output { json: args.json }.result(json!({
         "target": args.target.to_string_lossy(),
-        "strategy": mount.strategy().name(),
+        "strategy": mount.strategy.name(),
         "layers": args.lowers.len() + args.data_lowers.len(),
         "upper": args.upper.as_ref().map(|p| p.to_string_lossy()),
         "work": args.work.as_ref().map(|p| p.to_string_lossy()),

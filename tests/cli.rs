@@ -1,0 +1,201 @@
+//! The command line tool, driven as a user would drive it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn three_ext4_layers(s: &Scratch) -> (Vec<PathBuf>, PathBuf, PathBuf, PathBuf) {
+    let dir = s.ext4_dir("e");
+    let layers = make_layers(&dir);
+    let upper = dir.join("upper");
+    let work = dir.join("work");
+    let target = dir.join("rootfs");
+    for d in [&upper, &work, &target] {
+        mkdir(d, 0o755, 0, 0);
+    }
+    (layers.dirs, upper, work, target)
+}
+
+fn mount_args(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Vec<String> {
+    let mut args = vec!["mount".to_string()];
+    for l in layers {
+        args.push("--lower".into());
+        args.push(l.display().to_string());
+    }
+    args.extend([
+        "--upper".into(),
+        upper.display().to_string(),
+        "--work".into(),
+        work.display().to_string(),
+        "--uidmap".into(),
+        "0:100000:65536".into(),
+        "--gidmap".into(),
+        "0:100000:65536".into(),
+        target.display().to_string(),
+    ]);
+    args
+}
+
+#[test]
+fn mount_three_ext4_layers_and_umount() {
+    in_private_ns("cli::mount_three_ext4_layers_and_umount", |s| {
+        let (layers, upper, work, target) = three_ext4_layers(s);
+        let before = mounts();
+        let out = run(idoverlay().args(mount_args(&layers, &upper, &work, &target)));
+        assert!(out.stdout.is_empty(), "silent on success without --json");
+        let added = new_mounts(&before, &mounts());
+        assert_eq!(added.len(), 1, "{added:#?}");
+        assert_eq!(added[0].mount_point, target);
+        assert_eq!(added[0].fs_type, "overlay");
+        assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+        assert_eq!(owner(&target.join("home/app/notes.txt")), (101000, 101000));
+        std::fs::write(target.join("written"), "x").unwrap();
+        assert!(upper.join("written").exists());
+
+        run(idoverlay().arg("umount").arg(&target));
+        assert!(new_mounts(&before, &mounts()).is_empty());
+        assert_eq!(before.len(), mounts().len());
+    });
+}
+
+#[test]
+fn json_output_for_mount_and_umount() {
+    in_private_ns("cli::json_output", |s| {
+        let (layers, upper, work, target) = three_ext4_layers(s);
+        let mut args = mount_args(&layers, &upper, &work, &target);
+        args.insert(1, "--json".into());
+        let out = run(idoverlay().args(&args));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["target"], target.display().to_string());
+        assert_eq!(v["strategy"], "detached");
+        assert_eq!(v["layers"], 3);
+        assert_eq!(v["idmap"]["uidmap"], "0:100000:65536");
+        let out = run(idoverlay().args(["umount", "--json"]).arg(&target));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["unmounted"], true);
+    });
+}
+
+#[test]
+fn five_hundred_layers_mount_and_501_are_refused_in_one_line() {
+    in_private_ns("cli::500_501", |s| {
+        let dir = s.ext4_dir("e");
+        let mut layers = Vec::new();
+        for i in 0..501 {
+            let l = dir.join(format!("{i}"));
+            mkdir(&l, 0o755, 0, 0);
+            write_file(&l.join(format!("f{i}")), "", 0o644, 1000, 1000);
+            layers.push(l);
+        }
+        let target = dir.join("rootfs");
+        mkdir(&target, 0o755, 0, 0);
+        let before = mounts();
+        let args = |n: usize| {
+            let mut a = vec!["mount".to_string()];
+            for l in &layers[..n] {
+                a.push(format!("--lower={}", l.display()));
+            }
+            a.extend([
+                "--uidmap=0:100000:65536".into(),
+                "--gidmap=0:100000:65536".into(),
+            ]);
+            a.push(target.display().to_string());
+            a
+        };
+        let out = idoverlay().args(args(501)).output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("501 layers") && err.contains("at most 500"),
+            "{err}"
+        );
+        assert!(new_mounts(&before, &mounts()).is_empty());
+
+        run(idoverlay().args(args(500)));
+        assert_eq!(owner(&target.join("f499")), (101000, 101000));
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 500);
+        run(idoverlay().arg("umount").arg(&target));
+        assert!(new_mounts(&before, &mounts()).is_empty());
+    });
+}
+
+#[test]
+fn demo_runs_and_leaves_nothing() {
+    in_private_ns("cli::demo", |s| {
+        let base = s.tmpfs_dir("demo-base");
+        let before = mounts();
+        let out = run(idoverlay().arg("demo").arg("--base").arg(&base));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("100000:100000"), "{text}");
+        assert!(text.contains("101000:101000"), "{text}");
+        assert_eq!(
+            std::fs::read_dir(&base).unwrap().count(),
+            0,
+            "demo removed all it made"
+        );
+        assert_eq!(mounts().len(), before.len());
+
+        let out = run(idoverlay().args(["demo", "--json", "--base"]).arg(&base));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["files"][0]["on_disk"]["uid"], 0);
+        assert_eq!(v["files"][0]["through_mount"]["uid"], 100000);
+        assert_eq!(v["write_landed_in_upper"], true);
+        assert_eq!(v["unmounted"], true);
+    });
+}
+
+#[test]
+fn umount_refuses_what_is_not_an_overlay() {
+    in_private_ns("cli::umount_refuses", |s| {
+        let dir = s.tmpfs_dir("plain");
+        let before = mounts();
+        // The scratch tmpfs is a mount, but not an overlay.
+        let out = idoverlay().arg("umount").arg(&s.root).output().unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("not an overlay"), "{}", stderr(&out));
+        let out = idoverlay().arg("umount").arg(&dir).output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not a mount point"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(mounts(), before);
+    });
+}
+
+#[test]
+fn errors_are_one_line_and_json_when_asked() {
+    in_private_ns("cli::errors", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir);
+        let target = dir.join("rootfs");
+        mkdir(&target, 0o755, 0, 0);
+        let l = layers.dirs[0].display().to_string();
+        let t = target.display().to_string();
+        let out = idoverlay()
+            .args([
+                "mount",
+                "--json",
+                "--lower",
+                &l,
+                "--uidmap",
+                "0:100000:0",
+                "--gidmap",
+                "0:100000:1",
+                &t,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--uidmap") && err.contains("size 0"), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["kind"], "invalid_input");
+        assert!(v["error"]["message"].as_str().unwrap().contains("size 0"));
+    });
+}

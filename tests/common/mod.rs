@@ -1,0 +1,274 @@
+//! Shared fixtures for the privileged integration tests.
+//!
+//! Every privileged test body runs on its own thread that first enters a
+//! private mount namespace and makes `/` recursively private there, so no
+//! mount it makes is ever visible to the host. All its files live on a
+//! tmpfs mounted (in that namespace only) over a fresh directory it
+//! created, so nothing needs deleting afterwards: the namespace, the tmpfs
+//! and every loop-mounted image die with the thread, and only the empty
+//! directory is `rmdir`ed.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{chown, symlink, DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Whether the process may mount. Without it, privileged tests skip (with
+/// a line saying why) unless IDOVERLAY_REQUIRE_PRIVILEGED=1 makes a skip a
+/// failure, as in CI.
+pub fn privileged(test: &str) -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has_sys_admin = cap_eff & (1 << 21) != 0;
+    if has_sys_admin {
+        return true;
+    }
+    if std::env::var("IDOVERLAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: needs CAP_SYS_ADMIN, and IDOVERLAY_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: needs CAP_SYS_ADMIN (run as root; set IDOVERLAY_REQUIRE_PRIVILEGED=1 to fail instead)");
+    false
+}
+
+/// Runs `body` on a new thread inside a private mount namespace, with a
+/// scratch directory on a private tmpfs. Returns what `body` returns;
+/// panics in `body` propagate.
+pub fn in_private_ns<T: Send + 'static>(
+    test: &str,
+    body: impl FnOnce(&Scratch) -> T + Send + 'static,
+) -> Option<T> {
+    if !privileged(test) {
+        return None;
+    }
+    let name = test.to_string();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            enter_private_mount_ns();
+            let scratch = Scratch::new(&name);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&scratch)));
+            drop(scratch);
+            match result {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+        .expect("spawn test thread");
+    match handle.join() {
+        Ok(v) => Some(v),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// unshare(CLONE_NEWNS) for this thread, then make everything private.
+pub fn enter_private_mount_ns() {
+    // SAFETY: CLONE_NEWNS (and the CLONE_FS it implies) does not touch the
+    // fd table, which is what makes rustix call unshare unsafe.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .expect("unshare(CLONE_NEWNS)");
+    run(Command::new("mount").args(["--make-rprivate", "/"]));
+}
+
+/// A private tmpfs over a fresh directory; dropped by lazily detaching it
+/// (in this namespace) and removing the then empty directory.
+pub struct Scratch {
+    pub root: PathBuf,
+}
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let base = std::env::temp_dir();
+        let tag: String = test
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let root = (0..1000)
+            .map(|i| base.join(format!("idoverlay-test-{tag}-{}-{i}", std::process::id())))
+            .find(|p| fs::DirBuilder::new().mode(0o700).create(p).is_ok())
+            .expect("create scratch dir");
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0755,size=2g", "idoverlay-test"])
+            .arg(&root));
+        Scratch { root }
+    }
+
+    /// A path inside the scratch area.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A directory for layers on the scratch tmpfs.
+    pub fn tmpfs_dir(&self, rel: &str) -> PathBuf {
+        let p = self.root.join(rel);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// A fresh ext4 filesystem (an image on the scratch tmpfs, loop
+    /// mounted in this namespace) and its mount point.
+    pub fn ext4_dir(&self, rel: &str) -> PathBuf {
+        let image = self.root.join(format!("{rel}.img"));
+        let mnt = self.root.join(rel);
+        fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("truncate").args(["-s", "256M"]).arg(&image));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal"])
+            .arg(&image));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt));
+        mnt
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Lazily detach the tmpfs and everything below it, in this
+        // namespace only; then the directory on the host is empty again.
+        let _ = Command::new("umount").arg("-l").arg(&self.root).status();
+        if let Err(e) = fs::remove_dir(&self.root) {
+            eprintln!("note: could not rmdir {}: {e}", self.root.display());
+        }
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Creates a directory with an owner and mode.
+pub fn mkdir(path: &Path, mode: u32, uid: u32, gid: u32) {
+    fs::create_dir_all(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// Creates a file with contents, owner and mode.
+pub fn write_file(path: &Path, text: &str, mode: u32, uid: u32, gid: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// A small image layer set in `dir`: three layers, top-most first, with
+/// files owned by 0 and by 1000, a symlink, a whiteout and an opaque dir.
+pub struct Layers {
+    pub dirs: Vec<PathBuf>,
+}
+
+pub fn make_layers(dir: &Path) -> Layers {
+    let l1 = dir.join("l1");
+    let l2 = dir.join("l2");
+    let l3 = dir.join("l3");
+    for l in [&l1, &l2, &l3] {
+        mkdir(l, 0o755, 0, 0);
+    }
+    // Bottom layer.
+    write_file(&l1.join("etc/hostname"), "base\n", 0o644, 0, 0);
+    mkdir(&l1.join("home/app"), 0o750, 1000, 1000);
+    write_file(&l1.join("home/app/notes.txt"), "v1\n", 0o640, 1000, 1000);
+    write_file(
+        &l1.join("home/app/deleted-later.txt"),
+        "gone\n",
+        0o640,
+        1000,
+        1000,
+    );
+    mkdir(&l1.join("var/cache"), 0o755, 0, 0);
+    write_file(&l1.join("var/cache/old"), "old\n", 0o644, 0, 0);
+    symlink("../etc/hostname", l1.join("home/hostname-link")).unwrap();
+    // Middle layer: a file owned by 1000 in a root dir, a whiteout and an
+    // opaque directory, as image layers carry them.
+    write_file(&l2.join("bin/tool"), "#!/bin/sh\n", 0o755, 0, 0);
+    write_file(&l2.join("srv/data"), "data\n", 0o600, 1000, 1000);
+    mkdir(&l2.join("home/app"), 0o750, 1000, 1000);
+    run(Command::new("mknod")
+        .arg(l2.join("home/app/deleted-later.txt"))
+        .args(["c", "0", "0"]));
+    mkdir(&l2.join("var/cache"), 0o755, 0, 0);
+    run(Command::new("setfattr")
+        .args(["-n", "trusted.overlay.opaque", "-v", "y"])
+        .arg(l2.join("var/cache")));
+    write_file(&l2.join("var/cache/new"), "new\n", 0o644, 0, 0);
+    // Top layer.
+    mkdir(&l3.join("home/app"), 0o750, 1000, 1000);
+    write_file(&l3.join("home/app/notes.txt"), "v3\n", 0o640, 1000, 1000);
+    Layers {
+        dirs: vec![l3, l2, l1],
+    }
+}
+
+/// `(uid, gid)` of a path, not following a symlink.
+pub fn owner(path: &Path) -> (u32, u32) {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid())
+}
+
+/// This thread's mount table (its own namespace).
+pub fn mounts() -> Vec<idoverlay::mountinfo::MountEntry> {
+    idoverlay::mountinfo::read_self().unwrap()
+}
+
+/// Entries in `after` that are not in `before`, by mount id.
+pub fn new_mounts(
+    before: &[idoverlay::mountinfo::MountEntry],
+    after: &[idoverlay::mountinfo::MountEntry],
+) -> Vec<idoverlay::mountinfo::MountEntry> {
+    after
+        .iter()
+        .filter(|a| !before.iter().any(|b| b.mount_id == a.mount_id))
+        .cloned()
+        .collect()
+}
+
+/// The idoverlay binary built for these tests.
+pub fn idoverlay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_idoverlay"))
+}
+
+/// Children of this process (any thread), from /proc: the userns helper
+/// must never be among them after a call returns.
+pub fn child_processes() -> Vec<u32> {
+    let me = std::process::id();
+    let mut children = Vec::new();
+    if let Ok(tasks) = fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+                children.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    children.retain(|&p| p != me);
+    children
+}
+
+/// Lossy text of a command's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The path's last component as a string.
+pub fn name(path: &Path) -> &str {
+    path.file_name().and_then(OsStr::to_str).unwrap_or("")
+}

@@ -1,0 +1,101 @@
+//! No fd, process or mount left behind, on success and on failure.
+//!
+//! One test function on purpose: it counts this process's fds and child
+//! processes, which other tests running in parallel threads would disturb.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use common::*;
+use idoverlay::{IdMap, Overlay, UserNamespace};
+
+fn fds() -> BTreeSet<i32> {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn no_fd_process_or_mount_left_behind() {
+    in_private_ns("leaks::no_fd_process_or_mount_left_behind", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir);
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        let merged = dir.join("merged");
+        for d in [&upper, &work, &merged] {
+            mkdir(d, 0o755, 0, 0);
+        }
+        let map: IdMap = "0:100000:65536".parse().unwrap();
+        let fds_before = fds();
+        let mounts_before = mounts();
+
+        // User namespaces from maps: the helper is always reaped.
+        for _ in 0..20 {
+            let ns = UserNamespace::from_maps(&map, &map).unwrap();
+            assert!(
+                child_processes().is_empty(),
+                "helper left: {:?}",
+                child_processes()
+            );
+            drop(ns);
+        }
+        // Namespace files that are not user namespaces, or missing.
+        assert!(UserNamespace::open("/proc/self/ns/mnt").is_err());
+        assert!(UserNamespace::open("/nonexistent").is_err());
+        assert_eq!(fds(), fds_before, "fds after userns");
+        assert!(child_processes().is_empty());
+
+        // Successful mounts, attached and detached.
+        for _ in 0..5 {
+            let m = Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .upper(&upper)
+                .work(&work)
+                .idmap(map.clone(), map.clone())
+                .mount(&merged)
+                .unwrap();
+            assert!(child_processes().is_empty());
+            idoverlay::unmount_overlay(&m.target, false).unwrap();
+            let d = Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .idmap(map.clone(), map.clone())
+                .assemble()
+                .unwrap();
+            drop(d);
+        }
+        assert_eq!(fds(), fds_before, "fds after mounts");
+        assert_eq!(mounts(), mounts_before);
+
+        // Failures at every stage: bad layer, bad option, bad target,
+        // nested layers (kernel refuses at create), missing work.
+        let bad: Vec<Overlay> = vec![
+            Overlay::new()
+                .lower("/nonexistent")
+                .idmap(map.clone(), map.clone()),
+            Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .param("no_such_overlay_option", Some("1"))
+                .idmap(map.clone(), map.clone()),
+            Overlay::new()
+                .lower(dir.clone())
+                .lower(layers.dirs[0].clone())
+                .idmap(map.clone(), map.clone()),
+            Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .upper(&upper)
+                .work(dir.join("missing-work"))
+                .idmap(map.clone(), map.clone()),
+        ];
+        for overlay in &bad {
+            assert!(overlay.mount(&merged).is_err(), "{overlay:?} should fail");
+            assert!(overlay.mount(dir.join("no-target")).is_err());
+        }
+        assert_eq!(fds(), fds_before, "fds after failures");
+        assert!(child_processes().is_empty());
+        assert_eq!(mounts(), mounts_before);
+    });
+}
