@@ -286,3 +286,235 @@ suite! {
     detached => Strategy::Detached,
     auto => Strategy::Auto,
 }
+
+/// Runs a shell command as `uid:uid` with no supplementary groups.
+fn as_user(uid: u32, script: &str) {
+    run(std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "sh", "-c", script]));
+}
+
+/// Features that do not depend on the strategy.
+mod features {
+    use super::*;
+    use idoverlay::UserNamespace;
+
+    #[test]
+    fn options_and_mount_flags_reach_the_kernel() {
+        in_private_ns("features::options", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let (upper, work, merged) = (dir.join("u"), dir.join("w"), dir.join("m"));
+            for d in [&upper, &work, &merged] {
+                mkdir(d, 0o755, 0, 0);
+            }
+            let before = mounts();
+            overlay(&layers.dirs, Strategy::Auto)
+                .upper(&upper)
+                .work(&work)
+                .options("index=off,redirect_dir=on,nosuid,nodev,noexec")
+                .unwrap()
+                .mount(&merged)
+                .unwrap();
+            let added = new_mounts(&before, &mounts());
+            assert_eq!(added.len(), 1);
+            let m = &added[0];
+            for flag in ["nosuid", "nodev", "noexec"] {
+                assert!(m.mount_options.split(',').any(|o| o == flag), "{m:?}");
+            }
+            assert!(m.super_options.contains("redirect_dir=on"), "{m:?}");
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+        });
+    }
+
+    #[test]
+    fn unknown_option_surfaces_the_kernel_message() {
+        in_private_ns("features::unknown_option", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let merged = dir.join("m");
+            mkdir(&merged, 0o755, 0, 0);
+            let err = overlay(&layers.dirs, Strategy::Auto)
+                .options("frobnicate=1")
+                .unwrap()
+                .mount(&merged)
+                .unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.kind(), "invalid_input");
+            assert!(text.contains("frobnicate=1"), "{text}");
+            assert!(
+                text.contains("Unknown parameter"),
+                "kernel's own words: {text}"
+            );
+        });
+    }
+
+    #[test]
+    fn read_only_flag() {
+        in_private_ns("features::read_only", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let (upper, work, merged) = (dir.join("u"), dir.join("w"), dir.join("m"));
+            for d in [&upper, &work, &merged] {
+                mkdir(d, 0o755, 0, 0);
+            }
+            overlay(&layers.dirs, Strategy::Auto)
+                .upper(&upper)
+                .work(&work)
+                .read_only(true)
+                .mount(&merged)
+                .unwrap();
+            let err = fs::write(merged.join("x"), "x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+        });
+    }
+
+    #[test]
+    fn data_only_layers_are_not_listed() {
+        in_private_ns("features::data_layers", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let data = dir.join("data");
+            write_file(&data.join("blob"), "payload", 0o644, 1000, 1000);
+            let merged = dir.join("m");
+            mkdir(&merged, 0o755, 0, 0);
+            overlay(&layers.dirs, Strategy::Auto)
+                .data_lower(&data)
+                .options("metacopy=on,redirect_dir=follow")
+                .unwrap()
+                .mount(&merged)
+                .unwrap();
+            assert!(merged.join("etc/hostname").exists());
+            assert!(
+                !merged.join("blob").exists(),
+                "data-only layers are not merged in"
+            );
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+        });
+    }
+
+    #[test]
+    fn idmapped_upper_writes_container_ids_to_disk() {
+        in_private_ns("features::idmap_upper", |s| {
+            let dir = s.ext4_dir("e");
+            let layers = make_layers(&dir);
+            let state = dir.join("c1");
+            let (upper, work, merged) = (state.join("upper"), state.join("work"), dir.join("m"));
+            for d in [&upper, &work, &merged] {
+                mkdir(d, 0o755, 0, 0);
+            }
+            overlay(&layers.dirs, Strategy::Auto)
+                .upper(&upper)
+                .work(&work)
+                .idmap_upper(true)
+                .mount(&merged)
+                .unwrap();
+            // The upper's root shows idmapped too.
+            assert_eq!(owner(&merged), (100000, 100000));
+            // Container root (host 100000) creates a file: on disk it is 0.
+            as_user(100000, &format!("echo x > {}/new-file", merged.display()));
+            assert_eq!(owner(&merged.join("new-file")), (100000, 100000));
+            assert_eq!(
+                owner(&upper.join("new-file")),
+                (0, 0),
+                "on disk in container ids"
+            );
+            // Container user 1000 (host 101000) changes its file: the copy-up
+            // keeps 1000 on disk.
+            as_user(
+                101000,
+                &format!("echo changed > {}/home/app/notes.txt", merged.display()),
+            );
+            assert_eq!(owner(&upper.join("home/app/notes.txt")), (1000, 1000));
+            assert_eq!(
+                fs::read_to_string(upper.join("home/app/notes.txt")).unwrap(),
+                "changed\n"
+            );
+            // Host root has no id on the container's disk: the kernel says so.
+            let err = fs::write(merged.join("from-host-root"), "x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EOVERFLOW));
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+        });
+    }
+
+    #[test]
+    fn userns_from_file_and_pid() {
+        in_private_ns("features::userns_file", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let merged = dir.join("m");
+            mkdir(&merged, 0o755, 0, 0);
+            // A process in a user namespace of its own; its maps (0 → 200000)
+            // are written from here, as a runtime's would be.
+            let mut child = std::process::Command::new("unshare")
+                .args(["--user", "sleep", "30"])
+                .spawn()
+                .unwrap();
+            let ns_file = format!("/proc/{}/ns/user", child.id());
+            let own_ns = fs::read_link("/proc/self/ns/user").unwrap();
+            let mut ns = None;
+            for _ in 0..500 {
+                if fs::read_link(&ns_file).is_ok_and(|l| l != own_ns) {
+                    for map in ["uid_map", "gid_map"] {
+                        fs::write(format!("/proc/{}/{map}", child.id()), "0 200000 65536\n")
+                            .unwrap();
+                    }
+                    ns = Some(UserNamespace::from_pid(child.id()).unwrap());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let ns = ns.expect("child's user namespace with maps");
+            Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .userns(ns)
+                .mount(&merged)
+                .unwrap();
+            assert_eq!(owner(&merged.join("etc/hostname")), (200000, 200000));
+            assert_eq!(owner(&merged.join("home/app")), (201000, 201000));
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+            let again = UserNamespace::open(&ns_file).unwrap();
+            assert!(again.uid_map().is_none());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Not a user namespace: a clear refusal.
+            let err = UserNamespace::open("/proc/self/ns/mnt").unwrap_err();
+            assert!(err.to_string().contains("not a user namespace"), "{err}");
+            let err = UserNamespace::open("/etc/hostname").unwrap_err();
+            assert!(err.to_string().contains("not a namespace file"), "{err}");
+        });
+    }
+
+    #[test]
+    fn concurrent_assemblies_from_many_threads() {
+        in_private_ns("features::concurrent", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let ns = std::sync::Arc::new(UserNamespace::from_maps(&map(), &map()).unwrap());
+            let before = mounts();
+            std::thread::scope(|scope| {
+                for t in 0..8 {
+                    let layers = &layers;
+                    let dir = &dir;
+                    let ns = ns.clone();
+                    scope.spawn(move || {
+                        for i in 0..10 {
+                            let target = dir.join(format!("m-{t}-{i}"));
+                            mkdir(&target, 0o755, 0, 0);
+                            Overlay::new()
+                                .lowers(layers.dirs.iter().cloned())
+                                .userns(ns.clone())
+                                .mount(&target)
+                                .unwrap();
+                            assert_eq!(owner(&target.join("srv/data")), (101000, 101000));
+                            idoverlay::unmount_overlay(&target, false).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(mounts(), before);
+        });
+    }
+}

@@ -223,6 +223,28 @@ mod tests {
         assert!(c > b);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,40}") {
+            let _ = s.parse::<KernelVersion>();
+        }
+
+        #[test]
+        fn numeric_heads_parse_whatever_follows(
+            major in 0u64..100, minor in 0u64..1000, patch in 0u64..1000,
+            suffix in "[-+._a-z0-9]{0,30}",
+        ) {
+            let s = format!("{major}.{minor}.{patch}{suffix}");
+            let v: KernelVersion = s.parse().unwrap();
+            // A suffix starting with digits or a dot may extend the number;
+            // otherwise the head is exactly what we wrote.
+            if !suffix.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+                proptest::prop_assert_eq!((v.major(), v.minor(), v.patch()), (major, minor, patch));
+            }
+            proptest::prop_assert_eq!(v.release(), s.as_str());
+        }
+    }
+
     #[test]
     fn running_kernel_parses() {
         let v = KernelVersion::running().expect("this machine's release string");
