@@ -181,7 +181,8 @@ pub struct Member {
 }
 
 impl Group {
-    fn own(layer: usize) -> Self {
+    /// A group of one layer, cloned through its own fd.
+    pub fn own(layer: usize) -> Self {
         Group {
             root: GroupRoot::Own(layer),
             members: vec![Member {

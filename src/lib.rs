@@ -33,10 +33,12 @@
 
 pub mod error;
 pub mod fs_type;
+pub mod gc;
 pub mod idmap;
 pub mod layer;
 pub mod mountinfo;
 pub mod options;
+pub mod probe;
 mod strategy;
 mod sys;
 pub mod userns;
@@ -76,6 +78,8 @@ pub struct Overlay {
     maps: Option<(IdMap, IdMap)>,
     strategy: Strategy,
     trace: Option<Trace>,
+    pretend_missing: Vec<Feature>,
+    state_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -203,6 +207,22 @@ impl Overlay {
         self
     }
 
+    /// Where `host-staged` keeps its staging (default `/run/idoverlay`):
+    /// created root-owned 0700 if missing, never under a world-writable
+    /// directory.
+    pub fn state_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(path.into());
+        self
+    }
+
+    /// Treats `feature` as missing even if the kernel has it: forces the
+    /// code paths of older kernels (as libpathrs forces ENOSYS), for tests
+    /// and for comparing strategies on one machine.
+    pub fn pretend_missing(mut self, feature: Feature) -> Self {
+        self.pretend_missing.push(feature);
+        self
+    }
+
     /// Receives one line per step taken (strategy, groups, syscalls), for `-v`.
     pub fn trace(mut self, trace: Trace) -> Self {
         self.trace = Some(trace);
@@ -304,26 +324,44 @@ impl Overlay {
             attrs: self.attrs,
             userns,
             trace: self.trace.as_ref(),
+            caps: &probe::ProbeReport::empty(),
         };
-        let chosen = match self.strategy {
-            Strategy::Auto => Strategy::Detached,
-            other => other,
+        let report = probe::cached(self.lowers.first().map(PathBuf::as_path), Some(userns));
+        let report = if self.pretend_missing.is_empty() {
+            report
+        } else {
+            Arc::new(report.with_missing(&self.pretend_missing))
         };
-        req.trace(|| format!("strategy {chosen} (asked: {})", self.strategy));
+        let chosen = choose_strategy(self.strategy, &report)?;
+        req.trace(|| {
+            format!(
+                "strategy {chosen} (asked: {}; kernel {})",
+                self.strategy, report.kernel
+            )
+        });
+        let req = Request {
+            caps: &report,
+            ..req
+        };
+        let mut warnings = Vec::new();
         let fd = match chosen {
             Strategy::Detached => strategy::detached::assemble(&req)?,
-            other => {
-                return Err(Error::Unsupported {
-                    what: format!("the {other} strategy"),
-                    needs: "a later idoverlay".into(),
-                    kernel: String::new(),
-                    hint: None,
-                })
+            Strategy::PrivateNs => strategy::private_ns::assemble(&req)?,
+            Strategy::HostStaged => {
+                let state_dir = self
+                    .state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR));
+                let (fd, left) = strategy::host_staged::assemble(&req, state_dir)?;
+                warnings = left;
+                fd
             }
+            Strategy::Auto => unreachable!("choose_strategy resolves auto"),
         };
         Ok(DetachedMount {
             fd,
             strategy: chosen,
+            warnings,
         })
     }
 
@@ -345,6 +383,8 @@ pub struct Mounted {
     pub target: PathBuf,
     /// The strategy that assembled it (never [`Strategy::Auto`]).
     pub strategy: Strategy,
+    /// See [`DetachedMount::warnings`].
+    pub warnings: Vec<String>,
 }
 
 /// An assembled overlay, held by its mount fd.
@@ -355,6 +395,7 @@ pub struct Mounted {
 pub struct DetachedMount {
     fd: OwnedFd,
     strategy: Strategy,
+    warnings: Vec<String>,
 }
 
 impl DetachedMount {
@@ -379,7 +420,14 @@ impl DetachedMount {
         Ok(Mounted {
             target: target.to_path_buf(),
             strategy: self.strategy,
+            warnings: self.warnings,
         })
+    }
+
+    /// Things that went wrong without spoiling the overlay, e.g. host-staged
+    /// leftovers that `idoverlay gc` will remove.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Gives up ownership of the mount fd, e.g. to `move_mount` it into
@@ -392,6 +440,39 @@ impl DetachedMount {
 impl AsFd for DetachedMount {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// The strategy to run: `auto` resolved from the probe, a forced one
+/// checked against it.
+fn choose_strategy(asked: Strategy, report: &probe::ProbeReport) -> Result<Strategy> {
+    let kernel = report.kernel.clone();
+    if asked == Strategy::Auto {
+        return report.strategy.ok_or_else(|| Error::Unsupported {
+            what: "an idmapped overlay".into(),
+            needs: format!(
+                "kernel 5.19 ({}) and a filesystem that takes idmapped mounts",
+                Feature::OverlayIdmappedLayers
+            ),
+            kernel,
+            hint: Some(report.reason.clone()),
+        });
+    }
+    match report.refuses(asked) {
+        None => Ok(asked),
+        Some((feature, how)) => {
+            let (major, minor) = feature.since();
+            let alternative = match report.strategy {
+                Some(s) => format!("auto would use {s}"),
+                None => format!("nothing works here: {}", report.reason),
+            };
+            Err(Error::Unsupported {
+                what: format!("the {asked} strategy"),
+                needs: format!("kernel {major}.{minor} ({feature})"),
+                kernel,
+                hint: Some(format!("{how}; {alternative}")),
+            })
+        }
     }
 }
 

@@ -9,10 +9,7 @@
 //! Most calls go through rustix; `mount_setattr`, the user-namespace helper's
 //! `clone` and a few ioctls are not in rustix and use `libc` directly.
 
-// Wrappers for the fallback strategies land with them.
-#![allow(dead_code)]
-
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -163,15 +160,6 @@ pub fn errno_description(errno: i32) -> String {
         Some(i) => text[..i].to_string(),
         None => text,
     }
-}
-
-/// A path as a C string; refused (EINVAL) when it holds a NUL byte.
-pub fn c_path(path: &Path) -> SysResult<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| SysError {
-        syscall: "(path)",
-        args: path_arg(path),
-        errno: libc::EINVAL,
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -351,15 +339,6 @@ pub fn fs_magic(fd: BorrowedFd<'_>) -> SysResult<u64> {
     Ok(st.f_type as u64)
 }
 
-/// `readlinkat(dirfd, path)`.
-pub fn read_link(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<std::ffi::OsString> {
-    let target = rustix::fs::readlinkat(dirfd, path, Vec::new())
-        .map_err(fail("readlinkat", || {
-            format!("{}, {}", fd_arg(dirfd), path_arg(path))
-        }))?;
-    Ok(OsStr::from_bytes(target.as_bytes()).to_os_string())
-}
-
 /// The names in a directory (without `.` and `..`), read through a fresh
 /// `openat(fd, ".", O_RDONLY|O_DIRECTORY)` so an `O_PATH` handle works too.
 pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
@@ -405,24 +384,6 @@ pub fn unlink(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
     }))
 }
 
-/// `renameat(old_dirfd, old, new_dirfd, new)`.
-pub fn rename(
-    old_dirfd: BorrowedFd<'_>,
-    old: &Path,
-    new_dirfd: BorrowedFd<'_>,
-    new: &Path,
-) -> SysResult<()> {
-    rustix::fs::renameat(old_dirfd, old, new_dirfd, new).map_err(fail("renameat", || {
-        format!(
-            "{}, {}, {}, {}",
-            fd_arg(old_dirfd),
-            path_arg(old),
-            fd_arg(new_dirfd),
-            path_arg(new)
-        )
-    }))
-}
-
 /// `write(fd, bytes)`, all of it.
 pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
     while !bytes.is_empty() {
@@ -434,21 +395,24 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
-/// `fsync(fd)`.
-pub fn fsync(fd: BorrowedFd<'_>) -> SysResult<()> {
-    rustix::fs::fsync(fd).map_err(fail("fsync", || fd_arg(fd)))
+/// `read(fd)` until end of file.
+pub fn read_all(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail("read", || fd_arg(fd))(e)),
+        }
+    }
 }
 
 /// `fchdir(fd)`: changes the calling thread's working directory. Only call it
 /// on a thread that has its own fs struct (after [`unshare_mount_ns`]).
 pub fn fchdir(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::process::fchdir(fd).map_err(fail("fchdir", || fd_arg(fd)))
-}
-
-/// `fchmod(fd, mode)`.
-pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
-        .map_err(fail("fchmod", || format!("{}, 0{mode:o}", fd_arg(fd))))
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,9 @@ use crate::sys::{self, MountAttrs};
 use crate::userns::UserNamespace;
 
 pub(crate) mod detached;
+pub(crate) mod host_staged;
+pub(crate) mod private_ns;
+pub(crate) mod staged;
 
 /// How to assemble the overlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -94,6 +97,8 @@ pub(crate) struct Request<'a> {
     pub attrs: MountAttrs,
     pub userns: &'a UserNamespace,
     pub trace: Option<&'a Trace>,
+    /// What the kernel can do (from the probe, with pretended gaps).
+    pub caps: &'a crate::probe::ProbeReport,
 }
 
 impl Request<'_> {
@@ -375,23 +380,36 @@ pub(crate) fn idmap_error(dir: &OpenedDir, e: sys::SysError) -> Error {
     Error::os(format!("idmap {}", dir.role.noun()), Some(&dir.path), e).with_hint(hint)
 }
 
-/// CREATE and `fsmount`. overlay records the creating thread's credentials
-/// and does all later upper-layer work with them; with an idmapped upper
-/// those credentials must map through the upper's idmap, so CREATE then
-/// runs on a short-lived thread whose fsuid/fsgid are the host ids of
-/// on-disk root (credentials are per thread: the caller's stay untouched).
+/// CREATE and `fsmount`.
 pub(crate) fn create(ctx: OverlayContext, req: &Request<'_>, has_upper: bool) -> Result<OwnedFd> {
+    let attrs = req.attrs;
+    as_creator(req, has_upper, move || {
+        ctx.create_and_mount(attrs, has_upper)
+    })
+}
+
+/// Runs `make` (the call that creates the overlay's superblock) with the
+/// right credentials. overlay records its creator's credentials and does
+/// all later upper-layer work with them; with an idmapped upper those must
+/// map through the upper's idmap, so `make` then runs on a short-lived
+/// thread whose fsuid/fsgid are the host ids of on-disk root. Credentials
+/// are per thread: the caller's stay untouched. That thread shares the
+/// caller's mount namespace and working directory.
+pub(crate) fn as_creator<T: Send>(
+    req: &Request<'_>,
+    has_upper: bool,
+    make: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     if !(has_upper && req.idmap_upper) {
-        return ctx.create_and_mount(req.attrs, has_upper);
+        return make();
     }
     let (uid, gid) = mounter_ids(req.userns)?;
-    let attrs = req.attrs;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 sys::assume_fs_ids(uid, gid)
                     .map_err(|e| Error::os("switch to the upper layer's owner", None, e))?;
-                ctx.create_and_mount(attrs, true)
+                make()
             })
             .join()
             .unwrap_or_else(|_| {

@@ -1,8 +1,10 @@
 //! `idoverlay`: assemble, remove and inspect idmapped overlay mounts.
 
 mod demo;
+mod gc;
 mod mount;
 mod output;
+mod probe;
 mod umount;
 
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ enum Command {
     Mount(Box<mount::MountArgs>),
     /// Unmount an overlay mounted at TARGET.
     Umount(umount::UmountArgs),
+    /// Finish the cleanup of interrupted host-staged runs.
+    Gc(gc::GcArgs),
+    /// Tell what this kernel can do for idmapped overlays, by asking it.
+    Probe(probe::ProbeArgs),
     /// Build sample layers in a fresh private directory, mount them
     /// idmapped, show the owners on disk and through the mount, clean up.
     Demo(DemoArgs),
@@ -58,6 +64,8 @@ fn main() -> ExitCode {
     let (json, result) = match cli.command {
         Command::Mount(args) => (args.json, mount::run(*args, verbose)),
         Command::Umount(args) => (args.json, umount::run(args)),
+        Command::Probe(args) => (args.json, probe::run(args)),
+        Command::Gc(args) => (args.json, gc::run(args)),
         Command::Demo(args) => (args.json, demo::run(args.base, args.json, verbose)),
     };
     let out = Output { json };

@@ -64,6 +64,13 @@ pub struct MountArgs {
     /// How to assemble: auto, detached, private-ns or host-staged.
     #[arg(long, value_name = "STRATEGY", default_value = "auto")]
     pub strategy: String,
+    /// Where host-staged keeps its staging (root-owned 0700; default /run/idoverlay).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Treat a kernel feature as missing, to force an older kernel's code
+    /// path (for testing fallbacks); see `idoverlay probe` for the names.
+    #[arg(long, value_name = "FEATURE", hide = true)]
+    pub pretend_missing: Vec<idoverlay::Feature>,
     /// Print the result (or the error) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +97,12 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     if args.read_only {
         overlay = overlay.read_only(true);
     }
+    if let Some(dir) = &args.state_dir {
+        overlay = overlay.state_dir(dir);
+    }
+    for f in &args.pretend_missing {
+        overlay = overlay.pretend_missing(*f);
+    }
     let described_maps;
     if let Some(ns) = &args.userns {
         let userns = match ns.parse::<u32>() {
@@ -111,6 +124,9 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     }
     idoverlay::raise_fd_limit();
     let mount = overlay.mount(&args.target)?;
+    for warning in &mount.warnings {
+        eprintln!("idoverlay: warning: {warning}");
+    }
     Output { json: args.json }.result(json!({
         "target": args.target.to_string_lossy(),
         "strategy": mount.strategy.name(),
@@ -118,6 +134,7 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
         "upper": args.upper.as_ref().map(|p| p.to_string_lossy()),
         "work": args.work.as_ref().map(|p| p.to_string_lossy()),
         "idmap": described_maps,
+        "warnings": mount.warnings,
     }));
     Ok(())
 }

@@ -1,0 +1,46 @@
+//! `idoverlay gc`: finish what interrupted host-staged runs left behind.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// The state directory host-staged used.
+    #[arg(long, value_name = "DIR", default_value = idoverlay::gc::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: GcArgs) -> Result<()> {
+    let report = idoverlay::gc::collect(&args.state_dir)?;
+    if args.json {
+        Output { json: true }.result(serde_json::to_value(&report)?);
+    } else {
+        if report.staging.is_empty() {
+            println!("{}: nothing to clean up", args.state_dir.display());
+        }
+        for s in &report.staging {
+            for d in &s.detached {
+                println!("detached {}", d.display());
+            }
+            match (&s.removed, &s.kept_because) {
+                (true, _) => println!("removed  {}", s.path.display()),
+                (false, Some(why)) => println!("kept     {}: {why}", s.path.display()),
+                (false, None) => println!("kept     {}", s.path.display()),
+            }
+        }
+    }
+    if !report.clean() {
+        bail!(
+            "some staging in {} could not be cleaned up (see above); nothing in use was removed",
+            args.state_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `idoverlay probe`: what this kernel can do, asked live.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use idoverlay::probe::{probe, FeatureResult};
+use idoverlay::Feature;
+
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay probe
+  idoverlay probe --path /var/lib/containerd --json")]
+pub struct ProbeArgs {
+    /// Also check whether this directory's filesystem takes idmapped mounts
+    /// (it is only cloned, never written); repeat as needed.
+    #[arg(long = "path", value_name = "DIR")]
+    pub paths: Vec<PathBuf>,
+    /// Print one JSON object (schema in docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn observed(r: &FeatureResult) -> String {
+    match (r.observed, r.errno) {
+        (Some(true), _) => "yes".into(),
+        (Some(false), Some(errno)) => format!("no ({errno})"),
+        (Some(false), None) => "no".into(),
+        (None, _) => "-".into(),
+    }
+}
+
+pub fn run(args: ProbeArgs) -> Result<()> {
+    let report = probe(&args.paths, None);
+    let disagreements: Vec<&str> = report.disagreements().iter().map(|f| f.name()).collect();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["disagreements"] = json!(disagreements);
+        Output { json: true }.result(value);
+        return Ok(());
+    }
+    println!("kernel {}", report.kernel);
+    println!();
+    println!(
+        "  {:<25} {:<9} {:<12} note",
+        "feature", "expected", "observed"
+    );
+    for feature in Feature::ALL {
+        let r = report.feature(feature);
+        let mut note = r.note.clone().unwrap_or_default();
+        if r.disagrees() {
+            note = format!(
+                "DISAGREES with the version table (needs {}.{}) {note}",
+                feature.since().0,
+                feature.since().1
+            );
+        }
+        println!(
+            "  {:<25} {:<9} {:<12} {}",
+            feature.name(),
+            yes_no(r.expected),
+            observed(r),
+            note.trim()
+        );
+    }
+    if !report.paths.is_empty() {
+        println!();
+        println!("  {:<30} {:<10} {:<12} expected", "path", "fs", "idmap");
+        for p in &report.paths {
+            let idmap = match (p.idmap, p.errno) {
+                (Some(true), _) => "yes".to_string(),
+                (Some(false), Some(e)) => format!("no ({e})"),
+                (Some(false), None) => "no".to_string(),
+                (None, _) => p.note.clone().unwrap_or_else(|| "-".into()),
+            };
+            println!(
+                "  {:<30} {:<10} {:<12} {}",
+                p.path.display(),
+                p.fs_type,
+                idmap,
+                yes_no(p.idmap_expected)
+            );
+        }
+    }
+    println!();
+    match report.strategy {
+        Some(s) => println!(
+            "auto would use: {s}{}",
+            if report.guess { " (a guess)" } else { "" }
+        ),
+        None => println!("auto would use: nothing works here"),
+    }
+    println!("  {}", report.reason);
+    if !disagreements.is_empty() {
+        println!();
+        println!(
+            "disagreements with the version table: {}",
+            disagreements.join(", ")
+        );
+    }
+    Ok(())
+}

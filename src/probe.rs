@@ -1,0 +1,706 @@
+//! Asking the running kernel what it can do, by trying each operation for
+//! real on scratch directories nobody else can see.
+//!
+//! Everything happens on a short-lived thread that first unshares its mount
+//! namespace and makes `/` recursively private there; the scratch area is
+//! a tmpfs created with `fsmount` and attached only in that namespace. A
+//! directory the user names (`--path`) is only cloned and idmapped, never
+//! written. When the thread ends, its namespace, the tmpfs and every mount
+//! made there go with it; the user namespace helper is reaped before the
+//! probe returns. Nothing is left behind: no mount, file, process or fd.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kernel_compat::{idmap_expected, Feature, KernelVersion};
+use serde::Serialize;
+
+use crate::idmap::IdMap;
+use crate::strategy::Strategy;
+use crate::sys::{self, MountAttrs, SysError};
+use crate::userns::UserNamespace;
+
+/// What the probe found for one feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureResult {
+    /// Whether a mainline kernel of this version has it (for idmap
+    /// features: on the filesystem it was probed on).
+    pub expected: bool,
+    /// Whether it worked here; `None` when it could not be probed.
+    pub observed: Option<bool>,
+    /// The errno of the failed attempt (`EINVAL`), when it failed.
+    pub errno: Option<&'static str>,
+    /// Why it was not probed, or what it was probed on.
+    pub note: Option<String>,
+}
+
+impl FeatureResult {
+    /// Expected and observed are both known and differ.
+    pub fn disagrees(&self) -> bool {
+        self.observed.is_some_and(|o| o != self.expected)
+    }
+}
+
+/// What the probe found for a directory the user named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathResult {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its filesystem type (`ext4`, `tmpfs`, …).
+    pub fs_type: String,
+    /// Whether a clone of it took an idmap; `None` when not probed.
+    pub idmap: Option<bool>,
+    /// Whether a mainline kernel of this version idmaps this filesystem.
+    pub idmap_expected: bool,
+    /// The errno of the failed attempt.
+    pub errno: Option<&'static str>,
+    /// Why it was not probed, when it was not.
+    pub note: Option<String>,
+}
+
+/// The whole answer: kernel, features, paths, and the strategy `auto`
+/// would choose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeReport {
+    /// The kernel release string (`uname -r`).
+    pub kernel: String,
+    /// Per feature, by its stable name.
+    pub features: BTreeMap<&'static str, FeatureResult>,
+    /// Per `--path`.
+    pub paths: Vec<PathResult>,
+    /// What `auto` would choose; `None` when no strategy can work.
+    pub strategy: Option<Strategy>,
+    /// Why that strategy (or none).
+    pub reason: String,
+    /// True when the strategy comes from the version table because the
+    /// live probe could not run (no CAP_SYS_ADMIN).
+    pub guess: bool,
+}
+
+impl ProbeReport {
+    /// A report with nothing observed (a placeholder before probing).
+    pub(crate) fn empty() -> ProbeReport {
+        ProbeReport {
+            kernel: String::new(),
+            features: BTreeMap::new(),
+            paths: Vec::new(),
+            strategy: None,
+            reason: String::new(),
+            guess: true,
+        }
+    }
+
+    /// Whether the feature was observed to work.
+    pub fn observed(&self, feature: Feature) -> bool {
+        self.features
+            .get(feature.name())
+            .and_then(|r| r.observed)
+            .unwrap_or(false)
+    }
+
+    /// The result for one feature.
+    pub fn feature(&self, feature: Feature) -> &FeatureResult {
+        &self.features[feature.name()]
+    }
+
+    /// The same report with these features marked as missing, and the
+    /// strategy chosen again: how tests force the fallback code paths that
+    /// this kernel would not take on its own.
+    pub fn with_missing(&self, missing: &[Feature]) -> ProbeReport {
+        let mut report = self.clone();
+        for f in missing {
+            if let Some(r) = report.features.get_mut(f.name()) {
+                r.observed = Some(false);
+                r.errno = None;
+                r.note = Some("pretended missing".into());
+            }
+        }
+        let version: Option<KernelVersion> = report.kernel.parse().ok();
+        let (strategy, reason) = choose(&report, version.as_ref());
+        report.strategy = strategy;
+        report.reason = reason;
+        report
+    }
+
+    /// Why `strategy` cannot run here, or `None` when it can.
+    pub fn refuses(&self, strategy: Strategy) -> Option<(Feature, String)> {
+        use Feature::*;
+        let needs: &[Feature] = match strategy {
+            Strategy::Auto => return None,
+            Strategy::Detached => &[OverlayDetachedLayers],
+            Strategy::PrivateNs => &[PrivateMountNs, OverlayIdmappedLayers],
+            Strategy::HostStaged => &[OverlayIdmappedLayers],
+        };
+        needs.iter().find(|f| !self.observed(**f)).map(|f| {
+            let r = self.feature(*f);
+            let how = match (r.observed, r.errno, &r.note) {
+                (Some(false), Some(e), _) => format!("the kernel refused it ({e})"),
+                (_, _, Some(note)) => note.clone(),
+                _ => "not observed".into(),
+            };
+            (*f, how)
+        })
+    }
+
+    /// Features where the kernel disagrees with the version table.
+    pub fn disagreements(&self) -> Vec<Feature> {
+        Feature::ALL
+            .into_iter()
+            .filter(|f| self.feature(*f).disagrees())
+            .collect()
+    }
+}
+
+impl Serialize for Strategy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Probes the running kernel: each feature on a scratch tmpfs, and whether
+/// each of `paths` takes idmapped mounts. `userns` is used for the idmaps
+/// when given; otherwise one is made (map `0:100000:65536`) and dropped.
+///
+/// ```no_run
+/// let report = idoverlay::probe::probe(&[], None);
+/// println!("auto would use {:?}: {}", report.strategy, report.reason);
+/// ```
+pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string());
+    let version: Option<KernelVersion> = release.parse().ok();
+    let mut observed: BTreeMap<Feature, Observation> = BTreeMap::new();
+    let mut path_results: Vec<PathResult> = paths
+        .iter()
+        .map(|p| PathResult {
+            path: p.clone(),
+            fs_type: "unknown".into(),
+            idmap: None,
+            idmap_expected: false,
+            errno: None,
+            note: None,
+        })
+        .collect();
+    let privileged = sys::has_cap_sys_admin();
+    let mut idmap_fs = "tmpfs".to_string();
+    if privileged {
+        let live = std::thread::scope(|scope| {
+            scope
+                .spawn(|| Live::run(paths, userns))
+                .join()
+                .unwrap_or_default()
+        });
+        observed = live.features;
+        idmap_fs = live.idmap_fs;
+        for (result, (fs, outcome)) in path_results.iter_mut().zip(live.paths) {
+            result.fs_type = fs;
+            match outcome {
+                Observation::Works => result.idmap = Some(true),
+                Observation::Fails(e) => {
+                    result.idmap = Some(false);
+                    result.errno = Some(sys::errno_name(e));
+                }
+                Observation::NotProbed(why) => result.note = Some(why),
+            }
+        }
+    } else {
+        for r in &mut path_results {
+            r.note = Some("not probed: needs CAP_SYS_ADMIN".into());
+        }
+    }
+    for r in &mut path_results {
+        r.idmap_expected = version
+            .as_ref()
+            .is_some_and(|v| idmap_expected(v, &r.fs_type));
+    }
+
+    let mut features = BTreeMap::new();
+    for feature in Feature::ALL {
+        let expected = match &version {
+            None => false,
+            Some(v) if feature == Feature::MountSetattrIdmap => idmap_expected(v, &idmap_fs),
+            Some(v) => feature.expected_on(v),
+        };
+        let (observed, errno, note) = match observed.remove(&feature) {
+            Some(Observation::Works) => (Some(true), None, None),
+            Some(Observation::Fails(e)) => (Some(false), Some(sys::errno_name(e)), None),
+            Some(Observation::NotProbed(why)) => (None, None, Some(why)),
+            None if !privileged => (None, None, Some("not probed: needs CAP_SYS_ADMIN".into())),
+            None => (None, None, Some("not probed".into())),
+        };
+        let note = match (feature, &observed) {
+            (Feature::MountSetattrIdmap, Some(_)) => Some(format!("probed on {idmap_fs}")),
+            _ => note,
+        };
+        features.insert(
+            feature.name(),
+            FeatureResult {
+                expected,
+                observed,
+                errno,
+                note,
+            },
+        );
+    }
+    let mut report = ProbeReport {
+        kernel: release,
+        features,
+        paths: path_results,
+        strategy: None,
+        reason: String::new(),
+        guess: !privileged,
+    };
+    let (strategy, reason) = choose(&report, version.as_ref());
+    report.strategy = strategy;
+    report.reason = reason;
+    report
+}
+
+/// The probe run once per process and per filesystem type of the layers
+/// (what `Strategy::Auto` uses): the kernel cannot change under a running
+/// process, and a probe costs a few milliseconds.
+pub fn cached(layer: Option<&Path>, userns: Option<&UserNamespace>) -> Arc<ProbeReport> {
+    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ProbeReport>>>> = OnceLock::new();
+    let fs_type = layer
+        .and_then(|p| sys::open_dir_path(sys::cwd(), p).ok())
+        .map(|fd| crate::fs_type::of_fd(fd.as_fd()))
+        .unwrap_or_default();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(report) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&fs_type)
+    {
+        return report.clone();
+    }
+    let paths: Vec<PathBuf> = layer.map(Path::to_path_buf).into_iter().collect();
+    let report = Arc::new(probe(&paths, userns));
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(fs_type, report.clone());
+    report
+}
+
+/// The strategy `auto` picks from a report, and why.
+fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Strategy>, String) {
+    use Feature::*;
+    let kernel = &report.kernel;
+    if report.guess {
+        // No live answer: the version table, labelled as a guess.
+        let Some(v) = version else {
+            return (
+                None,
+                format!("not probed (needs CAP_SYS_ADMIN) and kernel {kernel:?} is not a version"),
+            );
+        };
+        let (strategy, why) = if OverlayDetachedLayers.expected_on(v) {
+            (Some(Strategy::Detached), "6.15+ takes detached layer fds")
+        } else if OverlayIdmappedLayers.expected_on(v) {
+            (
+                Some(Strategy::PrivateNs),
+                "5.19+ takes idmapped layers attached in a private namespace",
+            )
+        } else {
+            (None, "idmapped overlays need 5.19")
+        };
+        return (
+            strategy,
+            format!(
+                "guess from the version table ({kernel}): {why}; not probed (needs CAP_SYS_ADMIN)"
+            ),
+        );
+    }
+    let idmap_any =
+        report.observed(MountSetattrIdmap) || report.paths.iter().any(|p| p.idmap == Some(true));
+    if !idmap_any {
+        let why = match report.feature(MountSetattrIdmap).errno {
+            Some("ENOSYS") => "this kernel has no mount_setattr (idmapped mounts need 5.12, idmapped overlay layers 5.19)".to_string(),
+            _ if report.paths.is_empty() => "no probed filesystem takes idmapped mounts (tmpfs needs 6.3); probe again with --path DIR on the layers' filesystem".to_string(),
+            _ => "none of the probed filesystems takes idmapped mounts".to_string(),
+        };
+        return (None, why);
+    }
+    if report.observed(OverlayDetachedLayers) {
+        return (
+            Some(Strategy::Detached),
+            "overlay takes detached idmapped clones as fds (overlay_detached_layers): no temporary mount anywhere".into(),
+        );
+    }
+    if report.observed(OverlayIdmappedLayers) {
+        if report.observed(PrivateMountNs) {
+            return (
+                Some(Strategy::PrivateNs),
+                "no detached layer fds (6.15), but idmapped layers attached in a thread's private mount namespace work".into(),
+            );
+        }
+        return (
+            Some(Strategy::HostStaged),
+            "no detached layer fds and no private mount namespace: idmapped layers staged in a root-only directory".into(),
+        );
+    }
+    let feature = report.feature(OverlayIdmappedLayers);
+    match feature.observed {
+        None => (
+            None,
+            format!(
+                "overlay over idmapped layers could not be probed ({}); give --path DIR on the layers' filesystem",
+                feature.note.clone().unwrap_or_default()
+            ),
+        ),
+        _ => (
+            None,
+            format!(
+                "overlay refuses idmapped layers here ({}); that needs kernel 5.19",
+                feature.errno.unwrap_or("error")
+            ),
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Observation {
+    Works,
+    Fails(i32),
+    NotProbed(String),
+}
+
+impl<T> From<Result<T, SysError>> for Observation {
+    fn from(r: Result<T, SysError>) -> Self {
+        match r {
+            Ok(_) => Observation::Works,
+            Err(e) => Observation::Fails(e.errno),
+        }
+    }
+}
+
+/// The live probe, run on its own thread.
+#[derive(Default)]
+struct Live {
+    features: BTreeMap<Feature, Observation>,
+    /// Per path: its filesystem type and whether it took an idmap.
+    paths: Vec<(String, Observation)>,
+    /// The filesystem the idmap features were observed on.
+    idmap_fs: String,
+}
+
+/// Two scratch lower layers (and an upper/work pair) inside the scratch tmpfs.
+const SCRATCH_DIRS: [&str; 4] = ["l0", "l1", "a0", "a1"];
+
+impl Live {
+    fn run(paths: &[PathBuf], userns: Option<&UserNamespace>) -> Live {
+        use Feature::*;
+        let mut live = Live {
+            idmap_fs: "tmpfs".into(),
+            ..Live::default()
+        };
+        // A user namespace for the idmaps, made first: once the scratch
+        // tmpfs covers "/", this thread counts as chrooted and the kernel
+        // refuses to create user namespaces from it.
+        let owned_userns;
+        let userns = match userns {
+            Some(ns) => Ok(ns),
+            None => {
+                let map: IdMap = "0:100000:65536".parse().expect("valid map");
+                owned_userns = UserNamespace::from_maps(&map, &map);
+                owned_userns
+                    .as_ref()
+                    .map_err(|e| e.errno().unwrap_or(libc::EPERM))
+            }
+        };
+
+        // A private mount namespace for this thread; without one, the
+        // probes that must attach something are skipped.
+        let private_ns: Observation = sys::unshare_mount_ns()
+            .and_then(|()| sys::make_private_recursive(Path::new("/")))
+            .into();
+        let in_private_ns = matches!(private_ns, Observation::Works);
+        live.features.insert(PrivateMountNs, private_ns);
+
+        // The scratch tmpfs, detached (new mount API).
+        let scratch = match scratch_tmpfs() {
+            Ok(fd) => fd,
+            Err(e) => {
+                live.features
+                    .insert(NewMountApi, Observation::Fails(e.errno));
+                let why = format!("not probed: no scratch tmpfs ({})", e.errno_name());
+                for f in Feature::ALL {
+                    live.features
+                        .entry(f)
+                        .or_insert_with(|| Observation::NotProbed(why.clone()));
+                }
+                live.paths = paths
+                    .iter()
+                    .map(|_| ("unknown".into(), Observation::NotProbed(why.clone())))
+                    .collect();
+                return live;
+            }
+        };
+        let mut api: Observation = sys::clone_mount(scratch.as_fd(), Path::new("")).into();
+        let attached = in_private_ns && {
+            // Attach the scratch tmpfs over "/" of this private namespace:
+            // every directory name then resolves relative to our cwd inside
+            // it, while absolute paths still start at the old root.
+            let r = sys::move_mount(scratch.as_fd(), sys::cwd(), Path::new("/"))
+                .and_then(|()| sys::fchdir(scratch.as_fd()));
+            if let (Observation::Works, Err(e)) = (&api, &r) {
+                api = Observation::Fails(e.errno);
+            }
+            r.is_ok()
+        };
+        live.features.insert(NewMountApi, api);
+
+        // Per path: does a clone take an idmap? (Never written to.)
+        let mut idmap_paths: Vec<&Path> = Vec::new();
+        for path in paths {
+            let entry = match sys::open_dir_path(sys::cwd(), path) {
+                Err(e) => (
+                    "unknown".into(),
+                    Observation::NotProbed(format!("cannot open: {}", e.errno_name())),
+                ),
+                Ok(fd) => {
+                    let fs = crate::fs_type::of_fd(fd.as_fd());
+                    let outcome = match &userns {
+                        Err(errno) => Observation::NotProbed(format!(
+                            "no user namespace ({})",
+                            sys::errno_name(*errno)
+                        )),
+                        Ok(ns) => idmapped_clone(fd.as_fd(), Path::new(""), ns.as_fd()).into(),
+                    };
+                    if matches!(outcome, Observation::Works) {
+                        idmap_paths.push(path);
+                    }
+                    (fs, outcome)
+                }
+            };
+            live.paths.push(entry);
+        }
+
+        for dir in SCRATCH_DIRS {
+            if let Err(e) = sys::mkdir(scratch.as_fd(), Path::new(dir), 0o755) {
+                let why = format!("not probed: scratch mkdir failed ({})", e.errno_name());
+                for f in Feature::ALL {
+                    live.features
+                        .entry(f)
+                        .or_insert_with(|| Observation::NotProbed(why.clone()));
+                }
+                return live;
+            }
+        }
+
+        // Idmap on the scratch tmpfs; failing that, on a named path.
+        let userns_fd = match &userns {
+            Ok(ns) => Some(ns.as_fd()),
+            Err(errno) => {
+                live.features.insert(
+                    MountSetattrIdmap,
+                    Observation::NotProbed(format!(
+                        "no user namespace ({})",
+                        sys::errno_name(*errno)
+                    )),
+                );
+                None
+            }
+        };
+        // Where the idmapped layer of the attached-layer probe comes from:
+        // the scratch tmpfs, or else a named path (cloned, never written).
+        let path_fd: Option<OwnedFd> = idmap_paths
+            .first()
+            .and_then(|p| sys::open_dir_path(sys::cwd(), p).ok());
+        let mut tmpfs_idmap = false;
+        let mut idmap_source: Option<(BorrowedFd<'_>, &str)> = None;
+        if let Some(ns) = userns_fd {
+            let on_tmpfs: Observation = idmapped_clone(scratch.as_fd(), Path::new("l0"), ns).into();
+            match (&on_tmpfs, &path_fd) {
+                (Observation::Works, _) => {
+                    tmpfs_idmap = true;
+                    idmap_source = Some((scratch.as_fd(), "l0"));
+                    live.features.insert(MountSetattrIdmap, on_tmpfs);
+                }
+                (_, Some(fd)) => {
+                    live.idmap_fs = crate::fs_type::of_fd(fd.as_fd());
+                    idmap_source = Some((fd.as_fd(), ""));
+                    live.features.insert(MountSetattrIdmap, Observation::Works);
+                }
+                _ => {
+                    live.features.insert(MountSetattrIdmap, on_tmpfs);
+                }
+            }
+        }
+        let no_idmap_why = match live.features.get(&MountSetattrIdmap) {
+            Some(Observation::Fails(e)) => format!(
+                "not probed: no probed filesystem takes idmapped mounts (mount_setattr: {})",
+                sys::errno_name(*e)
+            ),
+            _ => "not probed: no idmapped mount possible".into(),
+        };
+
+        // overlay's own parameter parsing (6.5): an unknown key is refused
+        // at fsconfig time, where the legacy fallback accepts anything.
+        let overlay_ctx = sys::fsopen(c"overlay");
+        let overlay_missing = match &overlay_ctx {
+            Err(e) => Some(format!(
+                "not probed: no overlay filesystem (fsopen: {})",
+                e.errno_name()
+            )),
+            Ok(_) => None,
+        };
+        if let Some(why) = overlay_missing {
+            for f in [
+                OverlayIdmappedLayers,
+                OverlayNewMountApi,
+                OverlayLowerdirPlus,
+                OverlayFdLayers,
+                OverlayDetachedLayers,
+                OverlayMergedIdmap,
+            ] {
+                live.features.insert(f, Observation::NotProbed(why.clone()));
+            }
+            return live;
+        }
+        let ctx = overlay_ctx.expect("checked");
+        let unknown = sys::fsconfig_set_flag(ctx.as_fd(), c"idoverlay_probe_unknown_key");
+        live.features.insert(
+            OverlayNewMountApi,
+            match unknown {
+                Err(e) if e.errno == libc::EINVAL => Observation::Works,
+                Err(e) => Observation::Fails(e.errno),
+                Ok(()) => Observation::Fails(libc::EINVAL),
+            },
+        );
+        drop(ctx);
+
+        // Layers attached in this namespace, by path (5.19), and the
+        // string and fd interfaces that need attached layers.
+        if attached {
+            // One idmapped layer attached at a0 over a plain scratch dir l1.
+            let idmapped_attach = match (userns_fd, idmap_source) {
+                (Some(ns), Some((src, name))) => idmapped_clone(src, Path::new(name), ns)
+                    .and_then(|clone| sys::move_mount(clone.as_fd(), sys::cwd(), Path::new("a0")))
+                    .map_err(Some),
+                _ => Err(None),
+            };
+            live.features.insert(
+                OverlayIdmappedLayers,
+                match idmapped_attach {
+                    Ok(()) => overlay_by_string(&["a0", "l1"]).into(),
+                    Err(Some(e)) => Observation::Fails(e.errno),
+                    Err(None) => Observation::NotProbed(no_idmap_why.clone()),
+                },
+            );
+            live.features.insert(
+                OverlayLowerdirPlus,
+                overlay_by_plus_strings(&["l0", "l1"]).into(),
+            );
+            live.features
+                .insert(OverlayFdLayers, overlay_by_dir_fds(&["l0", "l1"]).into());
+        } else {
+            let why = "not probed: needs a private mount namespace to attach scratch layers";
+            for f in [OverlayIdmappedLayers, OverlayLowerdirPlus, OverlayFdLayers] {
+                live.features.insert(f, Observation::NotProbed(why.into()));
+            }
+        }
+
+        // Detached clones (idmapped where tmpfs allows) as O_PATH fds (6.15).
+        let detached = overlay_by_detached_clones(&scratch, userns_fd.filter(|_| tmpfs_idmap));
+        let detached_obs: Observation = detached.as_ref().map(|_| ()).map_err(Clone::clone).into();
+        live.features.insert(OverlayDetachedLayers, detached_obs);
+
+        // The merged overlay itself idmapped (7.3).
+        live.features.insert(
+            OverlayMergedIdmap,
+            match (&detached, userns_fd) {
+                (Ok(overlay), Some(ns)) => {
+                    sys::mount_setattr(overlay.as_fd(), Some(ns), MountAttrs::default()).into()
+                }
+                (Err(_), _) => Observation::NotProbed(
+                    "not probed: needs an overlay from detached layers".into(),
+                ),
+                (_, None) => Observation::NotProbed(no_idmap_why.clone()),
+            },
+        );
+        live
+    }
+}
+
+/// A fresh tmpfs from `fsopen`/`fsmount`, attached nowhere.
+fn scratch_tmpfs() -> Result<OwnedFd, SysError> {
+    let ctx = sys::fsopen(c"tmpfs")?;
+    sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0755")?;
+    sys::fsconfig_set_string(ctx.as_fd(), c"size", c"1m")?;
+    sys::fsconfig_create(ctx.as_fd())?;
+    sys::fsmount(ctx.as_fd(), MountAttrs::default())
+}
+
+/// A detached clone of `dir/name`, idmapped read-only.
+fn idmapped_clone(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    userns: BorrowedFd<'_>,
+) -> Result<OwnedFd, SysError> {
+    let clone = sys::clone_mount(dir, name)?;
+    sys::mount_setattr(
+        clone.as_fd(),
+        Some(userns),
+        MountAttrs {
+            read_only: true,
+            ..MountAttrs::default()
+        },
+    )?;
+    Ok(clone)
+}
+
+fn finish(ctx: &OwnedFd) -> Result<OwnedFd, SysError> {
+    sys::fsconfig_create(ctx.as_fd())?;
+    sys::fsmount(ctx.as_fd(), MountAttrs::default())
+}
+
+/// overlay with one `lowerdir=a:b` string (every kernel's interface).
+fn overlay_by_string(lowers: &[&str]) -> Result<OwnedFd, SysError> {
+    let ctx = sys::fsopen(c"overlay")?;
+    let value = std::ffi::CString::new(lowers.join(":")).expect("no NUL");
+    sys::fsconfig_set_string(ctx.as_fd(), c"lowerdir", &value)?;
+    finish(&ctx)
+}
+
+/// overlay with one `lowerdir+` string per layer (6.7).
+fn overlay_by_plus_strings(lowers: &[&str]) -> Result<OwnedFd, SysError> {
+    let ctx = sys::fsopen(c"overlay")?;
+    for l in lowers {
+        let value = std::ffi::CString::new(*l).expect("no NUL");
+        sys::fsconfig_set_string(ctx.as_fd(), c"lowerdir+", &value)?;
+    }
+    finish(&ctx)
+}
+
+/// overlay with `FSCONFIG_SET_FD` of plain directory fds (6.13).
+fn overlay_by_dir_fds(lowers: &[&str]) -> Result<OwnedFd, SysError> {
+    let ctx = sys::fsopen(c"overlay")?;
+    for l in lowers {
+        let fd = sys::open_dir_read(sys::cwd(), Path::new(l))?;
+        sys::fsconfig_set_fd(ctx.as_fd(), c"lowerdir+", fd.as_fd())?;
+    }
+    finish(&ctx)
+}
+
+/// overlay with `FSCONFIG_SET_FD` of detached clones, idmapped when a user
+/// namespace is given (6.15).
+fn overlay_by_detached_clones(
+    scratch: &OwnedFd,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<OwnedFd, SysError> {
+    let ctx = sys::fsopen(c"overlay")?;
+    let mut clones = Vec::new();
+    for name in ["l0", "l1"] {
+        let clone = match userns {
+            Some(ns) => idmapped_clone(scratch.as_fd(), Path::new(name), ns)?,
+            None => sys::clone_mount(scratch.as_fd(), Path::new(name))?,
+        };
+        sys::fsconfig_set_fd(ctx.as_fd(), c"lowerdir+", clone.as_fd())?;
+        clones.push(clone);
+    }
+    finish(&ctx)
+}

@@ -1,0 +1,90 @@
+//! The `private-ns` strategy (kernels 5.19–6.14): the idmapped clones are
+//! attached, but only in the private mount namespace of a short-lived
+//! thread, which the host never sees.
+//!
+//! Data flow: a dedicated OS thread `unshare(CLONE_NEWNS)` → makes `/`
+//! recursively private (before anything else, so nothing it mounts can
+//! propagate out) → opens the layers → mounts a fresh tmpfs over `/` of its
+//! namespace and changes into it → attaches idmapped clones there under
+//! short names → builds the overlay from those names (see `staged`) →
+//! `fsmount` → hands the detached overlay fd back and exits. Its namespace,
+//! with the tmpfs and every temporary mount in it, is destroyed with it;
+//! the detached overlay keeps overlay's own private copies of the layers.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::staged::{self, Stage};
+use super::{open_layers, Request};
+use crate::error::{Error, Result};
+use crate::sys::{self, MountAttrs};
+
+pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("idoverlay-private-ns".into())
+            .spawn_scoped(scope, || in_private_namespace(req))
+            .map_err(|e| {
+                Error::os(
+                    "start the private-namespace thread",
+                    None,
+                    sys::SysError {
+                        syscall: "clone",
+                        args: "thread".into(),
+                        errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                    },
+                )
+            })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::invalid(
+                    "layers",
+                    "(private-ns)",
+                    "the private-namespace thread panicked",
+                ))
+            })
+    })
+}
+
+/// Runs on the dedicated thread; everything it mounts dies with it.
+fn in_private_namespace(req: &Request<'_>) -> Result<OwnedFd> {
+    sys::unshare_mount_ns().map_err(|e| {
+        Error::os("give a helper thread its own mount namespace", None, e).with_hint(
+            "a seccomp policy may forbid unshare; --strategy host-staged works without it",
+        )
+    })?;
+    sys::make_private_recursive(Path::new("/"))
+        .map_err(|e| Error::os("make the private namespace's mounts private", None, e))?;
+    req.trace(|| "private-ns: own mount namespace, / recursively private".to_string());
+
+    // The layers, resolved in this namespace (clones can only be made of
+    // mounts in the caller's own namespace).
+    let opened = open_layers(req)?;
+
+    // The staging tmpfs, over "/" of this namespace: absolute paths still
+    // start at the old root, while names relative to the working directory
+    // land in the tmpfs.
+    let ctx = sys::fsopen(c"tmpfs").map_err(|e| Error::os("open a staging tmpfs", None, e))?;
+    let staging = sys::fsconfig_set_string(ctx.as_fd(), c"source", c"idoverlay-staging")
+        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0700"))
+        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"size", c"64k"))
+        .and_then(|()| sys::fsconfig_create(ctx.as_fd()))
+        .and_then(|()| sys::fsmount(ctx.as_fd(), MountAttrs::default()))
+        .map_err(|e| Error::os("create a staging tmpfs", None, e))?;
+    sys::move_mount(staging.as_fd(), sys::cwd(), Path::new("/"))
+        .and_then(|()| sys::fchdir(staging.as_fd()))
+        .map_err(|e| Error::os("attach the staging tmpfs in the private namespace", None, e))?;
+    let mut stage = Stage {
+        dir: staging.as_fd(),
+        prefix: PathBuf::new(),
+        attached: Vec::new(),
+    };
+    let overlay = staged::build(req, &opened, &mut stage)?;
+    req.trace(|| {
+        format!(
+            "private-ns: overlay built from {} staged mount(s); they vanish with this thread",
+            stage.attached.len()
+        )
+    });
+    Ok(overlay)
+}
