@@ -60,9 +60,7 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
     };
     let state = match StateDir::open(state_dir, false) {
         Ok(s) => s,
-        Err(Error::InvalidInput {
-            source: Some(e), ..
-        }) if e.errno == libc::ENOENT => return Ok(report),
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(report),
         Err(e) => return Err(e),
     };
     let entries = sys::dir_entries(state.fd.as_fd())

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use common::*;
-use idoverlay::{IdMap, Overlay, UserNamespace};
+use idoverlay::{IdMap, Overlay, Strategy, UserNamespace};
 
 fn fds() -> BTreeSet<i32> {
     fs::read_dir("/proc/self/fd")
@@ -49,24 +49,50 @@ fn no_fd_process_or_mount_left_behind() {
         assert_eq!(fds(), fds_before, "fds after userns");
         assert!(child_processes().is_empty());
 
-        // Successful mounts, attached and detached.
-        for _ in 0..5 {
-            let m = Overlay::new()
-                .lowers(layers.dirs.iter().cloned())
-                .upper(&upper)
-                .work(&work)
-                .idmap(map.clone(), map.clone())
-                .mount(&merged)
-                .unwrap();
-            assert!(child_processes().is_empty());
-            idoverlay::unmount_overlay(&m.target, false).unwrap();
-            let d = Overlay::new()
-                .lowers(layers.dirs.iter().cloned())
-                .idmap(map.clone(), map.clone())
-                .assemble()
-                .unwrap();
-            drop(d);
+        // Full probes, with and without a named path.
+        for _ in 0..3 {
+            let report = idoverlay::probe::probe(std::slice::from_ref(&dir), None);
+            assert!(report.strategy.is_some());
         }
+        assert_eq!(fds(), fds_before, "fds after probes");
+        assert!(child_processes().is_empty(), "after probes");
+        assert_eq!(mounts(), mounts_before);
+
+        // Successful mounts, attached and detached, with every strategy.
+        let state = dir.join("state");
+        for strategy in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+            Strategy::Auto,
+        ] {
+            for _ in 0..3 {
+                let m = Overlay::new()
+                    .lowers(layers.dirs.iter().cloned())
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map.clone(), map.clone())
+                    .strategy(strategy)
+                    .state_dir(&state)
+                    .mount(&merged)
+                    .unwrap();
+                assert!(child_processes().is_empty());
+                idoverlay::unmount_overlay(&m.target, false).unwrap();
+                let d = Overlay::new()
+                    .lowers(layers.dirs.iter().cloned())
+                    .idmap(map.clone(), map.clone())
+                    .strategy(strategy)
+                    .state_dir(&state)
+                    .assemble()
+                    .unwrap();
+                drop(d);
+            }
+        }
+        // host-staged keeps its (empty) private state tmpfs; nothing else.
+        let mounts_before: Vec<_> = mounts_before
+            .into_iter()
+            .chain(mounts().into_iter().filter(|m| m.mount_point == state))
+            .collect();
         assert_eq!(fds(), fds_before, "fds after mounts");
         assert_eq!(mounts(), mounts_before);
 

@@ -98,6 +98,17 @@ impl StateDir {
         if !path.is_absolute() {
             return Err(refuse("is a relative path; give an absolute path".into()));
         }
+        if path
+            .components()
+            .skip(1)
+            .any(|c| !staged::plain_rel(Path::new(c.as_os_str())))
+        {
+            return Err(refuse(
+                "must be a plain path ([A-Za-z0-9._+@-] in every component): staged paths are \
+                 passed to overlay as strings"
+                    .into(),
+            ));
+        }
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(refuse("must be a directory below /, not / itself".into()));
         };

@@ -185,8 +185,8 @@ pub(crate) fn build(
         if let (Some((up, wk)), Some(upper), Some(work)) =
             (&upper_work, &opened.upper, &opened.work)
         {
-            ctx.set_string(c"upperdir", &c_path(up, upper)?)?;
-            ctx.set_string(c"workdir", &c_path(wk, work)?)?;
+            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
+            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
         }
         return super::create(ctx, req, upper_work.is_some());
     }
@@ -210,8 +210,8 @@ pub(crate) fn build(
         if let (Some((up, wk)), Some(upper), Some(work)) =
             (&upper_work, &opened.upper, &opened.work)
         {
-            ctx.set_string(c"upperdir", &c_path(up, upper)?)?;
-            ctx.set_string(c"workdir", &c_path(wk, work)?)?;
+            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
+            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
         }
         return super::create(ctx, req, upper_work.is_some());
     }
@@ -247,6 +247,41 @@ fn with_path(e: Error, path: &Path) -> Error {
         },
         other => other,
     }
+}
+
+/// overlay unescapes `upperdir=`/`workdir=` values (`\x` → `x`) on every
+/// kernel, and mount(2) data is split at unescaped commas first: escape
+/// backslashes, and commas when the value goes into mount(2) data.
+pub(crate) fn escape_dir(path: &Path, in_mount_data: bool) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if c == '\\' || (in_mount_data && c == ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn escaped(path: &Path, dir: &OpenedDir, in_mount_data: bool) -> Result<CString> {
+    if std::str::from_utf8(path.as_os_str().as_bytes()).is_err() {
+        return Err(Error::invalid_path(
+            dir.role.noun(),
+            &dir.path,
+            "is not valid UTF-8 below its parent, which this kernel's overlay needs as a string \
+             (no layer fds before 6.15); rename it",
+        ));
+    }
+    let text = escape_dir(path, in_mount_data);
+    if text.len() > FSCONFIG_VALUE_MAX {
+        return Err(Error::invalid_path(
+            dir.role.noun(),
+            &dir.path,
+            "is too deep below its parent for this kernel's overlay (255 bytes per path string)",
+        ));
+    }
+    CString::new(text)
+        .map_err(|_| Error::invalid_path(dir.role.noun(), &dir.path, "contains a NUL byte"))
 }
 
 fn c_path(path: &Path, dir: &OpenedDir) -> Result<CString> {
@@ -293,13 +328,13 @@ fn stage_upper_work(
         layer::open_dir(&upper.path, upper.role)?,
         layer::open_dir(&work.path, work.role)?,
     ];
-    let groups = layer::plan_groups(&pair, plain_rel);
+    let groups = layer::plan_groups(&pair, |_| true);
     let refuse = || {
         Error::invalid_path(
             "upper dir",
             &upper.path,
-            "and the work dir must sit below one directory on one mount, with plain names \
-             ([A-Za-z0-9._+@-]) below it, for this kernel's overlay (no layer fds before 6.15)",
+            "and the work dir must sit below one directory on one mount, reachable from it \
+             without a symlink, for this kernel's overlay (no layer fds before 6.15)",
         )
     };
     let [group] = &groups[..] else {
@@ -342,11 +377,10 @@ fn mount_legacy(
 ) -> Result<OwnedFd> {
     let mut data = format!("lowerdir={lowerdir}");
     if let Some((up, wk)) = upper_work {
-        data.push_str(&format!(
-            ",upperdir={},workdir={}",
-            up.display(),
-            wk.display()
-        ));
+        data.push_str(",upperdir=");
+        data.push_str(&escape_dir(up, true));
+        data.push_str(",workdir=");
+        data.push_str(&escape_dir(wk, true));
     }
     for p in req.params {
         if p.key.contains(',') || p.value.as_deref().is_some_and(|v| v.contains(',')) {

@@ -272,3 +272,132 @@ pub fn stderr(out: &Output) -> String {
 pub fn name(path: &Path) -> &str {
     path.file_name().and_then(OsStr::to_str).unwrap_or("")
 }
+
+/// Everything about one entry of a tree that "nothing changed" must cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPrint {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub link_target: Option<PathBuf>,
+    pub content_hash: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// A byte-for-byte fingerprint of a layer tree: every path, type, mode,
+/// owner, size, device number, symlink target, content and xattr. Does not
+/// follow symlinks or cross into other mounts.
+pub fn fingerprint(root: &Path) -> std::collections::BTreeMap<PathBuf, EntryPrint> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = std::collections::BTreeMap::new();
+    let root_dev = fs::symlink_metadata(root).unwrap().dev();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let m = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_char_device() {
+            "char"
+        } else if ft.is_block_device() {
+            "block"
+        } else {
+            "socket"
+        };
+        let content_hash = if ft.is_file() {
+            fnv1a(&fs::read(&path).unwrap())
+        } else {
+            0
+        };
+        let mut xattrs = Vec::new();
+        let mut names = vec![0u8; 65536];
+        if let Ok(n) = rustix::fs::llistxattr(&path, &mut names) {
+            for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                let name_str = String::from_utf8_lossy(name).into_owned();
+                let mut value = vec![0u8; 65536];
+                let len = rustix::fs::lgetxattr(&path, name, &mut value).unwrap_or(0);
+                value.truncate(len);
+                xattrs.push((name_str, value));
+            }
+        }
+        xattrs.sort();
+        out.insert(
+            path.strip_prefix(root).unwrap().to_path_buf(),
+            EntryPrint {
+                kind,
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                size: if ft.is_dir() { 0 } else { m.len() },
+                rdev: m.rdev(),
+                link_target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
+                content_hash,
+                xattrs,
+            },
+        );
+        if ft.is_dir() && m.dev() == root_dev {
+            for e in fs::read_dir(&path).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The differences between two fingerprints, for assertion messages.
+pub fn fingerprint_diff(
+    before: &std::collections::BTreeMap<PathBuf, EntryPrint>,
+    after: &std::collections::BTreeMap<PathBuf, EntryPrint>,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (path, b) in before {
+        match after.get(path) {
+            None => diffs.push(format!("lost {}", path.display())),
+            Some(a) if a != b => diffs.push(format!("changed {}: {b:?} -> {a:?}", path.display())),
+            _ => {}
+        }
+    }
+    for path in after.keys() {
+        if !before.contains_key(path) {
+            diffs.push(format!("added {}", path.display()));
+        }
+    }
+    diffs
+}
+
+/// A richer layer set for loss tests: `make_layers` plus a FIFO, xattrs,
+/// a hard link, an empty file and a larger file.
+pub fn make_rich_layers(dir: &Path) -> Layers {
+    let layers = make_layers(dir);
+    let l1 = &layers.dirs[2];
+    run(Command::new("mkfifo").arg(l1.join("home/app/fifo")));
+    run(Command::new("setfattr")
+        .args(["-n", "user.origin", "-v", "layer1"])
+        .arg(l1.join("etc/hostname")));
+    run(Command::new("setfattr")
+        .args(["-n", "trusted.test", "-v", "0xdeadbeef"])
+        .arg(l1.join("home/app/notes.txt")));
+    fs::hard_link(l1.join("etc/hostname"), l1.join("etc/hostname.link")).unwrap();
+    write_file(&l1.join("etc/empty"), "", 0o600, 0, 0);
+    let big: String = (0..20000).map(|i| format!("{i}\n")).collect();
+    write_file(&l1.join("var/big"), &big, 0o644, 1000, 0);
+    layers
+}

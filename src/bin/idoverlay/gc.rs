@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
-use crate::output::Output;
+use crate::output::{AlreadyReported, Output};
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -20,7 +20,9 @@ pub struct GcArgs {
 pub fn run(args: GcArgs) -> Result<()> {
     let report = idoverlay::gc::collect(&args.state_dir)?;
     if args.json {
-        Output { json: true }.result(serde_json::to_value(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["clean"] = report.clean().into();
+        Output { json: true }.result(value);
     } else {
         if report.staging.is_empty() {
             println!("{}: nothing to clean up", args.state_dir.display());
@@ -37,10 +39,11 @@ pub fn run(args: GcArgs) -> Result<()> {
         }
     }
     if !report.clean() {
-        bail!(
-            "some staging in {} could not be cleaned up (see above); nothing in use was removed",
+        return Err(AlreadyReported(format!(
+            "some staging in {} could not be cleaned up (see the report); nothing in use was removed",
             args.state_dir.display()
-        );
+        ))
+        .into());
     }
     Ok(())
 }

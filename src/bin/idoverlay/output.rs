@@ -25,6 +25,10 @@ impl Output {
 
     /// Reports an error and picks the exit status.
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
+        if let Some(done) = e.downcast_ref::<AlreadyReported>() {
+            eprintln!("idoverlay: {}", done.0);
+            return ExitCode::from(EXIT_FAILURE);
+        }
         let lib = e.chain().find_map(|c| c.downcast_ref::<idoverlay::Error>());
         let message = one_line(e);
         eprintln!("idoverlay: {message}");
@@ -53,6 +57,19 @@ impl Output {
         }
     }
 }
+
+/// A failure whose details are already on stdout (a `--json` report that
+/// says what went wrong): only the one line goes to stderr.
+#[derive(Debug)]
+pub struct AlreadyReported(pub String);
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
 
 /// The error as one line: context added by the binary, joined with ": ",
 /// down to the first library error, whose message already holds its cause.

@@ -1,0 +1,436 @@
+//! The fallback strategies on this kernel, for real: nothing temporary
+//! visible (private-ns), nothing lost after injected faults (host-staged),
+//! `gc` finishing the job, and odd path names never naming another directory.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use idoverlay::mountinfo::MountEntry;
+use idoverlay::{Feature, IdMap, Overlay, Strategy};
+
+fn map() -> IdMap {
+    "0:100000:65536".parse().unwrap()
+}
+
+/// Reads the mount table of this namespace (the "host" of the strategies
+/// under test) in a loop until stopped; returns how many reads it made and
+/// every entry that is not allowed to appear.
+fn watch(
+    stop: Arc<AtomicBool>,
+    allowed: impl Fn(&MountEntry) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<(usize, Vec<MountEntry>)> {
+    std::thread::spawn(move || {
+        let mut reads = 0;
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            // thread-self: this thread shares the test thread's namespace.
+            let text = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            reads += 1;
+            for e in idoverlay::mountinfo::parse(&text) {
+                if !allowed(&e) && !seen.iter().any(|s: &MountEntry| s.mount_id == e.mount_id) {
+                    seen.push(e);
+                }
+            }
+        }
+        (reads, seen)
+    })
+}
+
+#[test]
+fn watcher_sees_no_staging_mount_across_200_private_ns_assemblies() {
+    in_private_ns("fallbacks::watcher", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir);
+        let before: Vec<u64> = mounts().iter().map(|m| m.mount_id).collect();
+        let targets: Vec<PathBuf> = (0..4).map(|w| dir.join(format!("m{w}"))).collect();
+        for t in &targets {
+            mkdir(t, 0o755, 0, 0);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let allowed_targets = targets.clone();
+        // Allowed: what was there before, and plain (not idmapped) overlays
+        // at the targets. Anything else, in particular any idmapped clone
+        // or staging tmpfs, is a leak into the host's view.
+        let watcher = watch(stop.clone(), move |e| {
+            before.contains(&e.mount_id)
+                || (e.fs_type == "overlay"
+                    && !e.is_idmapped()
+                    && allowed_targets.contains(&e.mount_point))
+        });
+        let ns = Arc::new(idoverlay::UserNamespace::from_maps(&map(), &map()).unwrap());
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for t in &targets {
+                let layers = &layers;
+                let ns = ns.clone();
+                let done = &done;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        Overlay::new()
+                            .lowers(layers.dirs.iter().cloned())
+                            .userns(ns.clone())
+                            .strategy(Strategy::PrivateNs)
+                            .mount(t)
+                            .unwrap();
+                        assert_eq!(owner(&t.join("home/app")), (101000, 101000));
+                        idoverlay::unmount_overlay(t, false).unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        let (reads, seen) = watcher.join().unwrap();
+        eprintln!(
+            "private-ns: {} assemblies, {reads} mountinfo reads, {} staging mounts seen",
+            done.load(Ordering::Relaxed),
+            seen.len()
+        );
+        assert_eq!(done.load(Ordering::Relaxed), 200);
+        assert!(
+            reads > 200,
+            "the watcher must actually have watched ({reads} reads)"
+        );
+        assert!(
+            seen.is_empty(),
+            "staging mounts visible to the host: {seen:#?}"
+        );
+    });
+}
+
+#[test]
+fn watcher_does_see_host_staged_mounts() {
+    // The negative control of the test above: a watcher that could not see
+    // staging would prove nothing. host-staged attaches its clones in the
+    // host's view on purpose, so the same watcher must catch them.
+    in_private_ns("fallbacks::watcher_control", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir);
+        let target = dir.join("m");
+        mkdir(&target, 0o755, 0, 0);
+        let state = dir.join("state");
+        let before: Vec<u64> = mounts().iter().map(|m| m.mount_id).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = watch(stop.clone(), move |e| {
+            before.contains(&e.mount_id) || !e.is_idmapped()
+        });
+        for _ in 0..200 {
+            Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .idmap(map(), map())
+                .strategy(Strategy::HostStaged)
+                .state_dir(&state)
+                .mount(&target)
+                .unwrap();
+            idoverlay::unmount_overlay(&target, false).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (reads, seen) = watcher.join().unwrap();
+        eprintln!(
+            "host-staged control: {reads} reads, {} staged mounts seen",
+            seen.len()
+        );
+        assert!(
+            !seen.is_empty(),
+            "the watcher must see host-staged's temporary mounts"
+        );
+        assert!(
+            seen.iter().all(|e| e.mount_point.starts_with(&state)),
+            "{seen:#?}"
+        );
+        assert_eq!(
+            fs::read_dir(&state).unwrap().count(),
+            0,
+            "host-staged cleaned up"
+        );
+    });
+}
+
+/// `idoverlay mount --strategy host-staged` under strace with `inject`.
+fn host_staged_under_strace(
+    state: &Path,
+    layers: &[PathBuf],
+    target: &Path,
+    inject: &str,
+) -> std::process::Output {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={inject}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .args(["mount", "--strategy", "host-staged", "--state-dir"])
+        .arg(state);
+    for l in layers {
+        cmd.arg("--lower").arg(l);
+    }
+    cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+        .arg(target);
+    cmd.output().unwrap()
+}
+
+fn staging_leftovers(state: &Path) -> Vec<String> {
+    fs::read_dir(state)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn injected_ebusy_removes_nothing_and_gc_finishes() {
+    in_private_ns("fallbacks::ebusy", |s| {
+        let dir = s.ext4_dir("e");
+        let layers = make_rich_layers(&dir);
+        let prints: Vec<_> = layers.dirs.iter().map(|l| fingerprint(l)).collect();
+        let target = dir.join("m");
+        mkdir(&target, 0o755, 0, 0);
+        let state = dir.join("state");
+
+        let out = host_staged_under_strace(&state, &layers.dirs, &target, "umount2:error=EBUSY");
+        // The overlay itself is fine; the failed teardown is a warning.
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("warning") && stderr(&out).contains("gc"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(owner(&target.join("home/app")), (101000, 101000));
+        // Nothing was removed: the record and the staged mounts are there.
+        let left = staging_leftovers(&state);
+        assert_eq!(left.len(), 2, "record and staging dir stay: {left:?}");
+        let staged: Vec<_> = mounts()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(&state) && m.mount_point != state)
+            .collect();
+        assert!(
+            !staged.is_empty() && staged.iter().all(|m| m.is_idmapped()),
+            "{staged:#?}"
+        );
+
+        // gc detaches and removes them; the overlay stays mounted and intact.
+        let out = run(idoverlay()
+            .args(["gc", "--json", "--state-dir"])
+            .arg(&state));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["staging"][0]["removed"], true, "{v}");
+        assert!(staging_leftovers(&state).is_empty());
+        assert!(mounts()
+            .iter()
+            .all(|m| !m.mount_point.starts_with(&state) || m.mount_point == state));
+        assert_eq!(
+            fs::read_to_string(target.join("home/app/notes.txt")).unwrap(),
+            "v3\n"
+        );
+        run(idoverlay().arg("umount").arg(&target));
+        for (l, p) in layers.dirs.iter().zip(&prints) {
+            assert_eq!(fingerprint_diff(p, &fingerprint(l)), Vec::<String>::new());
+        }
+    });
+}
+
+#[test]
+fn killed_at_every_attach_leaves_only_what_gc_removes() {
+    in_private_ns("fallbacks::killed", |s| {
+        let dir = s.ext4_dir("e");
+        let layers = make_rich_layers(&dir);
+        let prints: Vec<_> = layers.dirs.iter().map(|l| fingerprint(l)).collect();
+        let target = dir.join("m");
+        mkdir(&target, 0o755, 0, 0);
+        let before: Vec<_> = mounts().into_iter().map(|m| m.mount_id).collect();
+        let mut crashes = 0;
+        // SIGKILL at the 1st, 2nd, … move_mount (probe, state tmpfs, staged
+        // clones, the final attach) until a run gets through.
+        for n in 1..50 {
+            // A fresh state dir each time, so every run makes the same calls.
+            let state = dir.join(format!("state{n}"));
+            let out = host_staged_under_strace(
+                &state,
+                &layers.dirs,
+                &target,
+                &format!("move_mount:signal=KILL:when={n}"),
+            );
+            if out.status.success() {
+                run(idoverlay().arg("umount").arg(&target));
+                break;
+            }
+            crashes += 1;
+            // The target never got the overlay; the host's view holds at
+            // most host-staged's own state tmpfs and staged clones, which
+            // gc detaches and removes.
+            assert!(
+                mounts().iter().all(|m| m.mount_point != target),
+                "kill at {n}"
+            );
+            run(idoverlay().args(["gc", "--state-dir"]).arg(&state));
+            assert!(staging_leftovers(&state).is_empty(), "kill at {n}");
+            let extra: Vec<_> = mounts()
+                .into_iter()
+                .filter(|m| !before.contains(&m.mount_id) && m.source != "idoverlay-state")
+                .collect();
+            assert!(extra.is_empty(), "kill at {n}: {extra:#?}");
+            for (l, p) in layers.dirs.iter().zip(&prints) {
+                assert_eq!(
+                    fingerprint_diff(p, &fingerprint(l)),
+                    Vec::<String>::new(),
+                    "kill at {n}"
+                );
+            }
+        }
+        eprintln!("host-staged: killed at {crashes} move_mount calls, all cleaned by gc");
+        assert!(
+            crashes >= 3,
+            "the kill must have hit staged attaches ({crashes})"
+        );
+    });
+}
+
+#[test]
+fn gc_leaves_live_staging_and_non_empty_dirs_alone() {
+    in_private_ns("fallbacks::gc_safety", |s| {
+        let dir = s.tmpfs_dir("t");
+        let state = dir.join("state");
+        mkdir(&state, 0o700, 0, 0);
+        // A record of this (live) process: kept.
+        let me = std::process::id();
+        let start: u64 = fs::read_to_string(format!("/proc/{me}/stat"))
+            .unwrap()
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(20)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        fs::write(
+            state.join("live.json"),
+            format!(r#"{{"version":1,"dir":"live","pid":{me},"start_time":{start},"boot_id":"{}","created":0}}"#, boot.trim()),
+        ).unwrap();
+        mkdir(&state.join("live/0"), 0o700, 0, 0);
+        // A dead run's staging holding a file it never made: kept, not deleted.
+        fs::write(
+            state.join("dead.json"),
+            r#"{"version":1,"dir":"dead","pid":1,"start_time":1,"boot_id":"x","created":0}"#,
+        )
+        .unwrap();
+        write_file(&state.join("dead/0/precious"), "data", 0o600, 0, 0);
+        // A symlink planted in a dead run's staging pointing at real data.
+        let victim = dir.join("victim");
+        write_file(&victim.join("keep"), "keep", 0o600, 0, 0);
+        fs::write(
+            state.join("link.json"),
+            r#"{"version":1,"dir":"link","pid":1,"start_time":1,"boot_id":"x","created":0}"#,
+        )
+        .unwrap();
+        mkdir(&state.join("link"), 0o700, 0, 0);
+        std::os::unix::fs::symlink(&victim, state.join("link/0")).unwrap();
+
+        let out = idoverlay()
+            .args(["gc", "--json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "gc reports what it could not clean");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let by_path = |id: &str| {
+            v["staging"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["path"].as_str().unwrap().ends_with(id))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_path("live")["removed"], false);
+        assert!(by_path("live")["kept_because"]
+            .as_str()
+            .unwrap()
+            .contains("still running"));
+        assert_eq!(by_path("dead")["removed"], false);
+        assert_eq!(by_path("link")["removed"], false);
+        assert_eq!(
+            fs::read_to_string(state.join("dead/0/precious")).unwrap(),
+            "data"
+        );
+        assert_eq!(fs::read_to_string(victim.join("keep")).unwrap(), "keep");
+        assert!(state.join("live/0").is_dir());
+    });
+}
+
+/// Directory names overlay's option syntax treats specially, and others
+/// that break naive code.
+const ODD_NAMES: [&str; 7] = ["a:b", "c,d", "e\\f", "g=h", "i j", "k\nl", "m\\:n,o"];
+
+fn odd_names(strategy: Strategy, missing: &[Feature], s: &Scratch, tag: &str) {
+    let dir = s.tmpfs_dir(tag);
+    let mut layers = Vec::new();
+    for (i, name) in ODD_NAMES.iter().enumerate() {
+        // Each layer in its own odd parent too, and the layer dir odd.
+        let l = dir.join(format!("p{name}{i}")).join(name);
+        write_file(&l.join(format!("from-{i}")), name, 0o644, 1000, 1000);
+        layers.push(l);
+    }
+    // A decoy: what a misparse of "a:b" would name.
+    write_file(&dir.join("pa:b0/a/decoy"), "wrong", 0o644, 0, 0);
+    let target = dir.join("t:,=\\ x");
+    mkdir(&target, 0o755, 0, 0);
+    let upper = dir.join("u p:,");
+    mkdir(&upper.join("up,per"), 0o755, 0, 0);
+    mkdir(&upper.join("wo:rk"), 0o755, 0, 0);
+    let mut o = Overlay::new()
+        .lowers(layers.clone())
+        .upper(upper.join("up,per"))
+        .work(upper.join("wo:rk"))
+        .idmap(map(), map())
+        .strategy(strategy)
+        .state_dir(dir.join("state"));
+    for f in missing {
+        o = o.pretend_missing(*f);
+    }
+    match o.mount(&target) {
+        Ok(_) => {
+            for (i, name) in ODD_NAMES.iter().enumerate() {
+                let f = target.join(format!("from-{i}"));
+                assert_eq!(
+                    fs::read_to_string(&f).unwrap(),
+                    *name,
+                    "{strategy}: layer {i}"
+                );
+                assert_eq!(owner(&f), (101000, 101000));
+            }
+            assert!(!target.join("decoy").exists());
+            assert_eq!(fs::read_dir(&target).unwrap().count(), ODD_NAMES.len());
+            fs::write(target.join("w"), "x").unwrap();
+            assert!(upper.join("up,per/w").exists());
+            idoverlay::unmount_overlay(&target, false).unwrap();
+        }
+        Err(e) => panic!("{strategy} {missing:?} refused odd names: {e}"),
+    }
+}
+
+macro_rules! odd_name_tests {
+    ($($name:ident => $strategy:expr, $missing:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            in_private_ns(concat!("fallbacks::", stringify!($name)), |s| {
+                odd_names($strategy, $missing, s, "odd")
+            });
+        }
+    )*};
+}
+
+odd_name_tests! {
+    odd_names_detached => Strategy::Detached, &[];
+    odd_names_private_ns => Strategy::PrivateNs, &[];
+    odd_names_host_staged => Strategy::HostStaged, &[];
+    odd_names_private_ns_legacy => Strategy::PrivateNs, &[Feature::OverlayLowerdirPlus];
+    odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
+}

@@ -1,0 +1,172 @@
+//! `idoverlay probe` on this machine: the live answer, the table's answer,
+//! and nothing left behind.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use idoverlay::probe::probe;
+use idoverlay::{Feature, KernelVersion, Strategy};
+
+#[test]
+fn live_probe_agrees_with_the_table_and_leaves_nothing() {
+    in_private_ns("probe::live", |s| {
+        let ext4 = s.ext4_dir("e");
+        let tmp = s.tmpfs_dir("t");
+        let scratch_before: Vec<_> = fs::read_dir(&s.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mounts_before = mounts();
+
+        let report = probe(&[ext4.clone(), tmp.clone(), "/proc".into()], None);
+
+        // Nothing left: mounts, scratch contents (fds and processes are
+        // counted in tests/leaks.rs, where no other test runs alongside).
+        assert_eq!(mounts(), mounts_before);
+        let scratch_after: Vec<_> = fs::read_dir(&s.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(scratch_after, scratch_before);
+
+        let kernel: KernelVersion = report.kernel.parse().unwrap();
+        assert!(report.disagreements().is_empty(), "{:#?}", report.features);
+        assert!(!report.guess);
+        for f in Feature::ALL {
+            let r = report.feature(f);
+            assert_eq!(r.expected, f.expected_on(&kernel), "{f}: {r:?}");
+            assert!(r.observed.is_some(), "{f} must be probed here: {r:?}");
+        }
+        // This machine (6.15+, below 7.3): everything through detached layers.
+        if kernel.at_least(6, 15) && !kernel.at_least(7, 3) {
+            for f in Feature::ALL {
+                let want = f != Feature::OverlayMergedIdmap;
+                assert_eq!(report.observed(f), want, "{f}: {:?}", report.feature(f));
+            }
+            assert_eq!(
+                report.feature(Feature::OverlayMergedIdmap).errno,
+                Some("EINVAL")
+            );
+            assert_eq!(report.strategy, Some(Strategy::Detached));
+        }
+        assert_eq!(report.paths.len(), 3);
+        assert_eq!(report.paths[0].fs_type, "ext4");
+        assert_eq!(report.paths[0].idmap, Some(true));
+        assert_eq!(report.paths[1].fs_type, "tmpfs");
+        assert_eq!(report.paths[1].idmap, Some(true));
+        assert_eq!(report.paths[2].fs_type, "proc");
+        assert_eq!(report.paths[2].idmap, Some(false));
+        assert_eq!(report.paths[2].errno, Some("EINVAL"));
+        assert!(!report.paths[2].idmap_expected);
+    });
+}
+
+#[test]
+fn cli_probe_json_schema() {
+    in_private_ns("probe::cli_json", |s| {
+        let ext4 = s.ext4_dir("e");
+        let tmp = s.tmpfs_dir("t");
+        let before = mounts();
+        let out = run(idoverlay()
+            .args(["probe", "--json", "--path"])
+            .arg(&ext4)
+            .arg("--path")
+            .arg(&tmp));
+        assert_eq!(mounts(), before);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["kernel"].is_string());
+        for f in Feature::ALL {
+            let entry = &v["features"][f.name()];
+            assert!(entry["expected"].is_boolean(), "{f}: {entry}");
+            assert!(entry["observed"].is_boolean() || entry["observed"].is_null());
+            assert!(entry["errno"].is_string() || entry["errno"].is_null());
+        }
+        assert_eq!(v["paths"][0]["fs_type"], "ext4");
+        assert_eq!(v["paths"][0]["idmap"], true);
+        assert_eq!(v["paths"][1]["fs_type"], "tmpfs");
+        assert!(v["strategy"].is_string());
+        assert!(v["reason"].is_string());
+        assert_eq!(v["disagreements"], serde_json::json!([]));
+        let out = run(idoverlay().arg("probe"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("overlay_detached_layers") && text.contains("auto would use"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn without_cap_sys_admin_the_probe_says_so_and_guesses() {
+    if !privileged("probe::unprivileged") {
+        return;
+    }
+    // Drop every capability, keep uid 0: the probe must not try anything.
+    let out = run(std::process::Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .args(["probe", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["guess"], true);
+    assert!(v["reason"].as_str().unwrap().contains("guess"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("CAP_SYS_ADMIN"),
+        "{v}"
+    );
+    for f in Feature::ALL {
+        assert!(v["features"][f.name()]["observed"].is_null());
+        assert!(v["features"][f.name()]["note"]
+            .as_str()
+            .unwrap()
+            .contains("CAP_SYS_ADMIN"));
+    }
+}
+
+#[test]
+fn forced_strategy_refused_with_the_kernel_version_it_needs() {
+    in_private_ns("probe::forced", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir);
+        let target = dir.join("m");
+        mkdir(&target, 0o755, 0, 0);
+        let before = mounts();
+        let err = idoverlay::Overlay::new()
+            .lowers(layers.dirs.clone())
+            .idmap(
+                "0:100000:65536".parse().unwrap(),
+                "0:100000:65536".parse().unwrap(),
+            )
+            .strategy(Strategy::Detached)
+            .pretend_missing(Feature::OverlayDetachedLayers)
+            .mount(&target)
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.kind(), "unsupported");
+        assert!(
+            text.starts_with(
+                "the detached strategy needs kernel 6.15 (overlay_detached_layers); this is "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("auto would use private-ns"), "{text}");
+        // Nothing works below 5.19: one line saying why and what would.
+        let err = idoverlay::Overlay::new()
+            .lowers(layers.dirs.clone())
+            .idmap(
+                "0:100000:65536".parse().unwrap(),
+                "0:100000:65536".parse().unwrap(),
+            )
+            .pretend_missing(Feature::OverlayIdmappedLayers)
+            .pretend_missing(Feature::OverlayDetachedLayers)
+            .mount(&target)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("needs kernel 5.19 (overlay_idmapped_layers"),
+            "{text}"
+        );
+        assert_eq!(mounts(), before);
+    });
+}
