@@ -447,13 +447,32 @@ impl AsFd for DetachedMount {
 /// checked against it.
 fn choose_strategy(asked: Strategy, report: &probe::ProbeReport) -> Result<Strategy> {
     let kernel = report.kernel.clone();
+    // The layers' filesystem (probed as the report's first path) refusing
+    // idmapped mounts on a kernel that has them is the answer whatever the
+    // strategy: say which filesystem, and from which version it would work.
+    if let Some(layer_fs) = report.paths.first() {
+        let kernel_idmaps = report.feature(Feature::MountSetattrIdmap).errno != Some("ENOSYS");
+        if layer_fs.idmap == Some(false) && kernel_idmaps {
+            let fs = &layer_fs.fs_type;
+            let needs = match kernel_compat::idmap_since(fs) {
+                Some((major, minor)) => format!("kernel {major}.{minor} ({fs} idmapped mounts)"),
+                None => "a filesystem that takes idmapped mounts".to_string(),
+            };
+            return Err(Error::Unsupported {
+                what: format!("idmapping layers on {fs}"),
+                needs,
+                kernel,
+                hint: Some(format!(
+                    "{fs} does not take idmapped mounts here; keep the layers on ext4, xfs or \
+                     btrfs (tmpfs from 6.3)"
+                )),
+            });
+        }
+    }
     if asked == Strategy::Auto {
         return report.strategy.ok_or_else(|| Error::Unsupported {
             what: "an idmapped overlay".into(),
-            needs: format!(
-                "kernel 5.19 ({}) and a filesystem that takes idmapped mounts",
-                Feature::OverlayIdmappedLayers
-            ),
+            needs: format!("kernel 5.19 ({})", Feature::OverlayIdmappedLayers),
             kernel,
             hint: Some(report.reason.clone()),
         });

@@ -203,7 +203,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
                     result.idmap = Some(false);
                     result.errno = Some(sys::errno_name(e));
                 }
-                Observation::NotProbed(why) => result.note = Some(why),
+                Observation::NotProbed(why) | Observation::Absent(why) => result.note = Some(why),
             }
         }
     } else {
@@ -227,6 +227,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
         let (observed, errno, note) = match observed.remove(&feature) {
             Some(Observation::Works) => (Some(true), None, None),
             Some(Observation::Fails(e)) => (Some(false), Some(sys::errno_name(e)), None),
+            Some(Observation::Absent(why)) => (Some(false), None, Some(why)),
             Some(Observation::NotProbed(why)) => (None, None, Some(why)),
             None if !privileged => (None, None, Some("not probed: needs CAP_SYS_ADMIN".into())),
             None => (None, None, Some("not probed".into())),
@@ -365,6 +366,8 @@ fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Stra
 enum Observation {
     Works,
     Fails(i32),
+    /// Does not work, without an errno to show for it.
+    Absent(String),
     NotProbed(String),
 }
 
@@ -439,7 +442,9 @@ impl Live {
                 return live;
             }
         };
-        let mut api: Observation = sys::clone_mount(scratch.as_fd(), Path::new("")).into();
+        // open_tree(OPEN_TREE_CLONE) of an attached mount (the root; a clone
+        // of a detached one is only allowed from 6.15), dropped at once.
+        let mut api: Observation = sys::clone_mount(sys::cwd(), Path::new("/")).into();
         let attached = in_private_ns && {
             // Attach the scratch tmpfs over "/" of this private namespace:
             // every directory name then resolves relative to our cwd inside
@@ -568,7 +573,9 @@ impl Live {
             match unknown {
                 Err(e) if e.errno == libc::EINVAL => Observation::Works,
                 Err(e) => Observation::Fails(e.errno),
-                Ok(()) => Observation::Fails(libc::EINVAL),
+                Ok(()) => Observation::Absent(
+                    "legacy option parsing: an unknown key is accepted at fsconfig time".into(),
+                ),
             },
         );
         drop(ctx);
@@ -609,16 +616,20 @@ impl Live {
         let detached_obs: Observation = detached.as_ref().map(|_| ()).map_err(Clone::clone).into();
         live.features.insert(OverlayDetachedLayers, detached_obs);
 
-        // The merged overlay itself idmapped (7.3).
+        // The merged overlay itself idmapped (7.3), on whichever overlay the
+        // kernel could build: from detached layers, or from attached ones.
+        let overlay = match detached {
+            Ok(fd) => Some(fd),
+            Err(_) if attached => overlay_by_string(&["l0", "l1"]).ok(),
+            Err(_) => None,
+        };
         live.features.insert(
             OverlayMergedIdmap,
-            match (&detached, userns_fd) {
-                (Ok(overlay), Some(ns)) => {
+            match (&overlay, userns_fd) {
+                (Some(overlay), Some(ns)) => {
                     sys::mount_setattr(overlay.as_fd(), Some(ns), MountAttrs::default()).into()
                 }
-                (Err(_), _) => Observation::NotProbed(
-                    "not probed: needs an overlay from detached layers".into(),
-                ),
+                (None, _) => Observation::NotProbed("not probed: no overlay could be built".into()),
                 (_, None) => Observation::NotProbed(no_idmap_why.clone()),
             },
         );
