@@ -120,10 +120,10 @@ impl Feature {
                 "v6.13 a08557d19ef4 \"ovl: specify layers via file descriptors\" (fs_param_is_file_or_string)"
             }
             Feature::OverlayDetachedLayers => {
-                "v6.15 db04662e2f4f \"fs: allow detached mounts in clone_private_mount()\""
+                "v6.15 db04662e2f4f \"fs: allow detached mounts in clone_private_mount()\" (O_PATH fds: 0ff053b98a0f, fget_raw in fsconfig, also in 6.13.11/6.14.2)"
             }
             Feature::OverlayMergedIdmap => {
-                "v7.3 vfs-7.3-rc1.ovl merge: overlayfs sets FS_ALLOW_IDMAP"
+                "v7.3 vfs-7.3-rc1.ovl merge (aaed66fadba2): adedb6a00a1e \"ovl: allow idmapping overlay mounts\" sets FS_ALLOW_IDMAP"
             }
             Feature::PrivateMountNs => {
                 "kernel/fork.c ksys_unshare: CLONE_NEWNS implies CLONE_FS; only CLONE_THREAD/SIGHAND/VM need a single-threaded caller"
