@@ -80,6 +80,7 @@ pub struct Overlay {
     trace: Option<Trace>,
     pretend_missing: Vec<Feature>,
     state_dir: Option<PathBuf>,
+    per_layer_clones: bool,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -215,6 +216,14 @@ impl Overlay {
         self
     }
 
+    /// Clones every layer on its own instead of sharing one clone of a
+    /// common parent directory among layers on one mount. Slower with many
+    /// layers; for comparison and benchmarks.
+    pub fn per_layer_clones(mut self, on: bool) -> Self {
+        self.per_layer_clones = on;
+        self
+    }
+
     /// Treats `feature` as missing even if the kernel has it: forces the
     /// code paths of older kernels (as libpathrs forces ENOSYS), for tests
     /// and for comparing strategies on one machine.
@@ -320,6 +329,7 @@ impl Overlay {
             upper: self.upper.as_deref(),
             work: self.work.as_deref(),
             idmap_upper: self.idmap_upper,
+            per_layer_clones: self.per_layer_clones,
             params: &self.params,
             attrs: self.attrs,
             userns,

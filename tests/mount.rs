@@ -22,6 +22,7 @@ fn map() -> IdMap {
 pub struct Variant {
     pub strategy: Strategy,
     pub missing: &'static [Feature],
+    pub per_layer_clones: bool,
 }
 
 impl Variant {
@@ -29,6 +30,7 @@ impl Variant {
         Variant {
             strategy,
             missing: &[],
+            per_layer_clones: false,
         }
     }
 
@@ -66,7 +68,8 @@ fn overlay(dir: &Path, layers: &[PathBuf], v: Variant) -> Overlay {
         .lowers(layers.iter().cloned())
         .idmap(map(), map())
         .strategy(v.strategy)
-        .state_dir(dir.join("state"));
+        .state_dir(dir.join("state"))
+        .per_layer_clones(v.per_layer_clones);
     for f in v.missing {
         o = o.pretend_missing(*f);
     }
@@ -352,8 +355,11 @@ suite! {
     host_staged => Variant::plain(Strategy::HostStaged),
     // The code paths of kernels before 6.7 (no lowerdir+): one lowerdir=
     // string through fsconfig or, when longer than 255 bytes, mount(2).
-    private_ns_legacy => Variant { strategy: Strategy::PrivateNs, missing: &[Feature::OverlayLowerdirPlus] },
-    host_staged_legacy => Variant { strategy: Strategy::HostStaged, missing: &[Feature::OverlayLowerdirPlus] },
+    private_ns_legacy => Variant { strategy: Strategy::PrivateNs, missing: &[Feature::OverlayLowerdirPlus], per_layer_clones: false },
+    host_staged_legacy => Variant { strategy: Strategy::HostStaged, missing: &[Feature::OverlayLowerdirPlus], per_layer_clones: false },
+    // Every layer its own clone (no shared parents).
+    detached_per_layer => Variant { strategy: Strategy::Detached, missing: &[], per_layer_clones: true },
+    private_ns_per_layer => Variant { strategy: Strategy::PrivateNs, missing: &[], per_layer_clones: true },
 }
 
 /// Runs a shell command as `uid:uid` with no supplementary groups.

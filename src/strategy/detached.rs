@@ -37,7 +37,7 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
     // The clone fds must stay open until CREATE: closing one dissolves its
     // anonymous namespace and overlay can no longer clone from it.
     let mut clones: Vec<OwnedFd> = Vec::new();
-    let groups = layer::plan_groups(&opened.layers, |_| true);
+    let groups = req.groups(&opened.layers, |_| true);
     req.trace(|| {
         format!(
             "detached: {} layer(s) in {} clone group(s)",

@@ -93,6 +93,8 @@ pub(crate) struct Request<'a> {
     pub upper: Option<&'a Path>,
     pub work: Option<&'a Path>,
     pub idmap_upper: bool,
+    /// One clone per layer, no shared-parent groups.
+    pub per_layer_clones: bool,
     pub params: &'a [OverlayParam],
     pub attrs: MountAttrs,
     pub userns: &'a UserNamespace,
@@ -102,6 +104,19 @@ pub(crate) struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// The clone groups for these layers: shared parents unless asked not to.
+    pub fn groups(
+        &self,
+        layers: &[OpenedDir],
+        shareable: impl Fn(&Path) -> bool,
+    ) -> Vec<layer::Group> {
+        if self.per_layer_clones {
+            (0..layers.len()).map(layer::Group::own).collect()
+        } else {
+            layer::plan_groups(layers, shareable)
+        }
+    }
+
     pub fn trace(&self, line: impl FnOnce() -> String) {
         if let Some(trace) = self.trace {
             trace(&line());

@@ -106,7 +106,7 @@ pub(crate) fn build(
     // fit; the one-string interface needs the shortest names, so there every
     // layer gets its own clone.
     let groups = if plus {
-        layer::plan_groups(&opened.layers, plain_rel)
+        req.groups(&opened.layers, plain_rel)
     } else {
         (0..opened.layers.len()).map(layer::Group::own).collect()
     };
