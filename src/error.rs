@@ -137,6 +137,16 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidInput`]: `what` (the kind of input), `input` (as
+    /// given) and `reason` (what is wrong and what to do instead).
+    pub fn invalid_input(
+        what: impl Into<String>,
+        input: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::invalid(what, input, reason)
+    }
+
     pub(crate) fn invalid(
         what: impl Into<String>,
         input: impl Into<String>,

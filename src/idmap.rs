@@ -232,6 +232,58 @@ impl fmt::Display for IdMap {
     }
 }
 
+/// The uid and gid maps of an OCI runtime config (`config.json`):
+/// `linux.uidMappings` and `linux.gidMappings`, each a list of
+/// `{"containerID", "hostID", "size"}`.
+///
+/// ```
+/// let config = r#"{"linux": {
+///     "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+///     "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}"#;
+/// let (uid, gid) = idoverlay::idmap::maps_from_oci_config(config).unwrap();
+/// assert_eq!(uid.to_string(), "0:100000:65536");
+/// assert_eq!(uid, gid);
+/// ```
+pub fn maps_from_oci_config(config: &str) -> Result<(IdMap, IdMap), IdMapError> {
+    let err = |reason: String| IdMapError {
+        input: "config.json".into(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| err(format!("is not valid JSON: {e}")))?;
+    let read = |key: &str| -> Result<IdMap, IdMapError> {
+        let list = value
+            .get("linux")
+            .and_then(|l| l.get(key))
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| {
+                err(format!(
+                    "has no linux.{key} list (a user-namespaced container's config has one)"
+                ))
+            })?;
+        let mut ranges = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            let field = |name: &str| -> Result<u32, IdMapError> {
+                m.get(name)
+                    .and_then(|v| v.as_u64())
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| {
+                        err(format!(
+                            "linux.{key}[{i}].{name} is missing or not a 32-bit unsigned number"
+                        ))
+                    })
+            };
+            ranges.push(IdRange {
+                container: field("containerID")?,
+                host: field("hostID")?,
+                size: field("size")?,
+            });
+        }
+        IdMap::new(ranges).map_err(|e| err(format!("linux.{key}: {}", e.reason)))
+    };
+    Ok((read("uidMappings")?, read("gidMappings")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +347,26 @@ mod tests {
         assert!(ranges(340).parse::<IdMap>().is_ok());
         let e = ranges(341).parse::<IdMap>().unwrap_err();
         assert!(e.reason.contains("at most 340"), "{}", e.reason);
+    }
+
+    #[test]
+    fn oci_config_maps() {
+        let config = r#"{"ociVersion": "1.0.2", "linux": {
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 1000},
+                            {"containerID": 1000, "hostID": 1000, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}}"#;
+        let (uid, gid) = maps_from_oci_config(config).unwrap();
+        assert_eq!(uid.to_string(), "0:100000:1000,1000:1000:1");
+        assert_eq!(gid.to_host(5), Some(200005));
+        for bad in [
+            "{",
+            r#"{"linux": {}}"#,
+            r#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 1}], "gidMappings": []}}"#,
+            r#"{"linux": {"uidMappings": [{"containerID": -1, "hostID": 1, "size": 1}], "gidMappings": []}}"#,
+            r#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}], "gidMappings": []}}"#,
+        ] {
+            assert!(maps_from_oci_config(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -238,6 +238,14 @@ impl Overlay {
         self
     }
 
+    /// The lower layers, top-most first, then the data-only layers.
+    pub fn layers(&self) -> impl Iterator<Item = &Path> {
+        self.lowers
+            .iter()
+            .chain(&self.data_lowers)
+            .map(PathBuf::as_path)
+    }
+
     /// Checks the description's shape before anything is opened.
     fn check_shape(&self) -> Result<()> {
         if self.lowers.is_empty() {
@@ -245,6 +253,18 @@ impl Overlay {
                 "layers",
                 "(none)",
                 "overlay needs at least one lower layer; give --lower DIR (top-most first)",
+            ));
+        }
+        if self.lowers.len() < 2 && self.upper.is_none() {
+            return Err(Error::invalid(
+                "layers",
+                self.lowers
+                    .iter()
+                    .map(|p| p.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                "overlay needs at least two lower layers when there is no upper dir; \
+                 add a layer, or an upper and work dir (--upper/--work)",
             ));
         }
         let count = self.lowers.len() + self.data_lowers.len();
@@ -422,6 +442,51 @@ impl DetachedMount {
         let target = target.as_ref();
         let target_fd = open_target(target)?;
         self.attach_to_fd(target_fd.as_fd(), target)
+    }
+
+    /// Attaches the overlay at `target` inside another mount namespace (a
+    /// file such as `/proc/PID/ns/mnt`), as `mount -N` does: a short-lived
+    /// thread enters that namespace, resolves `target` there and attaches.
+    pub fn attach_in_namespace(
+        self,
+        mount_ns: impl AsRef<Path>,
+        target: impl AsRef<Path>,
+    ) -> Result<Mounted> {
+        let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
+        let ns = sys::open_read(sys::cwd(), mount_ns).map_err(|e| Error::InvalidInput {
+            what: "mount namespace".into(),
+            input: error::display_path(mount_ns),
+            reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
+            path: Some(mount_ns.to_path_buf()),
+            source: Some(e),
+        })?;
+        match sys::namespace_type(ns.as_fd()) {
+            Ok(t) if t == libc::CLONE_NEWNS => {}
+            _ => {
+                return Err(Error::invalid_path(
+                    "mount namespace",
+                    mount_ns,
+                    "is not a mount namespace; give /proc/PID/ns/mnt",
+                ))
+            }
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    sys::enter_mount_ns(ns.as_fd())
+                        .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
+                    let target_fd = open_target(target)?;
+                    self.attach_to_fd(target_fd.as_fd(), target)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(Error::invalid(
+                        "target",
+                        "",
+                        "the attaching thread panicked",
+                    ))
+                })
+        })
     }
 
     fn attach_to_fd(self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<Mounted> {

@@ -1,7 +1,10 @@
 //! Mount option strings (`-o`): mount flags become mount attributes, the
 //! rest are overlay parameters passed to the kernel as they are.
 
+use std::path::PathBuf;
+
 use crate::error::{Error, Result};
+use crate::idmap::{IdMap, IdRange};
 use crate::sys::MountAttrs;
 
 /// One overlay parameter for `fsconfig`: `key=value` or a bare `key`.
@@ -154,6 +157,252 @@ pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountA
     Ok((params, attrs))
 }
 
+/// Everything a mount(8)-style option string can say about an idmapped
+/// overlay: layers, upper and work, maps, overlay parameters, mount flags.
+///
+/// The syntax is overlay's own (`lowerdir=A:B:C`, top-most first, `\:`,
+/// `\,` and `\\` escapes, `::` before data-only layers), containerd's maps
+/// (`uidmap=0:100000:65536,65536:300000:1000`: `container:host:size` ranges
+/// separated by commas, as its overlay snapshotter prints them) and
+/// util-linux's `X-mount.idmap=` (entries `u:`/`g:`/`b:` or untyped
+/// `ondisk:host:count`, separated by spaces, or the path of a user
+/// namespace file). mount(8) strips `X-*` options before it runs a helper,
+/// so `idmap=` is accepted as the same thing under a name that gets through.
+///
+/// ```
+/// use idoverlay::options::parse_mount_options;
+/// let spec = parse_mount_options(
+///     "lowerdir=/l/3:/l/2:/l/1,upperdir=/c/u,workdir=/c/w,\
+///      uidmap=0:100000:65536,65536:300000:1000,gidmap=0:100000:65536,index=off,nosuid",
+/// ).unwrap();
+/// assert_eq!(spec.lowers.len(), 3);
+/// assert_eq!(spec.uid_map.unwrap().to_string(), "0:100000:65536,65536:300000:1000");
+/// assert_eq!(spec.params.len(), 1);
+/// assert!(spec.attrs.nosuid);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Lower layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (after `::`, or `datadir+=`).
+    pub data_lowers: Vec<PathBuf>,
+    /// `upperdir=`.
+    pub upper: Option<PathBuf>,
+    /// `workdir=`.
+    pub work: Option<PathBuf>,
+    /// `uidmap=`, or the `u:`/`b:` entries of `X-mount.idmap=`.
+    pub uid_map: Option<IdMap>,
+    /// `gidmap=`, or the `g:`/`b:` entries of `X-mount.idmap=`.
+    pub gid_map: Option<IdMap>,
+    /// `X-mount.idmap=/proc/PID/ns/user`: a user namespace file.
+    pub userns: Option<PathBuf>,
+    /// Overlay parameters passed through.
+    pub params: Vec<OverlayParam>,
+    /// Mount flags.
+    pub attrs: MountAttrs,
+}
+
+/// overlay's unescaping: a backslash takes the next character literally.
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Splits overlay's `lowerdir=` value: `:` between layers, `::` before the
+/// data-only layers, backslash escapes.
+pub fn parse_lowerdir(value: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let err = |why: &str| Error::invalid("lowerdir", value, why);
+    let mut layers: Vec<Vec<String>> = vec![Vec::new()];
+    let mut current = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ':' => {
+                if current.is_empty() {
+                    return Err(err(
+                        "has an empty layer (\"::\" may appear once, before data-only layers)",
+                    ));
+                }
+                layers
+                    .last_mut()
+                    .expect("one group")
+                    .push(std::mem::take(&mut current));
+                if chars.peek() == Some(&':') {
+                    chars.next();
+                    if layers.len() == 2 {
+                        return Err(err(
+                            "has \"::\" twice; data-only layers come after one \"::\"",
+                        ));
+                    }
+                    layers.push(Vec::new());
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if current.is_empty() {
+        return Err(err("ends with an empty layer"));
+    }
+    layers.last_mut().expect("one group").push(current);
+    let mut groups = layers
+        .into_iter()
+        .map(|g| g.into_iter().map(PathBuf::from).collect());
+    let lowers = groups.next().unwrap_or_default();
+    let data = groups.next().unwrap_or_default();
+    Ok((lowers, data))
+}
+
+/// util-linux's `X-mount.idmap=` value: a user namespace file, or entries
+/// `[u:|g:|b:]ondisk:host:count` separated by spaces (`\040` in fstab).
+fn parse_util_linux_idmap(value: &str) -> Result<(Option<IdMap>, Option<IdMap>, Option<PathBuf>)> {
+    let value = value.replace("\\040", " ").replace("\\011", "\t");
+    if value.starts_with('/') {
+        return Ok((None, None, Some(PathBuf::from(value))));
+    }
+    let err = |why: String| Error::invalid("X-mount.idmap", &value, why);
+    let (mut uid, mut gid) = (Vec::new(), Vec::new());
+    for entry in value.split_whitespace() {
+        let (kind, range) = match entry.split_once(':') {
+            Some((k @ ("u" | "g" | "b"), rest)) => (k, rest),
+            _ => ("b", entry),
+        };
+        let map: IdMap = range.parse().map_err(|e: crate::idmap::IdMapError| {
+            err(format!(
+                "entry {entry:?}: {} (write [u:|g:|b:]ONDISK:HOST:COUNT)",
+                e.reason
+            ))
+        })?;
+        let r: IdRange = map.ranges()[0];
+        if map.ranges().len() != 1 {
+            return Err(err(format!(
+                "entry {entry:?} holds several ranges; separate entries with spaces"
+            )));
+        }
+        if kind != "g" {
+            uid.push(r);
+        }
+        if kind != "u" {
+            gid.push(r);
+        }
+    }
+    let build = |ranges: Vec<IdRange>, what: &str| -> Result<Option<IdMap>> {
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        IdMap::new(ranges)
+            .map(Some)
+            .map_err(|e| err(format!("{what} map: {}", e.reason)))
+    };
+    Ok((build(uid, "uid")?, build(gid, "gid")?, None))
+}
+
+/// Parses a mount(8)-style option string into a [`MountSpec`].
+pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
+    let mut spec = MountSpec::default();
+    // containerd's maps hold commas between ranges: a part that is only
+    // `N:N:N` continues the uidmap/gidmap before it (overlay options never
+    // look like that).
+    let mut parts: Vec<(String, Option<String>)> = Vec::new();
+    for part in split_options(options) {
+        let is_range = {
+            let f: Vec<&str> = part.split(':').collect();
+            f.len() == 3
+                && f.iter()
+                    .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if let Some((key, Some(value))) = parts.last_mut() {
+            if is_range && (key == "uidmap" || key == "gidmap") {
+                value.push(',');
+                value.push_str(part);
+                continue;
+            }
+        }
+        match part.split_once('=') {
+            Some((k, v)) => parts.push((k.to_string(), Some(v.to_string()))),
+            None => parts.push((part.to_string(), None)),
+        }
+    }
+    for (key, value) in parts {
+        let shown = match &value {
+            Some(v) => format!("{key}={v}"),
+            None => key.clone(),
+        };
+        let need_value = || {
+            value
+                .clone()
+                .ok_or_else(|| Error::invalid("option", &shown, "needs a value (KEY=VALUE)"))
+        };
+        match key.as_str() {
+            "lowerdir" => {
+                if !spec.lowers.is_empty() {
+                    return Err(Error::invalid("option", &shown, "lowerdir= is given twice"));
+                }
+                let (lowers, data) = parse_lowerdir(&need_value()?)?;
+                spec.lowers = lowers;
+                spec.data_lowers.extend(data);
+            }
+            "lowerdir+" => spec.lowers.push(PathBuf::from(unescape(&need_value()?))),
+            "datadir+" => spec
+                .data_lowers
+                .push(PathBuf::from(unescape(&need_value()?))),
+            "upperdir" => spec.upper = Some(PathBuf::from(unescape(&need_value()?))),
+            "workdir" => spec.work = Some(PathBuf::from(unescape(&need_value()?))),
+            "uidmap" | "gidmap" => {
+                let map: IdMap = need_value()?
+                    .parse()
+                    .map_err(|e: crate::idmap::IdMapError| {
+                        Error::invalid(key.as_str(), e.input, e.reason)
+                    })?;
+                if key == "uidmap" {
+                    spec.uid_map = Some(map);
+                } else {
+                    spec.gid_map = Some(map);
+                }
+            }
+            k if k.eq_ignore_ascii_case("X-mount.idmap") || k == "idmap" => {
+                let (uid, gid, userns) = parse_util_linux_idmap(&need_value()?)?;
+                spec.uid_map = uid.or(spec.uid_map.take());
+                spec.gid_map = gid.or(spec.gid_map.take());
+                spec.userns = userns.or(spec.userns.take());
+            }
+            "datadir" => {
+                return Err(Error::invalid(
+                    "option",
+                    &shown,
+                    "is not an overlay option; use datadir+= or lowerdir=A::DATA",
+                ))
+            }
+            _ => {
+                if value.is_none() && apply_mount_flag(&mut spec.attrs, &key) {
+                    continue;
+                }
+                if is_userspace_only(&key) {
+                    continue;
+                }
+                let (mut params, _) = parse_overlay_options(&shown)?;
+                spec.params.append(&mut params);
+            }
+        }
+    }
+    if spec.userns.is_none() && spec.uid_map.is_some() != spec.gid_map.is_some() {
+        return Err(Error::invalid(
+            "option",
+            options,
+            "gives a uid map without a gid map or the other way round; give both \
+             (uidmap= and gidmap=, or X-mount.idmap=b:… entries)",
+        ));
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +468,96 @@ mod tests {
         assert_eq!(params.len(), 2);
     }
 
+    #[test]
+    fn lowerdir_escapes_and_data_layers() {
+        let (l, d) = parse_lowerdir(r"/a\:b:/c\,d:/e\\f::/data1:/data2").unwrap();
+        assert_eq!(
+            l,
+            vec![
+                PathBuf::from("/a:b"),
+                PathBuf::from("/c,d"),
+                PathBuf::from(r"/e\f")
+            ]
+        );
+        assert_eq!(d, vec![PathBuf::from("/data1"), PathBuf::from("/data2")]);
+        for bad in ["", "/a:", ":/a", "/a:::/b", "/a::/b::/c"] {
+            assert!(parse_lowerdir(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn containerd_snapshot_mount_line() {
+        // As `ctr snapshots mounts` prints it, with two-range maps.
+        let spec = parse_mount_options(
+            "index=off,workdir=/var/lib/containerd/snapshots/12/work,\
+             upperdir=/var/lib/containerd/snapshots/12/fs,\
+             lowerdir=/var/lib/containerd/snapshots/11/fs:/var/lib/containerd/snapshots/10/fs,\
+             uidmap=0:100000:65536,65536:300000:1000,gidmap=0:100000:65536,65536:300000:1000",
+        )
+        .unwrap();
+        assert_eq!(spec.lowers.len(), 2);
+        assert_eq!(
+            spec.upper.unwrap(),
+            PathBuf::from("/var/lib/containerd/snapshots/12/fs")
+        );
+        assert_eq!(
+            spec.uid_map.unwrap().to_string(),
+            "0:100000:65536,65536:300000:1000"
+        );
+        assert_eq!(spec.gid_map.unwrap().ranges().len(), 2);
+        assert_eq!(
+            spec.params,
+            vec![OverlayParam {
+                key: "index".into(),
+                value: Some("off".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn util_linux_idmap() {
+        let spec =
+            parse_mount_options("lowerdir=/a,X-mount.idmap=u:0:100000:65536 g:0:200000:65536")
+                .unwrap();
+        assert_eq!(spec.uid_map.unwrap().to_host(0), Some(100000));
+        assert_eq!(spec.gid_map.unwrap().to_host(0), Some(200000));
+        let spec =
+            parse_mount_options(r"lowerdir=/a,idmap=0:100000:1000\040b:1000:1000:1").unwrap();
+        assert_eq!(
+            spec.uid_map.clone().unwrap().to_string(),
+            "0:100000:1000,1000:1000:1"
+        );
+        assert_eq!(spec.uid_map, spec.gid_map);
+        let spec = parse_mount_options("lowerdir=/a,X-mount.idmap=/proc/42/ns/user").unwrap();
+        assert_eq!(spec.userns.unwrap(), PathBuf::from("/proc/42/ns/user"));
+        assert!(
+            parse_mount_options("lowerdir=/a,X-mount.idmap=u:0:1:1").is_err(),
+            "gid map missing"
+        );
+        assert!(parse_mount_options("lowerdir=/a,X-mount.idmap=x:0:1:1").is_err());
+        assert!(
+            parse_mount_options("lowerdir=/a,uidmap=0:1:1").is_err(),
+            "gid map missing"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn lowerdir_round_trips_escaped_names(names in proptest::collection::vec("[a-z:,\\\\ =]{1,8}", 1..6)) {
+            let escaped: Vec<String> = names.iter().map(|n| {
+                n.chars().flat_map(|c| if matches!(c, ':' | ',' | '\\') { vec!['\\', c] } else { vec![c] }).collect()
+            }).collect();
+            let value = escaped.iter().map(|e| format!("/{e}")).collect::<Vec<_>>().join(":");
+            let spec = parse_mount_options(&format!("lowerdir={value},uidmap=0:1:1,gidmap=0:1:1")).unwrap();
+            let want: Vec<PathBuf> = names.iter().map(|n| PathBuf::from(format!("/{n}"))).collect();
+            prop_assert_eq!(spec.lowers, want);
+        }
+
+        #[test]
+        fn mount_options_never_panic(s in ".{0,120}") {
+            let _ = parse_mount_options(&s);
+        }
+
         #[test]
         fn split_never_panics_and_keeps_text(s in ".{0,80}") {
             let parts = split_options(&s);

@@ -762,6 +762,17 @@ pub fn unshare_mount_ns() -> SysResult<()> {
         .map_err(fail("unshare", || "CLONE_NEWNS".to_string()))
 }
 
+/// `unshare(CLONE_FS)` then `setns(fd, CLONE_NEWNS)`: moves the calling
+/// *thread* into another mount namespace (setns needs a thread with its own
+/// fs struct). Only call it on a thread that ends afterwards.
+pub fn enter_mount_ns(ns: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: CLONE_FS does not touch the fd table (see unshare_mount_ns).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(fail("unshare", || "CLONE_FS".to_string()))?;
+    rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Mount))
+        .map_err(fail("setns", || format!("{}, CLONE_NEWNS", fd_arg(ns))))
+}
+
 /// `ioctl(fd, NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace fd.
 pub fn namespace_type(fd: BorrowedFd<'_>) -> SysResult<i32> {
     // SAFETY: NS_GET_NSTYPE takes no argument and returns an int.

@@ -55,7 +55,12 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
                 let dir = &opened.layers[*i];
                 clones.push(idmapped_clone(dir, userns, LAYER_ATTRS)?);
                 sources[*i] = Some(LayerFd::CloneRoot(clones.len() - 1));
-                req.trace(|| format!("clone + idmap {}", dir.path.display()));
+                req.trace(|| {
+                    format!(
+                        "open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP|RDONLY) of {}: ok",
+                        dir.path.display()
+                    )
+                });
             }
             GroupRoot::Shared { path, fd } => {
                 let clone = sys::clone_mount(fd.as_fd(), "".as_ref())
@@ -104,6 +109,13 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
             LayerFd::Own(fd) => fd.as_fd(),
         };
         ctx.set_layer_fd(dir.role, fd, &dir.path)?;
+        req.trace(|| {
+            format!(
+                "fsconfig(FSCONFIG_SET_FD, {:?}) of {}: ok",
+                super::role_key(dir.role),
+                dir.path.display()
+            )
+        });
         // An fd beneath a clone may close now: overlay holds the path, and
         // the clone it lives on stays open.
         drop(source);
@@ -119,6 +131,7 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
         } else {
             ctx.set_layer_fd(upper.role, upper.fd.as_fd(), &upper.path)?;
             ctx.set_layer_fd(work.role, work.fd.as_fd(), &work.path)?;
+            req.trace(|| "fsconfig(FSCONFIG_SET_FD) of upperdir and workdir: ok".to_string());
             upper_clone = None;
         }
     } else {

@@ -8,6 +8,9 @@ use clap::Args;
 use crate::output::{AlreadyReported, Output};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay gc
+  idoverlay gc --state-dir /run/idoverlay --json")]
 pub struct GcArgs {
     /// The state directory host-staged used.
     #[arg(long, value_name = "DIR", default_value = idoverlay::gc::DEFAULT_STATE_DIR)]

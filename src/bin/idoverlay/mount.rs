@@ -1,63 +1,62 @@
-//! `idoverlay mount`: the flag form.
+//! `idoverlay mount`: the flag form and the mount(8) form, one code path.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
+use idoverlay::options::{parse_mount_options, MountSpec};
 use idoverlay::{IdMap, Overlay, Strategy, UserNamespace};
 
 use crate::output::{stderr_trace, Output};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 #[command(after_help = "Examples:
   idoverlay mount --lower /l/3 --lower /l/2 --lower /l/1 --upper /c/upper --work /c/work \\
       --uidmap 0:100000:65536 --gidmap 0:100000:65536 /c/rootfs
+  idoverlay mount -t overlay overlay -o lowerdir=/l/3:/l/2:/l/1,upperdir=/c/upper,workdir=/c/work,\\
+uidmap=0:100000:65536,gidmap=0:100000:65536 /c/rootfs
   idoverlay mount --lower /l/1 --userns /proc/4242/ns/user --read-only /c/rootfs
-  idoverlay mount --lower /l/1 --uidmap 0:100000:1000,1000:1000:1 --gidmap 0:100000:65536 \\
-      -o index=off,nosuid,nodev --json /c/rootfs")]
+  idoverlay mount --lower /l/1 --oci-config /run/c1/config.json -o index=off,nosuid --json /c/rootfs")]
 pub struct MountArgs {
     /// A lower layer; repeat it, top-most first (like overlay's lowerdir=).
-    #[arg(long = "lower", value_name = "DIR", required = true)]
+    #[arg(long = "lower", value_name = "DIR")]
     pub lowers: Vec<PathBuf>,
     /// A data-only lower layer (datadir+, kernel 6.7+); repeat as needed.
     #[arg(long = "data-lower", value_name = "DIR")]
     pub data_lowers: Vec<PathBuf>,
     /// The upper layer, where writes land (needs --work).
-    #[arg(long, value_name = "DIR", requires = "work")]
+    #[arg(long, value_name = "DIR")]
     pub upper: Option<PathBuf>,
     /// The work directory: empty, on the same mount as --upper.
-    #[arg(long, value_name = "DIR", requires = "upper")]
+    #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
     /// Idmap the upper and work dirs too, so writes land in container ids on disk.
     #[arg(long)]
     pub idmap_upper: bool,
     /// uid map: CONTAINER:HOST:SIZE ranges separated by commas (on-disk id
     /// CONTAINER shows as HOST), e.g. 0:100000:65536.
-    #[arg(
-        long,
-        value_name = "MAP",
-        requires = "gidmap",
-        conflicts_with = "userns"
-    )]
+    #[arg(long, value_name = "MAP")]
     pub uidmap: Vec<String>,
     /// gid map, same syntax as --uidmap.
-    #[arg(
-        long,
-        value_name = "MAP",
-        requires = "uidmap",
-        conflicts_with = "userns"
-    )]
+    #[arg(long, value_name = "MAP")]
     pub gidmap: Vec<String>,
     /// Take the maps from a user namespace: a file such as /proc/PID/ns/user, or a PID.
     #[arg(long, value_name = "FILE|PID")]
     pub userns: Option<String>,
-    /// Overlay parameters and mount flags, comma separated
-    /// (index=off, redirect_dir=on, metacopy=on, userxattr, xino=auto, volatile,
-    /// ro, nosuid, nodev, noexec, noatime, …).
+    /// Take the maps from an OCI runtime config (linux.uidMappings/gidMappings).
+    #[arg(long, value_name = "FILE")]
+    pub oci_config: Option<PathBuf>,
+    /// Mount options, comma separated: overlay parameters (index=off,
+    /// redirect_dir=on, metacopy=on, userxattr, xino=auto, volatile, …), mount
+    /// flags (ro, nosuid, nodev, noexec, noatime, …), and in the mount(8) form
+    /// lowerdir=, upperdir=, workdir=, uidmap=, gidmap=, X-mount.idmap=.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Vec<String>,
+    /// Filesystem type, for the mount(8) form: overlay (or idoverlay).
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub fs_type: Option<String>,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -67,6 +66,9 @@ pub struct MountArgs {
     /// Where host-staged keeps its staging (root-owned 0700; default /run/idoverlay).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Attach the overlay inside this mount namespace (/proc/PID/ns/mnt).
+    #[arg(short = 'N', long = "namespace", value_name = "NS")]
+    pub namespace: Option<PathBuf>,
     /// Treat a kernel feature as missing, to force an older kernel's code
     /// path (for testing fallbacks); see `idoverlay probe` for the names.
     #[arg(long, value_name = "FEATURE", hide = true)]
@@ -74,26 +76,76 @@ pub struct MountArgs {
     /// Print the result (or the error) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Where to mount the overlay: an existing directory.
-    #[arg(value_name = "TARGET")]
-    pub target: PathBuf,
+    /// TARGET, or SOURCE TARGET as mount(8) takes them (SOURCE is ignored;
+    /// overlay has no device).
+    #[arg(value_name = "[SOURCE] TARGET", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
-pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
+/// Builds the overlay from the flags and the -o string, refusing any
+/// setting given twice in different ways.
+pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Value)> {
+    if let Some(t) = &args.fs_type {
+        if t != "overlay" && t != "idoverlay" {
+            bail!(idoverlay::Error::invalid_input(
+                "-t",
+                t,
+                "idoverlay mounts overlays only; give -t overlay (or leave -t out)"
+            ));
+        }
+    }
+    let spec: MountSpec = if args.options.is_empty() {
+        MountSpec::default()
+    } else {
+        parse_mount_options(&args.options.join(","))?
+    };
+    let twice = |what: &str| -> anyhow::Error {
+        idoverlay::Error::invalid_input(
+            what,
+            "(flags and -o)",
+            "is given both as a flag and in -o; give it once",
+        )
+        .into()
+    };
+    let (lowers, data_lowers) = match (args.lowers.is_empty(), spec.lowers.is_empty()) {
+        (false, false) => return Err(twice("lower layers")),
+        (true, _) => (spec.lowers.clone(), spec.data_lowers.clone()),
+        (false, true) => {
+            let mut data = args.data_lowers.clone();
+            data.extend(spec.data_lowers.iter().cloned());
+            (args.lowers.clone(), data)
+        }
+    };
+    let upper = match (&args.upper, &spec.upper) {
+        (Some(_), Some(_)) => return Err(twice("upper dir")),
+        (a, b) => a.clone().or_else(|| b.clone()),
+    };
+    let work = match (&args.work, &spec.work) {
+        (Some(_), Some(_)) => return Err(twice("work dir")),
+        (a, b) => a.clone().or_else(|| b.clone()),
+    };
+    if upper.is_some() != work.is_some() {
+        bail!(idoverlay::Error::invalid_input(
+            if upper.is_some() { "upper dir" } else { "work dir" },
+            upper.as_ref().or(work.as_ref()).map(|p| p.display().to_string()).unwrap_or_default(),
+            "needs the other one too: overlay writes through an upper dir and an empty work dir on one mount"
+        ));
+    }
     let strategy: Strategy = args.strategy.parse()?;
     let mut overlay = Overlay::new()
-        .lowers(args.lowers.iter().cloned())
+        .lowers(lowers)
         .strategy(strategy)
         .idmap_upper(args.idmap_upper);
-    for d in &args.data_lowers {
+    for d in data_lowers {
         overlay = overlay.data_lower(d);
     }
-    if let (Some(upper), Some(work)) = (&args.upper, &args.work) {
+    if let (Some(upper), Some(work)) = (upper, work) {
         overlay = overlay.upper(upper).work(work);
     }
-    for opts in &args.options {
-        overlay = overlay.options(opts)?;
+    for p in &spec.params {
+        overlay = overlay.param(&p.key, p.value.as_deref());
     }
+    overlay = overlay.mount_attrs(spec.attrs);
     if args.read_only {
         overlay = overlay.read_only(true);
     }
@@ -103,44 +155,106 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     for f in &args.pretend_missing {
         overlay = overlay.pretend_missing(*f);
     }
-    let described_maps;
+
+    // The maps: exactly one source.
+    let mut sources = Vec::new();
+    if !args.uidmap.is_empty() || !args.gidmap.is_empty() {
+        sources.push("--uidmap/--gidmap");
+    }
+    if args.userns.is_some() {
+        sources.push("--userns");
+    }
+    if args.oci_config.is_some() {
+        sources.push("--oci-config");
+    }
+    if spec.uid_map.is_some() || spec.userns.is_some() {
+        sources.push("-o uidmap=/gidmap=/X-mount.idmap=");
+    }
+    if sources.len() > 1 {
+        bail!(idoverlay::Error::invalid_input(
+            "id maps",
+            sources.join(" and "),
+            "come from more than one place; give them once"
+        ));
+    }
+    let described;
     if let Some(ns) = &args.userns {
         let userns = match ns.parse::<u32>() {
             Ok(pid) => UserNamespace::from_pid(pid)?,
             Err(_) => UserNamespace::open(ns)?,
         };
-        described_maps = json!({ "userns": ns });
+        described = json!({ "userns": ns });
         overlay = overlay.userns(userns);
-    } else if !args.uidmap.is_empty() {
-        let uid = parse_map(&args.uidmap, "--uidmap")?;
-        let gid = parse_map(&args.gidmap, "--gidmap")?;
-        described_maps = json!({ "uidmap": uid.to_string(), "gidmap": gid.to_string() });
-        overlay = overlay.idmap(uid, gid);
+    } else if let Some(path) = &spec.userns {
+        overlay = overlay.userns(UserNamespace::open(path)?);
+        described = json!({ "userns": path.to_string_lossy() });
     } else {
-        described_maps = json!(null);
+        let (uid, gid) = if let Some(config) = &args.oci_config {
+            let text = std::fs::read_to_string(config).map_err(|e| {
+                idoverlay::Error::invalid_input(
+                    "--oci-config",
+                    config.display().to_string(),
+                    format!("cannot be read: {e}"),
+                )
+            })?;
+            idoverlay::idmap::maps_from_oci_config(&text)
+                .map(|(u, g)| (Some(u), Some(g)))
+                .map_err(|e| e.into_error(&format!("--oci-config {}", config.display())))?
+        } else if !args.uidmap.is_empty() || !args.gidmap.is_empty() {
+            (
+                Some(parse_map(&args.uidmap, "--uidmap")?),
+                Some(parse_map(&args.gidmap, "--gidmap")?),
+            )
+        } else {
+            (spec.uid_map.clone(), spec.gid_map.clone())
+        };
+        match (uid, gid) {
+            (Some(uid), Some(gid)) => {
+                described = json!({ "uidmap": uid.to_string(), "gidmap": gid.to_string() });
+                overlay = overlay.idmap(uid, gid);
+            }
+            _ => described = json!(null),
+        }
     }
     if verbose {
         overlay = overlay.trace(stderr_trace());
     }
+    Ok((overlay, described))
+}
+
+pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
+    let (overlay, maps) = build(&args, verbose)?;
+    let target = args.paths.last().expect("clap requires a target").clone();
+    let layers = overlay.layers().count();
     idoverlay::raise_fd_limit();
-    let mount = overlay.mount(&args.target)?;
-    for warning in &mount.warnings {
+    let mounted = match &args.namespace {
+        None => overlay.mount(&target)?,
+        Some(ns) => overlay.assemble()?.attach_in_namespace(ns, &target)?,
+    };
+    for warning in &mounted.warnings {
         eprintln!("idoverlay: warning: {warning}");
     }
     Output { json: args.json }.result(json!({
-        "target": args.target.to_string_lossy(),
-        "strategy": mount.strategy.name(),
-        "layers": args.lowers.len() + args.data_lowers.len(),
-        "upper": args.upper.as_ref().map(|p| p.to_string_lossy()),
-        "work": args.work.as_ref().map(|p| p.to_string_lossy()),
-        "idmap": described_maps,
-        "warnings": mount.warnings,
+        "target": target.to_string_lossy(),
+        "strategy": mounted.strategy.name(),
+        "layers": layers,
+        "idmap": maps,
+        "warnings": mounted.warnings,
     }));
     Ok(())
 }
 
 /// A map given as one or more `--uidmap` values, each holding ranges.
 fn parse_map(values: &[String], what: &str) -> Result<IdMap> {
-    let joined = values.join(",");
-    Ok(joined.parse::<IdMap>().map_err(|e| e.into_error(what))?)
+    if values.is_empty() {
+        bail!(idoverlay::Error::invalid_input(
+            what,
+            "(missing)",
+            "give --uidmap and --gidmap together (e.g. 0:100000:65536 for both)"
+        ));
+    }
+    Ok(values
+        .join(",")
+        .parse::<IdMap>()
+        .map_err(|e| e.into_error(what))?)
 }

@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::output::Output;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay umount /c1/rootfs
+  idoverlay umount --lazy --json /c1/rootfs")]
 pub struct UmountArgs {
     /// Detach now even if busy; the kernel frees it when the last user goes.
     #[arg(long, short = 'l')]

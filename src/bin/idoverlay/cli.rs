@@ -1,0 +1,99 @@
+//! The command line, as clap definitions (also the source of the man pages
+//! and shell completions).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{gc, mount, probe, umount};
+
+/// Assemble overlayfs mounts from idmapped layers, with no temporary mount
+/// ever visible and no layer ever at risk.
+#[derive(Parser, Debug)]
+#[command(name = "idoverlay", version, about, long_about = None)]
+#[command(after_help = "Examples:
+  idoverlay demo
+  idoverlay probe
+  idoverlay mount --lower /layers/3 --lower /layers/2 --lower /layers/1 \\
+      --upper /c1/upper --work /c1/work \\
+      --uidmap 0:100000:65536 --gidmap 0:100000:65536 /c1/rootfs
+  idoverlay mount -t overlay overlay -o lowerdir=/layers/3:/layers/2,uidmap=0:100000:65536,\\
+gidmap=0:100000:65536 /c1/rootfs
+  idoverlay umount /c1/rootfs
+
+As a mount helper (`idoverlay install-helper` links /sbin/mount.idoverlay):
+  mount -t idoverlay overlay /c1/rootfs -o lowerdir=/layers/2:/layers/1,uidmap=0:100000:65536,\\
+gidmap=0:100000:65536")]
+pub struct Cli {
+    /// Log each step (strategy, layer groups, syscalls) to stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Assemble an idmapped overlay and attach it at TARGET.
+    Mount(Box<mount::MountArgs>),
+    /// Unmount an overlay mounted at TARGET.
+    Umount(umount::UmountArgs),
+    /// Finish the cleanup of interrupted host-staged runs.
+    Gc(gc::GcArgs),
+    /// Tell what this kernel can do for idmapped overlays, by asking it.
+    Probe(probe::ProbeArgs),
+    /// Build sample layers in a fresh private directory, mount them
+    /// idmapped, show the owners on disk and through the mount, clean up.
+    Demo(DemoArgs),
+    /// Link this binary as the mount helper /sbin/mount.idoverlay, so that
+    /// `mount -t idoverlay`, fstab lines and systemd .mount units work.
+    InstallHelper(InstallHelperArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (idoverlay.1, idoverlay-mount.1, …) into DIR.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay demo
+  idoverlay demo --json")]
+pub struct DemoArgs {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to create the demo's private directory (default: $TMPDIR or /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay install-helper
+  idoverlay install-helper --dir /usr/local/sbin")]
+pub struct InstallHelperArgs {
+    /// Where mount(8) looks for helpers.
+    #[arg(long, value_name = "DIR", default_value = "/sbin")]
+    pub dir: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  idoverlay completions bash > /etc/bash_completion.d/idoverlay")]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManpagesArgs {
+    /// Directory to write the pages into.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
