@@ -437,7 +437,7 @@ pub fn clone_mount(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
     }))
 }
 
-/// Mount attributes for [`mount_setattr`] and [`fsmount`].
+/// Mount attributes (`MOUNT_ATTR_*`): how a mount behaves, not what it shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MountAttrs {
     /// `MOUNT_ATTR_RDONLY`
