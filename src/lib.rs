@@ -81,6 +81,7 @@ pub struct Overlay {
     pretend_missing: Vec<Feature>,
     state_dir: Option<PathBuf>,
     per_layer_clones: bool,
+    probe_report: Option<Arc<probe::ProbeReport>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -224,6 +225,14 @@ impl Overlay {
         self
     }
 
+    /// Chooses and checks the strategy against this report (e.g. one saved
+    /// with `idoverlay probe --json` and [`probe::ProbeReport::load`]) instead
+    /// of probing: for callers that probe once and mount many times.
+    pub fn probe_report(mut self, report: Arc<probe::ProbeReport>) -> Self {
+        self.probe_report = Some(report);
+        self
+    }
+
     /// Treats `feature` as missing even if the kernel has it: forces the
     /// code paths of older kernels (as libpathrs forces ENOSYS), for tests
     /// and for comparing strategies on one machine.
@@ -356,13 +365,20 @@ impl Overlay {
             trace: self.trace.as_ref(),
             caps: &probe::ProbeReport::empty(),
         };
-        let report = probe::cached(self.lowers.first().map(PathBuf::as_path), Some(userns));
+        let first_layer = &self.lowers[0];
+        let layer_fs = sys::open_dir_path(sys::cwd(), first_layer)
+            .map(|fd| fs_type::of_fd(fd.as_fd()))
+            .unwrap_or_default();
+        let report = match &self.probe_report {
+            Some(report) => report.clone(),
+            None => probe::cached(first_layer, &layer_fs, Some(userns)),
+        };
         let report = if self.pretend_missing.is_empty() {
             report
         } else {
             Arc::new(report.with_missing(&self.pretend_missing))
         };
-        let chosen = choose_strategy(self.strategy, &report)?;
+        let chosen = choose_strategy(self.strategy, &report, &layer_fs)?;
         req.trace(|| {
             format!(
                 "strategy {chosen} (asked: {}; kernel {})",
@@ -520,13 +536,18 @@ impl AsFd for DetachedMount {
 
 /// The strategy to run: `auto` resolved from the probe, a forced one
 /// checked against it.
-fn choose_strategy(asked: Strategy, report: &probe::ProbeReport) -> Result<Strategy> {
+fn choose_strategy(
+    asked: Strategy,
+    report: &probe::ProbeReport,
+    layer_fs: &str,
+) -> Result<Strategy> {
     let kernel = report.kernel.clone();
-    // The layers' filesystem (probed as the report's first path) refusing
-    // idmapped mounts on a kernel that has them is the answer whatever the
-    // strategy: say which filesystem, and from which version it would work.
-    if let Some(layer_fs) = report.paths.first() {
-        let kernel_idmaps = report.feature(Feature::MountSetattrIdmap).errno != Some("ENOSYS");
+    // The layers' filesystem refusing idmapped mounts on a kernel that has
+    // them is the answer whatever the strategy: say which filesystem, and
+    // from which version it would work.
+    if let Some(layer_fs) = report.path_of_type(layer_fs) {
+        let kernel_idmaps =
+            report.feature(Feature::MountSetattrIdmap).errno.as_deref() != Some("ENOSYS");
         if layer_fs.idmap == Some(false) && kernel_idmaps {
             let fs = &layer_fs.fs_type;
             let needs = match kernel_compat::idmap_since(fs) {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kernel_compat::{idmap_expected, Feature, KernelVersion};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::idmap::IdMap;
 use crate::strategy::Strategy;
@@ -23,7 +23,7 @@ use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
 
 /// What the probe found for one feature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureResult {
     /// Whether a mainline kernel of this version has it (for idmap
     /// features: on the filesystem it was probed on).
@@ -31,7 +31,7 @@ pub struct FeatureResult {
     /// Whether it worked here; `None` when it could not be probed.
     pub observed: Option<bool>,
     /// The errno of the failed attempt (`EINVAL`), when it failed.
-    pub errno: Option<&'static str>,
+    pub errno: Option<String>,
     /// Why it was not probed, or what it was probed on.
     pub note: Option<String>,
 }
@@ -44,7 +44,7 @@ impl FeatureResult {
 }
 
 /// What the probe found for a directory the user named.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathResult {
     /// The directory.
     pub path: PathBuf,
@@ -55,19 +55,19 @@ pub struct PathResult {
     /// Whether a mainline kernel of this version idmaps this filesystem.
     pub idmap_expected: bool,
     /// The errno of the failed attempt.
-    pub errno: Option<&'static str>,
+    pub errno: Option<String>,
     /// Why it was not probed, when it was not.
     pub note: Option<String>,
 }
 
 /// The whole answer: kernel, features, paths, and the strategy `auto`
 /// would choose.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeReport {
     /// The kernel release string (`uname -r`).
     pub kernel: String,
     /// Per feature, by its stable name.
-    pub features: BTreeMap<&'static str, FeatureResult>,
+    pub features: BTreeMap<String, FeatureResult>,
     /// Per `--path`.
     pub paths: Vec<PathResult>,
     /// What `auto` would choose; `None` when no strategy can work.
@@ -135,7 +135,7 @@ impl ProbeReport {
         };
         needs.iter().find(|f| !self.observed(**f)).map(|f| {
             let r = self.feature(*f);
-            let how = match (r.observed, r.errno, &r.note) {
+            let how = match (r.observed, r.errno.as_deref(), &r.note) {
                 (Some(false), Some(e), _) => format!("the kernel refused it ({e})"),
                 (_, _, Some(note)) => note.clone(),
                 _ => "not observed".into(),
@@ -156,6 +156,14 @@ impl ProbeReport {
 impl Serialize for Strategy {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown strategy {name:?}")))
     }
 }
 
@@ -201,7 +209,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
                 Observation::Works => result.idmap = Some(true),
                 Observation::Fails(e) => {
                     result.idmap = Some(false);
-                    result.errno = Some(sys::errno_name(e));
+                    result.errno = Some(sys::errno_name(e).to_string());
                 }
                 Observation::NotProbed(why) | Observation::Absent(why) => result.note = Some(why),
             }
@@ -226,7 +234,9 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
         };
         let (observed, errno, note) = match observed.remove(&feature) {
             Some(Observation::Works) => (Some(true), None, None),
-            Some(Observation::Fails(e)) => (Some(false), Some(sys::errno_name(e)), None),
+            Some(Observation::Fails(e)) => {
+                (Some(false), Some(sys::errno_name(e).to_string()), None)
+            }
             Some(Observation::Absent(why)) => (Some(false), None, Some(why)),
             Some(Observation::NotProbed(why)) => (None, None, Some(why)),
             None if !privileged => (None, None, Some("not probed: needs CAP_SYS_ADMIN".into())),
@@ -237,7 +247,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
             _ => note,
         };
         features.insert(
-            feature.name(),
+            feature.name().to_string(),
             FeatureResult {
                 expected,
                 observed,
@@ -262,28 +272,52 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
 
 /// The probe run once per process and per filesystem type of the layers
 /// (what `Strategy::Auto` uses): the kernel cannot change under a running
-/// process, and a probe costs a few milliseconds.
-pub fn cached(layer: Option<&Path>, userns: Option<&UserNamespace>) -> Arc<ProbeReport> {
+/// process, and a probe costs a few milliseconds. `layer` (a layer of that
+/// filesystem type) is probed as the report's one `--path`.
+pub fn cached(layer: &Path, fs_type: &str, userns: Option<&UserNamespace>) -> Arc<ProbeReport> {
     static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ProbeReport>>>> = OnceLock::new();
-    let fs_type = layer
-        .and_then(|p| sys::open_dir_path(sys::cwd(), p).ok())
-        .map(|fd| crate::fs_type::of_fd(fd.as_fd()))
-        .unwrap_or_default();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(report) = cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&fs_type)
-    {
+    if let Some(report) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(fs_type) {
         return report.clone();
     }
-    let paths: Vec<PathBuf> = layer.map(Path::to_path_buf).into_iter().collect();
-    let report = Arc::new(probe(&paths, userns));
+    let report = Arc::new(probe(&[layer.to_path_buf()], userns));
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(fs_type, report.clone());
+        .insert(fs_type.to_string(), report.clone());
     report
+}
+
+impl ProbeReport {
+    /// A report saved from `idoverlay probe --json`, for callers that probe
+    /// once (e.g. at boot) and mount many times. Refused when it was made
+    /// on another kernel.
+    pub fn load(path: &Path) -> crate::Result<ProbeReport> {
+        let invalid = |reason: String| crate::Error::invalid_path("probe report", path, reason);
+        let text =
+            std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot be read: {e}")))?;
+        let report: ProbeReport = serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("is not `idoverlay probe --json` output: {e}")))?;
+        let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if report.kernel != running.trim() {
+            return Err(invalid(format!(
+                "was made on kernel {}, this is {}; probe again",
+                report.kernel,
+                running.trim()
+            )));
+        }
+        if report.guess {
+            return Err(invalid(
+                "is a guess (made without CAP_SYS_ADMIN); probe again as root".into(),
+            ));
+        }
+        Ok(report)
+    }
+
+    /// What the report says about a filesystem type, if it probed one.
+    pub fn path_of_type(&self, fs_type: &str) -> Option<&PathResult> {
+        self.paths.iter().find(|p| p.fs_type == fs_type)
+    }
 }
 
 /// The strategy `auto` picks from a report, and why.
@@ -318,7 +352,7 @@ fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Stra
     let idmap_any =
         report.observed(MountSetattrIdmap) || report.paths.iter().any(|p| p.idmap == Some(true));
     if !idmap_any {
-        let why = match report.feature(MountSetattrIdmap).errno {
+        let why = match report.feature(MountSetattrIdmap).errno.as_deref() {
             Some("ENOSYS") => "this kernel has no mount_setattr (idmapped mounts need 5.12, idmapped overlay layers 5.19)".to_string(),
             _ if report.paths.is_empty() => "no probed filesystem takes idmapped mounts (tmpfs needs 6.3); probe again with --path DIR on the layers' filesystem".to_string(),
             _ => "none of the probed filesystems takes idmapped mounts".to_string(),
@@ -356,7 +390,7 @@ fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Stra
             None,
             format!(
                 "overlay refuses idmapped layers here ({}); that needs kernel 5.19",
-                feature.errno.unwrap_or("error")
+                feature.errno.as_deref().unwrap_or("error")
             ),
         ),
     }

@@ -159,12 +159,20 @@ fn host_staged_under_strace(
     target: &Path,
     inject: &str,
 ) -> std::process::Output {
+    // A saved probe report (see tests/crash.rs): strace counts `when=N` per
+    // thread, and the probe's thread would otherwise take the kills.
+    let report = state.parent().unwrap().join("probe.json");
+    if !report.exists() {
+        fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
+    }
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
         .arg(format!("inject={inject}"))
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_idoverlay"))
-        .args(["mount", "--strategy", "host-staged", "--state-dir"])
+        .args(["mount", "--strategy", "host-staged", "--probe-report"])
+        .arg(&report)
+        .arg("--state-dir")
         .arg(state);
     for l in layers {
         cmd.arg("--lower").arg(l);
@@ -245,8 +253,8 @@ fn killed_at_every_attach_leaves_only_what_gc_removes() {
         mkdir(&target, 0o755, 0, 0);
         let before: Vec<_> = mounts().into_iter().map(|m| m.mount_id).collect();
         let mut crashes = 0;
-        // SIGKILL at the 1st, 2nd, … move_mount (probe, state tmpfs, staged
-        // clones, the final attach) until a run gets through.
+        // SIGKILL at the 1st, 2nd, … move_mount (state tmpfs, staged clones,
+        // the final attach) until a run gets through.
         for n in 1..50 {
             // A fresh state dir each time, so every run makes the same calls.
             let state = dir.join(format!("state{n}"));

@@ -46,7 +46,7 @@ fn live_probe_agrees_with_the_table_and_leaves_nothing() {
                 assert_eq!(report.observed(f), want, "{f}: {:?}", report.feature(f));
             }
             assert_eq!(
-                report.feature(Feature::OverlayMergedIdmap).errno,
+                report.feature(Feature::OverlayMergedIdmap).errno.as_deref(),
                 Some("EINVAL")
             );
             assert_eq!(report.strategy, Some(Strategy::Detached));
@@ -58,7 +58,7 @@ fn live_probe_agrees_with_the_table_and_leaves_nothing() {
         assert_eq!(report.paths[1].idmap, Some(true));
         assert_eq!(report.paths[2].fs_type, "proc");
         assert_eq!(report.paths[2].idmap, Some(false));
-        assert_eq!(report.paths[2].errno, Some("EINVAL"));
+        assert_eq!(report.paths[2].errno.as_deref(), Some("EINVAL"));
         assert!(!report.paths[2].idmap_expected);
     });
 }

@@ -313,7 +313,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__mount)
-            opts="-o -t -N -v -h --lower --data-lower --upper --work --idmap-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --namespace --pretend-missing --json --verbose --help"
+            opts="-o -t -N -v -h --lower --data-lower --upper --work --idmap-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --probe-report --namespace --pretend-missing --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -372,6 +372,10 @@ _idoverlay() {
                     return 0
                     ;;
                 --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --probe-report)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -48,6 +48,7 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s o -l optio
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s t -l type -d 'Filesystem type, for the mount(8) form: overlay (or idoverlay)' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l strategy -d 'How to assemble: auto, detached, private-ns or host-staged' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l state-dir -d 'Where host-staged keeps its staging (root-owned 0700; default /run/idoverlay)' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l probe-report -d 'Use a report saved by `idoverlay probe --json` (same kernel) instead of probing: saves a few milliseconds per mount' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s N -l namespace -d 'Attach the overlay inside this mount namespace (/proc/PID/ns/mnt)' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l pretend-missing -d 'Treat a kernel feature as missing, to force an older kernel\'s code path (for testing fallbacks); see `idoverlay probe` for the names' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l idmap-upper -d 'Idmap the upper and work dirs too, so writes land in container ids on disk'

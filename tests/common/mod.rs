@@ -9,6 +9,8 @@
 //! directory is `rmdir`ed.
 #![allow(dead_code)]
 
+pub mod containerd_rc5;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{chown, symlink, DirBuilderExt, MetadataExt, PermissionsExt};

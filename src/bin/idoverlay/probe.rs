@@ -34,7 +34,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn observed(r: &FeatureResult) -> String {
-    match (r.observed, r.errno) {
+    match (r.observed, r.errno.as_deref()) {
         (Some(true), _) => "yes".into(),
         (Some(false), Some(errno)) => format!("no ({errno})"),
         (Some(false), None) => "no".into(),
@@ -79,7 +79,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         println!();
         println!("  {:<30} {:<10} {:<12} expected", "path", "fs", "idmap");
         for p in &report.paths {
-            let idmap = match (p.idmap, p.errno) {
+            let idmap = match (p.idmap, p.errno.as_deref()) {
                 (Some(true), _) => "yes".to_string(),
                 (Some(false), Some(e)) => format!("no ({e})"),
                 (Some(false), None) => "no".to_string(),

@@ -1,0 +1,371 @@
+//! Crashes and attacks: the CLI killed at every mount-related syscall for
+//! every strategy; the user-namespace helper dying with a killed caller; a
+//! layer path swapped for a symlink while assemblies run; gc facing a
+//! planted mount. Serial on purpose: it counts this process's children.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use common::*;
+use idoverlay::{IdMap, Overlay, Strategy};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The syscalls that change mounts or namespaces, or make the helper.
+const MOUNT_SYSCALLS: [&str; 10] = [
+    "clone",
+    "unshare",
+    "open_tree",
+    "mount_setattr",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "mount",
+    "umount2",
+];
+
+/// A saved probe report, so that the CLI runs under strace do not probe:
+/// strace counts `when=N` per thread, and the probe's own thread would take
+/// the kills meant for the assembly.
+fn probe_report(dir: &Path) -> PathBuf {
+    let out = run(idoverlay().args(["probe", "--json"]));
+    let path = dir.join("probe.json");
+    fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+fn cli_under_strace(
+    inject: &str,
+    strategy: &str,
+    state: &Path,
+    layers: &[PathBuf],
+    target: &Path,
+) -> std::process::Output {
+    let report = state.parent().unwrap().join("probe.json");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={inject}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .args(["mount", "--strategy", strategy, "--probe-report"])
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(state);
+    for l in layers {
+        cmd.arg("--lower").arg(l);
+    }
+    cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+        .arg(target);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::killed_everywhere", |s| {
+        let dir = s.ext4_dir("e");
+        let layers = make_rich_layers(&dir).dirs;
+        let prints: Vec<_> = layers.iter().map(|l| fingerprint(l)).collect();
+        let target = dir.join("rootfs");
+        fs::create_dir(&target).unwrap();
+        probe_report(&dir);
+        let before: Vec<u64> = mounts().iter().map(|m| m.mount_id).collect();
+        let mut kills = 0;
+        let mut report = Vec::new();
+        for strategy in ["detached", "private-ns", "host-staged"] {
+            for syscall in MOUNT_SYSCALLS {
+                let mut n = 1;
+                loop {
+                    // Fresh state each time, so every run makes the same calls.
+                    let state = dir.join(format!("state-{strategy}-{syscall}-{n}"));
+                    let out = cli_under_strace(
+                        &format!("{syscall}:signal=KILL:when={n}"),
+                        strategy,
+                        &state,
+                        &layers,
+                        &target,
+                    );
+                    if out.status.success() {
+                        run(idoverlay().arg("umount").arg(&target));
+                        break;
+                    }
+                    kills += 1;
+                    let what = format!("{strategy}, SIGKILL at {syscall} #{n}");
+                    assert!(
+                        mounts().iter().all(|m| m.mount_point != target),
+                        "{what}: target mounted"
+                    );
+                    let left: Vec<_> = mounts()
+                        .into_iter()
+                        .filter(|m| !before.contains(&m.mount_id) && m.source != "idoverlay-state")
+                        .collect();
+                    if strategy == "host-staged" {
+                        // Only what gc removes: staged clones in the state dir.
+                        assert!(
+                            left.iter().all(|m| m.mount_point.starts_with(&state)),
+                            "{what}: {left:#?}"
+                        );
+                        run(idoverlay().args(["gc", "--state-dir"]).arg(&state));
+                        let still: Vec<_> = mounts()
+                            .into_iter()
+                            .filter(|m| {
+                                !before.contains(&m.mount_id) && m.source != "idoverlay-state"
+                            })
+                            .collect();
+                        assert!(still.is_empty(), "{what}: after gc {still:#?}");
+                        assert_eq!(
+                            fs::read_dir(&state).map(|d| d.count()).unwrap_or(0),
+                            0,
+                            "{what}"
+                        );
+                    } else {
+                        assert!(
+                            left.is_empty(),
+                            "{what}: temporary mounts visible: {left:#?}"
+                        );
+                    }
+                    for (l, p) in layers.iter().zip(&prints) {
+                        assert!(
+                            fingerprint_diff(p, &fingerprint(l)).is_empty(),
+                            "{what}: layer changed"
+                        );
+                    }
+                    n += 1;
+                    assert!(n < 200, "{strategy}/{syscall}: never got through");
+                }
+                report.push(format!("{strategy}/{syscall}: {} kill(s)", n - 1));
+            }
+        }
+        eprintln!("crash test: {kills} kills; {}", report.join(", "));
+        assert!(kills > 30, "the kills must hit many syscalls ({kills})");
+    });
+}
+
+#[test]
+fn userns_helper_dies_with_a_killed_caller() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::helper_dies", |s| {
+        // Orphans come to us: a helper outliving its killed parent would
+        // show up as our child, alive.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("rootfs");
+        fs::create_dir(&target).unwrap();
+        probe_report(&dir);
+        // The CLI is killed while the helper exists: at the write of the
+        // uid map through /proc, between clone and reaping.
+        let out = cli_under_strace(
+            "write:signal=KILL:when=1",
+            "detached",
+            &dir.join("state"),
+            &layers,
+            &target,
+        );
+        assert!(!out.status.success());
+        let mut alive = Vec::new();
+        for _ in 0..200 {
+            // Reap zombies; anything still running is a leak.
+            while let Ok(Some(_)) =
+                rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
+            {}
+            alive = child_processes();
+            if alive.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        rustix::process::set_child_subreaper(None).unwrap();
+        assert!(
+            alive.is_empty(),
+            "user namespace helper outlived its caller: {alive:?}"
+        );
+    });
+}
+
+#[test]
+fn a_layer_swapped_for_a_symlink_never_lends_another_directory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::symlink_race", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir).dirs;
+        let secret = dir.join("secret");
+        write_file(&secret.join("shadow"), "secret", 0o600, 0, 0);
+        // The racing layer: flips between a real directory and a symlink
+        // to the secret directory.
+        let racing = dir.join("racing");
+        let real = dir.join("racing.real");
+        write_file(&real.join("racing-file"), "real", 0o644, 0, 0);
+        let map: IdMap = "0:100000:65536".parse().unwrap();
+        let ns = std::sync::Arc::new(idoverlay::UserNamespace::from_maps(&map, &map).unwrap());
+        let stop = AtomicBool::new(false);
+        let (mounted, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let link = dir.join("racing.link");
+                std::os::unix::fs::symlink(&secret, &link).unwrap();
+                let parked = dir.join("racing.parked");
+                fs::rename(&real, &racing).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    // Swap the real dir out and the symlink in, and back.
+                    let _ = fs::rename(&racing, &parked);
+                    let _ = fs::rename(&link, &racing);
+                    let _ = fs::rename(&racing, &link);
+                    let _ = fs::rename(&parked, &racing);
+                }
+            });
+            for (i, strategy) in [
+                Strategy::Detached,
+                Strategy::PrivateNs,
+                Strategy::HostStaged,
+            ]
+            .into_iter()
+            .cycle()
+            .take(300)
+            .enumerate()
+            {
+                let target = dir.join(format!("m{}", i % 3));
+                fs::create_dir_all(&target).unwrap();
+                let result = Overlay::new()
+                    .lower(&racing)
+                    .lowers(layers.iter().cloned())
+                    .userns(ns.clone())
+                    .strategy(strategy)
+                    .state_dir(dir.join("state"))
+                    .mount(&target);
+                match result {
+                    Ok(_) => {
+                        mounted.fetch_add(1, Ordering::Relaxed);
+                        assert!(
+                            !target.join("shadow").exists(),
+                            "{strategy}: the symlink's target was used"
+                        );
+                        assert!(
+                            target.join("racing-file").exists(),
+                            "{strategy}: the real layer is missing"
+                        );
+                        idoverlay::unmount_overlay(&target, false).unwrap();
+                    }
+                    Err(e) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        assert!(!e.to_string().contains('\n'));
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        eprintln!(
+            "symlink race: {} mounted (always the real layer), {} refused cleanly",
+            mounted.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
+        );
+        assert!(
+            mounted.load(Ordering::Relaxed) > 0,
+            "the race must sometimes let a mount through"
+        );
+    });
+}
+
+#[test]
+fn gc_detaches_a_planted_mount_and_deletes_nothing_behind_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::planted_mount", |s| {
+        let dir = s.tmpfs_dir("t");
+        let state = dir.join("state");
+        mkdir(&state, 0o700, 0, 0);
+        let data = dir.join("data");
+        write_file(&data.join("precious"), "precious", 0o600, 0, 0);
+        let print = fingerprint(&data);
+        // A dead run's staging with real data bind-mounted at one of its
+        // mount points, and an empty directory beside it.
+        fs::write(
+            state.join("dead.json"),
+            r#"{"version":1,"dir":"dead","pid":1,"start_time":1,"boot_id":"x","created":0}"#,
+        )
+        .unwrap();
+        mkdir(&state.join("dead/0"), 0o700, 0, 0);
+        mkdir(&state.join("dead/1"), 0o700, 0, 0);
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(&data)
+            .arg(state.join("dead/0")));
+        let out = run(idoverlay()
+            .args(["gc", "--json", "--state-dir"])
+            .arg(&state));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["staging"][0]["removed"], true, "{v}");
+        assert_eq!(
+            v["staging"][0]["detached"][0],
+            state.join("dead/0").display().to_string()
+        );
+        assert!(
+            fingerprint_diff(&print, &fingerprint(&data)).is_empty(),
+            "data behind the mount survived"
+        );
+        assert_eq!(fs::read_dir(&state).unwrap().count(), 0);
+    });
+}
+
+#[test]
+fn staging_is_root_only_and_never_under_world_writable_dirs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::staging_perms", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("rootfs");
+        fs::create_dir(&target).unwrap();
+        let state = dir.join("state");
+        probe_report(&dir);
+        // Leave staging behind (injected EBUSY) to inspect it.
+        let out = cli_under_strace(
+            "umount2:error=EBUSY",
+            "host-staged",
+            &state,
+            &layers,
+            &target,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let check = |p: &Path| {
+            let m = fs::symlink_metadata(p).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o700), "{}", p.display());
+        };
+        check(&state);
+        for e in fs::read_dir(&state).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                check(&e);
+            } else {
+                assert_eq!(
+                    fs::metadata(&e).unwrap().mode() & 0o077,
+                    0,
+                    "{}",
+                    e.display()
+                );
+            }
+        }
+        run(idoverlay().args(["gc", "--state-dir"]).arg(&state));
+        run(idoverlay().arg("umount").arg(&target));
+        // A state dir under a world-writable directory is refused.
+        let open = dir.join("open");
+        mkdir(&open, 0o1777, 0, 0);
+        let err = Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(
+                "0:100000:65536".parse().unwrap(),
+                "0:100000:65536".parse().unwrap(),
+            )
+            .strategy(Strategy::HostStaged)
+            .state_dir(open.join("state"))
+            .mount(&target)
+            .unwrap_err();
+        assert!(err.to_string().contains("world-writable"), "{err}");
+        assert!(!open.join("state").exists());
+    });
+}
