@@ -59,6 +59,8 @@ pub enum Error {
         kernel: String,
         /// What would work instead.
         hint: Option<String>,
+        /// The path concerned, when one is (a layer on the wrong filesystem).
+        path: Option<PathBuf>,
     },
     /// The caller lacks a privilege the operation needs.
     #[error("{what} needs {needs}; {hint}")]
@@ -123,7 +125,8 @@ impl Error {
         match self {
             Error::InvalidInput { path, .. } | Error::Os { path, .. } => path.as_deref(),
             Error::Cleanup { path, .. } => Some(path),
-            Error::Unsupported { .. } | Error::Permission { .. } => None,
+            Error::Unsupported { path, .. } => path.as_deref(),
+            Error::Permission { .. } => None,
         }
     }
 

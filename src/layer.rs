@@ -6,11 +6,15 @@
 //! or is checked against its identity (device and inode), so the overlay can
 //! only ever get the directory that was opened here.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{display_path, Error, Result};
+use crate::mountinfo::MountEntry;
 use crate::sys::{self, Stat};
 
 /// overlayfs' `OVL_MAX_STACK`: lower plus data-only layers.
@@ -117,29 +121,650 @@ fn explain_open_failure(path: &Path, role: Role, e: sys::SysError) -> Error {
     }
 }
 
-/// Checks what can be checked about the set of lower and data layers before
-/// the kernel sees them: count, duplicates.
-pub fn check_layer_set(layers: &[OpenedDir]) -> Result<()> {
-    if layers.len() > MAX_LAYERS {
-        return Err(Error::invalid(
-            "layers",
-            format!("{} layers", layers.len()),
-            format!(
-                "overlayfs stacks at most {MAX_LAYERS} lower and data layers (OVL_MAX_STACK); \
-                 squash some layers or split the image"
-            ),
-        ));
+/// A layer as planned: where it will be reached from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Beneath the shared clone of group `group`, at [`Plan::rel`] (no
+    /// symlink in it may be followed; empty: the group's root itself).
+    Shared {
+        /// Index into [`Plan::groups`].
+        group: usize,
+        /// Where the path below the group's root sits in the layer's
+        /// (normalized) path; see [`Plan::rel`].
+        rel: std::ops::Range<usize>,
+    },
+    /// Opened on its own and cloned through its own fd.
+    Single,
+}
+
+/// A directory whose one clone serves several layers.
+#[derive(Debug)]
+pub struct SharedRoot {
+    /// Its path, as derived from the layers' paths.
+    pub path: PathBuf,
+    /// `O_PATH` handle, opened once.
+    pub fd: OwnedFd,
+    /// Clone it with the mounts below it (`AT_RECURSIVE`): the plan did not
+    /// read the mount table, and lets the kernel refuse any layer that
+    /// turns out to sit on one of those mounts.
+    pub recursive: bool,
+}
+
+/// How [`plan`] groups layers under shared roots.
+#[derive(Debug, Clone, Copy)]
+pub enum Grouping<'t> {
+    /// Every layer on its own.
+    None,
+    /// All layers under their common directory, cloned recursively; no
+    /// mount table needed. A layer on a mount below that directory makes
+    /// the kernel refuse the overlay (it does not clone submounts of a
+    /// clone), so the caller falls back to [`Grouping::ByMount`].
+    Lexical,
+    /// By the mount each layer lives on, from the mount table.
+    ByMount(&'t [MountEntry]),
+}
+
+/// How the layers will be reached: shared clones of directories that hold
+/// several layers on one mount, and layers cloned one by one.
+#[derive(Debug)]
+pub struct Plan {
+    /// The layers, in order (top-most lower first, then data layers).
+    pub layers: Vec<(PathBuf, Role)>,
+    /// Per layer, its normalized path when that differs from the path given.
+    normalized: Vec<Option<Vec<u8>>>,
+    /// Per layer, its placement.
+    pub placement: Vec<Placement>,
+    /// The shared roots.
+    pub groups: Vec<SharedRoot>,
+}
+
+impl Plan {
+    /// The path below its group's root of a layer placed beneath a shared
+    /// clone.
+    pub fn rel(&self, layer: usize) -> Option<(usize, &Path)> {
+        let Placement::Shared { group, rel } = &self.placement[layer] else {
+            return None;
+        };
+        let bytes = match &self.normalized[layer] {
+            Some(n) => &n[..],
+            None => self.layers[layer].0.as_os_str().as_bytes(),
+        };
+        Some((*group, Path::new(OsStr::from_bytes(&bytes[rel.clone()]))))
     }
-    let mut seen: HashMap<((u32, u32), u64), usize> = HashMap::with_capacity(layers.len());
-    for (i, layer) in layers.iter().enumerate() {
-        if let Some(first) = seen.insert((layer.stat.dev, layer.stat.ino), i) {
+}
+
+/// Plans how to reach `layers` with as few clones as possible, resolving
+/// each layer exactly once later, by the kernel, beneath its clone.
+///
+/// Layers below one directory share one (non-recursive) clone of it, unless
+/// a mount point lies on their way: such layers are grouped under the mount
+/// they live on (read from the mount table, in canonical paths), so a
+/// clone never shows a covered directory in place of a mount. Layers with
+/// `..`, or whose path below the shared root `shareable` refuses, are
+/// planned one by one. Lexically identical layers are refused here.
+///
+/// Paths are handled as bytes: with 500 layers this runs on every mount,
+/// and path-component iterators cost more than the kernel's own work.
+pub fn plan(
+    layers: Vec<(PathBuf, Role)>,
+    shareable: impl Fn(&Path) -> bool,
+    grouping: Grouping<'_>,
+) -> Result<Plan> {
+    let mut normal: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(layers.len());
+    for (path, role) in &layers {
+        if !path.is_absolute() {
             return Err(Error::invalid_path(
-                layer.role.noun(),
-                &layer.path,
+                role.noun(),
+                path,
+                "is a relative path; give an absolute path (e.g. \"$PWD/...\")",
+            ));
+        }
+        if path.as_os_str().len() >= libc::PATH_MAX as usize {
+            return Err(Error::invalid_path(
+                role.noun(),
+                path,
+                "is longer than PATH_MAX (4096 bytes)",
+            ));
+        }
+        normal.push(normalize(path.as_os_str().as_bytes()));
+    }
+    // (Layers given twice, by the same or another path, are found when the
+    // layers are located: see `check_overlaps`.)
+    let eligible: Vec<usize> = (0..normal.len()).filter(|&i| normal[i].is_some()).collect();
+    let mut placement = vec![Placement::Single; layers.len()];
+    let mut groups = Vec::new();
+    if eligible.len() >= 2 {
+        let paths: Vec<&[u8]> = eligible
+            .iter()
+            .map(|&i| normal[i].as_deref().expect("eligible"))
+            .collect();
+        match grouping {
+            Grouping::None => {}
+            Grouping::Lexical => {
+                lexical_group(&paths, &eligible, &shareable, &mut placement, &mut groups)
+            }
+            Grouping::ByMount(table) => group(
+                &paths,
+                &eligible,
+                &shareable,
+                table,
+                &mut placement,
+                &mut groups,
+            ),
+        }
+    }
+    let normalized = normal
+        .into_iter()
+        .map(|n| match n {
+            Some(Cow::Owned(v)) => Some(v),
+            _ => None,
+        })
+        .collect();
+    Ok(Plan {
+        layers,
+        normalized,
+        placement,
+        groups,
+    })
+}
+
+/// One group: every layer under the common directory of all of them.
+fn lexical_group(
+    paths: &[&[u8]],
+    index: &[usize],
+    shareable: &impl Fn(&Path) -> bool,
+    placement: &mut [Placement],
+    groups: &mut Vec<SharedRoot>,
+) {
+    let top_len = paths[1..]
+        .iter()
+        .fold(paths[0].len(), |n, p| common_dir_len(&paths[0][..n], p));
+    let top_bytes = &paths[0][..top_len];
+    let top = Path::new(OsStr::from_bytes(if top_len == 0 {
+        b"/"
+    } else {
+        top_bytes
+    }));
+    let Ok(fd) = sys::open_dir_path_follow(sys::cwd(), top) else {
+        return;
+    };
+    let mut any = false;
+    for (k, full) in paths.iter().enumerate() {
+        let rel = below(full, top_bytes).expect("below the common ancestor");
+        if shareable(Path::new(OsStr::from_bytes(rel))) {
+            placement[index[k]] = Placement::Shared {
+                group: groups.len(),
+                rel: full.len() - rel.len()..full.len(),
+            };
+            any = true;
+        }
+    }
+    if any {
+        groups.push(SharedRoot {
+            path: top.to_path_buf(),
+            fd,
+            recursive: true,
+        });
+    }
+}
+
+/// Fills `placement` and `groups` for the layers `paths` (normalized,
+/// absolute; `index[k]` is the layer number of `paths[k]`).
+fn group(
+    paths: &[&[u8]],
+    index: &[usize],
+    shareable: &impl Fn(&Path) -> bool,
+    table: &[MountEntry],
+    placement: &mut [Placement],
+    groups: &mut Vec<SharedRoot>,
+) {
+    let top_len = paths[1..]
+        .iter()
+        .fold(paths[0].len(), |n, p| common_dir_len(&paths[0][..n], p));
+    let top = Path::new(OsStr::from_bytes(if top_len == 0 {
+        b"/"
+    } else {
+        &paths[0][..top_len]
+    }));
+    let Ok(top_fd) = sys::open_dir_path_follow(sys::cwd(), top) else {
+        return;
+    };
+    // The mount table speaks in canonical paths: where `top` really is.
+    let Some(canonical_top) = sys::fd_path(top_fd.as_fd()) else {
+        return;
+    };
+    let canonical_top = canonical_top.as_os_str().as_bytes();
+    // Mount points strictly below `top`, relative to it.
+    let mount_points: Vec<(&[u8], u64)> = table
+        .iter()
+        .filter_map(|m| {
+            let rel = below(m.mount_point.as_os_str().as_bytes(), canonical_top)?;
+            (!rel.is_empty()).then_some((rel, m.mount_id))
+        })
+        .collect();
+    // Group by the deepest mount point holding each layer (None: top's own).
+    type MountGroup<'p> = (Option<usize>, Vec<(usize, &'p [u8], &'p [u8])>);
+    let mut by_mount: Vec<MountGroup<'_>> = Vec::new();
+    for (k, path) in paths.iter().enumerate() {
+        let rel = below(path, &paths[0][..top_len]).expect("below the common ancestor");
+        let mount = mount_points
+            .iter()
+            .enumerate()
+            .filter(|(_, (mp, _))| below(rel, mp).is_some())
+            .max_by_key(|(_, (mp, _))| mp.len())
+            .map(|(m, _)| m);
+        match by_mount.iter_mut().find(|(m, _)| *m == mount) {
+            Some((_, members)) => members.push((index[k], path, rel)),
+            None => by_mount.push((mount, vec![(index[k], path, rel)])),
+        }
+    }
+    // Groups under deeper mounts first: they open their roots beneath
+    // `top`, whose fd the group on top's own mount then keeps.
+    by_mount.sort_by_key(|(mount, _)| mount.is_none());
+    let mut top_fd = Some(top_fd);
+    for (mount, members) in by_mount {
+        let prefix_len = members[1..]
+            .iter()
+            .fold(members[0].2.len(), |n, (_, _, r)| {
+                common_dir_len(&members[0].2[..n], r)
+            });
+        let prefix = Path::new(OsStr::from_bytes(&members[0].2[..prefix_len]));
+        let root_fd = if prefix_len == 0 && mount.is_none() {
+            top_fd.take()
+        } else {
+            // Below `top`, possibly across the mount point, and without any
+            // symlink: the mount table was read in `top`'s canonical terms.
+            let base = top_fd.as_ref().map(|fd| fd.as_fd());
+            base.and_then(|b| sys::open_dir_beneath_crossing(b, prefix).ok())
+        };
+        let Some(root_fd) = root_fd else { continue };
+        // The root must be on the mount the table says (a race otherwise).
+        if let Some(m) = mount {
+            let mnt = sys::stat_fd(root_fd.as_fd()).ok().and_then(|st| st.mnt_id);
+            if mnt != Some(mount_points[m].1) {
+                continue;
+            }
+        }
+        let number = groups.len();
+        let mut any = false;
+        let prefix_bytes = members[0].2[..prefix_len].to_vec();
+        for (i, full, rel) in members {
+            let rel = below(rel, &prefix_bytes).unwrap_or_default();
+            if shareable(Path::new(OsStr::from_bytes(rel))) {
+                // `rel` is a tail of the layer's normalized path.
+                let start = full.len() - rel.len();
+                placement[i] = Placement::Shared {
+                    group: number,
+                    rel: start..full.len(),
+                };
+                any = true;
+            }
+        }
+        if any {
+            groups.push(SharedRoot {
+                path: if prefix_len == 0 {
+                    top.to_path_buf()
+                } else {
+                    top.join(prefix)
+                },
+                fd: root_fd,
+                recursive: false,
+            });
+        }
+    }
+}
+
+/// `/a//b/./c/` → `/a/b/c` (borrowed when already so); `None` when a `..`
+/// component makes the path depend on symlinks above it.
+fn normalize(path: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut normal = true;
+    for c in path[1..].split(|b| *b == b'/') {
+        match c {
+            b".." => return None,
+            b"" | b"." => normal = false,
+            _ => {}
+        }
+    }
+    if normal || path == b"/" {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for c in path[1..]
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Some(Cow::Owned(out))
+}
+
+/// The part of `path` below `dir` (empty when they are equal), when `path`
+/// is `dir` or lies inside it. Both normalized, both absolute or both
+/// relative; `dir` may be empty (meaning the starting point itself).
+fn below<'p>(path: &'p [u8], dir: &[u8]) -> Option<&'p [u8]> {
+    if dir.is_empty() || dir == b"/" {
+        return Some(path.strip_prefix(b"/").unwrap_or(path));
+    }
+    let rest = path.strip_prefix(dir)?;
+    match rest.first() {
+        None => Some(rest),
+        Some(b'/') => Some(&rest[1..]),
+        Some(_) => None,
+    }
+}
+
+/// The length of the longest common leading directory of two normalized
+/// paths (as bytes, cut at a component boundary).
+fn common_dir_len(a: &[u8], b: &[u8]) -> usize {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let boundary = |p: &[u8]| n == p.len() || p[n] == b'/';
+    if boundary(a) && boundary(b) {
+        return n;
+    }
+    a[..n].iter().rposition(|c| *c == b'/').unwrap_or(0)
+}
+
+/// Where a directory is on its filesystem: the device (`major:minor` from
+/// the mount table) and its path from the filesystem's root. Two paths
+/// name the same directory, or one lies inside the other, exactly when
+/// their locations do — whatever bind mounts they were reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsLocation {
+    device: String,
+    path: Vec<u8>,
+}
+
+impl FsLocation {
+    /// The location of a directory known by its canonical path (as the
+    /// kernel names it, e.g. from `/proc/thread-self/fd/N`).
+    pub fn of(canonical: &Path, table: &[MountEntry]) -> Option<FsLocation> {
+        let canonical = canonical.as_os_str().as_bytes();
+        let canonical = match canonical.strip_suffix(b"/") {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => canonical,
+        };
+        // The deepest mount holding it; the last of equals is on top.
+        let (mount, rest) = table
+            .iter()
+            .filter_map(|m| Some((m, below(canonical, m.mount_point.as_os_str().as_bytes())?)))
+            .max_by_key(|(m, _)| m.mount_point.as_os_str().len())?;
+        Some(FsLocation {
+            device: mount.device.clone(),
+            path: join(mount.root.as_os_str().as_bytes(), rest),
+        })
+    }
+
+    /// The location of a directory on a mount whose root is the device's
+    /// root — good for comparing directories on one mount, or on devices
+    /// that differ (which never overlap).
+    pub fn on_device(dev: (u32, u32), canonical: &Path) -> FsLocation {
+        let bytes = canonical.as_os_str().as_bytes();
+        let bytes = match bytes.strip_suffix(b"/") {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => bytes,
+        };
+        FsLocation {
+            device: format!("{}:{}", dev.0, dev.1),
+            path: bytes.to_vec(),
+        }
+    }
+
+    /// The location of `rel` below this one (no mount point in between).
+    pub fn child(&self, rel: &Path) -> FsLocation {
+        FsLocation {
+            device: self.device.clone(),
+            path: join(&self.path, rel.as_os_str().as_bytes()),
+        }
+    }
+
+    /// Whether `self` is `other` or lies inside it.
+    pub fn within(&self, other: &FsLocation) -> bool {
+        self.device == other.device && below(&self.path, &other.path).is_some()
+    }
+}
+
+fn join(dir: &[u8], rel: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dir.len() + rel.len() + 1);
+    out.extend_from_slice(dir);
+    if !rel.is_empty() {
+        if out.last() != Some(&b'/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rel);
+    }
+    out
+}
+
+/// One directory of the overlay, located, for [`check_overlaps`].
+#[derive(Debug, Clone)]
+pub struct Located<'a> {
+    /// As the user gave it.
+    pub path: &'a Path,
+    /// Its role.
+    pub role: Role,
+    /// 1-based layer number, for messages (0 for upper and work).
+    pub number: usize,
+    /// Where it is.
+    pub at: FsLocation,
+}
+
+/// Layers beneath one shared root, located through the root: they lie
+/// below it with no mount point in between (that is how they were grouped),
+/// so their relative paths are all that is needed to compare them.
+#[derive(Debug)]
+pub struct LocatedGroup<'a> {
+    /// Where the shared root is.
+    pub root: FsLocation,
+    /// The layers: number (1-based), path as given, role, path below root.
+    pub members: Vec<(usize, &'a Path, Role, &'a [u8])>,
+}
+
+/// How two directories overlap.
+enum Overlap {
+    Same,
+    /// The first lies inside the second.
+    Inside,
+    /// The second lies inside the first.
+    Contains,
+}
+
+fn relation(a: &FsLocation, b: &FsLocation) -> Option<Overlap> {
+    if a == b {
+        Some(Overlap::Same)
+    } else if a.within(b) {
+        Some(Overlap::Inside)
+    } else if b.within(a) {
+        Some(Overlap::Contains)
+    } else {
+        None
+    }
+}
+
+/// Component order on relative paths: `/` sorts before every other byte,
+/// so a directory sorts right before everything inside it.
+fn rel_order(a: &[u8], b: &[u8]) -> Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => key(a[i]).cmp(&key(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
+}
+
+impl LocatedGroup<'_> {
+    /// Sorts the members and refuses duplicates and nesting among them.
+    fn sort_and_check(&mut self) -> Result<()> {
+        self.members.sort_unstable_by(|a, b| rel_order(a.3, b.3));
+        for pair in self.members.windows(2) {
+            let ((n1, p1, _, r1), (_, p2, role2, r2)) = (pair[0], pair[1]);
+            if let Some(rest) = below(r2, r1) {
+                let why = if rest.is_empty() {
+                    format!(
+                        "is the same directory as layer {n1} ({}); give each layer once",
+                        display_path(p1)
+                    )
+                } else {
+                    format!(
+                        "lies inside layer {n1} ({}); overlay needs separate directory trees",
+                        display_path(p1)
+                    )
+                };
+                return Err(Error::invalid_path(role2.noun(), p2, why));
+            }
+        }
+        Ok(())
+    }
+
+    /// A member that `other` overlaps, and how (`Inside`: `other` lies
+    /// inside that member). Members are sorted.
+    fn find(&self, other: &FsLocation) -> Option<(usize, Overlap)> {
+        if let Some(rel) = (other.device == self.root.device)
+            .then(|| below(&other.path, &self.root.path))
+            .flatten()
+        {
+            // `other` is below the root: a member at `rel`, above it (a
+            // prefix), or below it (sorts right after `rel`).
+            let mut cut = rel.len();
+            loop {
+                let prefix = &rel[..cut];
+                if let Ok(k) = self.members.binary_search_by(|m| rel_order(m.3, prefix)) {
+                    let how = if cut == rel.len() {
+                        Overlap::Same
+                    } else {
+                        Overlap::Inside
+                    };
+                    return Some((k, how));
+                }
+                match prefix.iter().rposition(|b| *b == b'/') {
+                    Some(slash) => cut = slash,
+                    None if cut > 0 => cut = 0,
+                    None => break,
+                }
+            }
+            let k = self
+                .members
+                .partition_point(|m| rel_order(m.3, rel) == Ordering::Less);
+            if let Some(m) = self.members.get(k) {
+                if below(m.3, rel).is_some() {
+                    return Some((k, Overlap::Contains));
+                }
+            }
+            return None;
+        }
+        // `other` above the root holds every member.
+        (!self.members.is_empty() && self.root.within(other)).then_some((0, Overlap::Contains))
+    }
+}
+
+/// Refuses directories that overlap: a layer given twice or inside
+/// another, and above all an upper or work dir inside a layer (overlay
+/// would write into the image) or a layer inside them. The kernel checks
+/// some of this only after it has written to the upper and work dirs, and
+/// not an upper dir inside a lower layer at all.
+pub fn check_overlaps(
+    groups: &mut [LocatedGroup<'_>],
+    singles: &[Located<'_>],
+    upper: Option<&Located<'_>>,
+    work: Option<&Located<'_>>,
+) -> Result<()> {
+    for g in groups.iter_mut() {
+        g.sort_and_check()?;
+    }
+    // Shared roots are few; two that overlap are compared member by member.
+    for (i, a) in groups.iter().enumerate() {
+        for b in &groups[i + 1..] {
+            if relation(&a.root, &b.root).is_some() {
+                for &(number, path, role, rel) in &a.members {
+                    let at = a.root.child(Path::new(OsStr::from_bytes(rel)));
+                    let single = Located {
+                        path,
+                        role,
+                        number,
+                        at,
+                    };
+                    check_one(&single, b)?;
+                }
+            }
+        }
+    }
+    // Layers on their own, against each other and against every group.
+    for (i, a) in singles.iter().enumerate() {
+        for b in &singles[i + 1..] {
+            let (outer, inner, same) = match relation(&a.at, &b.at) {
+                None => continue,
+                Some(Overlap::Same) => (a, b, true),
+                Some(Overlap::Inside) => (b, a, false),
+                Some(Overlap::Contains) => (a, b, false),
+            };
+            let why = if same {
                 format!(
-                    "is the same directory as layer {} ({}); give each layer once",
-                    first + 1,
-                    display_path(&layers[first].path)
+                    "is the same directory as {}; give each layer once",
+                    name(outer)
+                )
+            } else {
+                format!(
+                    "lies inside {}; overlay needs separate directory trees",
+                    name(outer)
+                )
+            };
+            return Err(Error::invalid_path(inner.role.noun(), inner.path, why));
+        }
+        for g in groups.iter() {
+            check_one(a, g)?;
+        }
+    }
+    // The writable directories against every layer.
+    for w in upper.into_iter().chain(work) {
+        let inside = |what: String| {
+            Error::invalid_path(
+                w.role.noun(),
+                w.path,
+                format!(
+                    "lies inside {what}: writes would land in the image layer; give a {} outside every layer",
+                    w.role.noun()
+                ),
+            )
+        };
+        let holds = |path: &Path, role: Role| {
+            Error::invalid_path(
+                role.noun(),
+                path,
+                format!(
+                    "lies inside {}; a layer cannot be inside the upper or work dir",
+                    name(w)
+                ),
+            )
+        };
+        for l in singles {
+            match relation(&w.at, &l.at) {
+                Some(Overlap::Same | Overlap::Inside) => return Err(inside(name(l))),
+                Some(Overlap::Contains) => return Err(holds(l.path, l.role)),
+                None => {}
+            }
+        }
+        for g in groups.iter() {
+            match g.find(&w.at) {
+                Some((k, Overlap::Same | Overlap::Inside)) => return Err(inside(member(g, k).0)),
+                Some((k, Overlap::Contains)) => {
+                    let (_, path, role) = member(g, k);
+                    return Err(holds(path, role));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(u), Some(w)) = (upper, work) {
+        if relation(&w.at, &u.at).is_some() {
+            return Err(Error::invalid_path(
+                w.role.noun(),
+                w.path,
+                format!(
+                    "and {} lie one inside the other; overlay needs them side by side \
+                     (e.g. DIR/upper and DIR/work)",
+                    name(u)
                 ),
             ));
         }
@@ -147,137 +772,51 @@ pub fn check_layer_set(layers: &[OpenedDir]) -> Result<()> {
     Ok(())
 }
 
-/// Layers that will be reached through one idmapped clone.
-#[derive(Debug)]
-pub struct Group {
-    /// The directory to clone: a shared ancestor, or the layer itself.
-    pub root: GroupRoot,
-    /// The layers reached through it, with their path relative to the root
-    /// (empty for the root itself).
-    pub members: Vec<Member>,
-}
-
-/// What a group clones.
-#[derive(Debug)]
-pub enum GroupRoot {
-    /// A common ancestor directory, opened here (no symlink in its last component).
-    Shared {
-        /// Its path.
-        path: PathBuf,
-        /// `O_PATH` handle.
-        fd: OwnedFd,
-    },
-    /// The single layer with this index, cloned through its own fd.
-    Own(usize),
-}
-
-/// One layer of a group.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Index into the layer list.
-    pub layer: usize,
-    /// Path below the group root (empty: the root itself).
-    pub rel: PathBuf,
-}
-
-impl Group {
-    /// A group of one layer, cloned through its own fd.
-    pub fn own(layer: usize) -> Self {
-        Group {
-            root: GroupRoot::Own(layer),
-            members: vec![Member {
-                layer,
-                rel: PathBuf::new(),
-            }],
-        }
+/// How a directory is named in messages.
+fn name(l: &Located<'_>) -> String {
+    if l.number > 0 {
+        format!("layer {} ({})", l.number, display_path(l.path))
+    } else {
+        format!("the {} {}", l.role.noun(), display_path(l.path))
     }
 }
 
-/// Groups layers that sit below one directory on one mount, so that they
-/// can share one clone of that directory.
-///
-/// Layers on a mount of their own, layers whose path has `..`, and layers
-/// for which no shared ancestor can be opened get a group (a clone) of their
-/// own. `shareable` can veto a layer's relative path (e.g. a strategy that
-/// passes paths as strings refuses characters overlay would misparse).
-pub fn plan_groups(layers: &[OpenedDir], shareable: impl Fn(&Path) -> bool) -> Vec<Group> {
-    let mut by_mount: Vec<(u64, Vec<usize>)> = Vec::new();
-    let mut groups = Vec::new();
-    for (i, layer) in layers.iter().enumerate() {
-        let plain = layer
-            .path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        match layer.stat.mnt_id {
-            Some(mnt) if plain => match by_mount.iter_mut().find(|(m, _)| *m == mnt) {
-                Some((_, members)) => members.push(i),
-                None => by_mount.push((mnt, vec![i])),
-            },
-            _ => groups.push(Group::own(i)),
-        }
-    }
-    for (mnt_id, members) in by_mount {
-        if members.len() < 2 {
-            groups.extend(members.into_iter().map(Group::own));
-            continue;
-        }
-        let ancestor = common_ancestor(members.iter().map(|&i| layers[i].path.as_path()));
-        let root_fd = sys::open_dir_path(sys::cwd(), &ancestor)
-            .ok()
-            .filter(|fd| sys::stat_fd(fd.as_fd()).is_ok_and(|st| st.mnt_id == Some(mnt_id)));
-        let Some(root_fd) = root_fd else {
-            groups.extend(members.into_iter().map(Group::own));
-            continue;
-        };
-        let mut shared = Vec::with_capacity(members.len());
-        for i in members {
-            let rel = layers[i]
-                .path
-                .strip_prefix(&ancestor)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            if shareable(&rel) {
-                shared.push(Member { layer: i, rel });
-            } else {
-                groups.push(Group::own(i));
-            }
-        }
-        match shared.len() {
-            0 => {}
-            1 => groups.push(Group::own(shared[0].layer)),
-            _ => groups.push(Group {
-                root: GroupRoot::Shared {
-                    path: ancestor,
-                    fd: root_fd,
-                },
-                members: shared,
-            }),
-        }
-    }
-    groups
+/// A group's member `k`: its name in messages, path and role.
+fn member<'g>(g: &LocatedGroup<'g>, k: usize) -> (String, &'g Path, Role) {
+    let (number, path, role, _) = g.members[k];
+    (
+        format!("layer {number} ({})", display_path(path)),
+        path,
+        role,
+    )
 }
 
-/// The longest common leading path of absolute, `..`-free paths.
-fn common_ancestor<'a>(mut paths: impl Iterator<Item = &'a Path>) -> PathBuf {
-    let Some(first) = paths.next() else {
-        return PathBuf::from("/");
+/// A layer on its own against the members of a group.
+fn check_one(single: &Located<'_>, g: &LocatedGroup<'_>) -> Result<()> {
+    let Some((k, how)) = g.find(&single.at) else {
+        return Ok(());
     };
-    let mut common: Vec<Component<'a>> = first.components().collect();
-    for path in paths {
-        let n = common
-            .iter()
-            .zip(path.components())
-            .take_while(|(a, b)| *a == b)
-            .count();
-        common.truncate(n);
-    }
-    // A layer that is itself the ancestor of the others still works: its
-    // relative path is empty. The root stays at least "/".
-    let mut out = PathBuf::from("/");
-    for c in common {
-        out.push(c.as_os_str());
-    }
-    out
+    let (member_name, member_path, member_role) = member(g, k);
+    Err(match how {
+        Overlap::Same => Error::invalid_path(
+            single.role.noun(),
+            single.path,
+            format!("is the same directory as {member_name}; give each layer once"),
+        ),
+        Overlap::Inside => Error::invalid_path(
+            single.role.noun(),
+            single.path,
+            format!("lies inside {member_name}; overlay needs separate directory trees"),
+        ),
+        Overlap::Contains => Error::invalid_path(
+            member_role.noun(),
+            member_path,
+            format!(
+                "lies inside {}; overlay needs separate directory trees",
+                name(single)
+            ),
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -285,13 +824,134 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ancestors() {
-        let p = |v: &[&str]| common_ancestor(v.iter().map(Path::new));
-        assert_eq!(p(&["/a/b/c", "/a/b/d"]), Path::new("/a/b"));
-        assert_eq!(p(&["/a/b/c", "/a/b/c/d"]), Path::new("/a/b/c"));
-        assert_eq!(p(&["/x/1/fs", "/y/2/fs"]), Path::new("/"));
-        assert_eq!(p(&["/a//b/./c", "/a/b/d"]), Path::new("/a/b"));
-        assert_eq!(p(&["/s/1/fs", "/s/2/fs", "/s/10/fs"]), Path::new("/s"));
-        assert_eq!(p(&["/ab/c", "/a/c"]), Path::new("/"));
+    fn ancestors_and_normal_forms() {
+        let common = |v: &[&str]| {
+            let n = v[1..].iter().fold(v[0].len(), |n, p| {
+                common_dir_len(&v[0].as_bytes()[..n], p.as_bytes())
+            });
+            String::from_utf8(v[0].as_bytes()[..n].to_vec()).unwrap()
+        };
+        assert_eq!(common(&["/a/b/c", "/a/b/d"]), "/a/b");
+        assert_eq!(common(&["/a/b/c", "/a/b/c/d"]), "/a/b/c");
+        assert_eq!(common(&["/x/1/fs", "/y/2/fs"]), "");
+        assert_eq!(common(&["/s/1/fs", "/s/2/fs", "/s/10/fs"]), "/s");
+        assert_eq!(common(&["/ab/c", "/a/c"]), "");
+        assert_eq!(common(&["/a/bc", "/a/b"]), "/a");
+        let n =
+            |p: &str| normalize(p.as_bytes()).map(|c| String::from_utf8(c.into_owned()).unwrap());
+        assert_eq!(n("/a//b/./c/"), Some("/a/b/c".into()));
+        assert_eq!(n("/a/b"), Some("/a/b".into()));
+        assert_eq!(n("/"), Some("/".into()));
+        assert_eq!(n("/./"), Some("/".into()));
+        assert_eq!(n("/a/../b"), None);
+        assert_eq!(below(b"/a/b/c", b"/a"), Some(&b"b/c"[..]));
+        assert_eq!(below(b"/a/b", b"/a/b"), Some(&b""[..]));
+        assert_eq!(below(b"/ab", b"/a"), None);
+        assert_eq!(below(b"x/y", b""), Some(&b"x/y"[..]));
+        assert_eq!(below(b"/x", b"/"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn relative_paths_are_refused_and_dotdot_goes_alone() {
+        let l = |p: &str| (PathBuf::from(p), Role::Lower);
+        let e = plan(vec![l("a/b")], |_| true, Grouping::None).unwrap_err();
+        assert!(e.to_string().contains("relative"), "{e}");
+        let p = plan(vec![l("/a/../b"), l("/c")], |_| true, Grouping::Lexical).unwrap();
+        assert_eq!(p.placement, vec![Placement::Single, Placement::Single]);
+        assert_eq!(p.rel(0), None);
+    }
+
+    fn table() -> Vec<MountEntry> {
+        crate::mountinfo::parse(
+            "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             2 1 8:1 /img/l1 /bind rw - ext4 /dev/sda1 rw\n\
+             3 1 0:5 / /tmp rw - tmpfs tmpfs rw\n",
+        )
+    }
+
+    #[test]
+    fn locations_see_through_bind_mounts() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        assert_eq!(at("/bind/x"), at("/img/l1/x"));
+        assert_eq!(at("/bind/x/"), at("/img/l1/x"));
+        assert!(at("/bind/x/up").within(&at("/img/l1")));
+        assert!(
+            !at("/tmp/img/l1").within(&at("/img/l1")),
+            "another filesystem"
+        );
+        assert!(!at("/img/l10").within(&at("/img/l1")));
+        assert_eq!(at("/img").child(Path::new("l1/x")), at("/bind/x"));
+    }
+
+    #[test]
+    fn overlaps_are_refused_with_names() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        let loc = |p: &'static str, role, number| Located {
+            path: Path::new(p),
+            role,
+            number,
+            at: at(p),
+        };
+        let group = |members: Vec<(usize, &'static str, &'static str)>| LocatedGroup {
+            root: at("/img"),
+            members: members
+                .into_iter()
+                .map(|(n, p, rel)| (n, Path::new(p), Role::Lower, rel.as_bytes()))
+                .collect(),
+        };
+        let two = || vec![group(vec![(1, "/img/l2", "l2"), (2, "/img/l1", "l1")])];
+        // Upper inside a layer, reached through a bind mount of it.
+        let upper = loc("/bind/nested", Role::Upper, 0);
+        let work = loc("/tmp/w", Role::Work, 0);
+        let e = check_overlaps(&mut two(), &[], Some(&upper), Some(&work)).unwrap_err();
+        assert!(
+            e.to_string().contains("lies inside layer 2 (\"/img/l1\")"),
+            "{e}"
+        );
+        // A layer inside the upper dir.
+        let e = check_overlaps(
+            &mut two(),
+            &[],
+            Some(&loc("/img", Role::Upper, 0)),
+            Some(&work),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("a layer cannot be inside"), "{e}");
+        // Duplicate through the bind mount (a layer on its own), and nesting.
+        let e =
+            check_overlaps(&mut two(), &[loc("/bind", Role::Lower, 3)], None, None).unwrap_err();
+        assert!(e.to_string().contains("same directory as layer 2"), "{e}");
+        let mut nested = vec![group(vec![(1, "/img/l1", "l1"), (2, "/img/l1/x", "l1/x")])];
+        let e = check_overlaps(&mut nested, &[], None, None).unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 1"), "{e}");
+        let e = check_overlaps(
+            &mut two(),
+            &[loc("/img/l1/deep", Role::Lower, 3)],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 2"), "{e}");
+        let e = check_overlaps(&mut two(), &[loc("/img", Role::Lower, 3)], None, None).unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 3"), "{e}");
+        // Work inside upper.
+        let e = check_overlaps(
+            &mut two(),
+            &[],
+            Some(&loc("/tmp/u", Role::Upper, 0)),
+            Some(&loc("/tmp/u/w", Role::Work, 0)),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one inside the other"), "{e}");
+        // Side by side is fine, and a sibling with a common name prefix too.
+        check_overlaps(
+            &mut two(),
+            &[loc("/img/l10", Role::Lower, 3)],
+            Some(&loc("/tmp/u", Role::Upper, 0)),
+            Some(&work),
+        )
+        .unwrap();
     }
 }

@@ -332,6 +332,12 @@ impl Overlay {
     /// `move_mount`) puts it somewhere. Nothing is changed on disk or in
     /// any mount table when this fails.
     pub fn assemble(&self) -> Result<DetachedMount> {
+        self.with_request(|req, chosen| self.assemble_with(req, chosen))
+    }
+
+    /// Everything before the strategy runs: shape, privilege, user
+    /// namespace, probe, choice. Then `run` with the request and strategy.
+    fn with_request<T>(&self, run: impl FnOnce(&Request<'_>, Strategy) -> Result<T>) -> Result<T> {
         self.check_shape()?;
         if !sys::has_cap_sys_admin() {
             return Err(Error::Permission {
@@ -352,19 +358,6 @@ impl Overlay {
         if self.idmap_upper {
             strategy::mounter_ids(userns)?;
         }
-        let req = Request {
-            lowers: &self.lowers,
-            data_lowers: &self.data_lowers,
-            upper: self.upper.as_deref(),
-            work: self.work.as_deref(),
-            idmap_upper: self.idmap_upper,
-            per_layer_clones: self.per_layer_clones,
-            params: &self.params,
-            attrs: self.attrs,
-            userns,
-            trace: self.trace.as_ref(),
-            caps: &probe::ProbeReport::empty(),
-        };
         let first_layer = &self.lowers[0];
         let layer_fs = sys::open_dir_path(sys::cwd(), first_layer)
             .map(|fd| fs_type::of_fd(fd.as_fd()))
@@ -378,27 +371,40 @@ impl Overlay {
         } else {
             Arc::new(report.with_missing(&self.pretend_missing))
         };
-        let chosen = choose_strategy(self.strategy, &report, &layer_fs)?;
+        let chosen = choose_strategy(self.strategy, &report, first_layer, &layer_fs, userns)?;
+        let req = Request {
+            lowers: &self.lowers,
+            data_lowers: &self.data_lowers,
+            upper: self.upper.as_deref(),
+            work: self.work.as_deref(),
+            idmap_upper: self.idmap_upper,
+            per_layer_clones: self.per_layer_clones,
+            params: &self.params,
+            attrs: self.attrs,
+            userns,
+            trace: self.trace.as_ref(),
+            caps: &report,
+        };
         req.trace(|| {
             format!(
                 "strategy {chosen} (asked: {}; kernel {})",
                 self.strategy, report.kernel
             )
         });
-        let req = Request {
-            caps: &report,
-            ..req
-        };
+        run(&req, chosen)
+    }
+
+    fn assemble_with(&self, req: &Request<'_>, chosen: Strategy) -> Result<DetachedMount> {
         let mut warnings = Vec::new();
         let fd = match chosen {
-            Strategy::Detached => strategy::detached::assemble(&req)?,
-            Strategy::PrivateNs => strategy::private_ns::assemble(&req)?,
+            Strategy::Detached => strategy::detached::assemble(req)?,
+            Strategy::PrivateNs => strategy::private_ns::assemble(req)?,
             Strategy::HostStaged => {
                 let state_dir = self
                     .state_dir
                     .as_deref()
                     .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR));
-                let (fd, left) = strategy::host_staged::assemble(&req, state_dir)?;
+                let (fd, left) = strategy::host_staged::assemble(req, state_dir)?;
                 warnings = left;
                 fd
             }
@@ -413,11 +419,26 @@ impl Overlay {
 
     /// Assembles the overlay and attaches it at `target` (an existing
     /// directory, not a symlink). The target is checked before anything is
-    /// assembled.
+    /// assembled. With the detached strategy the overlay is mounted straight
+    /// at the target (one mount(2) naming the layers inside their clones),
+    /// which costs about what a plain overlay mount does.
     pub fn mount(&self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
         let target_fd = open_target(target)?;
-        self.assemble()?.attach_to_fd(target_fd.as_fd(), target)
+        self.with_request(|req, chosen| {
+            if chosen == Strategy::Detached
+                && !self.per_layer_clones
+                && strategy::detached::mount_at(req, target_fd.as_fd(), target)?
+            {
+                return Ok(Mounted {
+                    target: target.to_path_buf(),
+                    strategy: chosen,
+                    warnings: Vec::new(),
+                });
+            }
+            self.assemble_with(req, chosen)?
+                .attach_to_fd(target_fd.as_fd(), target)
+        })
     }
 }
 
@@ -539,29 +560,45 @@ impl AsFd for DetachedMount {
 fn choose_strategy(
     asked: Strategy,
     report: &probe::ProbeReport,
+    first_layer: &Path,
     layer_fs: &str,
+    userns: &UserNamespace,
 ) -> Result<Strategy> {
     let kernel = report.kernel.clone();
     // The layers' filesystem refusing idmapped mounts on a kernel that has
-    // them is the answer whatever the strategy: say which filesystem, and
-    // from which version it would work.
-    if let Some(layer_fs) = report.path_of_type(layer_fs) {
+    // them is the answer whatever the strategy: say which layer and
+    // filesystem, and from which version it would work. When the kernel
+    // should idmap this filesystem, a user namespace given as a file (with
+    // no maps, or the caller's own) is the likelier cause.
+    if let Some(layer) = report.path_of_type(layer_fs) {
         let kernel_idmaps =
             report.feature(Feature::MountSetattrIdmap).errno.as_deref() != Some("ENOSYS");
-        if layer_fs.idmap == Some(false) && kernel_idmaps {
-            let fs = &layer_fs.fs_type;
+        if layer.idmap == Some(false) && kernel_idmaps {
+            let fs = &layer.fs_type;
+            if let (true, Some(file)) = (layer.idmap_expected, userns.file()) {
+                return Err(Error::invalid_path(
+                    "user namespace",
+                    file,
+                    format!(
+                        "cannot idmap {fs} here ({}): does it have uid and gid maps? \
+                         give a container's user namespace, or --uidmap/--gidmap",
+                        layer.errno.as_deref().unwrap_or("refused")
+                    ),
+                ));
+            }
             let needs = match kernel_compat::idmap_since(fs) {
                 Some((major, minor)) => format!("kernel {major}.{minor} ({fs} idmapped mounts)"),
                 None => "a filesystem that takes idmapped mounts".to_string(),
             };
             return Err(Error::Unsupported {
-                what: format!("idmapping layers on {fs}"),
+                what: format!("layer {} on {fs}", error::display_path(first_layer)),
                 needs,
                 kernel,
                 hint: Some(format!(
                     "{fs} does not take idmapped mounts here; keep the layers on ext4, xfs or \
                      btrfs (tmpfs from 6.3)"
                 )),
+                path: Some(first_layer.to_path_buf()),
             });
         }
     }
@@ -571,6 +608,7 @@ fn choose_strategy(
             needs: format!("kernel 5.19 ({})", Feature::OverlayIdmappedLayers),
             kernel,
             hint: Some(report.reason.clone()),
+            path: None,
         });
     }
     match report.refuses(asked) {
@@ -586,6 +624,7 @@ fn choose_strategy(
                 needs: format!("kernel {major}.{minor} ({feature})"),
                 kernel,
                 hint: Some(format!("{how}; {alternative}")),
+                path: None,
             })
         }
     }
@@ -627,6 +666,13 @@ fn open_target(target: &Path) -> Result<OwnedFd> {
 /// is detached now and freed by the kernel when its last user goes.
 pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
+    if !sys::has_cap_sys_admin() {
+        return Err(Error::Permission {
+            what: format!("unmounting {}", error::display_path(target)),
+            needs: "CAP_SYS_ADMIN".into(),
+            hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
+        });
+    }
     let fd = open_target(target)?;
     let stat = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
     if stat.mount_root == Some(false) {

@@ -69,6 +69,9 @@ fn parse_line(line: &str) -> Option<MountEntry> {
 /// Undoes the kernel's octal escapes (`\040` for space, `\012` newline,
 /// `\011` tab, `\134` backslash).
 fn unescape(field: &str) -> PathBuf {
+    if !field.contains('\\') {
+        return PathBuf::from(field);
+    }
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -94,9 +97,13 @@ fn unescape(field: &str) -> PathBuf {
 /// The calling thread's mount table.
 pub fn read_self() -> std::io::Result<Vec<MountEntry>> {
     // thread-self: a thread with a private mount namespace sees its own.
-    let text = std::fs::read_to_string("/proc/thread-self/mountinfo")
-        .or_else(|_| std::fs::read_to_string("/proc/self/mountinfo"))?;
-    Ok(parse(&text))
+    // One buffer, read to the end: this runs on every assembly.
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/thread-self/mountinfo")
+        .or_else(|_| std::fs::File::open("/proc/self/mountinfo"))?;
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    file.read_to_end(&mut bytes)?;
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 
 /// The entries mounted exactly at `path` (the last one is on top).

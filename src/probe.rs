@@ -80,18 +80,6 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
-    /// A report with nothing observed (a placeholder before probing).
-    pub(crate) fn empty() -> ProbeReport {
-        ProbeReport {
-            kernel: String::new(),
-            features: BTreeMap::new(),
-            paths: Vec::new(),
-            strategy: None,
-            reason: String::new(),
-            guess: true,
-        }
-    }
-
     /// Whether the feature was observed to work.
     pub fn observed(&self, feature: Feature) -> bool {
         self.features

@@ -178,6 +178,29 @@ pub fn open_dir_path(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
     }))
 }
 
+/// `openat(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC)`: a directory,
+/// following symlinks (for ancestors of layers, not layers themselves).
+pub fn open_dir_path_follow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// Where an fd points, as the kernel names it in this thread's mount
+/// namespace (`readlink /proc/thread-self/fd/N`); `None` when /proc is not
+/// there or the path is not reachable.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let target = rustix::fs::readlinkat(cwd(), link.as_str(), Vec::new()).ok()?;
+    let path = std::path::PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+    path.is_absolute().then_some(path)
+}
+
 /// `openat(dirfd, path, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC)`: a directory
 /// opened for reading (what `FSCONFIG_SET_FD` wants before 6.15).
 pub fn open_dir_read(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
@@ -203,6 +226,21 @@ pub fn open_dir_beneath(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd
     rustix::fs::openat2(dirfd, path, flags, Mode::empty(), resolve).map_err(fail("openat2", || {
         format!(
             "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV|RESOLVE_NO_MAGICLINKS",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// `openat2(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|
+/// RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`: a directory beneath `dirfd`
+/// reached without any symlink; mount points may be crossed.
+pub fn open_dir_beneath_crossing(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(dirfd, path, flags, Mode::empty(), resolve).map_err(fail("openat2", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS",
             fd_arg(dirfd),
             path_arg(path)
         )
@@ -384,6 +422,13 @@ pub fn unlink(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
     }))
 }
 
+/// `flock(fd, LOCK_EX)`: waits for an exclusive lock, released when the fd
+/// (its open file description) is closed.
+pub fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(fail("flock", || format!("{}, LOCK_EX", fd_arg(fd))))
+}
+
 /// `write(fd, bytes)`, all of it.
 pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
     while !bytes.is_empty() {
@@ -433,6 +478,21 @@ pub fn clone_mount(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
             fd_arg(dirfd),
             path_arg(path),
             if empty { "|AT_EMPTY_PATH" } else { "" }
+        )
+    }))
+}
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC|AT_EMPTY_PATH|AT_RECURSIVE)`:
+/// a detached copy of the mount at `fd` *and of the mounts below it*.
+pub fn clone_mount_tree(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_EMPTY_PATH
+        | OpenTreeFlags::AT_RECURSIVE;
+    rustix::mount::open_tree(fd, "", flags).map_err(fail("open_tree", || {
+        format!(
+            "{}, \"\", OPEN_TREE_CLONE|OPEN_TREE_CLOEXEC|AT_EMPTY_PATH|AT_RECURSIVE",
+            fd_arg(fd)
         )
     }))
 }
@@ -508,6 +568,25 @@ pub fn mount_setattr(
     userns: Option<BorrowedFd<'_>>,
     attrs: MountAttrs,
 ) -> SysResult<()> {
+    setattr(mount, userns, attrs, false)
+}
+
+/// As [`mount_setattr`], for the mount and every mount below it
+/// (`AT_RECURSIVE`); fails as a whole when one of them refuses.
+pub fn mount_setattr_tree(
+    mount: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
+    attrs: MountAttrs,
+) -> SysResult<()> {
+    setattr(mount, userns, attrs, true)
+}
+
+fn setattr(
+    mount: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
+    attrs: MountAttrs,
+    recursive: bool,
+) -> SysResult<()> {
     let mut attr_set = attrs.bits();
     let mut userns_fd = 0u64;
     if let Some(ns) = userns {
@@ -520,6 +599,10 @@ pub fn mount_setattr(
         propagation: 0,
         userns_fd,
     };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: the path is a valid NUL-terminated string, `attr` is a live,
     // correctly sized `struct mount_attr`, and the kernel only reads it.
     let ret = unsafe {
@@ -527,7 +610,7 @@ pub fn mount_setattr(
             libc::SYS_mount_setattr,
             mount.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
+            flags,
             &mut attr as *mut libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
@@ -539,8 +622,9 @@ pub fn mount_setattr(
         return Err(SysError {
             syscall: "mount_setattr",
             args: format!(
-                "{}, \"\", AT_EMPTY_PATH, {{attr_set: {}{}}}",
+                "{}, \"\", AT_EMPTY_PATH{}, {{attr_set: {}{}}}",
                 fd_arg(mount),
+                if recursive { "|AT_RECURSIVE" } else { "" },
                 attrs.names(userns.is_some()),
                 userns
                     .map(|ns| format!(", userns_fd: {}", ns.as_raw_fd()))
@@ -734,6 +818,37 @@ pub fn mount_legacy(
     }))
 }
 
+/// `mount("overlay", target, "overlay", flags, data)`: an overlay from one
+/// option string (at most one page: the caller checks), mount flags from
+/// `attrs`.
+pub fn mount_overlay_legacy(target: &Path, attrs: MountAttrs, data: &CStr) -> SysResult<()> {
+    let mut flags = MountFlags::empty();
+    for (on, flag) in [
+        (attrs.read_only, MountFlags::RDONLY),
+        (attrs.nosuid, MountFlags::NOSUID),
+        (attrs.nodev, MountFlags::NODEV),
+        (attrs.noexec, MountFlags::NOEXEC),
+        (attrs.noatime, MountFlags::NOATIME),
+        (attrs.nodiratime, MountFlags::NODIRATIME),
+        (attrs.nosymfollow, MountFlags::NOSYMFOLLOW),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    rustix::mount::mount(c"overlay", target, c"overlay", flags, Some(data)).map_err(fail(
+        "mount",
+        || {
+            format!(
+                "\"overlay\", {}, \"overlay\", {}, ({} bytes of options)",
+                path_arg(target),
+                attrs.names(false),
+                data.to_bytes().len()
+            )
+        },
+    ))
+}
+
 /// `umount2(target, flags)`, never following a symlink in `target`.
 pub fn unmount(target: &Path, lazy: bool) -> SysResult<()> {
     let mut flags = UnmountFlags::NOFOLLOW;
@@ -771,6 +886,14 @@ pub fn enter_mount_ns(ns: BorrowedFd<'_>) -> SysResult<()> {
         .map_err(fail("unshare", || "CLONE_FS".to_string()))?;
     rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Mount))
         .map_err(fail("setns", || format!("{}, CLONE_NEWNS", fd_arg(ns))))
+}
+
+/// `unshare(CLONE_FS)`: gives the calling thread its own root and working
+/// directory. Only call it on a thread that ends afterwards.
+pub fn unshare_fs() -> SysResult<()> {
+    // SAFETY: CLONE_FS does not touch the fd table (see unshare_mount_ns).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(fail("unshare", || "CLONE_FS".to_string()))
 }
 
 /// `ioctl(fd, NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace fd.

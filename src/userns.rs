@@ -96,6 +96,22 @@ impl UserNamespace {
                 })
             }
         }
+        // The caller's own user namespace maps every id to itself: an
+        // idmapped mount through it is refused by the kernel and would mean
+        // nothing anyway.
+        let own = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/user"))
+            .and_then(|own| sys::stat_fd(own.as_fd()));
+        let this = sys::stat_fd(fd.as_fd());
+        if let (Ok(own), Ok(this)) = (own, this) {
+            if own.same_inode(&this) {
+                return Err(Error::invalid_path(
+                    "user namespace",
+                    path,
+                    "is this process's own user namespace, which maps nothing; give a \
+                     container's user namespace, or --uidmap/--gidmap",
+                ));
+            }
+        }
         Ok(UserNamespace {
             fd,
             origin: Origin::File(path.to_path_buf()),
@@ -104,7 +120,17 @@ impl UserNamespace {
 
     /// The user namespace of a running process.
     pub fn from_pid(pid: u32) -> Result<Self> {
-        Self::open(format!("/proc/{pid}/ns/user"))
+        let ns = Self::open(format!("/proc/{pid}/ns/user"))?;
+        // A namespace whose maps are not written yet cannot idmap anything.
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+        if maps.trim().is_empty() {
+            return Err(Error::invalid(
+                "user namespace",
+                format!("/proc/{pid}/ns/user"),
+                "has no uid map (yet); write its maps first, or give --uidmap/--gidmap",
+            ));
+        }
+        Ok(ns)
     }
 
     /// The uid map, when this namespace was made from maps.
@@ -120,6 +146,14 @@ impl UserNamespace {
         match &self.origin {
             Origin::Maps { gid, .. } => Some(gid),
             Origin::File(_) => None,
+        }
+    }
+
+    /// The namespace file it was opened from, when it was.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.origin {
+            Origin::File(path) => Some(path),
+            Origin::Maps { .. } => None,
         }
     }
 

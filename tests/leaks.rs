@@ -11,6 +11,22 @@ use std::fs;
 use common::*;
 use idoverlay::{IdMap, Overlay, Strategy, UserNamespace};
 
+/// This process's fds once they have settled: `Overlay::mount` returns as
+/// soon as the overlay is mounted, and its mounting thread closes the
+/// layer clones a moment later (off the caller's path), so wait for that
+/// — a leak never settles.
+fn settled_fds(want: &BTreeSet<i32>) -> BTreeSet<i32> {
+    let mut now = fds();
+    for _ in 0..200 {
+        if &now == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        now = fds();
+    }
+    now
+}
+
 fn fds() -> BTreeSet<i32> {
     fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -93,7 +109,7 @@ fn no_fd_process_or_mount_left_behind() {
             .into_iter()
             .chain(mounts().into_iter().filter(|m| m.mount_point == state))
             .collect();
-        assert_eq!(fds(), fds_before, "fds after mounts");
+        assert_eq!(settled_fds(&fds_before), fds_before, "fds after mounts");
         assert_eq!(mounts(), mounts_before);
 
         // Failures at every stage: bad layer, bad option, bad target,
@@ -120,7 +136,7 @@ fn no_fd_process_or_mount_left_behind() {
             assert!(overlay.mount(&merged).is_err(), "{overlay:?} should fail");
             assert!(overlay.mount(dir.join("no-target")).is_err());
         }
-        assert_eq!(fds(), fds_before, "fds after failures");
+        assert_eq!(settled_fds(&fds_before), fds_before, "fds after failures");
         assert!(child_processes().is_empty());
         assert_eq!(mounts(), mounts_before);
     });

@@ -1,218 +1,533 @@
 //! The `detached` strategy (kernel 6.15+): idmapped clones that never enter
-//! any mount tree, handed to overlay as file descriptors.
+//! any mount tree, handed to overlay without a temporary mount anywhere.
 //!
-//! Data flow: open every layer once → group layers below one directory on
-//! one mount → per group `open_tree(OPEN_TREE_CLONE)` + `mount_setattr(IDMAP
-//! | RDONLY)` → each layer opened beneath its group's clone (no symlink, no
-//! mount crossing, same inode as opened at first) → `fsconfig(SET_FD,
-//! "lowerdir+")` → `FSCONFIG_CMD_CREATE` → `fsmount`.
+//! Data flow: plan the layers (layer.rs: shared roots, one per directory
+//! holding several layers on one mount) → per shared root one
+//! `open_tree(OPEN_TREE_CLONE)` + `mount_setattr(IDMAP|RDONLY|NOSYMFOLLOW)`
+//! → each layer named *inside* its clone, and resolved once, by the kernel,
+//! where no symlink is followed and no mount can cover a layer → layers
+//! planned on their own are opened once (`O_NOFOLLOW`), cloned and idmapped
+//! → overlay built → `fsmount`, or mounted straight at the target.
+//!
+//! How a layer inside a clone is named, fastest first:
+//! * relative to the working directory of a short-lived thread (with its
+//!   own fs struct) that changed into the largest clone: for many layers;
+//! * `/proc/thread-self/fd/CLONE/REL`: any clone, one string per layer;
+//! * `FSCONFIG_SET_FD` of the clone itself: layers planned on their own.
+//!
+//! [`mount_at`] puts all layers in one `mount(2)` `lowerdir=` string from
+//! that working directory — the same work the kernel does for a plain
+//! overlay mount, plus one clone — and attaches at the target through the
+//! target's own fd (`/proc/thread-self/fd/N`), so no path is resolved twice.
 //!
 //! Invariants: the clones live in anonymous mount namespaces and are
-//! dissolved when their fds close, after CREATE has taken overlay's own
-//! private copies; nothing is attached anywhere; no layer byte is written.
+//! dissolved when their fds close, after overlay has taken its own private
+//! copies; nothing temporary is attached anywhere; no layer byte is written.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
-use super::{idmap_error, open_layers, OverlayContext, Request};
+use super::{
+    idmap_error, prepare, retry_on_its_own, role_key, upper_work_clone, OverlayContext, Prepared,
+    Request, Share,
+};
 use crate::error::{Error, Result};
-use crate::layer::{self, GroupRoot, OpenedDir};
+use crate::layer::{OpenedDir, Placement, Role};
 use crate::sys::{self, MountAttrs};
 
-const LAYER_ATTRS: MountAttrs = MountAttrs {
+/// Lower layers are read-only, and no symlink is followed inside their
+/// clones (layer names are resolved there).
+pub(crate) const LAYER_ATTRS: MountAttrs = MountAttrs {
     read_only: true,
     nosuid: false,
     nodev: false,
     noexec: false,
-    nosymfollow: false,
+    nosymfollow: true,
     noatime: false,
     nodiratime: false,
 };
 
+/// fsconfig takes at most 255 bytes per string value.
+const FSCONFIG_VALUE_MAX: usize = 255;
+/// mount(2) copies one page of options and silently cuts the rest.
+const MOUNT_DATA_MAX: usize = 4095;
+/// From this many layers in one clone, naming them relative to a thread's
+/// working directory inside it pays for the thread.
+const CWD_THREAD_MIN_LAYERS: usize = 24;
+
+/// The clones of one assembly, open until overlay has its own copies.
+struct Clones {
+    /// One per shared root, in the plan's group order.
+    groups: Vec<OwnedFd>,
+    /// Per layer planned on its own, its clone (`None` for shared layers).
+    singles: Vec<Option<OwnedFd>>,
+    /// Upper and work reached through one clone (with `--idmap-upper`).
+    upper_work: Option<super::UpperWork>,
+}
+
+impl Clones {
+    /// Clones and idmaps every shared root and every layer on its own.
+    fn make(req: &Request<'_>, prepared: &Prepared) -> Result<Clones> {
+        let userns = req.userns.as_fd();
+        let mut groups = Vec::with_capacity(prepared.plan.groups.len());
+        for root in &prepared.plan.groups {
+            let clone = match root.recursive {
+                true => sys::clone_mount_tree(root.fd.as_fd()),
+                false => sys::clone_mount(root.fd.as_fd(), Path::new("")),
+            }
+            .map_err(|e| Error::os("clone the layers' parent", Some(&root.path), e))?;
+            match root.recursive {
+                true => sys::mount_setattr_tree(clone.as_fd(), Some(userns), LAYER_ATTRS),
+                false => sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS),
+            }
+            .map_err(|e| idmap_error(&root.path, "layers' parent", root.fd.as_fd(), e))?;
+            req.trace(|| {
+                format!(
+                    "open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP|RDONLY|NOSYMFOLLOW) of shared root {}: fd {}",
+                    root.path.display(),
+                    clone.as_raw_fd()
+                )
+            });
+            groups.push(clone);
+        }
+        let mut singles = Vec::with_capacity(prepared.singles.len());
+        for dir in &prepared.singles {
+            singles.push(dir.as_ref().map(|d| own_clone(req, d)).transpose()?);
+        }
+        let upper_work = match (&prepared.upper, &prepared.work) {
+            (Some(upper), Some(work)) if req.idmap_upper => {
+                Some(upper_work_clone(upper, work, Some(userns))?)
+            }
+            _ => None,
+        };
+        Ok(Clones {
+            groups,
+            singles,
+            upper_work,
+        })
+    }
+
+    /// The shared root holding the most layers: the working directory.
+    fn busiest_group(&self, prepared: &Prepared) -> Option<usize> {
+        let mut counts = vec![0usize; self.groups.len()];
+        for p in &prepared.plan.placement {
+            if let Placement::Shared { group, .. } = p {
+                counts[*group] += 1;
+            }
+        }
+        (0..counts.len()).max_by_key(|&g| counts[g])
+    }
+}
+
+/// A layer on its own (opened once, `O_NOFOLLOW`): cloned through that
+/// fd, idmapped read-only.
+fn own_clone(req: &Request<'_>, dir: &OpenedDir) -> Result<OwnedFd> {
+    let clone = sys::clone_mount(dir.fd.as_fd(), Path::new(""))
+        .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
+    sys::mount_setattr(clone.as_fd(), Some(req.userns.as_fd()), LAYER_ATTRS)
+        .map_err(|e| idmap_error(&dir.path, dir.role.noun(), dir.fd.as_fd(), e))?;
+    req.trace(|| {
+        format!(
+            "clone + idmap of {} on its own: fd {}",
+            dir.path.display(),
+            clone.as_raw_fd()
+        )
+    });
+    Ok(clone)
+}
+
+/// How the kernel is to find a path inside a clone.
+fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
+    let here = cwd_clone.is_some_and(|c| c.as_raw_fd() == clone.as_raw_fd());
+    let mut out = if here {
+        Vec::new()
+    } else {
+        // thread-self: the calling thread's fd table (the process's), valid
+        // even when the process's main thread has exited.
+        format!("/proc/thread-self/fd/{}", clone.as_raw_fd()).into_bytes()
+    };
+    if !rel.as_os_str().is_empty() {
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rel.as_os_str().as_bytes());
+    } else if out.is_empty() {
+        out.push(b'.');
+    }
+    out
+}
+
+/// Runs `f` on a short-lived thread whose working directory is the root
+/// of `clone` (it unshares its fs struct first: the caller's working
+/// directory, and every other thread's, stay as they are). With `None`,
+/// runs `f` here.
+fn in_clone_cwd<T: Send>(
+    clone: Option<&OwnedFd>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let Some(clone) = clone else { return f() };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                sys::unshare_fs()
+                    .and_then(|()| sys::fchdir(clone.as_fd()))
+                    .map_err(|e| Error::os("change into the layers' clone", None, e))?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::invalid_input(
+                    "layers",
+                    "",
+                    "the assembling thread panicked",
+                ))
+            })
+    })
+}
+
 /// Assembles the overlay and returns the detached overlay mount.
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
     let ctx = OverlayContext::new(req)?;
-    let opened = open_layers(req)?;
-    let userns = req.userns.as_fd();
+    let prepared = prepare(req, Share::ByMount, |_| true)?;
+    let mut clones = Clones::make(req, &prepared)?;
+    let busiest = clones.busiest_group(&prepared);
+    let shared_in_busiest = prepared
+        .plan
+        .placement
+        .iter()
+        .filter(|p| matches!(p, Placement::Shared { group, .. } if Some(*group) == busiest))
+        .count();
+    let cwd = busiest
+        .filter(|_| shared_in_busiest >= CWD_THREAD_MIN_LAYERS)
+        .map(|g| &clones.groups[g]);
 
-    // The clone fds must stay open until CREATE: closing one dissolves its
-    // anonymous namespace and overlay can no longer clone from it.
-    let mut clones: Vec<OwnedFd> = Vec::new();
-    let groups = req.groups(&opened.layers, |_| true);
-    req.trace(|| {
-        format!(
-            "detached: {} layer(s) in {} clone group(s)",
-            opened.layers.len(),
-            groups.len()
-        )
-    });
-
-    // Per layer, the fd overlay will get: an index into `clones` (the
-    // layer is a clone's root) or its own fd beneath a clone.
-    let mut sources: Vec<Option<LayerFd>> = (0..opened.layers.len()).map(|_| None).collect();
-    for group in &groups {
-        match &group.root {
-            GroupRoot::Own(i) => {
-                let dir = &opened.layers[*i];
-                clones.push(idmapped_clone(dir, userns, LAYER_ATTRS)?);
-                sources[*i] = Some(LayerFd::CloneRoot(clones.len() - 1));
-                req.trace(|| {
-                    format!(
-                        "open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP|RDONLY) of {}: ok",
-                        dir.path.display()
-                    )
-                });
-            }
-            GroupRoot::Shared { path, fd } => {
-                let clone = sys::clone_mount(fd.as_fd(), "".as_ref())
-                    .map_err(|e| Error::os("clone layer parent", Some(path), e))?;
-                sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS)
-                    .map_err(|e| idmap_error(&opened.layers[group.members[0].layer], e))?;
-                req.trace(|| {
-                    format!(
-                        "clone + idmap shared parent {} for {} layer(s)",
-                        path.display(),
-                        group.members.len()
-                    )
-                });
-                clones.push(clone);
-                let clone_index = clones.len() - 1;
-                for member in &group.members {
-                    let dir = &opened.layers[member.layer];
-                    sources[member.layer] = Some(if member.rel.as_os_str().is_empty() {
-                        LayerFd::CloneRoot(clone_index)
+    // Every layer handed over; the ones the kernel refused beneath their
+    // shared clone (a symlink on the way, say) come back to be cloned on
+    // their own.
+    let refused: Vec<usize> = in_clone_cwd(cwd, || {
+        let mut refused = Vec::new();
+        for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
+            match prepared.plan.rel(i) {
+                Some((group, rel)) => {
+                    let value = inside(&clones.groups[group], rel, cwd);
+                    let accepted = value.len() <= FSCONFIG_VALUE_MAX
+                        && CString::new(value.clone())
+                            .ok()
+                            .is_some_and(|v| ctx.set_string(role_key(*role), &v).is_ok());
+                    if accepted {
+                        req.trace(|| {
+                            format!(
+                                "fsconfig({:?}, {:?}): ok",
+                                role_key(*role),
+                                OsStr::from_bytes(&value)
+                            )
+                        });
                     } else {
-                        match open_beneath(&clones[clone_index], dir, &member.rel) {
-                            Some(fd) => LayerFd::Own(fd),
-                            None => {
-                                // Not reachable as the same directory without a
-                                // symlink or mount crossing: clone it on its own.
-                                req.trace(|| {
-                                    format!(
-                                        "{}: own clone (not reachable beneath parent)",
-                                        dir.path.display()
-                                    )
-                                });
-                                clones.push(idmapped_clone(dir, userns, LAYER_ATTRS)?);
-                                LayerFd::CloneRoot(clones.len() - 1)
-                            }
-                        }
+                        req.trace(|| {
+                            format!(
+                                "{}: refused beneath its shared clone; on its own",
+                                path.display()
+                            )
+                        });
+                        refused.push(i);
+                        // Order matters: the rest waits for this layer.
+                        break;
+                    }
+                }
+                None => {
+                    let clone = clones.singles[i].as_ref().expect("planned on its own");
+                    ctx.set_layer_fd(*role, clone.as_fd(), path)?;
+                    req.trace(|| {
+                        format!(
+                            "fsconfig(SET_FD, {:?}) of {}: ok",
+                            role_key(*role),
+                            path.display()
+                        )
                     });
                 }
             }
         }
-    }
-
-    for (dir, source) in opened.layers.iter().zip(sources) {
-        let source = source.expect("every layer belongs to a group");
-        let fd = match &source {
-            LayerFd::CloneRoot(i) => clones[*i].as_fd(),
-            LayerFd::Own(fd) => fd.as_fd(),
-        };
-        ctx.set_layer_fd(dir.role, fd, &dir.path)?;
-        req.trace(|| {
-            format!(
-                "fsconfig(FSCONFIG_SET_FD, {:?}) of {}: ok",
-                super::role_key(dir.role),
-                dir.path.display()
-            )
-        });
-        // An fd beneath a clone may close now: overlay holds the path, and
-        // the clone it lives on stays open.
-        drop(source);
-    }
-
-    let upper_clone;
-    if let (Some(upper), Some(work)) = (&opened.upper, &opened.work) {
-        if req.idmap_upper {
-            let (clone, upper_fd, work_fd) = idmapped_upper_work(upper, work, userns)?;
-            ctx.set_layer_fd(upper.role, upper_fd.as_fd(), &upper.path)?;
-            ctx.set_layer_fd(work.role, work_fd.as_fd(), &work.path)?;
-            upper_clone = Some(clone);
-        } else {
-            ctx.set_layer_fd(upper.role, upper.fd.as_fd(), &upper.path)?;
-            ctx.set_layer_fd(work.role, work.fd.as_fd(), &work.path)?;
-            req.trace(|| "fsconfig(FSCONFIG_SET_FD) of upperdir and workdir: ok".to_string());
-            upper_clone = None;
+        Ok(refused)
+    })?;
+    if let Some(&first) = refused.first() {
+        // A layer the kernel refused beneath its clone: the rest of the
+        // stack, from it on, layer by layer, each on its own if need be.
+        drop(ctx);
+        let ctx = OverlayContext::new(req)?;
+        for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
+            let via_string = match prepared.plan.rel(i) {
+                Some((group, rel)) if i < first => {
+                    CString::new(inside(&clones.groups[group], rel, None)).ok()
+                }
+                _ => None,
+            };
+            if let Some(v) = via_string.filter(|v| v.as_bytes().len() <= FSCONFIG_VALUE_MAX) {
+                if ctx.set_string(role_key(*role), &v).is_ok() {
+                    continue;
+                }
+            }
+            if clones.singles[i].is_none() {
+                let dir = retry_on_its_own(path, *role)?;
+                clones.singles[i] = Some(own_clone(req, &dir)?);
+            }
+            let clone = clones.singles[i].as_ref().expect("just made");
+            ctx.set_layer_fd(*role, clone.as_fd(), path)?;
         }
-    } else {
-        upper_clone = None;
+        return finish(ctx, req, &prepared, clones);
     }
+    finish(ctx, req, &prepared, clones)
+}
 
-    let mount = super::create(ctx, req, opened.upper.is_some())?;
-    req.trace(|| {
-        format!(
-            "overlay created from {} clone(s)",
-            clones.len() + usize::from(upper_clone.is_some())
-        )
-    });
-    drop(upper_clone);
+/// Upper and work, then CREATE and `fsmount`.
+fn finish(
+    ctx: OverlayContext,
+    req: &Request<'_>,
+    prepared: &Prepared,
+    clones: Clones,
+) -> Result<OwnedFd> {
+    if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
+        match &clones.upper_work {
+            Some(pair) => {
+                ctx.set_layer_fd(upper.role, pair.upper.0.as_fd(), &upper.path)?;
+                ctx.set_layer_fd(work.role, pair.work.0.as_fd(), &work.path)?;
+            }
+            None => {
+                ctx.set_layer_fd(upper.role, upper.fd.as_fd(), &upper.path)?;
+                ctx.set_layer_fd(work.role, work.fd.as_fd(), &work.path)?;
+            }
+        }
+        req.trace(|| "fsconfig(FSCONFIG_SET_FD) of upperdir and workdir: ok".to_string());
+    }
+    let mount = super::create(ctx, req, prepared.upper.is_some())?;
     drop(clones);
     Ok(mount)
 }
 
-enum LayerFd {
-    CloneRoot(usize),
-    Own(OwnedFd),
-}
-
-/// `open_tree(OPEN_TREE_CLONE)` of the directory itself, idmapped.
-fn idmapped_clone(
-    dir: &OpenedDir,
-    userns: std::os::fd::BorrowedFd<'_>,
+/// What the mounting thread needs, owned: after sending the result back it
+/// closes the clones itself, so the RCU grace period the kernel waits for
+/// when it dissolves their namespaces, and the thread's own exit, stay off
+/// the caller's path.
+struct MountJob {
+    clones: Clones,
+    cwd_group: Option<usize>,
+    data: CString,
+    target: PathBuf,
     attrs: MountAttrs,
-) -> Result<OwnedFd> {
-    let clone = sys::clone_mount(dir.fd.as_fd(), "".as_ref())
-        .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
-    sys::mount_setattr(clone.as_fd(), Some(userns), attrs).map_err(|e| idmap_error(dir, e))?;
-    Ok(clone)
+    creator: Option<(u32, u32)>,
 }
 
-/// The layer beneath a clone, if it is reachable there without a symlink or
-/// mount crossing and is the very directory that was opened at first.
-fn open_beneath(clone: &OwnedFd, dir: &OpenedDir, rel: &std::path::Path) -> Option<OwnedFd> {
-    let fd = sys::open_dir_beneath(clone.as_fd(), rel).ok()?;
-    let st = sys::stat_fd(fd.as_fd()).ok()?;
-    st.same_inode(&dir.stat).then_some(fd)
+/// The thread that mounts: started first, so that its creation (and the
+/// copy of its fs struct) overlaps the planning on the caller's thread;
+/// it then waits for its [`MountJob`].
+struct MountThread {
+    jobs: std::sync::mpsc::SyncSender<MountJob>,
+    results: std::sync::mpsc::Receiver<sys::SysResult<sys::SysResult<()>>>,
 }
 
-/// Upper and work through one idmapped (writable) clone of a directory
-/// above both: overlay needs them on one mount.
-fn idmapped_upper_work(
-    upper: &OpenedDir,
-    work: &OpenedDir,
-    userns: std::os::fd::BorrowedFd<'_>,
-) -> Result<(OwnedFd, OwnedFd, OwnedFd)> {
-    let pair = [
-        layer::open_dir(&upper.path, upper.role)?,
-        layer::open_dir(&work.path, work.role)?,
-    ];
-    let groups = layer::plan_groups(&pair, |_| true);
-    let [group] = &groups[..] else {
-        return Err(Error::invalid_path(
-            "upper dir",
-            &upper.path,
-            "with --idmap-upper, upper and work dirs must sit below one directory on one mount",
-        ));
-    };
-    let GroupRoot::Shared { path, fd } = &group.root else {
-        unreachable!("two directories form a shared group or two groups");
-    };
-    let clone = sys::clone_mount(fd.as_fd(), "".as_ref())
-        .map_err(|e| Error::os("clone upper/work parent", Some(path), e))?;
-    sys::mount_setattr(clone.as_fd(), Some(userns), MountAttrs::default())
-        .map_err(|e| idmap_error(upper, e))?;
-    let mut fds = Vec::new();
-    for (dir, member) in pair.iter().zip(&group.members) {
-        let fd = open_beneath(&clone, dir, &member.rel).ok_or_else(|| {
-            Error::invalid_path(
-                dir.role.noun(),
-                &dir.path,
-                "is not reachable below its parent without a symlink or mount crossing",
-            )
-        })?;
-        fds.push(fd);
+impl MountThread {
+    fn start() -> Result<MountThread> {
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<MountJob>(1);
+        let (result_tx, results) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("idoverlay-mount".into())
+            .spawn(move || {
+                // Its own working directory, before the job even arrives.
+                let own_fs = sys::unshare_fs();
+                // No job: the caller took another path.
+                let Ok(job) = job_rx.recv() else { return };
+                let result = (|| {
+                    own_fs.clone()?;
+                    if let Some(g) = job.cwd_group {
+                        sys::fchdir(job.clones.groups[g].as_fd())?;
+                    }
+                    if let Some((uid, gid)) = job.creator {
+                        sys::assume_fs_ids(uid, gid)?;
+                    }
+                    Ok(sys::mount_overlay_legacy(&job.target, job.attrs, &job.data))
+                })();
+                let _ = result_tx.send(result);
+                drop(job.clones);
+            });
+        match spawned {
+            Ok(_) => Ok(MountThread { jobs, results }),
+            Err(e) => {
+                let e = sys::SysError {
+                    syscall: "clone",
+                    args: "mount thread".into(),
+                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                };
+                Err(Error::os("start the mounting thread", None, e))
+            }
+        }
     }
-    let work_fd = fds.pop().expect("two fds");
-    let upper_fd = fds.pop().expect("two fds");
-    Ok((clone, upper_fd, work_fd))
+
+    /// Hands the job over and waits for mount(2)'s result (the outer result
+    /// is about the thread).
+    fn run(self, job: MountJob) -> Result<sys::SysResult<()>> {
+        if self.jobs.send(job).is_err() {
+            return Err(Error::invalid_input(
+                "layers",
+                "",
+                "the mounting thread died",
+            ));
+        }
+        match self.results.recv() {
+            Ok(Ok(mounted)) => Ok(mounted),
+            Ok(Err(e)) => Err(Error::os("prepare the mounting thread", None, e)),
+            Err(_) => Err(Error::invalid_input(
+                "layers",
+                "",
+                "the mounting thread died",
+            )),
+        }
+    }
+}
+
+/// overlay's escaping for a `lowerdir=` element in mount(2) data.
+fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
+    for &b in value {
+        if matches!(b, b':' | b',' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+/// overlay's escaping for `upperdir=`/`workdir=` in mount(2) data.
+fn escape_dir(value: &[u8], out: &mut Vec<u8>) {
+    for &b in value {
+        if matches!(b, b',' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+}
+
+/// Mounts the overlay straight at `target` with one `mount(2)` whose
+/// `lowerdir=` names the layers relative to a working directory inside
+/// their clone. Returns `Ok(false)` when this path does not apply (a
+/// parameter mount(2) cannot carry, options over one page, the kernel
+/// refusing): the caller then assembles and attaches, which also brings
+/// back the kernel's own message for a real error.
+pub(crate) fn mount_at(
+    req: &Request<'_>,
+    target: BorrowedFd<'_>,
+    target_path: &Path,
+) -> Result<bool> {
+    if req
+        .params
+        .iter()
+        .any(|p| p.key.contains(',') || p.value.as_deref().is_some_and(|v| v.contains(',')))
+    {
+        return Ok(false);
+    }
+    let thread = MountThread::start()?;
+    let prepared = prepare(req, Share::Lexical, |_| true)?;
+    // The shared root is cloned with the mounts below it; a layer on one of
+    // them, or a mount there that takes no idmap, sends us the careful way.
+    let clones = match Clones::make(req, &prepared) {
+        Ok(clones) => clones,
+        Err(e) => {
+            req.trace(|| format!("fast path: {e}; assembling instead"));
+            return Ok(false);
+        }
+    };
+    let cwd_group = clones.busiest_group(&prepared);
+    let cwd = cwd_group.map(|g| &clones.groups[g]);
+
+    let mut data = Vec::with_capacity(16 + prepared.plan.layers.len() * 16);
+    data.extend_from_slice(b"lowerdir=");
+    let mut seen_data_layer = false;
+    for (i, (_, role)) in prepared.plan.layers.iter().enumerate() {
+        if i > 0 {
+            data.push(b':');
+        }
+        if *role == Role::Data && !seen_data_layer {
+            // `::` before the first data-only layer.
+            data.push(b':');
+            seen_data_layer = true;
+        }
+        match prepared.plan.rel(i) {
+            // The common case, written straight into the options.
+            Some((group, rel)) if Some(group) == cwd_group && !rel.as_os_str().is_empty() => {
+                escape_lower(rel.as_os_str().as_bytes(), &mut data)
+            }
+            Some((group, rel)) => escape_lower(&inside(&clones.groups[group], rel, cwd), &mut data),
+            None => escape_lower(
+                &inside(
+                    clones.singles[i].as_ref().expect("planned on its own"),
+                    Path::new(""),
+                    None,
+                ),
+                &mut data,
+            ),
+        }
+    }
+    if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
+        let (up, wk): (Vec<u8>, Vec<u8>) = match &clones.upper_work {
+            Some(pair) => (
+                inside(&pair.clone, &pair.upper.1, None),
+                inside(&pair.clone, &pair.work.1, None),
+            ),
+            None => (
+                format!("/proc/thread-self/fd/{}", upper.fd.as_raw_fd()).into_bytes(),
+                format!("/proc/thread-self/fd/{}", work.fd.as_raw_fd()).into_bytes(),
+            ),
+        };
+        data.extend_from_slice(b",upperdir=");
+        escape_dir(&up, &mut data);
+        data.extend_from_slice(b",workdir=");
+        escape_dir(&wk, &mut data);
+    }
+    for p in req.params {
+        data.push(b',');
+        data.extend_from_slice(p.key.as_bytes());
+        if let Some(v) = &p.value {
+            data.push(b'=');
+            data.extend_from_slice(v.as_bytes());
+        }
+    }
+    if data.len() > MOUNT_DATA_MAX {
+        return Ok(false);
+    }
+    let Ok(data) = CString::new(data) else {
+        return Ok(false);
+    };
+    let creator = match prepared.upper.is_some() && req.idmap_upper {
+        true => Some(super::mounter_ids(req.userns)?),
+        false => None,
+    };
+    let job = MountJob {
+        clones,
+        cwd_group,
+        data,
+        // The target through its own fd: mount(2) resolves no path again.
+        target: PathBuf::from(format!("/proc/thread-self/fd/{}", target.as_raw_fd())),
+        attrs: req.attrs,
+        creator,
+    };
+    match thread.run(job)? {
+        Ok(()) => {}
+        Err(e) => {
+            req.trace(|| format!("mount(2) fast path refused ({e}); assembling instead"));
+            return Ok(false);
+        }
+    }
+    req.trace(|| "mount(2) at the target, layers named inside their clone: ok".to_string());
+    if prepared.upper.is_some() && !req.attrs.read_only {
+        let read_only = sys::open_dir_path(sys::cwd(), target_path)
+            .and_then(|fd| sys::mount_is_read_only(fd.as_fd()))
+            .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
+        if read_only {
+            return Err(Error::invalid_input(
+                "upper dir",
+                "(upper and work)",
+                "overlay could not write its work dir and mounted read-only (dmesg says why; \
+                 with --idmap-upper the map must cover the upper dir's owners)",
+            ));
+        }
+    }
+    Ok(true)
 }

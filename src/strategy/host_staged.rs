@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::staged::{self, Stage};
-use super::{open_layers, Request};
+use super::{OverlayContext, Request};
 use crate::error::{display_path, Error, Result};
 use crate::sys::{self, MountAttrs};
 
@@ -163,7 +163,21 @@ impl StateDir {
             fd,
         };
         if create && st.mount_root != Some(true) {
-            state.mount_private_tmpfs()?;
+            // Two assemblies (threads or processes) must not both mount a
+            // tmpfs here: the second would cover the first one's staging,
+            // and its staged paths would name nothing. The lock is on the
+            // parent directory; the check is repeated under it.
+            let lock = sys::open_dir_read(parent_fd.as_fd(), Path::new("."))
+                .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+                .map_err(|e| Error::os("lock the state dir's parent", Some(parent), e))?;
+            state.fd = sys::open_dir_path(parent_fd.as_fd(), Path::new(name))
+                .map_err(|e| Error::os("open state dir", Some(path), e))?;
+            let now = sys::stat_fd(state.fd.as_fd())
+                .map_err(|e| Error::os("inspect state dir", Some(path), e))?;
+            if now.mount_root != Some(true) {
+                state.mount_private_tmpfs()?;
+            }
+            drop(lock);
         }
         Ok(state)
     }
@@ -203,7 +217,8 @@ impl StateDir {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, Vec<String>)> {
-    let opened = open_layers(req)?;
+    // Parameters first: a bad -o is refused before anything is staged.
+    let ctx = OverlayContext::new(req)?;
     let state = StateDir::open(state_dir, true)?;
     // A short id keeps staged paths short: they are passed as strings.
     let id = format!(
@@ -235,7 +250,7 @@ pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, 
         prefix: prefix.clone(),
         attached: Vec::new(),
     };
-    let built = staged::build(req, &opened, &mut stage);
+    let built = staged::build(req, ctx, &mut stage);
     let attached = std::mem::take(&mut stage.attached);
     let cleanup = teardown(
         &state,

@@ -8,6 +8,7 @@
 use std::ffi::CString;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -104,19 +105,6 @@ pub(crate) struct Request<'a> {
 }
 
 impl Request<'_> {
-    /// The clone groups for these layers: shared parents unless asked not to.
-    pub fn groups(
-        &self,
-        layers: &[OpenedDir],
-        shareable: impl Fn(&Path) -> bool,
-    ) -> Vec<layer::Group> {
-        if self.per_layer_clones {
-            (0..layers.len()).map(layer::Group::own).collect()
-        } else {
-            layer::plan_groups(layers, shareable)
-        }
-    }
-
     pub fn trace(&self, line: impl FnOnce() -> String) {
         if let Some(trace) = self.trace {
             trace(&line());
@@ -124,25 +112,61 @@ impl Request<'_> {
     }
 }
 
-/// The directories of a request, opened and checked.
-pub(crate) struct OpenedLayers {
-    /// Lower layers (top-most first), then data-only layers.
-    pub layers: Vec<OpenedDir>,
+/// The request's layers planned, and its upper and work opened and checked.
+pub(crate) struct Prepared {
+    pub plan: layer::Plan,
+    /// Per layer planned on its own, the layer opened (`None` for shared).
+    pub singles: Vec<Option<OpenedDir>>,
     pub upper: Option<OpenedDir>,
     pub work: Option<OpenedDir>,
 }
 
-/// Opens every directory of the request once and checks what can be checked
-/// before the kernel sees them.
-pub(crate) fn open_layers(req: &Request<'_>) -> Result<OpenedLayers> {
-    let mut layers = Vec::with_capacity(req.lowers.len() + req.data_lowers.len());
-    for path in req.lowers {
-        layers.push(layer::open_dir(path, Role::Lower)?);
+/// How `prepare` groups layers (see [`layer::Grouping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// Every layer on its own.
+    No,
+    /// Under their common directory, cloned recursively (the fast path).
+    Lexical,
+    /// By mount, from the mount table.
+    ByMount,
+}
+
+/// Plans the layers, opens the layers planned on their own and the upper
+/// and work dirs, and refuses overlaps.
+pub(crate) fn prepare(
+    req: &Request<'_>,
+    share: Share,
+    shareable: impl Fn(&Path) -> bool,
+) -> Result<Prepared> {
+    let layers = req
+        .lowers
+        .iter()
+        .map(|p| (p.clone(), Role::Lower))
+        .chain(req.data_lowers.iter().map(|p| (p.clone(), Role::Data)))
+        .collect();
+    let share = if req.per_layer_clones {
+        Share::No
+    } else {
+        share
+    };
+    let mut table = match share {
+        Share::ByMount => crate::mountinfo::read_self().ok(),
+        Share::No | Share::Lexical => None,
+    };
+    let grouping = match (share, &table) {
+        (Share::Lexical, _) => layer::Grouping::Lexical,
+        (Share::ByMount, Some(t)) => layer::Grouping::ByMount(t),
+        _ => layer::Grouping::None,
+    };
+    let plan = layer::plan(layers, shareable, grouping)?;
+    let mut singles = Vec::with_capacity(plan.layers.len());
+    for ((path, role), placement) in plan.layers.iter().zip(&plan.placement) {
+        singles.push(match placement {
+            layer::Placement::Single => Some(layer::open_dir(path, *role)?),
+            layer::Placement::Shared { .. } => None,
+        });
     }
-    for path in req.data_lowers {
-        layers.push(layer::open_dir(path, Role::Data)?);
-    }
-    layer::check_layer_set(&layers)?;
     let upper = req
         .upper
         .map(|p| layer::open_dir(p, Role::Upper))
@@ -152,27 +176,149 @@ pub(crate) fn open_layers(req: &Request<'_>) -> Result<OpenedLayers> {
         .map(|p| layer::open_dir(p, Role::Work))
         .transpose()?;
     if let (Some(upper), Some(work)) = (&upper, &work) {
-        check_upper_work(upper, work, &layers)?;
+        check_upper_work(upper, work)?;
     }
+    check_overlaps(&plan, &singles, upper.as_ref(), work.as_ref(), &mut table)?;
     req.trace(|| {
+        let shared = plan
+            .placement
+            .iter()
+            .filter(|p| matches!(p, layer::Placement::Shared { .. }))
+            .count();
         format!(
-            "opened {} layer(s){}",
-            layers.len(),
+            "planned {} layer(s): {shared} beneath {} shared clone(s), {} on their own{}",
+            plan.layers.len(),
+            plan.groups.len(),
+            plan.layers.len() - shared,
             if upper.is_some() {
-                " plus upper and work"
+                "; upper and work opened"
             } else {
                 ""
             }
         )
     });
-    Ok(OpenedLayers {
-        layers,
+    Ok(Prepared {
+        plan,
+        singles,
         upper,
         work,
     })
 }
 
-fn check_upper_work(upper: &OpenedDir, work: &OpenedDir, layers: &[OpenedDir]) -> Result<()> {
+/// Locates every directory on its filesystem and refuses overlaps (see
+/// [`layer::check_overlaps`]). Directories on different devices cannot
+/// overlap, and on one mount their canonical paths say it all; only two
+/// mounts of one device (bind mounts) need the mount table, read then.
+/// Directories that cannot be located (no /proc) are left to the kernel.
+fn check_overlaps(
+    plan: &layer::Plan,
+    singles: &[Option<OpenedDir>],
+    upper: Option<&OpenedDir>,
+    work: Option<&OpenedDir>,
+    table: &mut Option<Vec<crate::mountinfo::MountEntry>>,
+) -> Result<()> {
+    // Every directory to compare: canonical path and (device, mount).
+    let roots: Vec<Option<(PathBuf, sys::Stat)>> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            Some((
+                sys::fd_path(g.fd.as_fd())?,
+                sys::stat_fd(g.fd.as_fd()).ok()?,
+            ))
+        })
+        .collect();
+    let single_paths: Vec<Option<PathBuf>> = singles
+        .iter()
+        .map(|d| d.as_ref().and_then(|d| sys::fd_path(d.fd.as_fd())))
+        .collect();
+    let upper_path = upper.and_then(|d| sys::fd_path(d.fd.as_fd()));
+    let work_path = work.and_then(|d| sys::fd_path(d.fd.as_fd()));
+    let stats: Vec<sys::Stat> = roots
+        .iter()
+        .flatten()
+        .map(|(_, st)| *st)
+        .chain(singles.iter().flatten().map(|d| d.stat))
+        .chain(upper.map(|d| d.stat))
+        .chain(work.map(|d| d.stat))
+        .collect();
+    let aliased = stats
+        .iter()
+        .any(|a| stats.iter().any(|b| a.dev == b.dev && a.mnt_id != b.mnt_id));
+    if aliased && table.is_none() {
+        *table = crate::mountinfo::read_self().ok();
+    }
+    let table = table.as_deref();
+    let locate = |canonical: &Path, st: &sys::Stat| -> Option<layer::FsLocation> {
+        match (aliased, table) {
+            (true, Some(t)) => layer::FsLocation::of(canonical, t),
+            (true, None) => None,
+            (false, _) => Some(layer::FsLocation::on_device(st.dev, canonical)),
+        }
+    };
+    let mut groups: Vec<Option<layer::LocatedGroup<'_>>> = roots
+        .iter()
+        .map(|r| {
+            let (canonical, st) = r.as_ref()?;
+            Some(layer::LocatedGroup {
+                root: locate(canonical, st)?,
+                members: Vec::new(),
+            })
+        })
+        .collect();
+    let mut singles_located = Vec::new();
+    for (i, (path, role)) in plan.layers.iter().enumerate() {
+        match plan.rel(i) {
+            Some((group, rel)) => {
+                if let Some(g) = &mut groups[group] {
+                    g.members
+                        .push((i + 1, path.as_path(), *role, rel.as_os_str().as_bytes()));
+                }
+            }
+            None => {
+                let at = match (&singles[i], &single_paths[i]) {
+                    (Some(d), Some(c)) => locate(c, &d.stat),
+                    _ => None,
+                };
+                if let Some(at) = at {
+                    singles_located.push(layer::Located {
+                        path,
+                        role: *role,
+                        number: i + 1,
+                        at,
+                    });
+                }
+            }
+        }
+    }
+    let mut groups: Vec<layer::LocatedGroup<'_>> = groups.into_iter().flatten().collect();
+    let mut writable = [None, None];
+    for (slot, (d, c)) in writable
+        .iter_mut()
+        .zip([(upper, &upper_path), (work, &work_path)])
+    {
+        if let (Some(d), Some(c)) = (d, c) {
+            *slot = locate(c, &d.stat).map(|at| layer::Located {
+                path: &d.path,
+                role: d.role,
+                number: 0,
+                at,
+            });
+        }
+    }
+    let [u, w] = writable;
+    layer::check_overlaps(&mut groups, &singles_located, u.as_ref(), w.as_ref())
+}
+
+/// After the kernel refused a layer reached beneath a shared clone: the
+/// layer's own one-line explanation when it is not a usable directory
+/// (missing, a file, a symlink…), or the opened layer, to be reached on its
+/// own instead (e.g. a symlink on the way, which shared clones never follow).
+pub(crate) fn retry_on_its_own(path: &Path, role: Role) -> Result<OpenedDir> {
+    layer::open_dir(path, role)
+}
+
+fn check_upper_work(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
     if upper.stat.same_inode(&work.stat) {
         return Err(Error::invalid_path(
             "work dir",
@@ -190,15 +336,6 @@ fn check_upper_work(upper: &OpenedDir, work: &OpenedDir, layers: &[OpenedDir]) -
                 display_path(&upper.path)
             ),
         ));
-    }
-    for layer in layers {
-        if layer.stat.same_inode(&upper.stat) || layer.stat.same_inode(&work.stat) {
-            return Err(Error::invalid_path(
-                layer.role.noun(),
-                &layer.path,
-                "is also the upper or work dir; a directory can play one role only",
-            ));
-        }
     }
     check_work_contents(work)
 }
@@ -379,8 +516,8 @@ pub(crate) fn role_key(role: Role) -> &'static std::ffi::CStr {
 }
 
 /// Explains a failed idmap of a layer clone.
-pub(crate) fn idmap_error(dir: &OpenedDir, e: sys::SysError) -> Error {
-    let fs = crate::fs_type::of_fd(dir.fd.as_fd());
+pub(crate) fn idmap_error(path: &Path, what: &str, on: BorrowedFd<'_>, e: sys::SysError) -> Error {
+    let fs = crate::fs_type::of_fd(on);
     let hint = match e.errno {
         libc::EINVAL => format!(
             "filesystem {fs} does not take idmapped mounts on this kernel \
@@ -392,15 +529,17 @@ pub(crate) fn idmap_error(dir: &OpenedDir, e: sys::SysError) -> Error {
         libc::ENOSYS => "this kernel has no mount_setattr (Linux 5.12)".to_string(),
         _ => format!("filesystem {fs} refused the idmap"),
     };
-    Error::os(format!("idmap {}", dir.role.noun()), Some(&dir.path), e).with_hint(hint)
+    Error::os(format!("idmap {what}"), Some(path), e).with_hint(hint)
 }
 
 /// CREATE and `fsmount`.
 pub(crate) fn create(ctx: OverlayContext, req: &Request<'_>, has_upper: bool) -> Result<OwnedFd> {
     let attrs = req.attrs;
-    as_creator(req, has_upper, move || {
+    let mount = as_creator(req, has_upper, move || {
         ctx.create_and_mount(attrs, has_upper)
-    })
+    })?;
+    req.trace(|| "fsconfig(FSCONFIG_CMD_CREATE) + fsmount: ok".to_string());
+    Ok(mount)
 }
 
 /// Runs `make` (the call that creates the overlay's superblock) with the
@@ -450,4 +589,73 @@ pub(crate) fn mounter_ids(userns: &UserNamespace) -> Result<(u32, u32)> {
              its creator, whose ids must map through the upper's idmap",
         )),
     }
+}
+
+/// Upper and work reached through one clone of a directory above both
+/// (overlay needs them on one vfsmount), idmapped when `userns` is given.
+pub(crate) struct UpperWork {
+    /// The clone; keep it open until the overlay is created.
+    pub clone: OwnedFd,
+    /// The upper dir beneath the clone, and its path there.
+    pub upper: (OwnedFd, PathBuf),
+    /// The work dir beneath the clone, and its path there.
+    pub work: (OwnedFd, PathBuf),
+}
+
+pub(crate) fn upper_work_clone(
+    upper: &OpenedDir,
+    work: &OpenedDir,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<UpperWork> {
+    let refuse = || {
+        Error::invalid_path(
+            "upper dir",
+            &upper.path,
+            "and the work dir must sit below one directory on one mount, reachable from it \
+             without a symlink, for this kernel's overlay (no layer fds before 6.15) or with \
+             --idmap-upper",
+        )
+    };
+    let normal = |p: &Path| -> PathBuf { p.components().collect() };
+    let (u, w) = (normal(&upper.path), normal(&work.path));
+    let mut parent = PathBuf::from("/");
+    for (a, b) in u.components().zip(w.components()) {
+        if a != b {
+            break;
+        }
+        parent.push(a.as_os_str());
+    }
+    let root = sys::open_dir_path_follow(sys::cwd(), &parent)
+        .map_err(|e| Error::os("open the parent of upper and work", Some(&parent), e))?;
+    let clone = sys::clone_mount(root.as_fd(), Path::new(""))
+        .map_err(|e| Error::os("clone upper/work parent", Some(&parent), e))?;
+    let attrs = MountAttrs {
+        nosymfollow: true,
+        ..MountAttrs::default()
+    };
+    sys::mount_setattr(clone.as_fd(), userns, attrs)
+        .map_err(|e| idmap_error(&parent, "upper/work parent", root.as_fd(), e))?;
+    let beneath = |dir: &OpenedDir, full: &Path| -> Result<(OwnedFd, PathBuf)> {
+        let rel = full
+            .strip_prefix(&parent)
+            .map_err(|_| refuse())?
+            .to_path_buf();
+        let fd = if rel.as_os_str().is_empty() {
+            return Err(refuse());
+        } else {
+            sys::open_dir_beneath(clone.as_fd(), &rel).map_err(|_| refuse())?
+        };
+        let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(&dir.path), e))?;
+        if !st.same_inode(&dir.stat) {
+            return Err(refuse());
+        }
+        Ok((fd, rel))
+    };
+    let upper_pair = beneath(upper, &u)?;
+    let work_pair = beneath(work, &w)?;
+    Ok(UpperWork {
+        clone,
+        upper: upper_pair,
+        work: work_pair,
+    })
 }

@@ -15,15 +15,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::staged::{self, Stage};
-use super::{open_layers, Request};
+use super::{OverlayContext, Request};
 use crate::error::{Error, Result};
 use crate::sys::{self, MountAttrs};
 
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
+    // Parameters first: a bad -o is refused before anything is made.
+    let ctx = OverlayContext::new(req)?;
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("idoverlay-private-ns".into())
-            .spawn_scoped(scope, || in_private_namespace(req))
+            .spawn_scoped(scope, || in_private_namespace(req, ctx))
             .map_err(|e| {
                 Error::os(
                     "start the private-namespace thread",
@@ -47,7 +49,7 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
 }
 
 /// Runs on the dedicated thread; everything it mounts dies with it.
-fn in_private_namespace(req: &Request<'_>) -> Result<OwnedFd> {
+fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedFd> {
     sys::unshare_mount_ns().map_err(|e| {
         Error::os("give a helper thread its own mount namespace", None, e).with_hint(
             "a seccomp policy may forbid unshare; --strategy host-staged works without it",
@@ -57,19 +59,15 @@ fn in_private_namespace(req: &Request<'_>) -> Result<OwnedFd> {
         .map_err(|e| Error::os("make the private namespace's mounts private", None, e))?;
     req.trace(|| "private-ns: own mount namespace, / recursively private".to_string());
 
-    // The layers, resolved in this namespace (clones can only be made of
-    // mounts in the caller's own namespace).
-    let opened = open_layers(req)?;
-
     // The staging tmpfs, over "/" of this namespace: absolute paths still
     // start at the old root, while names relative to the working directory
     // land in the tmpfs.
-    let ctx = sys::fsopen(c"tmpfs").map_err(|e| Error::os("open a staging tmpfs", None, e))?;
-    let staging = sys::fsconfig_set_string(ctx.as_fd(), c"source", c"idoverlay-staging")
-        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0700"))
-        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"size", c"64k"))
-        .and_then(|()| sys::fsconfig_create(ctx.as_fd()))
-        .and_then(|()| sys::fsmount(ctx.as_fd(), MountAttrs::default()))
+    let tmpfs = sys::fsopen(c"tmpfs").map_err(|e| Error::os("open a staging tmpfs", None, e))?;
+    let staging = sys::fsconfig_set_string(tmpfs.as_fd(), c"source", c"idoverlay-staging")
+        .and_then(|()| sys::fsconfig_set_string(tmpfs.as_fd(), c"mode", c"0700"))
+        .and_then(|()| sys::fsconfig_set_string(tmpfs.as_fd(), c"size", c"64k"))
+        .and_then(|()| sys::fsconfig_create(tmpfs.as_fd()))
+        .and_then(|()| sys::fsmount(tmpfs.as_fd(), MountAttrs::default()))
         .map_err(|e| Error::os("create a staging tmpfs", None, e))?;
     sys::move_mount(staging.as_fd(), sys::cwd(), Path::new("/"))
         .and_then(|()| sys::fchdir(staging.as_fd()))
@@ -79,7 +77,11 @@ fn in_private_namespace(req: &Request<'_>) -> Result<OwnedFd> {
         prefix: PathBuf::new(),
         attached: Vec::new(),
     };
-    let overlay = staged::build(req, &opened, &mut stage)?;
+    // The layers are resolved in this namespace (clones can only be made of
+    // mounts in the thread's own namespace); absolute paths still start at
+    // the old root. (The user namespace was made by the caller: a thread
+    // whose root is covered counts as chrooted and may not make one.)
+    let overlay = staged::build(req, ctx, &mut stage)?;
     req.trace(|| {
         format!(
             "private-ns: overlay built from {} staged mount(s); they vanish with this thread",

@@ -17,9 +17,13 @@ use std::path::{Component, Path, PathBuf};
 
 use kernel_compat::Feature;
 
-use super::{idmap_error, OpenedLayers, OverlayContext, Request};
+use super::detached::LAYER_ATTRS;
+use super::{
+    idmap_error, prepare, retry_on_its_own, role_key, upper_work_clone, OverlayContext, Request,
+    Share,
+};
 use crate::error::{Error, Result};
-use crate::layer::{self, GroupRoot, OpenedDir, Role};
+use crate::layer::OpenedDir;
 use crate::sys::{self, MountAttrs};
 
 /// fsconfig takes at most 255 bytes per string value.
@@ -75,93 +79,121 @@ pub(crate) fn plain_rel(rel: &Path) -> bool {
         })
 }
 
-const LAYER_ATTRS: MountAttrs = MountAttrs {
-    read_only: true,
-    nosuid: false,
-    nodev: false,
-    noexec: false,
-    nosymfollow: true,
-    noatime: false,
-    nodiratime: false,
-};
-
-/// Attaches idmapped clones of every layer (and upper/work) in `stage`, then
-/// builds the overlay from their staged paths. Returns the detached overlay.
+/// Attaches idmapped clones of the layers (and of upper/work's parent) in
+/// `stage`, then builds the overlay from their staged paths. Returns the
+/// detached overlay.
 pub(crate) fn build(
     req: &Request<'_>,
-    opened: &OpenedLayers,
+    ctx: OverlayContext,
     stage: &mut Stage<'_>,
 ) -> Result<OwnedFd> {
     let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
-    if !plus && opened.layers.iter().any(|l| l.role == Role::Data) {
+    if !plus && !req.data_lowers.is_empty() {
         return Err(Error::Unsupported {
             what: "data-only layers (--data-lower)".into(),
             needs: format!("kernel 6.7 ({})", Feature::OverlayLowerdirPlus),
             kernel: req.caps.kernel.clone(),
             hint: Some("mount without data layers, or on a newer kernel".into()),
+            path: None,
         });
     }
+    // With lowerdir+ each layer is its own string and shared-root names fit;
+    // the one-string interface needs the shortest names: a clone per layer.
+    let share = if plus { Share::ByMount } else { Share::No };
+    let prepared = prepare(req, share, plain_rel)?;
     let userns = req.userns.as_fd();
-    // With lowerdir+ each layer is its own string and shared-parent names
-    // fit; the one-string interface needs the shortest names, so there every
-    // layer gets its own clone.
-    let groups = if plus {
-        req.groups(&opened.layers, plain_rel)
-    } else {
-        (0..opened.layers.len()).map(layer::Group::own).collect()
-    };
-    let mut names: Vec<Option<PathBuf>> = vec![None; opened.layers.len()];
     let mut next = 0usize;
     let mut new_name = || {
         next += 1;
         (next - 1).to_string()
     };
-    for group in &groups {
-        match &group.root {
-            GroupRoot::Own(i) => {
-                let dir = &opened.layers[*i];
-                let name = new_name();
-                stage.attach(
-                    &clone_idmapped(dir.fd.as_fd(), dir, userns, LAYER_ATTRS)?,
-                    &name,
-                )?;
-                names[*i] = Some(stage.kernel_path(&name, Path::new("")));
-            }
-            GroupRoot::Shared { fd, .. } => {
-                let first = &opened.layers[group.members[0].layer];
-                let name = new_name();
-                stage.attach(
-                    &clone_idmapped(fd.as_fd(), first, userns, LAYER_ATTRS)?,
-                    &name,
-                )?;
-                req.trace(|| {
-                    format!(
-                        "staged shared parent as {name} for {} layer(s)",
-                        group.members.len()
-                    )
-                });
-                for member in &group.members {
-                    let dir = &opened.layers[member.layer];
-                    let path = stage.kernel_path(&name, &member.rel);
-                    let reachable = same_dir_beneath(stage.dir, &name, &member.rel, dir);
-                    if reachable && path.as_os_str().len() <= FSCONFIG_VALUE_MAX {
-                        names[member.layer] = Some(path);
-                    } else {
-                        let own = new_name();
-                        stage.attach(
-                            &clone_idmapped(dir.fd.as_fd(), dir, userns, LAYER_ATTRS)?,
-                            &own,
-                        )?;
-                        names[member.layer] = Some(stage.kernel_path(&own, Path::new("")));
+    let mut roots = Vec::with_capacity(prepared.plan.groups.len());
+    for root in &prepared.plan.groups {
+        let clone = sys::clone_mount(root.fd.as_fd(), Path::new(""))
+            .map_err(|e| Error::os("clone the layers' parent", Some(&root.path), e))?;
+        sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS)
+            .map_err(|e| idmap_error(&root.path, "layers' parent", root.fd.as_fd(), e))?;
+        let name = new_name();
+        stage.attach(&clone, &name)?;
+        req.trace(|| {
+            format!(
+                "clone + idmap of shared root {} staged as {name}",
+                root.path.display()
+            )
+        });
+        roots.push(name);
+    }
+    // A layer on its own: opened once (O_NOFOLLOW), cloned, staged.
+    let mut stage_alone = |dir: &OpenedDir, stage: &mut Stage<'_>| -> Result<PathBuf> {
+        let clone = sys::clone_mount(dir.fd.as_fd(), Path::new(""))
+            .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
+        sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS)
+            .map_err(|e| idmap_error(&dir.path, dir.role.noun(), dir.fd.as_fd(), e))?;
+        let name = new_name();
+        stage.attach(&clone, &name)?;
+        req.trace(|| format!("clone + idmap of {} staged as {name}", dir.path.display()));
+        Ok(stage.kernel_path(&name, Path::new("")))
+    };
+
+    let upper_work = match (&prepared.upper, &prepared.work) {
+        (Some(upper), Some(work)) => {
+            let pair = upper_work_clone(upper, work, req.idmap_upper.then_some(userns))?;
+            stage.attach(&pair.clone, "u")?;
+            Some((
+                stage.kernel_path("u", &pair.upper.1),
+                stage.kernel_path("u", &pair.work.1),
+            ))
+        }
+        _ => None,
+    };
+    let (upper, work) = (prepared.upper.as_ref(), prepared.work.as_ref());
+
+    if plus {
+        req.trace(|| "overlay from lowerdir+ strings".to_string());
+        let mut retried;
+        for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
+            if let Some((group, rel)) = prepared.plan.rel(i) {
+                let name = stage.kernel_path(&roots[group], rel);
+                if name.as_os_str().len() <= FSCONFIG_VALUE_MAX {
+                    let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
+                    match ctx.set_string(role_key(*role), &value) {
+                        Ok(()) => continue,
+                        Err(e) => req.trace(|| {
+                            format!(
+                                "{}: refused as {} ({e}); on its own",
+                                path.display(),
+                                name.display()
+                            )
+                        }),
                     }
                 }
             }
+            let dir = match &prepared.singles[i] {
+                Some(dir) => dir,
+                None => {
+                    retried = Some(retry_on_its_own(path, *role)?);
+                    retried.as_ref().expect("just opened")
+                }
+            };
+            let name = stage_alone(dir, stage)?;
+            let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
+            ctx.set_string(role_key(*role), &value)
+                .map_err(|e| with_path(e, path))?;
         }
+        if let (Some((up, wk)), Some(upper), Some(work)) = (&upper_work, upper, work) {
+            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
+            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
+        }
+        return super::create(ctx, req, upper_work.is_some());
     }
-    let names: Vec<PathBuf> = names
-        .into_iter()
-        .map(|n| n.expect("every layer staged"))
-        .collect();
+
+    let mut names = Vec::with_capacity(prepared.plan.layers.len());
+    for dir in &prepared.singles {
+        names.push(stage_alone(
+            dir.as_ref().expect("no shared roots without lowerdir+"),
+            stage,
+        )?);
+    }
     req.trace(|| {
         format!(
             "staged {} clone(s) for {} layer(s)",
@@ -169,28 +201,6 @@ pub(crate) fn build(
             names.len()
         )
     });
-
-    let upper_work = match (&opened.upper, &opened.work) {
-        (Some(upper), Some(work)) => Some(stage_upper_work(req, upper, work, stage)?),
-        _ => None,
-    };
-
-    if plus {
-        req.trace(|| "overlay from lowerdir+ strings".to_string());
-        let ctx = OverlayContext::new(req)?;
-        for (dir, name) in opened.layers.iter().zip(&names) {
-            ctx.set_string(super::role_key(dir.role), &c_path(name, dir)?)
-                .map_err(|e| with_path(e, &dir.path))?;
-        }
-        if let (Some((up, wk)), Some(upper), Some(work)) =
-            (&upper_work, &opened.upper, &opened.work)
-        {
-            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
-            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
-        }
-        return super::create(ctx, req, upper_work.is_some());
-    }
-
     // One `lowerdir=` string: through fsconfig when it fits in one value
     // (the kernel's messages then come back), else through mount(2).
     let lowerdir = names
@@ -205,11 +215,8 @@ pub(crate) fn build(
                 lowerdir.len()
             )
         });
-        let ctx = OverlayContext::new(req)?;
         ctx.set_string(c"lowerdir", &CString::new(lowerdir).expect("plain names"))?;
-        if let (Some((up, wk)), Some(upper), Some(work)) =
-            (&upper_work, &opened.upper, &opened.work)
-        {
+        if let (Some((up, wk)), Some(upper), Some(work)) = (&upper_work, upper, work) {
             ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
             ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
         }
@@ -221,13 +228,7 @@ pub(crate) fn build(
             lowerdir.len()
         )
     });
-    mount_legacy(
-        req,
-        stage,
-        &lowerdir,
-        upper_work.as_ref(),
-        opened.upper.is_some(),
-    )
+    mount_legacy(req, stage, &lowerdir, upper_work.as_ref(), upper.is_some())
 }
 
 fn with_path(e: Error, path: &Path) -> Error {
@@ -282,88 +283,6 @@ fn escaped(path: &Path, dir: &OpenedDir, in_mount_data: bool) -> Result<CString>
     }
     CString::new(text)
         .map_err(|_| Error::invalid_path(dir.role.noun(), &dir.path, "contains a NUL byte"))
-}
-
-fn c_path(path: &Path, dir: &OpenedDir) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid_path(dir.role.noun(), &dir.path, "contains a NUL byte"))
-}
-
-/// A detached clone of `fd` (a layer or a shared parent), idmapped.
-fn clone_idmapped(
-    fd: BorrowedFd<'_>,
-    dir: &OpenedDir,
-    userns: BorrowedFd<'_>,
-    attrs: MountAttrs,
-) -> Result<OwnedFd> {
-    let clone = sys::clone_mount(fd, Path::new(""))
-        .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
-    sys::mount_setattr(clone.as_fd(), Some(userns), attrs).map_err(|e| idmap_error(dir, e))?;
-    Ok(clone)
-}
-
-/// Whether `name/rel` in the stage is the directory opened at first,
-/// reached without a symlink or mount crossing.
-fn same_dir_beneath(stage: BorrowedFd<'_>, name: &str, rel: &Path, dir: &OpenedDir) -> bool {
-    if rel.as_os_str().is_empty() {
-        return false;
-    }
-    let Ok(root) = sys::open_dir_path(stage, Path::new(name)) else {
-        return false;
-    };
-    sys::open_dir_beneath(root.as_fd(), rel)
-        .and_then(|fd| sys::stat_fd(fd.as_fd()))
-        .is_ok_and(|st| st.same_inode(&dir.stat))
-}
-
-/// Upper and work through one clone of a directory above both (overlay
-/// needs them on one mount), idmapped only when asked; staged as `u`.
-fn stage_upper_work(
-    req: &Request<'_>,
-    upper: &OpenedDir,
-    work: &OpenedDir,
-    stage: &mut Stage<'_>,
-) -> Result<(PathBuf, PathBuf)> {
-    let pair = [
-        layer::open_dir(&upper.path, upper.role)?,
-        layer::open_dir(&work.path, work.role)?,
-    ];
-    let groups = layer::plan_groups(&pair, |_| true);
-    let refuse = || {
-        Error::invalid_path(
-            "upper dir",
-            &upper.path,
-            "and the work dir must sit below one directory on one mount, reachable from it \
-             without a symlink, for this kernel's overlay (no layer fds before 6.15)",
-        )
-    };
-    let [group] = &groups[..] else {
-        return Err(refuse());
-    };
-    let GroupRoot::Shared { fd, .. } = &group.root else {
-        return Err(refuse());
-    };
-    let clone = sys::clone_mount(fd.as_fd(), Path::new(""))
-        .map_err(|e| Error::os("clone upper/work parent", Some(&upper.path), e))?;
-    if req.idmap_upper {
-        sys::mount_setattr(
-            clone.as_fd(),
-            Some(req.userns.as_fd()),
-            MountAttrs::default(),
-        )
-        .map_err(|e| idmap_error(upper, e))?;
-    }
-    stage.attach(&clone, "u")?;
-    let mut paths = Vec::new();
-    for (dir, member) in pair.iter().zip(&group.members) {
-        if !same_dir_beneath(stage.dir, "u", &member.rel, dir) {
-            return Err(refuse());
-        }
-        paths.push(stage.kernel_path("u", &member.rel));
-    }
-    let work_path = paths.pop().expect("two paths");
-    let upper_path = paths.pop().expect("two paths");
-    Ok((upper_path, work_path))
 }
 
 /// The overlay through mount(2) (one page of options), attached at `o` in
