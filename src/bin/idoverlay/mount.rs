@@ -17,8 +17,9 @@ use crate::output::{stderr_trace, Output};
       --uidmap 0:100000:65536 --gidmap 0:100000:65536 /c/rootfs
   idoverlay mount -t overlay overlay -o lowerdir=/l/3:/l/2:/l/1,upperdir=/c/upper,workdir=/c/work,\\
 uidmap=0:100000:65536,gidmap=0:100000:65536 /c/rootfs
-  idoverlay mount --lower /l/1 --userns /proc/4242/ns/user --read-only /c/rootfs
-  idoverlay mount --lower /l/1 --oci-config /run/c1/config.json -o index=off,nosuid --json /c/rootfs")]
+  idoverlay mount --lower /l/2 --lower /l/1 --userns /proc/4242/ns/user --read-only /c/rootfs
+  idoverlay mount --lower /l/2 --lower /l/1 --upper /c/upper --work /c/work \\
+      --oci-config /run/c1/config.json -o index=off,nosuid --json /c/rootfs")]
 pub struct MountArgs {
     /// A lower layer; repeat it, top-most first (like overlay's lowerdir=).
     #[arg(long = "lower", value_name = "DIR")]
