@@ -195,8 +195,10 @@ impl Overlay {
         self
     }
 
-    /// Idmaps the layers through a new user namespace with these maps
-    /// (on-disk id → host id), created when the overlay is assembled.
+    /// Idmaps the layers through a user namespace with these maps (on-disk
+    /// id → host id), made when the overlay is assembled, or shared with
+    /// assemblies running at the same time with the same maps (see
+    /// [`UserNamespace::shared`]).
     pub fn idmap(mut self, uid_map: IdMap, gid_map: IdMap) -> Self {
         self.maps = Some((uid_map, gid_map));
         self.userns = None;
@@ -346,12 +348,12 @@ impl Overlay {
                 hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
             });
         }
-        let owned_userns;
+        let shared_userns;
         let userns: &UserNamespace = match (&self.userns, &self.maps) {
             (Some(ns), _) => ns,
             (None, Some((uid, gid))) => {
-                owned_userns = UserNamespace::from_maps(uid, gid)?;
-                &owned_userns
+                shared_userns = UserNamespace::shared(uid, gid)?;
+                &shared_userns
             }
             (None, None) => unreachable!("checked by check_shape"),
         };

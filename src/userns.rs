@@ -1,7 +1,9 @@
 //! User namespaces: the object an idmapped mount takes its mapping from.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
@@ -58,6 +60,42 @@ impl UserNamespace {
                 gid: gid_map.clone(),
             },
         })
+    }
+
+    /// A user namespace with these maps, shared with every other caller
+    /// that holds one for the same maps.
+    ///
+    /// Creating a namespace costs a helper process (about a quarter of a
+    /// millisecond); a burst of assemblies with one container's maps needs
+    /// only one. The process-wide cache holds namespaces weakly: a namespace
+    /// lives while someone holds the returned `Arc` (or an overlay being
+    /// assembled with it) and is dropped with the last holder, so nothing is
+    /// pinned for a map no one uses any more. Mounts already made keep their
+    /// own kernel reference and do not need it.
+    ///
+    /// ```no_run
+    /// use idoverlay::{IdMap, UserNamespace};
+    /// let map: IdMap = "0:100000:65536".parse()?;
+    /// let a = UserNamespace::shared(&map, &map)?;
+    /// let b = UserNamespace::shared(&map, &map)?; // the same namespace, no new process
+    /// assert!(std::sync::Arc::ptr_eq(&a, &b));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shared(uid_map: &IdMap, gid_map: &IdMap) -> Result<Arc<Self>> {
+        type Cache = Mutex<HashMap<(String, String), Weak<UserNamespace>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let key = (uid_map.to_string(), gid_map.to_string());
+        let cache = CACHE.get_or_init(Default::default);
+        // The lock is held while a namespace is made so that a burst of
+        // threads asking for the same maps makes exactly one.
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ns) = cache.get(&key).and_then(Weak::upgrade) {
+            return Ok(ns);
+        }
+        cache.retain(|_, ns| ns.strong_count() > 0);
+        let ns = Arc::new(Self::from_maps(uid_map, gid_map)?);
+        cache.insert(key, Arc::downgrade(&ns));
+        Ok(ns)
     }
 
     /// The user namespace behind a namespace file, e.g. `/proc/PID/ns/user`

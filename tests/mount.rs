@@ -374,6 +374,7 @@ fn as_user(uid: u32, script: &str) {
 mod features {
     use super::*;
     use idoverlay::UserNamespace;
+    use std::os::fd::{AsFd, AsRawFd};
 
     #[test]
     fn options_and_mount_flags_reach_the_kernel() {
@@ -591,5 +592,43 @@ mod features {
             });
             assert_eq!(mounts(), before);
         });
+    }
+
+    /// The inode of the user namespace an fd in this process refers to.
+    fn userns_fds(ino: u64) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_str() == Some(&format!("user:[{ino}]")))
+            .count()
+    }
+
+    #[test]
+    fn shared_user_namespaces_are_reused_while_held_and_closed_after() {
+        if !privileged("features::shared_userns") {
+            return;
+        }
+        // A map no other test uses: the cache is process-wide.
+        let odd: IdMap = "0:234567:1000".parse().unwrap();
+        let a = UserNamespace::shared(&odd, &odd).unwrap();
+        let b = UserNamespace::shared(&odd, &odd).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let ino = fs::metadata(format!("/proc/self/fd/{}", a.as_fd().as_raw_fd()))
+            .unwrap()
+            .ino();
+        assert_eq!(userns_fds(ino), 1, "one fd for both holders");
+        // Different maps get their own namespace.
+        let other: IdMap = "0:334567:1000".parse().unwrap();
+        let c = UserNamespace::shared(&other, &other).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        drop((a, b, c));
+        assert_eq!(
+            userns_fds(ino),
+            0,
+            "the namespace is closed with its last holder"
+        );
+        // And a later call makes a working one again.
+        let d = UserNamespace::shared(&odd, &odd).unwrap();
+        assert_eq!(d.uid_map().unwrap().to_string(), "0:234567:1000");
     }
 }
