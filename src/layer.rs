@@ -167,9 +167,9 @@ pub enum Grouping<'t> {
 /// How the layers will be reached: shared clones of directories that hold
 /// several layers on one mount, and layers cloned one by one.
 #[derive(Debug)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// The layers, in order (top-most lower first, then data layers).
-    pub layers: Vec<(PathBuf, Role)>,
+    pub layers: Vec<(&'a Path, Role)>,
     /// Per layer, its normalized path when that differs from the path given.
     normalized: Vec<Option<Vec<u8>>>,
     /// Per layer, its placement.
@@ -178,7 +178,7 @@ pub struct Plan {
     pub groups: Vec<SharedRoot>,
 }
 
-impl Plan {
+impl Plan<'_> {
     /// The path below its group's root of a layer placed beneath a shared
     /// clone.
     pub fn rel(&self, layer: usize) -> Option<(usize, &Path)> {
@@ -205,11 +205,11 @@ impl Plan {
 ///
 /// Paths are handled as bytes: with 500 layers this runs on every mount,
 /// and path-component iterators cost more than the kernel's own work.
-pub fn plan(
-    layers: Vec<(PathBuf, Role)>,
+pub fn plan<'a>(
+    layers: Vec<(&'a Path, Role)>,
     shareable: impl Fn(&Path) -> bool,
     grouping: Grouping<'_>,
-) -> Result<Plan> {
+) -> Result<Plan<'a>> {
     let mut normal: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(layers.len());
     for (path, role) in &layers {
         if !path.is_absolute() {
@@ -276,9 +276,15 @@ fn lexical_group(
     placement: &mut [Placement],
     groups: &mut Vec<SharedRoot>,
 ) {
-    let top_len = paths[1..]
-        .iter()
-        .fold(paths[0].len(), |n, p| common_dir_len(&paths[0][..n], p));
+    let top_len = paths[1..].iter().fold(paths[0].len(), |n, p| {
+        // Most layers share the whole prefix found so far: one memcmp.
+        let prefix = &paths[0][..n];
+        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
+            n
+        } else {
+            common_dir_len(prefix, p)
+        }
+    });
     let top_bytes = &paths[0][..top_len];
     let top = Path::new(OsStr::from_bytes(if top_len == 0 {
         b"/"
@@ -318,9 +324,15 @@ fn group(
     placement: &mut [Placement],
     groups: &mut Vec<SharedRoot>,
 ) {
-    let top_len = paths[1..]
-        .iter()
-        .fold(paths[0].len(), |n, p| common_dir_len(&paths[0][..n], p));
+    let top_len = paths[1..].iter().fold(paths[0].len(), |n, p| {
+        // Most layers share the whole prefix found so far: one memcmp.
+        let prefix = &paths[0][..n];
+        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
+            n
+        } else {
+            common_dir_len(prefix, p)
+        }
+    });
     let top = Path::new(OsStr::from_bytes(if top_len == 0 {
         b"/"
     } else {
@@ -417,6 +429,15 @@ fn group(
 /// `/a//b/./c/` → `/a/b/c` (borrowed when already so); `None` when a `..`
 /// component makes the path depend on symlinks above it.
 fn normalize(path: &[u8]) -> Option<Cow<'_, [u8]>> {
+    // The common case, checked without splitting: no empty, `.` or `..`
+    // component anywhere (every `/` is followed by a byte other than `/`
+    // and `.`, and the path does not end in `/`).
+    let odd_after_slash = path
+        .windows(2)
+        .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'));
+    if !odd_after_slash && (path.len() == 1 || !path.ends_with(b"/")) {
+        return Some(Cow::Borrowed(path));
+    }
     let mut normal = true;
     for c in path[1..].split(|b| *b == b'/') {
         match c {
@@ -597,7 +618,12 @@ fn rel_order(a: &[u8], b: &[u8]) -> Ordering {
 impl LocatedGroup<'_> {
     /// Sorts the members and refuses duplicates and nesting among them.
     fn sort_and_check(&mut self) -> Result<()> {
-        self.members.sort_unstable_by(|a, b| rel_order(a.3, b.3));
+        if self.members.iter().any(|m| m.3.contains(&b'/')) {
+            self.members.sort_unstable_by(|a, b| rel_order(a.3, b.3));
+        } else {
+            // Without a `/`, path order is byte order: memcmp.
+            self.members.sort_unstable_by(|a, b| a.3.cmp(b.3));
+        }
         for pair in self.members.windows(2) {
             let ((n1, p1, _, r1), (_, p2, role2, r2)) = (pair[0], pair[1]);
             if let Some(rest) = below(r2, r1) {
@@ -853,7 +879,7 @@ mod tests {
 
     #[test]
     fn relative_paths_are_refused_and_dotdot_goes_alone() {
-        let l = |p: &str| (PathBuf::from(p), Role::Lower);
+        let l = |p: &'static str| (Path::new(p), Role::Lower);
         let e = plan(vec![l("a/b")], |_| true, Grouping::None).unwrap_err();
         assert!(e.to_string().contains("relative"), "{e}");
         let p = plan(vec![l("/a/../b"), l("/c")], |_| true, Grouping::Lexical).unwrap();

@@ -849,6 +849,16 @@ pub fn mount_overlay_legacy(target: &Path, attrs: MountAttrs, data: &CStr) -> Sy
     ))
 }
 
+/// `umount2("/proc/thread-self/fd/N", MNT_DETACH)`: takes the mount whose
+/// root `fd` is (the magic link is followed to exactly that mount) out of
+/// its tree, for taking back a mount this process has just made. Detached,
+/// since `fd` itself keeps it busy; it is freed when the last fd closes.
+pub fn detach_root_of(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let path = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    rustix::mount::unmount(path.as_str(), UnmountFlags::DETACH)
+        .map_err(fail("umount2", || format!("{path:?}, MNT_DETACH")))
+}
+
 /// `umount2(target, flags)`, never following a symlink in `target`.
 pub fn unmount(target: &Path, lazy: bool) -> SysResult<()> {
     let mut flags = UnmountFlags::NOFOLLOW;

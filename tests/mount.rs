@@ -291,6 +291,29 @@ fn nested_layers_refused(dir: &Path, v: Variant) {
     assert!(added(dir, &before).is_empty());
 }
 
+/// A work dir overlay cannot write in (immutable) makes overlay mount
+/// read-only; a writable overlay was asked for, so it is refused, and
+/// nothing stays mounted whichever step noticed.
+fn unwritable_work_dir_refused(dir: &Path, v: Variant) {
+    let layers = make_layers(dir);
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        mkdir(d, 0o755, 0, 0);
+    }
+    run(std::process::Command::new("chattr").arg("+i").arg(&work));
+    let before = mounts();
+    let result = overlay(dir, &layers.dirs, v)
+        .upper(&upper)
+        .work(&work)
+        .mount(&merged);
+    run(std::process::Command::new("chattr").arg("-i").arg(&work));
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("mounted read-only"), "{err}");
+    assert!(added(dir, &before).is_empty(), "{:?}", added(dir, &before));
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "work dir written");
+    state_is_empty(dir);
+}
+
 macro_rules! suite {
     ($($strategy_mod:ident => $variant:expr),* $(,)?) => {$(
         mod $strategy_mod {
@@ -335,6 +358,13 @@ macro_rules! suite {
             fn nested_layers() {
                 in_private_ns(concat!(stringify!($strategy_mod), "::nested"), |s| {
                     nested_layers_refused(&s.tmpfs_dir("t"), $variant)
+                });
+            }
+
+            #[test]
+            fn unwritable_work_dir() {
+                in_private_ns(concat!(stringify!($strategy_mod), "::unwritable_work"), |s| {
+                    unwritable_work_dir_refused(&s.ext4_dir("e"), $variant)
                 });
             }
 

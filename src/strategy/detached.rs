@@ -423,6 +423,7 @@ pub(crate) fn mount_at(
     {
         return Ok(false);
     }
+    let with_creator = req.upper.is_some() && req.idmap_upper;
     let thread = MountThread::start()?;
     let prepared = prepare(req, Share::Lexical, |_| true)?;
     // The shared root is cloned with the mounts below it; a layer on one of
@@ -495,16 +496,17 @@ pub(crate) fn mount_at(
     let Ok(data) = CString::new(data) else {
         return Ok(false);
     };
-    let creator = match prepared.upper.is_some() && req.idmap_upper {
+    let creator = match with_creator {
         true => Some(super::mounter_ids(req.userns)?),
         false => None,
     };
+    // The target through its own fd: mount(2) resolves no path again.
+    let target_via_fd = PathBuf::from(format!("/proc/thread-self/fd/{}", target.as_raw_fd()));
     let job = MountJob {
         clones,
         cwd_group,
         data,
-        // The target through its own fd: mount(2) resolves no path again.
-        target: PathBuf::from(format!("/proc/thread-self/fd/{}", target.as_raw_fd())),
+        target: target_via_fd,
         attrs: req.attrs,
         creator,
     };
@@ -516,18 +518,34 @@ pub(crate) fn mount_at(
         }
     }
     req.trace(|| "mount(2) at the target, layers named inside their clone: ok".to_string());
-    if prepared.upper.is_some() && !req.attrs.read_only {
-        let read_only = sys::open_dir_path(sys::cwd(), target_path)
-            .and_then(|fd| sys::mount_is_read_only(fd.as_fd()))
-            .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
-        if read_only {
-            return Err(Error::invalid_input(
-                "upper dir",
-                "(upper and work)",
-                "overlay could not write its work dir and mounted read-only (dmesg says why; \
-                 with --idmap-upper the map must cover the upper dir's owners)",
-            ));
-        }
+    check_writable(req, &prepared, target_path).map(|()| true)
+}
+
+/// A writable overlay that came up read-only (overlay could not use its
+/// work dir) is taken back down and refused: the mount table ends as it
+/// began.
+fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path) -> Result<()> {
+    if prepared.upper.is_none() || req.attrs.read_only {
+        return Ok(());
     }
-    Ok(true)
+    let root = sys::open_dir_path(sys::cwd(), target_path)
+        .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
+    let read_only = sys::mount_is_read_only(root.as_fd())
+        .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
+    if read_only {
+        sys::detach_root_of(root.as_fd()).map_err(|e| {
+            Error::os(
+                "unmount the read-only overlay just made",
+                Some(target_path),
+                e,
+            )
+        })?;
+        return Err(Error::invalid_input(
+            "upper dir",
+            "(upper and work)",
+            "overlay could not write its work dir and mounted read-only (dmesg says why; \
+             with --idmap-upper the map must cover the upper dir's owners)",
+        ));
+    }
+    Ok(())
 }

@@ -113,8 +113,8 @@ impl Request<'_> {
 }
 
 /// The request's layers planned, and its upper and work opened and checked.
-pub(crate) struct Prepared {
-    pub plan: layer::Plan,
+pub(crate) struct Prepared<'a> {
+    pub plan: layer::Plan<'a>,
     /// Per layer planned on its own, the layer opened (`None` for shared).
     pub singles: Vec<Option<OpenedDir>>,
     pub upper: Option<OpenedDir>,
@@ -134,16 +134,16 @@ pub(crate) enum Share {
 
 /// Plans the layers, opens the layers planned on their own and the upper
 /// and work dirs, and refuses overlaps.
-pub(crate) fn prepare(
-    req: &Request<'_>,
+pub(crate) fn prepare<'a>(
+    req: &Request<'a>,
     share: Share,
     shareable: impl Fn(&Path) -> bool,
-) -> Result<Prepared> {
+) -> Result<Prepared<'a>> {
     let layers = req
         .lowers
         .iter()
-        .map(|p| (p.clone(), Role::Lower))
-        .chain(req.data_lowers.iter().map(|p| (p.clone(), Role::Data)))
+        .map(|p| (p.as_path(), Role::Lower))
+        .chain(req.data_lowers.iter().map(|p| (p.as_path(), Role::Data)))
         .collect();
     let share = if req.per_layer_clones {
         Share::No
@@ -211,7 +211,7 @@ pub(crate) fn prepare(
 /// mounts of one device (bind mounts) need the mount table, read then.
 /// Directories that cannot be located (no /proc) are left to the kernel.
 fn check_overlaps(
-    plan: &layer::Plan,
+    plan: &layer::Plan<'_>,
     singles: &[Option<OpenedDir>],
     upper: Option<&OpenedDir>,
     work: Option<&OpenedDir>,
@@ -272,7 +272,7 @@ fn check_overlaps(
             Some((group, rel)) => {
                 if let Some(g) = &mut groups[group] {
                     g.members
-                        .push((i + 1, path.as_path(), *role, rel.as_os_str().as_bytes()));
+                        .push((i + 1, *path, *role, rel.as_os_str().as_bytes()));
                 }
             }
             None => {
