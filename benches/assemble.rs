@@ -351,6 +351,10 @@ enum Variant {
     Floor,
     /// containerd ≤ 2.1: one attached temporary idmapped mount per layer.
     Reference,
+    /// The least work the kernel can be asked for: one idmapped clone of
+    /// the layers' parent, the floor's mount(2) from inside it, the clone
+    /// closed — no checks, no threads (bench code only).
+    IdmapMinimum,
     /// idoverlay detached, one clone per layer.
     DetachedPerLayer,
     /// idoverlay detached, one clone of the shared parent (the default).
@@ -361,9 +365,10 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::Floor,
         Variant::Reference,
+        Variant::IdmapMinimum,
         Variant::DetachedPerLayer,
         Variant::DetachedShared,
         Variant::PrivateNs,
@@ -375,6 +380,7 @@ impl Variant {
         match self {
             Variant::Floor => "floor",
             Variant::Reference => "reference",
+            Variant::IdmapMinimum => "idmap-minimum",
             Variant::DetachedPerLayer => "detached-per-layer",
             Variant::DetachedShared => "detached-shared",
             Variant::PrivateNs => "private-ns",
@@ -407,6 +413,11 @@ enum JobKind {
     Reference {
         layers: Vec<CString>,
         temps: Vec<CString>,
+        data: CString,
+        userns: Arc<UserNamespace>,
+    },
+    IdmapMinimum {
+        parent: CString,
         data: CString,
         userns: Arc<UserNamespace>,
     },
@@ -445,6 +456,15 @@ impl Job {
                     layers: env.set.paths(n).into_iter().map(path_cstring).collect(),
                     data: cstring(format!("lowerdir={},{upper_work}", temps.join(":"))),
                     temps: temps.into_iter().map(cstring).collect(),
+                    userns: env.userns.clone(),
+                }
+            }
+            Variant::IdmapMinimum => {
+                cwd = env.set.parent.clone();
+                let lowerdir = LayerSet::relative_lowerdir(n);
+                JobKind::IdmapMinimum {
+                    parent: path_cstring(env.set.parent.clone()),
+                    data: cstring(format!("lowerdir={lowerdir},{upper_work}")),
                     userns: env.userns.clone(),
                 }
             }
@@ -498,6 +518,11 @@ impl Job {
                 data,
                 userns,
             } => reference_mount(layers, temps, data, userns.as_fd(), &self.slot.target),
+            JobKind::IdmapMinimum {
+                parent,
+                data,
+                userns,
+            } => idmap_minimum_mount(parent, data, userns.as_fd(), &self.slot.target),
             JobKind::Library(overlay) => {
                 let mounted = overlay
                     .mount(&self.slot.target)
@@ -511,7 +536,7 @@ impl Job {
     /// Remove the overlay from the slot's target.
     fn unmount(&mut self) -> Result<(), String> {
         match &self.kind {
-            JobKind::Floor { .. } | JobKind::Reference { .. } => {
+            JobKind::Floor { .. } | JobKind::Reference { .. } | JobKind::IdmapMinimum { .. } => {
                 unmount(&self.slot.target, UnmountFlags::empty())
                     .map_err(|e| format!("umount2: {e}"))
             }
@@ -563,7 +588,9 @@ fn library_overlay(variant: Variant, env: &Env<'_>, n: usize, slot: &Slot) -> Ov
         Variant::PrivateNs => base.strategy(Strategy::PrivateNs),
         Variant::HostStaged => base.strategy(Strategy::HostStaged).state_dir(env.state_dir),
         Variant::Auto => base.strategy(Strategy::Auto),
-        Variant::Floor | Variant::Reference => unreachable!("not a library variant"),
+        Variant::Floor | Variant::Reference | Variant::IdmapMinimum => {
+            unreachable!("not a library variant")
+        }
     }
 }
 
@@ -668,6 +695,30 @@ fn set_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> std::io::Result<(
     } else {
         Ok(())
     }
+}
+
+/// The kernel's share of an idmapped overlay: `open_tree(OPEN_TREE_CLONE)`
+/// of the layers' parent, `mount_setattr(IDMAP)`, the floor's mount(2)
+/// with the cwd inside the clone, back to the parent, and the clone closed
+/// (which dissolves it). The cwd is the layers' parent on entry.
+fn idmap_minimum_mount(
+    parent: &CString,
+    data: &CString,
+    userns: BorrowedFd<'_>,
+    target: &Path,
+) -> Result<(), String> {
+    let clone = open_tree(
+        rustix::fs::CWD,
+        parent.as_c_str(),
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| format!("open_tree {parent:?}: {e}"))?;
+    set_idmap(clone.as_fd(), userns).map_err(|e| format!("mount_setattr {parent:?}: {e}"))?;
+    rustix::process::fchdir(clone.as_fd()).map_err(|e| format!("fchdir into the clone: {e}"))?;
+    let mounted = overlay_mount(target, data).map_err(|e| format!("mount(2): {e}"));
+    rustix::process::chdir(parent.as_c_str()).map_err(|e| format!("chdir back: {e}"))?;
+    drop(clone);
+    mounted
 }
 
 /// Detach the first `attached` temp mounts, then rmdir the `temps` made
