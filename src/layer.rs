@@ -276,15 +276,7 @@ fn lexical_group(
     placement: &mut [Placement],
     groups: &mut Vec<SharedRoot>,
 ) {
-    let top_len = paths[1..].iter().fold(paths[0].len(), |n, p| {
-        // Most layers share the whole prefix found so far: one memcmp.
-        let prefix = &paths[0][..n];
-        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
-            n
-        } else {
-            common_dir_len(prefix, p)
-        }
-    });
+    let top_len = common_dir_of(paths);
     let top_bytes = &paths[0][..top_len];
     let top = Path::new(OsStr::from_bytes(if top_len == 0 {
         b"/"
@@ -324,15 +316,7 @@ fn group(
     placement: &mut [Placement],
     groups: &mut Vec<SharedRoot>,
 ) {
-    let top_len = paths[1..].iter().fold(paths[0].len(), |n, p| {
-        // Most layers share the whole prefix found so far: one memcmp.
-        let prefix = &paths[0][..n];
-        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
-            n
-        } else {
-            common_dir_len(prefix, p)
-        }
-    });
+    let top_len = common_dir_of(paths);
     let top = Path::new(OsStr::from_bytes(if top_len == 0 {
         b"/"
     } else {
@@ -476,6 +460,20 @@ fn below<'p>(path: &'p [u8], dir: &[u8]) -> Option<&'p [u8]> {
         Some(b'/') => Some(&rest[1..]),
         Some(_) => None,
     }
+}
+
+/// The length of the longest common leading directory of all `paths`
+/// (normalized, at least one).
+fn common_dir_of(paths: &[&[u8]]) -> usize {
+    paths[1..].iter().fold(paths[0].len(), |n, p| {
+        // Most layers share the whole prefix found so far: one memcmp.
+        let prefix = &paths[0][..n];
+        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
+            n
+        } else {
+            common_dir_len(prefix, p)
+        }
+    })
 }
 
 /// The length of the longest common leading directory of two normalized
@@ -848,6 +846,22 @@ fn check_one(single: &Located<'_>, g: &LocatedGroup<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_dir_of_cuts_at_component_boundaries() {
+        let c = |ps: &[&str]| {
+            let ps: Vec<&[u8]> = ps.iter().map(|p| p.as_bytes()).collect();
+            let n = common_dir_of(&ps);
+            String::from_utf8(ps[0][..n].to_vec()).unwrap()
+        };
+        assert_eq!(c(&["/a/b/c", "/a/b/d", "/a/b/e/f"]), "/a/b");
+        assert_eq!(c(&["/a/bc", "/a/b"]), "/a");
+        assert_eq!(c(&["/a/b", "/a/bc"]), "/a");
+        assert_eq!(c(&["/x", "/y"]), "");
+        assert_eq!(c(&["/a", "/a"]), "/a");
+        assert_eq!(c(&["/a/b", "/a"]), "/a");
+        assert_eq!(c(&["/", "/a"]), "/");
+    }
 
     #[test]
     fn ancestors_and_normal_forms() {
