@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -31,41 +31,6 @@ const MOUNT_SYSCALLS: [&str; 10] = [
     "umount2",
 ];
 
-/// A saved probe report, so that the CLI runs under strace do not probe:
-/// strace counts `when=N` per thread, and the probe's own thread would take
-/// the kills meant for the assembly.
-fn probe_report(dir: &Path) -> PathBuf {
-    let out = run(idoverlay().args(["probe", "--json"]));
-    let path = dir.join("probe.json");
-    fs::write(&path, &out.stdout).unwrap();
-    path
-}
-
-fn cli_under_strace(
-    inject: &str,
-    strategy: &str,
-    state: &Path,
-    layers: &[PathBuf],
-    target: &Path,
-) -> std::process::Output {
-    let report = state.parent().unwrap().join("probe.json");
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("inject={inject}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_idoverlay"))
-        .args(["mount", "--strategy", strategy, "--probe-report"])
-        .arg(&report)
-        .arg("--state-dir")
-        .arg(state);
-    for l in layers {
-        cmd.arg("--lower").arg(l);
-    }
-    cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
-        .arg(target);
-    cmd.output().unwrap()
-}
-
 #[test]
 fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,7 +40,6 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
         let prints: Vec<_> = layers.iter().map(|l| fingerprint(l)).collect();
         let target = dir.join("rootfs");
         fs::create_dir(&target).unwrap();
-        probe_report(&dir);
         let before: Vec<u64> = mounts().iter().map(|m| m.mount_id).collect();
         let mut kills = 0;
         let mut report = Vec::new();
@@ -159,7 +123,6 @@ fn userns_helper_dies_with_a_killed_caller() {
         let layers = make_layers(&dir).dirs;
         let target = dir.join("rootfs");
         fs::create_dir(&target).unwrap();
-        probe_report(&dir);
         // The CLI is killed while the helper exists: at the write of the
         // uid map through /proc, between clone and reaping.
         let out = cli_under_strace(
@@ -322,7 +285,6 @@ fn staging_is_root_only_and_never_under_world_writable_dirs() {
         let target = dir.join("rootfs");
         fs::create_dir(&target).unwrap();
         let state = dir.join("state");
-        probe_report(&dir);
         // Leave staging behind (injected EBUSY) to inspect it.
         let out = cli_under_strace(
             "umount2:error=EBUSY",

@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -152,36 +151,6 @@ fn watcher_does_see_host_staged_mounts() {
     });
 }
 
-/// `idoverlay mount --strategy host-staged` under strace with `inject`.
-fn host_staged_under_strace(
-    state: &Path,
-    layers: &[PathBuf],
-    target: &Path,
-    inject: &str,
-) -> std::process::Output {
-    // A saved probe report (see tests/crash.rs): strace counts `when=N` per
-    // thread, and the probe's thread would otherwise take the kills.
-    let report = state.parent().unwrap().join("probe.json");
-    if !report.exists() {
-        fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
-    }
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("inject={inject}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_idoverlay"))
-        .args(["mount", "--strategy", "host-staged", "--probe-report"])
-        .arg(&report)
-        .arg("--state-dir")
-        .arg(state);
-    for l in layers {
-        cmd.arg("--lower").arg(l);
-    }
-    cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
-        .arg(target);
-    cmd.output().unwrap()
-}
-
 fn staging_leftovers(state: &Path) -> Vec<String> {
     fs::read_dir(state)
         .map(|rd| {
@@ -201,7 +170,13 @@ fn injected_ebusy_removes_nothing_and_gc_finishes() {
         mkdir(&target, 0o755, 0, 0);
         let state = dir.join("state");
 
-        let out = host_staged_under_strace(&state, &layers.dirs, &target, "umount2:error=EBUSY");
+        let out = cli_under_strace(
+            "umount2:error=EBUSY",
+            "host-staged",
+            &state,
+            &layers.dirs,
+            &target,
+        );
         // The overlay itself is fine; the failed teardown is a warning.
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(
@@ -258,11 +233,12 @@ fn killed_at_every_attach_leaves_only_what_gc_removes() {
         for n in 1..50 {
             // A fresh state dir each time, so every run makes the same calls.
             let state = dir.join(format!("state{n}"));
-            let out = host_staged_under_strace(
+            let out = cli_under_strace(
+                &format!("move_mount:signal=KILL:when={n}"),
+                "host-staged",
                 &state,
                 &layers.dirs,
                 &target,
-                &format!("move_mount:signal=KILL:when={n}"),
             );
             if out.status.success() {
                 run(idoverlay().arg("umount").arg(&target));

@@ -403,3 +403,37 @@ pub fn make_rich_layers(dir: &Path) -> Layers {
     write_file(&l1.join("var/big"), &big, 0o644, 1000, 0);
     layers
 }
+
+/// `idoverlay mount --strategy STRATEGY` of `layers` at `target` under
+/// `strace -f -e inject=INJECT`. It uses a saved probe report
+/// (`probe.json` next to `state`, made on first use): strace counts
+/// `when=N` per thread, and the probe's own thread would otherwise take
+/// the faults meant for the assembly.
+#[allow(dead_code)]
+pub fn cli_under_strace(
+    inject: &str,
+    strategy: &str,
+    state: &Path,
+    layers: &[PathBuf],
+    target: &Path,
+) -> Output {
+    let report = state.parent().unwrap().join("probe.json");
+    if !report.exists() {
+        fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
+    }
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={inject}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .args(["mount", "--strategy", strategy, "--probe-report"])
+        .arg(&report)
+        .arg("--state-dir")
+        .arg(state);
+    for l in layers {
+        cmd.arg("--lower").arg(l);
+    }
+    cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+        .arg(target);
+    cmd.output().unwrap()
+}
