@@ -593,7 +593,7 @@ fn setattr(
         attr_set |= libc::MOUNT_ATTR_IDMAP;
         userns_fd = ns.as_raw_fd() as u64;
     }
-    let mut attr = libc::mount_attr {
+    let attr = libc::mount_attr {
         attr_set,
         attr_clr: 0,
         propagation: 0,
@@ -603,6 +603,27 @@ fn setattr(
     if recursive {
         flags |= libc::AT_RECURSIVE as libc::c_uint;
     }
+    raw_mount_setattr(mount, flags, &attr).map_err(|errno| SysError {
+        syscall: "mount_setattr",
+        args: format!(
+            "{}, \"\", AT_EMPTY_PATH{}, {{attr_set: {}{}}}",
+            fd_arg(mount),
+            if recursive { "|AT_RECURSIVE" } else { "" },
+            attrs.names(userns.is_some()),
+            userns
+                .map(|ns| format!(", userns_fd: {}", ns.as_raw_fd()))
+                .unwrap_or_default()
+        ),
+        errno,
+    })
+}
+
+/// `mount_setattr(mount, "", flags, attr)`; the errno on failure.
+fn raw_mount_setattr(
+    mount: BorrowedFd<'_>,
+    flags: libc::c_uint,
+    attr: &libc::mount_attr,
+) -> Result<(), i32> {
     // SAFETY: the path is a valid NUL-terminated string, `attr` is a live,
     // correctly sized `struct mount_attr`, and the kernel only reads it.
     let ret = unsafe {
@@ -611,27 +632,14 @@ fn setattr(
             mount.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &mut attr as *mut libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
     if ret < 0 {
-        let errno = std::io::Error::last_os_error()
+        return Err(std::io::Error::last_os_error()
             .raw_os_error()
-            .unwrap_or(libc::EIO);
-        return Err(SysError {
-            syscall: "mount_setattr",
-            args: format!(
-                "{}, \"\", AT_EMPTY_PATH{}, {{attr_set: {}{}}}",
-                fd_arg(mount),
-                if recursive { "|AT_RECURSIVE" } else { "" },
-                attrs.names(userns.is_some()),
-                userns
-                    .map(|ns| format!(", userns_fd: {}", ns.as_raw_fd()))
-                    .unwrap_or_default()
-            ),
-            errno,
-        });
+            .unwrap_or(libc::EIO));
     }
     Ok(())
 }
@@ -639,37 +647,20 @@ fn setattr(
 /// `mount_setattr(fd, "", AT_EMPTY_PATH, {propagation: MS_PRIVATE})`: stops
 /// mount events below this mount from propagating to or from peers.
 pub fn make_mount_private(mount: BorrowedFd<'_>) -> SysResult<()> {
-    let mut attr = libc::mount_attr {
+    let attr = libc::mount_attr {
         attr_set: 0,
         attr_clr: 0,
         propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
-    // SAFETY: as in `mount_setattr`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &mut attr as *mut libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if ret < 0 {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        return Err(SysError {
-            syscall: "mount_setattr",
-            args: format!(
-                "{}, \"\", AT_EMPTY_PATH, {{propagation: MS_PRIVATE}}",
-                fd_arg(mount)
-            ),
-            errno,
-        });
-    }
-    Ok(())
+    raw_mount_setattr(mount, libc::AT_EMPTY_PATH as libc::c_uint, &attr).map_err(|errno| SysError {
+        syscall: "mount_setattr",
+        args: format!(
+            "{}, \"\", AT_EMPTY_PATH, {{propagation: MS_PRIVATE}}",
+            fd_arg(mount)
+        ),
+        errno,
+    })
 }
 
 /// `fsopen(fs_name, FSOPEN_CLOEXEC)`: a filesystem configuration context.

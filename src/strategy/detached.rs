@@ -530,9 +530,8 @@ fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path
     }
     let root = sys::open_dir_path(sys::cwd(), target_path)
         .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
-    let read_only = sys::mount_is_read_only(root.as_fd())
-        .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
-    if read_only {
+    if let Err(refusal) = super::check_writable(&root) {
+        // Ours, made a moment ago: taken out again before the refusal returns.
         sys::detach_root_of(root.as_fd()).map_err(|e| {
             Error::os(
                 "unmount the read-only overlay just made",
@@ -540,12 +539,7 @@ fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path
                 e,
             )
         })?;
-        return Err(Error::invalid_input(
-            "upper dir",
-            "(upper and work)",
-            "overlay could not write its work dir and mounted read-only (dmesg says why; \
-             with --idmap-upper the map must cover the upper dir's owners)",
-        ));
+        return Err(refusal);
     }
     Ok(())
 }

@@ -491,7 +491,7 @@ impl OverlayContext {
 /// overlay silently falls back to a read-only superblock when it cannot
 /// write its work dir (e.g. an idmapped upper that does not map the
 /// mounter); a writable overlay was asked for, so say so now.
-fn check_writable(mount: &OwnedFd) -> Result<()> {
+pub(crate) fn check_writable(mount: &OwnedFd) -> Result<()> {
     let read_only = sys::mount_is_read_only(mount.as_fd())
         .map_err(|e| Error::os("inspect the new overlay", None, e))?;
     if read_only {

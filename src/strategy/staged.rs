@@ -367,15 +367,8 @@ fn mount_legacy(
         sys::mount_setattr(overlay.as_fd(), None, attrs)
             .map_err(|e| Error::os("set mount flags on the overlay", None, e))?;
     }
-    if has_upper
-        && !req.attrs.read_only
-        && sys::mount_is_read_only(overlay.as_fd()).unwrap_or(false)
-    {
-        return Err(Error::invalid(
-            "upper dir",
-            "(upper and work)",
-            "overlay could not write its work dir and mounted read-only (dmesg says why)",
-        ));
+    if has_upper && !req.attrs.read_only {
+        super::check_writable(&overlay)?;
     }
     Ok(overlay)
 }
