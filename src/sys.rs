@@ -191,6 +191,23 @@ pub fn open_dir_path_follow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Own
     }))
 }
 
+/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS)`:
+/// a directory reached without following any symlink, so that its path as
+/// given (normalized) is its canonical path, with no `readlink` of
+/// `/proc/thread-self/fd/N` needed to learn it.
+pub fn open_dir_no_symlinks(path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat2(cwd(), path, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS).map_err(fail(
+        "openat2",
+        || {
+            format!(
+                "AT_FDCWD, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS",
+                path_arg(path)
+            )
+        },
+    ))
+}
+
 /// Where an fd points, as the kernel names it in this thread's mount
 /// namespace (`readlink /proc/thread-self/fd/N`); `None` when /proc is not
 /// there or the path is not reachable.

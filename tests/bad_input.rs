@@ -771,6 +771,46 @@ fn cases(f: &Fixtures, s: &Scratch) -> Vec<Case> {
             .says_any(&["inside", "below", "nested", "within"]),
         );
     }
+    // The same through a symlink on the way, on either side: the overlap
+    // check must compare where the directories really are (paths reached
+    // without a symlink are taken as given; the others are asked of the
+    // kernel).
+    for (name, upper_via_link) in [
+        ("upper/inside-a-lower-layer-via-a-symlinked-parent", true),
+        ("layers/under-a-symlinked-parent-holding-the-upper", false),
+    ] {
+        let own = d.join("uw").join(name.replace('/', "-"));
+        let own_layers = make_layers(&own).dirs;
+        let nested = own_layers[0].join("nested");
+        mkdir(&nested, 0o755, 0, 0);
+        let other = own.join("other");
+        mkdir(&other, 0o755, 0, 0);
+        let parent = own_layers[0].parent().unwrap();
+        let link = own.join("link");
+        symlink(parent, &link).unwrap();
+        let via_link = |p: &Path| link.join(p.strip_prefix(parent).unwrap());
+        let (layers, upper) = if upper_via_link {
+            (own_layers.clone(), via_link(&nested))
+        } else {
+            (
+                own_layers.iter().map(|l| via_link(l)).collect(),
+                nested.clone(),
+            )
+        };
+        v.push(
+            case(
+                name,
+                Argv::mount()
+                    .lowers(&layers)
+                    .upper_work(&upper, &other)
+                    .maps()
+                    .a(t),
+            )
+            .names_path(&upper)
+            .names_path(&layers[0])
+            .says_any(&["inside", "below", "nested", "within"]),
+        );
+    }
     v.push(
         case(
             "idmap-upper/without-upper",

@@ -61,7 +61,8 @@ const CWD_THREAD_MIN_LAYERS: usize = 24;
 struct Clones {
     /// One per shared root, in the plan's group order.
     groups: Vec<OwnedFd>,
-    /// Per layer planned on its own, its clone (`None` for shared layers).
+    /// Per layer planned on its own, its clone (`None` for shared layers);
+    /// empty when every layer is shared.
     singles: Vec<Option<OwnedFd>>,
     /// Upper and work reached through one clone (with `--idmap-upper`).
     upper_work: Option<super::UpperWork>,
@@ -256,6 +257,9 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
         // stack, from it on, layer by layer, each on its own if need be.
         drop(ctx);
         let ctx = OverlayContext::new(req)?;
+        clones
+            .singles
+            .resize_with(prepared.plan.layers.len(), || None);
         for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
             let via_string = match prepared.plan.rel(i) {
                 Some((group, rel)) if i < first => {

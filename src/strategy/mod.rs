@@ -115,10 +115,18 @@ impl Request<'_> {
 /// The request's layers planned, and its upper and work opened and checked.
 pub(crate) struct Prepared<'a> {
     pub plan: layer::Plan<'a>,
-    /// Per layer planned on its own, the layer opened (`None` for shared).
+    /// Per layer planned on its own, the layer opened (`None` for shared);
+    /// empty when every layer is shared (see [`Prepared::single`]).
     pub singles: Vec<Option<OpenedDir>>,
     pub upper: Option<OpenedDir>,
     pub work: Option<OpenedDir>,
+}
+
+impl Prepared<'_> {
+    /// Layer `i` opened on its own, when it was planned so.
+    pub fn single(&self, i: usize) -> Option<&OpenedDir> {
+        self.singles.get(i).and_then(Option::as_ref)
+    }
 }
 
 /// How `prepare` groups layers (see [`layer::Grouping`]).
@@ -160,12 +168,17 @@ pub(crate) fn prepare<'a>(
         _ => layer::Grouping::None,
     };
     let plan = layer::plan(layers, shareable, grouping)?;
-    let mut singles = Vec::with_capacity(plan.layers.len());
-    for ((path, role), placement) in plan.layers.iter().zip(&plan.placement) {
-        singles.push(match placement {
-            layer::Placement::Single => Some(layer::open_dir(path, *role)?),
-            layer::Placement::Shared { .. } => None,
-        });
+    // Most stacks share one root: then no per-layer slots at all (500 of
+    // them would be 40 KiB to fill and walk on every mount).
+    let mut singles = Vec::new();
+    if plan.placement.contains(&layer::Placement::Single) {
+        singles.reserve_exact(plan.layers.len());
+        for ((path, role), placement) in plan.layers.iter().zip(&plan.placement) {
+            singles.push(match placement {
+                layer::Placement::Single => Some(layer::open_dir(path, *role)?),
+                layer::Placement::Shared { .. } => None,
+            });
+        }
     }
     let upper = req
         .upper
@@ -223,17 +236,17 @@ fn check_overlaps(
         .iter()
         .map(|g| {
             Some((
-                sys::fd_path(g.fd.as_fd())?,
+                g.canonical.clone().or_else(|| sys::fd_path(g.fd.as_fd()))?,
                 sys::stat_fd(g.fd.as_fd()).ok()?,
             ))
         })
         .collect();
     let single_paths: Vec<Option<PathBuf>> = singles
         .iter()
-        .map(|d| d.as_ref().and_then(|d| sys::fd_path(d.fd.as_fd())))
+        .map(|d| d.as_ref().and_then(canonical_path))
         .collect();
-    let upper_path = upper.and_then(|d| sys::fd_path(d.fd.as_fd()));
-    let work_path = work.and_then(|d| sys::fd_path(d.fd.as_fd()));
+    let upper_path = upper.and_then(canonical_path);
+    let work_path = work.and_then(canonical_path);
     let stats: Vec<sys::Stat> = roots
         .iter()
         .flatten()
@@ -276,7 +289,7 @@ fn check_overlaps(
                 }
             }
             None => {
-                let at = match (&singles[i], &single_paths[i]) {
+                let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
                     (Some(d), Some(c)) => locate(c, &d.stat),
                     _ => None,
                 };
@@ -308,6 +321,12 @@ fn check_overlaps(
     }
     let [u, w] = writable;
     layer::check_overlaps(&mut groups, &singles_located, u.as_ref(), w.as_ref())
+}
+
+/// Where an opened directory really is: known from its open, or asked of
+/// the kernel.
+fn canonical_path(d: &OpenedDir) -> Option<PathBuf> {
+    d.canonical.clone().or_else(|| sys::fd_path(d.fd.as_fd()))
 }
 
 /// After the kernel refused a layer reached beneath a shared clone: the

@@ -168,7 +168,7 @@ pub(crate) fn build(
                     }
                 }
             }
-            let dir = match &prepared.singles[i] {
+            let dir = match prepared.single(i) {
                 Some(dir) => dir,
                 None => {
                     retried = Some(retry_on_its_own(path, *role)?);
