@@ -651,17 +651,10 @@ impl LocatedGroup<'_> {
             // One name each, directly below the root: nothing can lie inside
             // another, and duplicates are found in one pass (no sort: this
             // runs on every mount, and 500 comparisons cost less than 5,000).
-            let mut seen: std::collections::HashMap<&[u8], usize, NameHasher> =
-                std::collections::HashMap::with_capacity_and_hasher(
-                    self.members.len(),
-                    NameHasher::default(),
-                );
-            for (k, m) in self.members.iter().enumerate() {
-                if let Some(&first) = seen.get(m.3) {
-                    let (n1, p1, _, _) = self.members[first];
-                    return Err(Error::invalid_path(m.2.noun(), m.1, same(n1, p1)));
-                }
-                seen.insert(m.3, k);
+            if let Some((first, k)) = first_duplicate(&self.members) {
+                let (n1, p1, _, _) = self.members[first];
+                let (_, p, role, _) = self.members[k];
+                return Err(Error::invalid_path(role.noun(), p, same(n1, p1)));
             }
             return Ok(());
         }
@@ -718,41 +711,41 @@ impl LocatedGroup<'_> {
     }
 }
 
-/// A hasher for short names (FxHash's multiply-rotate over 8-byte words):
-/// the names are the caller's own layer names, so a denial-of-service
-/// resistant hash buys nothing here and costs most of the check.
-#[derive(Default, Clone, Copy)]
-struct NameHasher(u64);
-
-impl std::hash::BuildHasher for NameHasher {
-    type Hasher = NameHasher;
-    fn build_hasher(&self) -> NameHasher {
-        NameHasher(0)
-    }
-}
-
-impl std::hash::Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+/// The first member whose name an earlier one has, as (earlier, later):
+/// open addressing over member indices with FxHash's multiply-rotate (the
+/// names are the caller's own, so a flooding-resistant hash buys nothing
+/// and would cost more than the whole check).
+fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Option<(usize, usize)> {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let hash = |name: &[u8]| {
+        let mut h = name.len() as u64;
+        let mut words = name.chunks_exact(8);
+        for w in &mut words {
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .wrapping_mul(K);
         }
         let mut tail = [0u8; 8];
-        let rest = chunks.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        let word = u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 56);
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K)
+    };
+    let slots = (members.len() * 2).next_power_of_two();
+    // 0 is an empty slot; otherwise a member index + 1.
+    let mut table = vec![0u32; slots];
+    for (k, m) in members.iter().enumerate() {
+        // The high bits are the well-mixed ones.
+        let mut i = (hash(m.3) >> 32) as usize & (slots - 1);
+        loop {
+            match table[i] {
+                0 => {
+                    table[i] = k as u32 + 1;
+                    break;
+                }
+                e if members[e as usize - 1].3 == m.3 => return Some((e as usize - 1, k)),
+                _ => i = (i + 1) & (slots - 1),
+            }
+        }
     }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    None
 }
 
 /// Refuses directories that overlap: a layer given twice or inside
