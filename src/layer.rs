@@ -225,6 +225,8 @@ pub fn plan<'a>(
     grouping: Grouping<'_>,
 ) -> Result<Plan<'a>> {
     let mut normal: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(layers.len());
+    // A leading part of the last layer's path known to be in normal form.
+    let mut known_normal_dir: Option<&[u8]> = None;
     for (path, role) in &layers {
         if !path.is_absolute() {
             return Err(Error::invalid_path(
@@ -240,7 +242,26 @@ pub fn plan<'a>(
                 "is longer than PATH_MAX (4096 bytes)",
             ));
         }
-        normal.push(normalize(path.as_os_str().as_bytes()));
+        let bytes = path.as_os_str().as_bytes();
+        // Layers mostly share their directory: that part was checked with
+        // the previous layer, one memcmp says so, and only the rest is
+        // scanned.
+        let from = match known_normal_dir {
+            Some(dir)
+                if bytes.len() > dir.len() + 1
+                    && bytes.starts_with(dir)
+                    && bytes[dir.len()] == b'/' =>
+            {
+                dir.len()
+            }
+            _ => 0,
+        };
+        let n = normalize_from(bytes, from);
+        known_normal_dir = match &n {
+            Some(Cow::Borrowed(_)) => bytes.iter().rposition(|b| *b == b'/').map(|i| &bytes[..i]),
+            _ => None,
+        };
+        normal.push(n);
     }
     // (Layers given twice, by the same or another path, are found when the
     // layers are located: see `check_overlaps`.)
@@ -434,10 +455,16 @@ fn group(
 /// `/a//b/./c/` → `/a/b/c` (borrowed when already so); `None` when a `..`
 /// component makes the path depend on symlinks above it.
 fn normalize(path: &[u8]) -> Option<Cow<'_, [u8]>> {
+    normalize_from(path, 0)
+}
+
+/// [`normalize`], knowing that `path[..from]` is in normal form and that
+/// `path[from]` is a `/` (or `from` is 0).
+fn normalize_from(path: &[u8], from: usize) -> Option<Cow<'_, [u8]>> {
     // The common case, checked without splitting: no empty, `.` or `..`
     // component anywhere (every `/` is followed by a byte other than `/`
     // and `.`, and the path does not end in `/`).
-    let odd_after_slash = path
+    let odd_after_slash = path[from..]
         .windows(2)
         .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'));
     if !odd_after_slash && (path.len() == 1 || !path.ends_with(b"/")) {
@@ -643,20 +670,18 @@ impl LocatedGroup<'_> {
                 display_path(p1)
             )
         };
-        let flat = self
-            .members
-            .iter()
-            .all(|m| !m.3.is_empty() && !m.3.contains(&b'/'));
-        if flat {
-            // One name each, directly below the root: nothing can lie inside
-            // another, and duplicates are found in one pass (no sort: this
-            // runs on every mount, and 500 comparisons cost less than 5,000).
-            if let Some((first, k)) = first_duplicate(&self.members) {
+        // One name each, directly below the root (the common case): nothing
+        // can lie inside another, and duplicates are found in one pass (no
+        // sort: this runs on every mount, and 500 comparisons cost less than
+        // 5,000).
+        match first_duplicate(&self.members) {
+            Flat::Unique => return Ok(()),
+            Flat::Duplicate(first, k) => {
                 let (n1, p1, _, _) = self.members[first];
                 let (_, p, role, _) = self.members[k];
                 return Err(Error::invalid_path(role.noun(), p, same(n1, p1)));
             }
-            return Ok(());
+            Flat::Nested => {}
         }
         // Component order: a directory sorts right before what lies in it.
         self.members.sort_by(|a, b| rel_order(a.3, b.3));
@@ -711,11 +736,21 @@ impl LocatedGroup<'_> {
     }
 }
 
-/// The first member whose name an earlier one has, as (earlier, later):
-/// open addressing over member indices with FxHash's multiply-rotate (the
+/// What [`first_duplicate`] found.
+enum Flat {
+    /// Every member is one distinct name.
+    Unique,
+    /// Members (earlier, later) have the same name.
+    Duplicate(usize, usize),
+    /// Some member is the root itself or has a `/`: not one name each.
+    Nested,
+}
+
+/// The first member whose name an earlier one has, when every member is
+/// one name (else [`Flat::Nested`]): open addressing over member indices with FxHash's multiply-rotate (the
 /// names are the caller's own, so a flooding-resistant hash buys nothing
 /// and would cost more than the whole check).
-fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Option<(usize, usize)> {
+fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Flat {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let hash = |name: &[u8]| {
         let mut h = name.len() as u64;
@@ -732,6 +767,9 @@ fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Option<(usize, us
     // 0 is an empty slot; otherwise a member index + 1.
     let mut table = vec![0u32; slots];
     for (k, m) in members.iter().enumerate() {
+        if m.3.is_empty() || m.3.contains(&b'/') {
+            return Flat::Nested;
+        }
         // The high bits are the well-mixed ones.
         let mut i = (hash(m.3) >> 32) as usize & (slots - 1);
         loop {
@@ -740,12 +778,12 @@ fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Option<(usize, us
                     table[i] = k as u32 + 1;
                     break;
                 }
-                e if members[e as usize - 1].3 == m.3 => return Some((e as usize - 1, k)),
+                e if members[e as usize - 1].3 == m.3 => return Flat::Duplicate(e as usize - 1, k),
                 _ => i = (i + 1) & (slots - 1),
             }
         }
     }
-    None
+    Flat::Unique
 }
 
 /// Refuses directories that overlap: a layer given twice or inside
@@ -1110,6 +1148,24 @@ mod tests {
                 "{names:?} vs {upper}: found {:?}",
                 found.map(|f| f.0)
             )),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalizing_from_a_known_normal_directory_changes_nothing(
+            dir in "(/[a.]{1,3}){0,3}",
+            tail in "/[a./]{1,6}",
+        ) {
+            let path = format!("{dir}{tail}");
+            let dir_is_normal = matches!(normalize(dir.as_bytes()), Some(Cow::Borrowed(_)));
+            if dir_is_normal && !dir.is_empty() {
+                proptest::prop_assert_eq!(
+                    normalize_from(path.as_bytes(), dir.len()),
+                    normalize(path.as_bytes()),
+                    "{}", path
+                );
+            }
         }
     }
 
