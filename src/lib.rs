@@ -39,8 +39,10 @@ pub mod layer;
 pub mod mountinfo;
 pub mod options;
 pub mod probe;
+mod reaper;
 mod strategy;
 mod sys;
+mod threads;
 pub mod userns;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -51,6 +53,7 @@ pub use error::{Error, Result};
 pub use idmap::{IdMap, IdRange};
 pub use kernel_compat::{Feature, KernelVersion};
 pub use options::OverlayParam;
+pub use reaper::settle;
 pub use strategy::{Strategy, Trace};
 pub use sys::{MountAttrs, SysError};
 pub use userns::UserNamespace;
@@ -509,22 +512,11 @@ impl DetachedMount {
                 ))
             }
         }
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    sys::enter_mount_ns(ns.as_fd())
-                        .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
-                    let target_fd = open_target(target)?;
-                    self.attach_to_fd(target_fd.as_fd(), target)
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(Error::invalid(
-                        "target",
-                        "",
-                        "the attaching thread panicked",
-                    ))
-                })
+        threads::run_on_thread("attach", || {
+            sys::enter_mount_ns(ns.as_fd())
+                .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
+            let target_fd = open_target(target)?;
+            self.attach_to_fd(target_fd.as_fd(), target)
         })
     }
 

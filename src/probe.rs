@@ -183,12 +183,8 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
     let privileged = sys::has_cap_sys_admin();
     let mut idmap_fs = "tmpfs".to_string();
     if privileged {
-        let live = std::thread::scope(|scope| {
-            scope
-                .spawn(|| Live::run(paths, userns))
-                .join()
-                .unwrap_or_default()
-        });
+        let live = crate::threads::run_on_thread("probe", || Ok(Live::run(paths, userns)))
+            .unwrap_or_default();
         observed = live.features;
         idmap_fs = live.idmap_fs;
         for (result, (fs, outcome)) in path_results.iter_mut().zip(live.paths) {

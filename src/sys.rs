@@ -914,6 +914,150 @@ pub fn unshare_fs() -> SysResult<()> {
         .map_err(fail("unshare", || "CLONE_FS".to_string()))
 }
 
+/// Who else uses the calling thread's fs struct (working directory, root,
+/// umask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsStruct {
+    /// Nobody: the thread is the process's only one (idoverlay's own
+    /// threads aside).
+    Alone,
+    /// Nobody, in a process with other threads.
+    Own,
+    /// Another thread, or it cannot be told.
+    Shared,
+}
+
+/// Who else uses the calling thread's fs struct. `ours` threads are known
+/// to have their own (idoverlay's reaper); with no other thread that is all
+/// `statx` of `/proc/self/task` needs to say, otherwise each other thread
+/// is compared with `kcmp(KCMP_FS)`. [`FsStruct::Shared`] whenever it
+/// cannot tell (no /proc, no kcmp, more than 64 threads).
+///
+/// Race-free for its purpose: a thread started after the check shares the
+/// fs struct of the thread that started it, so only this thread could start
+/// one that shares ours. Processes that share an fs struct without being
+/// threads of one process (`clone(CLONE_FS)` without `CLONE_THREAD`, which
+/// no libc call makes) are not seen.
+pub fn fs_struct_of_this_thread(ours: u64) -> FsStruct {
+    const KCMP_FS: libc::c_long = 3;
+    const MAX_THREADS: u64 = 64;
+    let Ok(st) = rustix::fs::statx(
+        cwd(),
+        "/proc/self/task",
+        AtFlags::empty(),
+        StatxFlags::NLINK,
+    ) else {
+        return FsStruct::Shared;
+    };
+    // A directory's links: `.`, the entry in its parent, one per thread.
+    let threads = u64::from(st.stx_nlink).saturating_sub(2);
+    if threads == 1 + ours {
+        return FsStruct::Alone;
+    }
+    if threads > MAX_THREADS {
+        return FsStruct::Shared;
+    }
+    let Ok(dir) = open_dir_read(cwd(), Path::new("/proc/self/task")) else {
+        return FsStruct::Shared;
+    };
+    let Ok(mut tasks) = rustix::fs::Dir::read_from(&dir) else {
+        return FsStruct::Shared;
+    };
+    let me = gettid();
+    while let Some(entry) = tasks.read() {
+        let Ok(entry) = entry else {
+            return FsStruct::Shared;
+        };
+        let Some(tid) = std::str::from_utf8(entry.file_name().to_bytes())
+            .ok()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue; // `.` and `..`
+        };
+        if tid == me {
+            continue;
+        }
+        // SAFETY: kcmp only compares two tasks' kernel objects; no memory
+        // of ours is passed.
+        let same = unsafe { libc::syscall(libc::SYS_kcmp, me, tid, KCMP_FS, 0, 0) };
+        match same {
+            0 => return FsStruct::Shared,
+            // Gone since the listing: it shares nothing any more.
+            -1 if Errno::from_raw_os_error(errno()) == Errno::SRCH => {}
+            -1 => return FsStruct::Shared,
+            _ => {}
+        }
+    }
+    FsStruct::Own
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Runs `f` with the calling thread's working directory in `dir`, then
+/// changes back, with every signal blocked meanwhile (no handler of the
+/// caller's runs with the borrowed working directory). Only for a thread
+/// whose fs struct is its own ([`fs_struct_of_this_thread`]): no other thread
+/// ever sees the change.
+///
+/// An error means `f` did not run and nothing changed: the way back is
+/// tried before leaving. Should it fail all the same afterwards (the
+/// working directory's permissions changed meanwhile), the thread is left
+/// in `/` rather than inside `dir`, and `f`'s result is returned.
+pub fn with_cwd_in<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> T) -> SysResult<T> {
+    let path_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let home = rustix::fs::openat(cwd(), ".", path_flags, Mode::empty())
+        .map_err(fail("openat", || {
+            "AT_FDCWD, \".\", O_PATH|O_DIRECTORY|O_CLOEXEC".to_string()
+        }))?;
+    // fchdir checks search permission: make sure the way back is open.
+    fchdir(home.as_fd())?;
+    let previous = block_all_signals();
+    if let Err(e) = fchdir(dir) {
+        previous.restore();
+        return Err(e);
+    }
+    let value = f();
+    if fchdir(home.as_fd()).is_err() {
+        if let Ok(root) = rustix::fs::openat(cwd(), "/", path_flags, Mode::empty()) {
+            let _ = fchdir(root.as_fd());
+        }
+    }
+    previous.restore();
+    Ok(value)
+}
+
+/// A thread's signal mask, as it was before [`block_all_signals`].
+pub struct SignalMask(libc::sigset_t);
+
+impl SignalMask {
+    /// Puts the mask back on the calling thread.
+    pub fn restore(&self) {
+        // SAFETY: `self.0` is a mask pthread_sigmask filled in.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// `pthread_sigmask(SIG_SETMASK, <all>)`: blocks every signal the calling
+/// thread may block; returns the mask it had.
+pub fn block_all_signals() -> SignalMask {
+    // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask
+    // only reads `all` and writes `previous`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        SignalMask(previous)
+    }
+}
+
+/// `gettid()`.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
 /// `ioctl(fd, NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace fd.
 pub fn namespace_type(fd: BorrowedFd<'_>) -> SysResult<i32> {
     // SAFETY: NS_GET_NSTYPE takes no argument and returns an int.

@@ -11,20 +11,18 @@ use std::fs;
 use common::*;
 use idoverlay::{IdMap, Overlay, Strategy, UserNamespace};
 
-/// This process's fds once they have settled: `Overlay::mount` returns as
-/// soon as the overlay is mounted, and its mounting thread closes the
-/// layer clones a moment later (off the caller's path), so wait for that
-/// — a leak never settles.
-fn settled_fds(want: &BTreeSet<i32>) -> BTreeSet<i32> {
-    let mut now = fds();
-    for _ in 0..200 {
-        if &now == want {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        now = fds();
-    }
-    now
+/// After `idoverlay::settle()`: no thread of idoverlay's is left (its
+/// reaper and mounting threads close layer clones a moment after `mount`
+/// returns), so every fd it opened is closed.
+fn settled() -> BTreeSet<i32> {
+    idoverlay::settle();
+    let ours: Vec<String> = fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("idoverlay-"))
+        .collect();
+    assert!(ours.is_empty(), "threads left after settle(): {ours:?}");
+    fds()
 }
 
 fn fds() -> BTreeSet<i32> {
@@ -109,7 +107,7 @@ fn no_fd_process_or_mount_left_behind() {
             .into_iter()
             .chain(mounts().into_iter().filter(|m| m.mount_point == state))
             .collect();
-        assert_eq!(settled_fds(&fds_before), fds_before, "fds after mounts");
+        assert_eq!(settled(), fds_before, "fds after mounts");
         assert_eq!(mounts(), mounts_before);
 
         // Failures at every stage: bad layer, bad option, bad target,
@@ -136,7 +134,7 @@ fn no_fd_process_or_mount_left_behind() {
             assert!(overlay.mount(&merged).is_err(), "{overlay:?} should fail");
             assert!(overlay.mount(dir.join("no-target")).is_err());
         }
-        assert_eq!(settled_fds(&fds_before), fds_before, "fds after failures");
+        assert_eq!(settled(), fds_before, "fds after failures");
         assert!(child_processes().is_empty());
         assert_eq!(mounts(), mounts_before);
     });

@@ -624,6 +624,84 @@ mod features {
         });
     }
 
+    /// The `SigBlk` line of this thread's status: its blocked signals.
+    fn blocked_signals() -> String {
+        fs::read_to_string("/proc/thread-self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .unwrap()
+            .to_string()
+    }
+
+    /// Mounts with a trace and returns the line that says which thread
+    /// made the mount(2).
+    fn mount_traced(layers: &[PathBuf], target: &Path) -> String {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .trace(std::sync::Arc::new(move |l: &str| {
+                sink.lock().unwrap().push(l.to_string())
+            }))
+            .mount(target)
+            .unwrap();
+        let lines = lines.lock().unwrap();
+        lines
+            .iter()
+            .find(|l| l.starts_with("mount(2) at the target"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no mount(2) line in {lines:#?}"))
+    }
+
+    /// The working directory is lent only by a thread that has it to
+    /// itself, and comes back with the signal mask: the caller's, and every
+    /// other thread's, are as they were; otherwise a thread of our own
+    /// mounts.
+    #[test]
+    fn working_directories_and_signal_masks_stay_as_they_were() {
+        in_private_ns("features::cwd_kept", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let here = dir.join("here");
+            mkdir(&here, 0o755, 0, 0);
+            // This test thread has its own fs struct (it unshared the mount
+            // namespace): it lends its working directory.
+            std::env::set_current_dir(&here).unwrap();
+            let mask = blocked_signals();
+            let target = dir.join("m1");
+            mkdir(&target, 0o755, 0, 0);
+            let how = mount_traced(&layers.dirs, &target);
+            assert!(how.contains("from this thread"), "{how}");
+            assert_eq!(std::env::current_dir().unwrap(), here);
+            assert_eq!(blocked_signals(), mask);
+            assert_eq!(owner(&target.join("srv/data")), (101000, 101000));
+            idoverlay::unmount_overlay(&target, false).unwrap();
+            // A thread sharing it (spawned from this one): a thread of our
+            // own mounts, and neither working directory moves.
+            let (seen_tx, seen) = std::sync::mpsc::channel();
+            let (done_tx, done) = std::sync::mpsc::channel::<()>();
+            std::thread::scope(|scope| {
+                scope.spawn(move || {
+                    seen_tx.send(std::env::current_dir().unwrap()).unwrap();
+                    done.recv().unwrap();
+                    seen_tx.send(std::env::current_dir().unwrap()).unwrap();
+                });
+                assert_eq!(seen.recv().unwrap(), here);
+                let target = dir.join("m2");
+                mkdir(&target, 0o755, 0, 0);
+                let how = mount_traced(&layers.dirs, &target);
+                assert!(how.contains("from a thread of its own"), "{how}");
+                done_tx.send(()).unwrap();
+                assert_eq!(seen.recv().unwrap(), here);
+                assert_eq!(std::env::current_dir().unwrap(), here);
+                assert_eq!(owner(&target.join("srv/data")), (101000, 101000));
+                idoverlay::unmount_overlay(&target, false).unwrap();
+            });
+        });
+    }
+
     /// The inode of the user namespace an fd in this process refers to.
     fn userns_fds(ino: u64) -> usize {
         fs::read_dir("/proc/self/fd")

@@ -169,22 +169,11 @@ fn in_clone_cwd<T: Send>(
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                sys::unshare_fs()
-                    .and_then(|()| sys::fchdir(clone.as_fd()))
-                    .map_err(|e| Error::os("change into the layers' clone", None, e))?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::invalid_input(
-                    "layers",
-                    "",
-                    "the assembling thread panicked",
-                ))
-            })
+    crate::threads::run_on_thread("assemble", || {
+        sys::unshare_fs()
+            .and_then(|()| sys::fchdir(clone.as_fd()))
+            .map_err(|e| Error::os("change into the layers' clone", None, e))?;
+        f()
     })
 }
 
@@ -335,7 +324,7 @@ impl MountThread {
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<MountJob>(1);
         let (result_tx, results) = std::sync::mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new()
-            .name("idoverlay-mount".into())
+            .name(format!("{}mount", crate::threads::PREFIX))
             .spawn(move || {
                 // Its own working directory, before the job even arrives.
                 let own_fs = sys::unshare_fs();
@@ -356,14 +345,7 @@ impl MountThread {
             });
         match spawned {
             Ok(_) => Ok(MountThread { jobs, results }),
-            Err(e) => {
-                let e = sys::SysError {
-                    syscall: "clone",
-                    args: "mount thread".into(),
-                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                };
-                Err(Error::os("start the mounting thread", None, e))
-            }
+            Err(e) => Err(crate::threads::spawn_error("mount", e)),
         }
     }
 
@@ -387,6 +369,34 @@ impl MountThread {
             )),
         }
     }
+}
+
+/// Mounts from the calling thread, its working directory lent to the busiest
+/// clone for the one `mount(2)` (see [`sys::with_cwd_in`]). In a process
+/// that has other threads anyway the clones then go to the reaper (their
+/// close waits for an RCU grace period the caller need not wait for); a
+/// single-threaded process closes them itself and stays single-threaded.
+/// An error from lending the directory means nothing was mounted, like a
+/// refused mount(2).
+fn mount_here(job: MountJob, fs: sys::FsStruct) -> sys::SysResult<()> {
+    let MountJob {
+        clones,
+        cwd_group,
+        data,
+        target,
+        attrs,
+        ..
+    } = job;
+    let mount = || sys::mount_overlay_legacy(&target, attrs, &data);
+    let mounted = match cwd_group {
+        Some(g) => sys::with_cwd_in(clones.groups[g].as_fd(), mount).and_then(|m| m),
+        None => mount(),
+    };
+    match fs {
+        sys::FsStruct::Alone if crate::reaper::ours() == 0 => drop(clones),
+        _ => crate::reaper::hand_over(Box::new(clones)),
+    }
+    mounted
 }
 
 /// overlay's escaping for a `lowerdir=` element in mount(2) data.
@@ -428,7 +438,19 @@ pub(crate) fn mount_at(
         return Ok(false);
     }
     let with_creator = req.upper.is_some() && req.idmap_upper;
-    let thread = MountThread::start()?;
+    // The calling thread can lend its working directory when no other
+    // thread shares it (a single-threaded process, or a thread that
+    // unshared CLONE_FS): then no thread is started or woken. Otherwise a
+    // thread of our own mounts, and one that assumes the creator's fs ids
+    // must be our own anyway.
+    let fs = match with_creator {
+        true => sys::FsStruct::Shared,
+        false => sys::fs_struct_of_this_thread(crate::reaper::ours()),
+    };
+    let thread = match fs {
+        sys::FsStruct::Shared => Some(MountThread::start()?),
+        sys::FsStruct::Alone | sys::FsStruct::Own => None,
+    };
     let prepared = prepare(req, Share::Lexical, |_| true)?;
     // The shared root is cloned with the mounts below it; a layer on one of
     // them, or a mount there that takes no idmap, sends us the careful way.
@@ -514,14 +536,26 @@ pub(crate) fn mount_at(
         attrs: req.attrs,
         creator,
     };
-    match thread.run(job)? {
+    let mounted = match thread {
+        Some(thread) => thread.run(job)?,
+        None => mount_here(job, fs),
+    };
+    match mounted {
         Ok(()) => {}
         Err(e) => {
             req.trace(|| format!("mount(2) fast path refused ({e}); assembling instead"));
             return Ok(false);
         }
     }
-    req.trace(|| "mount(2) at the target, layers named inside their clone: ok".to_string());
+    req.trace(|| {
+        let from = match fs {
+            sys::FsStruct::Shared => "from a thread of its own",
+            sys::FsStruct::Alone | sys::FsStruct::Own => {
+                "from this thread, its working directory lent"
+            }
+        };
+        format!("mount(2) at the target, layers named inside their clone, {from}: ok")
+    });
     check_writable(req, &prepared, target_path).map(|()| true)
 }
 

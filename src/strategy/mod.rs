@@ -577,21 +577,10 @@ pub(crate) fn as_creator<T: Send>(
         return make();
     }
     let (uid, gid) = mounter_ids(req.userns)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                sys::assume_fs_ids(uid, gid)
-                    .map_err(|e| Error::os("switch to the upper layer's owner", None, e))?;
-                make()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::invalid(
-                    "upper dir",
-                    "(upper and work)",
-                    "the thread creating the overlay panicked",
-                ))
-            })
+    crate::threads::run_on_thread("creator", move || {
+        sys::assume_fs_ids(uid, gid)
+            .map_err(|e| Error::os("switch to the upper layer's owner", None, e))?;
+        make()
     })
 }
 

@@ -22,30 +22,7 @@ use crate::sys::{self, MountAttrs};
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
     let ctx = OverlayContext::new(req)?;
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("idoverlay-private-ns".into())
-            .spawn_scoped(scope, || in_private_namespace(req, ctx))
-            .map_err(|e| {
-                Error::os(
-                    "start the private-namespace thread",
-                    None,
-                    sys::SysError {
-                        syscall: "clone",
-                        args: "thread".into(),
-                        errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                    },
-                )
-            })?
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::invalid(
-                    "layers",
-                    "(private-ns)",
-                    "the private-namespace thread panicked",
-                ))
-            })
-    })
+    crate::threads::run_on_thread("private-ns", || in_private_namespace(req, ctx))
 }
 
 /// Runs on the dedicated thread; everything it mounts dies with it.

@@ -1,0 +1,179 @@
+//! The reaper: closes layer clones after a mount, off the caller's path.
+//!
+//! Closing the fd of a layer clone dissolves its anonymous mount namespace,
+//! and the kernel then waits for an RCU grace period
+//! (`namespace_unlock → synchronize_rcu_expedited`): 0.02–0.1 ms, the
+//! longer right after a big mount. Waking a sleeping thread to do it costs
+//! about as much on the waker's side (in a VM, kicking an idle CPU). So the
+//! reaper is never woken: while there is work it looks for more every
+//! [`POLL`], and it ends after [`IDLE_POLLS`] looks that found none.
+//! Handing a clone over is a lock and a push.
+//!
+//! Invariants:
+//! * What is handed over is closed within about [`POLL`] plus a grace
+//!   period (the layers' mounts stay pinned that long, never longer), or
+//!   at once when the reaper cannot be used: [`MAX_PENDING`] items already
+//!   waiting, a thread that cannot be started, or a forked child (the
+//!   reaper thread is not copied by `fork`; a child never touches the lock
+//!   the parent's reaper may have held).
+//! * The reaper has its own fs struct (it unshares it before it is counted
+//!   as running), blocks every signal, touches no path and changes nothing
+//!   but the fd table; so while it runs the caller's thread still counts
+//!   as the only user of its working directory ([`ours`]).
+//! * [`settle`] closes everything handed over before it and waits until
+//!   that reaper thread has left the process: for callers that need a
+//!   single-threaded process next (`unshare(CLONE_NEWUSER)` refuses a
+//!   process with more than one thread).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::sys;
+
+/// How often a running reaper looks for work.
+pub const POLL: Duration = Duration::from_millis(1);
+/// Looks without work before the reaper ends.
+pub const IDLE_POLLS: u32 = 20;
+/// Items waiting beyond this are closed by the caller (back-pressure).
+pub const MAX_PENDING: usize = 64;
+
+type Item = Box<dyn Send>;
+
+struct State {
+    queue: Vec<Item>,
+    /// The running reaper's thread id.
+    thread: Option<i32>,
+    /// Set by [`settle`]: end once the queue is empty.
+    stopping: bool,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    queue: Vec::new(),
+    thread: None,
+    stopping: false,
+});
+/// The process the state belongs to (0: none yet).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+/// A reaper of this process runs, with its own fs struct.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+fn this_process_owns_the_state() -> bool {
+    let pid = std::process::id();
+    match OWNER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(owner) => owner == pid,
+    }
+}
+
+/// Threads of idoverlay's own that are running in this process, each with
+/// its own fs struct (0 or 1).
+pub fn ours() -> u64 {
+    let here = OWNER.load(Ordering::Acquire) == std::process::id();
+    u64::from(here && RUNNING.load(Ordering::Acquire))
+}
+
+/// Closes `item` soon, on the reaper, or now when the reaper cannot take it.
+pub fn hand_over(item: Item) {
+    if !this_process_owns_the_state() {
+        return drop(item);
+    }
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if state.queue.len() >= MAX_PENDING {
+        drop(state);
+        return drop(item);
+    }
+    state.queue.push(item);
+    if state.thread.is_none() {
+        match start() {
+            Some(tid) => state.thread = Some(tid),
+            None => {
+                let queue = std::mem::take(&mut state.queue);
+                drop(state);
+                drop(queue);
+            }
+        }
+    }
+}
+
+/// Starts the reaper and waits until it has its own fs struct. Called with
+/// the state locked (the reaper takes the lock only after answering).
+fn start() -> Option<i32> {
+    let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(format!("{}reap", crate::threads::PREFIX))
+        .spawn(move || {
+            if sys::unshare_fs().is_err() {
+                let _ = ready_tx.send(None);
+                return;
+            }
+            let _ = sys::block_all_signals();
+            RUNNING.store(true, Ordering::Release);
+            let _ = ready_tx.send(Some(sys::gettid()));
+            run();
+        })
+        .ok()?;
+    ready.recv().ok().flatten()
+}
+
+fn run() {
+    let mut idle = 0;
+    loop {
+        let work = {
+            let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            if state.queue.is_empty() && (state.stopping || idle >= IDLE_POLLS) {
+                RUNNING.store(false, Ordering::Release);
+                state.thread = None;
+                return;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        if work.is_empty() {
+            idle += 1;
+            std::thread::sleep(POLL);
+        } else {
+            idle = 0;
+            drop(work);
+        }
+    }
+}
+
+/// Closes every layer clone idoverlay still holds from earlier mounts and
+/// waits until none of its threads is left in the process (the reaper, and
+/// the mounting and private-namespace threads, which finish their teardown
+/// a moment after answering): at most a few milliseconds. Call it before
+/// anything that needs a single-threaded process again, such as
+/// `unshare(CLONE_NEWUSER)`, or before unmounting the layers' filesystem
+/// without `MNT_DETACH`. Mounts made meanwhile from other threads may start
+/// such threads again.
+///
+/// ```no_run
+/// # let overlay = idoverlay::Overlay::new();
+/// overlay.mount("/run/c1/rootfs")?;
+/// idoverlay::settle();
+/// // ... unshare(CLONE_NEWUSER) and the rest of the container setup
+/// # Ok::<(), idoverlay::Error>(())
+/// ```
+pub fn settle() {
+    let owner = OWNER.load(Ordering::Acquire) == std::process::id();
+    if owner {
+        STATE.lock().unwrap_or_else(|e| e.into_inner()).stopping = true;
+    }
+    // Gone from the process, not only done: until the kernel has released
+    // a thread, it still counts as one. (A bound, in case a caller names
+    // threads of its own like ours.)
+    for _ in 0..10_000 {
+        if !crate::threads::any_left() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    if owner {
+        let rest = {
+            let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            state.stopping = false;
+            std::mem::take(&mut state.queue)
+        };
+        drop(rest);
+    }
+}

@@ -1,0 +1,49 @@
+//! The threads idoverlay starts, and how [`crate::settle`] finds them.
+//!
+//! Some steps need a thread of their own: a working directory, mount
+//! namespace or fs ids that the caller's thread must not change (see each
+//! user). All of them are named `idoverlay-…`, so that `settle` can wait
+//! until none is left in the process (a process with more than one thread
+//! cannot `unshare(CLONE_NEWUSER)`).
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// How every thread idoverlay starts is named (`comm` keeps 15 bytes).
+pub const PREFIX: &str = "idoverlay-";
+
+/// Runs `f` on a new thread named `idoverlay-{name}` and waits for it.
+pub fn run_on_thread<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(format!("{PREFIX}{name}"))
+            .spawn_scoped(scope, f)
+            .map_err(|e| spawn_error(name, e))?
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("thread", name, "panicked")))
+    })
+}
+
+/// A thread that could not be started, as the `clone` that failed.
+pub fn spawn_error(name: &str, e: std::io::Error) -> Error {
+    Error::os(
+        format!("start a thread ({PREFIX}{name})"),
+        None,
+        sys::SysError {
+            syscall: "clone",
+            args: "CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|…".into(),
+            errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+        },
+    )
+}
+
+/// Whether a thread of idoverlay's is in this process (including one that
+/// has finished but that the kernel has not released yet: it still counts).
+pub fn any_left() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.filter_map(|t| t.ok()).any(|t| {
+        std::fs::read(t.path().join("comm")).is_ok_and(|name| name.starts_with(PREFIX.as_bytes()))
+    })
+}
