@@ -7,7 +7,6 @@
 //! only ever get the directory that was opened here.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -651,55 +650,30 @@ fn relation(a: &FsLocation, b: &FsLocation) -> Option<Overlap> {
     }
 }
 
-/// Component order on relative paths: `/` sorts before every other byte,
-/// so a directory sorts right before everything inside it.
-fn rel_order(a: &[u8], b: &[u8]) -> Ordering {
-    let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
-    match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => key(a[i]).cmp(&key(b[i])),
-        None => a.len().cmp(&b.len()),
-    }
-}
-
 impl LocatedGroup<'_> {
     /// Refuses duplicates and nesting among the members.
     fn check_members(&mut self) -> Result<()> {
-        let same = |n1: usize, p1: &Path| {
+        let Some(clash) = first_clash(&self.members) else {
+            return Ok(());
+        };
+        let (outer, inner, same) = match clash {
+            Clash::Same(first, later) => (first, later, true),
+            Clash::Inside(outer, inner) => (outer, inner, false),
+        };
+        let (n1, p1, _, _) = self.members[outer];
+        let (_, p2, role2, _) = self.members[inner];
+        let why = if same {
             format!(
                 "is the same directory as layer {n1} ({}); give each layer once",
                 display_path(p1)
             )
+        } else {
+            format!(
+                "lies inside layer {n1} ({}); overlay needs separate directory trees",
+                display_path(p1)
+            )
         };
-        // One name each, directly below the root (the common case): nothing
-        // can lie inside another, and duplicates are found in one pass (no
-        // sort: this runs on every mount, and 500 comparisons cost less than
-        // 5,000).
-        match first_duplicate(&self.members) {
-            Flat::Unique => return Ok(()),
-            Flat::Duplicate(first, k) => {
-                let (n1, p1, _, _) = self.members[first];
-                let (_, p, role, _) = self.members[k];
-                return Err(Error::invalid_path(role.noun(), p, same(n1, p1)));
-            }
-            Flat::Nested => {}
-        }
-        // Component order: a directory sorts right before what lies in it.
-        self.members.sort_by(|a, b| rel_order(a.3, b.3));
-        for pair in self.members.windows(2) {
-            let ((n1, p1, _, r1), (_, p2, role2, r2)) = (pair[0], pair[1]);
-            if let Some(rest) = below(r2, r1) {
-                let why = if rest.is_empty() {
-                    same(n1, p1)
-                } else {
-                    format!(
-                        "lies inside layer {n1} ({}); overlay needs separate directory trees",
-                        display_path(p1)
-                    )
-                };
-                return Err(Error::invalid_path(role2.noun(), p2, why));
-            }
-        }
-        Ok(())
+        Err(Error::invalid_path(role2.noun(), p2, why))
     }
 
     /// A member that `other` overlaps, and how (`Inside`: `other` lies
@@ -736,54 +710,79 @@ impl LocatedGroup<'_> {
     }
 }
 
-/// What [`first_duplicate`] found.
-enum Flat {
-    /// Every member is one distinct name.
-    Unique,
-    /// Members (earlier, later) have the same name.
-    Duplicate(usize, usize),
-    /// Some member is the root itself or has a `/`: not one name each.
-    Nested,
+/// Two members that overlap, by index.
+#[derive(Debug, PartialEq, Eq)]
+enum Clash {
+    /// (earlier, later) are the same directory.
+    Same(usize, usize),
+    /// (outer, inner): the second lies inside the first.
+    Inside(usize, usize),
 }
 
-/// The first member whose name an earlier one has, when every member is
-/// one name (else [`Flat::Nested`]): open addressing over member indices with FxHash's multiply-rotate (the
-/// names are the caller's own, so a flooding-resistant hash buys nothing
-/// and would cost more than the whole check).
-fn first_duplicate(members: &[(usize, &Path, Role, &[u8])]) -> Flat {
+/// The first overlap among members' relative names (normalized, below one
+/// root, no mount in between): the same name twice, or a name that is a
+/// whole-component prefix of another (`""`, the root itself, holds all).
+///
+/// In time linear in the names' length, without sorting (this runs on
+/// every mount, and real stacks nest names like `<id>/fs`): every name goes
+/// into an open-addressing table over member indices, then every proper
+/// directory prefix of every name is looked up in it. The hash is FxHash's
+/// multiply-rotate: the names are the caller's own, so a flooding-resistant
+/// hash would buy nothing and cost more than the whole check.
+fn first_clash(members: &[(usize, &Path, Role, &[u8])]) -> Option<Clash> {
+    if members.len() > 1 {
+        if let Some(root) = members.iter().position(|m| m.3.is_empty()) {
+            let other = usize::from(root == 0);
+            return Some(match members[other].3.is_empty() {
+                true => Clash::Same(root.min(other), root.max(other)),
+                false => Clash::Inside(root, other),
+            });
+        }
+    }
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let hash = |name: &[u8]| {
         let mut h = name.len() as u64;
         let mut words = name.chunks_exact(8);
         for w in &mut words {
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .wrapping_mul(K);
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
         }
         let mut tail = [0u8; 8];
         tail[..words.remainder().len()].copy_from_slice(words.remainder());
-        (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K)
+        // The high bits are the well-mixed ones.
+        ((h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K) >> 32) as usize
     };
     let slots = (members.len() * 2).next_power_of_two();
     // 0 is an empty slot; otherwise a member index + 1.
     let mut table = vec![0u32; slots];
-    for (k, m) in members.iter().enumerate() {
-        if m.3.is_empty() || m.3.contains(&b'/') {
-            return Flat::Nested;
-        }
-        // The high bits are the well-mixed ones.
-        let mut i = (hash(m.3) >> 32) as usize & (slots - 1);
+    let lookup = |table: &[u32], name: &[u8]| -> Result<usize, usize> {
+        let mut i = hash(name) & (slots - 1);
         loop {
             match table[i] {
-                0 => {
-                    table[i] = k as u32 + 1;
-                    break;
-                }
-                e if members[e as usize - 1].3 == m.3 => return Flat::Duplicate(e as usize - 1, k),
+                0 => return Err(i),
+                e if members[e as usize - 1].3 == name => return Ok(e as usize - 1),
                 _ => i = (i + 1) & (slots - 1),
             }
         }
+    };
+    let mut nested = false;
+    for (k, m) in members.iter().enumerate() {
+        match lookup(&table, m.3) {
+            Ok(first) => return Some(Clash::Same(first, k)),
+            Err(slot) => table[slot] = k as u32 + 1,
+        }
+        nested |= m.3.contains(&b'/');
     }
-    Flat::Unique
+    if nested {
+        for (k, m) in members.iter().enumerate() {
+            for (cut, _) in m.3.iter().enumerate().filter(|(_, b)| **b == b'/') {
+                if let Ok(outer) = lookup(&table, &m.3[..cut]) {
+                    return Some(Clash::Inside(outer, k));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Refuses directories that overlap: a layer given twice or inside

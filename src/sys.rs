@@ -960,15 +960,16 @@ pub fn fs_struct_of_this_thread(ours: u64) -> FsStruct {
     let Ok(dir) = open_dir_read(cwd(), Path::new("/proc/self/task")) else {
         return FsStruct::Shared;
     };
-    let Ok(mut tasks) = rustix::fs::Dir::read_from(&dir) else {
-        return FsStruct::Shared;
-    };
+    // One getdents64 into the stack (64 threads at most fit), no allocation.
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut tasks = rustix::fs::RawDir::new(&dir, &mut buf);
     let me = gettid();
-    while let Some(entry) = tasks.read() {
+    while let Some(entry) = tasks.next() {
         let Ok(entry) = entry else {
             return FsStruct::Shared;
         };
-        let Some(tid) = std::str::from_utf8(entry.file_name().to_bytes())
+        let name = entry.file_name().to_bytes();
+        let Some(tid) = std::str::from_utf8(name)
             .ok()
             .and_then(|t| t.parse::<libc::pid_t>().ok())
         else {
