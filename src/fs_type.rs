@@ -1,13 +1,24 @@
 //! Filesystem type names from `statfs` magic numbers, for messages and probes.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 
 use crate::sys;
 
 /// The name (as in `/proc/filesystems`) of the filesystem an fd lives on,
 /// or `unknown (magic 0x…)`.
 pub fn of_fd(fd: BorrowedFd<'_>) -> String {
-    match sys::fs_magic(fd) {
+    of_magic(sys::fs_magic(fd))
+}
+
+/// The same for the filesystem a path is on (following symlinks); `None`
+/// when there is nothing at `path`.
+pub fn of_path(path: &Path) -> Option<String> {
+    sys::fs_magic_at(path).ok().map(|m| of_magic(Ok(m)))
+}
+
+fn of_magic(magic: sys::SysResult<u64>) -> String {
+    match magic {
         Ok(magic) => name(magic)
             .map(str::to_string)
             .unwrap_or_else(|| format!("unknown (magic {magic:#x})")),

@@ -364,9 +364,7 @@ impl Overlay {
             strategy::mounter_ids(userns)?;
         }
         let first_layer = &self.lowers[0];
-        let layer_fs = sys::open_dir_path(sys::cwd(), first_layer)
-            .map(|fd| fs_type::of_fd(fd.as_fd()))
-            .unwrap_or_default();
+        let layer_fs = fs_type::of_path(first_layer).unwrap_or_default();
         let report = match &self.probe_report {
             Some(report) => report.clone(),
             None => probe::cached(first_layer, &layer_fs, Some(userns)),

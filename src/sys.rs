@@ -394,6 +394,13 @@ pub fn fs_magic(fd: BorrowedFd<'_>) -> SysResult<u64> {
     Ok(st.f_type as u64)
 }
 
+/// `statfs(path)`: the magic number of the filesystem `path` is on.
+pub fn fs_magic_at(path: &Path) -> SysResult<u64> {
+    let st = rustix::fs::statfs(path).map_err(fail("statfs", || path_arg(path)))?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    Ok(st.f_type as u64)
+}
+
 /// The names in a directory (without `.` and `..`), read through a fresh
 /// `openat(fd, ".", O_RDONLY|O_DIRECTORY)` so an `O_PATH` handle works too.
 pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
@@ -409,6 +416,20 @@ pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> 
         }
     }
     Ok(names)
+}
+
+/// `faccessat2(AT_FDCWD, path, W_OK, AT_EACCESS)`: `Ok(false)` when the
+/// kernel says the filesystem or mount there is read-only (`EROFS`), so a
+/// caller learns it without opening anything or asking the filesystem for
+/// its statistics.
+pub fn writable_at(path: &Path) -> SysResult<bool> {
+    match rustix::fs::accessat(cwd(), path, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS) {
+        Ok(()) => Ok(true),
+        Err(Errno::ROFS) => Ok(false),
+        Err(e) => Err(fail("faccessat2", || {
+            format!("AT_FDCWD, {}, W_OK, AT_EACCESS", path_arg(path))
+        })(e)),
+    }
 }
 
 /// `fstatvfs(fd)`: whether the mount (or its superblock) is read-only.

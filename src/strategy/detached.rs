@@ -566,6 +566,11 @@ fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path
     if prepared.upper.is_none() || req.attrs.read_only {
         return Ok(());
     }
+    // The common answer in one call; a read-only one (or none) is looked
+    // at closer, through an fd of the overlay's root.
+    if sys::writable_at(target_path) == Ok(true) {
+        return Ok(());
+    }
     let root = sys::open_dir_path(sys::cwd(), target_path)
         .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
     if let Err(refusal) = super::check_writable(&root) {
