@@ -19,13 +19,13 @@
 //! * The reaper has its own fs struct (it unshares it before it is counted
 //!   as running), blocks every signal, touches no path and changes nothing
 //!   but the fd table; so while it runs the caller's thread still counts
-//!   as the only user of its working directory ([`ours`]).
+//!   as the only user of its working directory ([`running`]).
 //! * [`settle`] closes everything handed over before it and waits until
 //!   that reaper thread has left the process: for callers that need a
 //!   single-threaded process next (`unshare(CLONE_NEWUSER)` refuses a
 //!   process with more than one thread).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,8 +55,9 @@ static STATE: Mutex<State> = Mutex::new(State {
 });
 /// The process the state belongs to (0: none yet).
 static OWNER: AtomicU32 = AtomicU32::new(0);
-/// A reaper of this process runs, with its own fs struct.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The thread id of this process's reaper, running with its own fs
+/// struct (0: none).
+static RUNNING: AtomicI32 = AtomicI32::new(0);
 
 fn this_process_owns_the_state() -> bool {
     let pid = std::process::id();
@@ -66,11 +67,12 @@ fn this_process_owns_the_state() -> bool {
     }
 }
 
-/// Threads of idoverlay's own that are running in this process, each with
-/// its own fs struct (0 or 1).
-pub fn ours() -> u64 {
+/// The reaper's thread id, when one runs in this process (it has its own
+/// fs struct).
+pub fn running() -> Option<i32> {
     let here = OWNER.load(Ordering::Acquire) == std::process::id();
-    u64::from(here && RUNNING.load(Ordering::Acquire))
+    let tid = RUNNING.load(Ordering::Acquire);
+    (here && tid != 0).then_some(tid)
 }
 
 /// Closes `item` soon, on the reaper, or now when the reaper cannot take it.
@@ -108,8 +110,9 @@ fn start() -> Option<i32> {
                 return;
             }
             let _ = sys::block_all_signals();
-            RUNNING.store(true, Ordering::Release);
-            let _ = ready_tx.send(Some(sys::gettid()));
+            let tid = sys::gettid();
+            RUNNING.store(tid, Ordering::Release);
+            let _ = ready_tx.send(Some(tid));
             run();
         })
         .ok()?;
@@ -122,7 +125,7 @@ fn run() {
         let work = {
             let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
             if state.queue.is_empty() && (state.stopping || idle >= IDLE_POLLS) {
-                RUNNING.store(false, Ordering::Release);
+                RUNNING.store(0, Ordering::Release);
                 state.thread = None;
                 return;
             }

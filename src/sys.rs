@@ -405,10 +405,12 @@ pub fn fs_magic_at(path: &Path) -> SysResult<u64> {
 /// `openat(fd, ".", O_RDONLY|O_DIRECTORY)` so an `O_PATH` handle works too.
 pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
     let dir = open_dir_read(dirfd, Path::new("."))?;
-    let mut reader =
-        rustix::fs::Dir::read_from(&dir).map_err(fail("getdents64", || fd_arg(dir.as_fd())))?;
+    // Straight from this fd into the stack (rustix's `Dir` would open the
+    // directory once more and allocate).
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut reader = rustix::fs::RawDir::new(&dir, &mut buf);
     let mut names = Vec::new();
-    while let Some(entry) = reader.read() {
+    while let Some(entry) = reader.next() {
         let entry = entry.map_err(fail("getdents64", || fd_arg(dir.as_fd())))?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
@@ -948,8 +950,8 @@ pub enum FsStruct {
     Shared,
 }
 
-/// Who else uses the calling thread's fs struct. `ours` threads are known
-/// to have their own (idoverlay's reaper); with no other thread that is all
+/// Who else uses the calling thread's fs struct. Thread `ours` is known to
+/// have its own (idoverlay's reaper); with no other thread that is all
 /// `statx` of `/proc/self/task` needs to say, otherwise each other thread
 /// is compared with `kcmp(KCMP_FS)`. [`FsStruct::Shared`] whenever it
 /// cannot tell (no /proc, no kcmp, more than 64 threads).
@@ -959,7 +961,7 @@ pub enum FsStruct {
 /// one that shares ours. Processes that share an fs struct without being
 /// threads of one process (`clone(CLONE_FS)` without `CLONE_THREAD`, which
 /// no libc call makes) are not seen.
-pub fn fs_struct_of_this_thread(ours: u64) -> FsStruct {
+pub fn fs_struct_of_this_thread(ours: Option<i32>) -> FsStruct {
     const KCMP_FS: libc::c_long = 3;
     const MAX_THREADS: u64 = 64;
     let Ok(st) = rustix::fs::statx(
@@ -972,7 +974,7 @@ pub fn fs_struct_of_this_thread(ours: u64) -> FsStruct {
     };
     // A directory's links: `.`, the entry in its parent, one per thread.
     let threads = u64::from(st.stx_nlink).saturating_sub(2);
-    if threads == 1 + ours {
+    if threads == 1 + u64::from(ours.is_some()) {
         return FsStruct::Alone;
     }
     if threads > MAX_THREADS {
@@ -996,7 +998,7 @@ pub fn fs_struct_of_this_thread(ours: u64) -> FsStruct {
         else {
             continue; // `.` and `..`
         };
-        if tid == me {
+        if tid == me || Some(tid) == ours {
             continue;
         }
         // SAFETY: kcmp only compares two tasks' kernel objects; no memory

@@ -393,7 +393,7 @@ fn mount_here(job: MountJob, fs: sys::FsStruct) -> sys::SysResult<()> {
         None => mount(),
     };
     match fs {
-        sys::FsStruct::Alone if crate::reaper::ours() == 0 => drop(clones),
+        sys::FsStruct::Alone if crate::reaper::running().is_none() => drop(clones),
         _ => crate::reaper::hand_over(Box::new(clones)),
     }
     mounted
@@ -445,7 +445,7 @@ pub(crate) fn mount_at(
     // must be our own anyway.
     let fs = match with_creator {
         true => sys::FsStruct::Shared,
-        false => sys::fs_struct_of_this_thread(crate::reaper::ours()),
+        false => sys::fs_struct_of_this_thread(crate::reaper::running()),
     };
     let thread = match fs {
         sys::FsStruct::Shared => Some(MountThread::start()?),
