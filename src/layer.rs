@@ -740,23 +740,26 @@ fn first_clash(members: &[(usize, &Path, Role, &[u8])]) -> Option<Clash> {
         }
     }
     const K: u64 = 0x517c_c1b7_2722_0a95;
-    let hash = |name: &[u8]| {
+    // Byte by byte into 8-byte words (names are short: no memcpy call per
+    // name), noting any `/` on the way.
+    let hash = |name: &[u8], slash: &mut bool| {
         let mut h = name.len() as u64;
-        let mut words = name.chunks_exact(8);
-        for w in &mut words {
-            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        for chunk in name.chunks(8) {
+            let mut word = 0u64;
+            for (i, &b) in chunk.iter().enumerate() {
+                word |= u64::from(b) << (8 * i);
+                *slash |= b == b'/';
+            }
+            h = (h.rotate_left(5) ^ word).wrapping_mul(K);
         }
-        let mut tail = [0u8; 8];
-        tail[..words.remainder().len()].copy_from_slice(words.remainder());
         // The high bits are the well-mixed ones.
-        ((h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K) >> 32) as usize
+        (h >> 32) as usize
     };
     let slots = (members.len() * 2).next_power_of_two();
     // 0 is an empty slot; otherwise a member index + 1.
     let mut table = vec![0u32; slots];
-    let lookup = |table: &[u32], name: &[u8]| -> Result<usize, usize> {
-        let mut i = hash(name) & (slots - 1);
+    let lookup = |table: &[u32], name: &[u8], slash: &mut bool| -> Result<usize, usize> {
+        let mut i = hash(name, slash) & (slots - 1);
         loop {
             match table[i] {
                 0 => return Err(i),
@@ -767,16 +770,15 @@ fn first_clash(members: &[(usize, &Path, Role, &[u8])]) -> Option<Clash> {
     };
     let mut nested = false;
     for (k, m) in members.iter().enumerate() {
-        match lookup(&table, m.3) {
+        match lookup(&table, m.3, &mut nested) {
             Ok(first) => return Some(Clash::Same(first, k)),
             Err(slot) => table[slot] = k as u32 + 1,
         }
-        nested |= m.3.contains(&b'/');
     }
     if nested {
         for (k, m) in members.iter().enumerate() {
             for (cut, _) in m.3.iter().enumerate().filter(|(_, b)| **b == b'/') {
-                if let Ok(outer) = lookup(&table, &m.3[..cut]) {
+                if let Ok(outer) = lookup(&table, &m.3[..cut], &mut false) {
                     return Some(Clash::Inside(outer, k));
                 }
             }

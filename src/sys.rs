@@ -951,9 +951,8 @@ pub enum FsStruct {
 }
 
 /// Who else uses the calling thread's fs struct. Thread `ours` is known to
-/// have its own (idoverlay's reaper); with no other thread that is all
-/// `statx` of `/proc/self/task` needs to say, otherwise each other thread
-/// is compared with `kcmp(KCMP_FS)`. [`FsStruct::Shared`] whenever it
+/// have its own (idoverlay's reaper); every other thread listed in
+/// `/proc/self/task` is compared with `kcmp(KCMP_FS)`. [`FsStruct::Shared`] whenever it
 /// cannot tell (no /proc, no kcmp, more than 64 threads).
 ///
 /// Race-free for its purpose: a thread started after the check shares the
@@ -963,36 +962,21 @@ pub enum FsStruct {
 /// no libc call makes) are not seen.
 pub fn fs_struct_of_this_thread(ours: Option<i32>) -> FsStruct {
     const KCMP_FS: libc::c_long = 3;
-    const MAX_THREADS: u64 = 64;
-    let Ok(st) = rustix::fs::statx(
-        cwd(),
-        "/proc/self/task",
-        AtFlags::empty(),
-        StatxFlags::NLINK,
-    ) else {
-        return FsStruct::Shared;
-    };
-    // A directory's links: `.`, the entry in its parent, one per thread.
-    let threads = u64::from(st.stx_nlink).saturating_sub(2);
-    if threads == 1 + u64::from(ours.is_some()) {
-        return FsStruct::Alone;
-    }
-    if threads > MAX_THREADS {
-        return FsStruct::Shared;
-    }
+    const MAX_THREADS: usize = 64;
     let Ok(dir) = open_dir_read(cwd(), Path::new("/proc/self/task")) else {
         return FsStruct::Shared;
     };
-    // One getdents64 into the stack (64 threads at most fit), no allocation.
+    // The other threads, read into the stack: no allocation.
+    let me = gettid();
+    let mut others = [0 as libc::pid_t; MAX_THREADS];
+    let mut count = 0;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     let mut tasks = rustix::fs::RawDir::new(&dir, &mut buf);
-    let me = gettid();
     while let Some(entry) = tasks.next() {
         let Ok(entry) = entry else {
             return FsStruct::Shared;
         };
-        let name = entry.file_name().to_bytes();
-        let Some(tid) = std::str::from_utf8(name)
+        let Some(tid) = std::str::from_utf8(entry.file_name().to_bytes())
             .ok()
             .and_then(|t| t.parse::<libc::pid_t>().ok())
         else {
@@ -1001,6 +985,16 @@ pub fn fs_struct_of_this_thread(ours: Option<i32>) -> FsStruct {
         if tid == me || Some(tid) == ours {
             continue;
         }
+        if count == MAX_THREADS {
+            return FsStruct::Shared;
+        }
+        others[count] = tid;
+        count += 1;
+    }
+    if count == 0 {
+        return FsStruct::Alone;
+    }
+    for &tid in &others[..count] {
         // SAFETY: kcmp only compares two tasks' kernel objects; no memory
         // of ours is passed.
         let same = unsafe { libc::syscall(libc::SYS_kcmp, me, tid, KCMP_FS, 0, 0) };
