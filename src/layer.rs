@@ -183,7 +183,8 @@ pub enum Grouping<'t> {
 pub struct Plan<'a> {
     /// The layers, in order (top-most lower first, then data layers).
     pub layers: Vec<(&'a Path, Role)>,
-    /// Per layer, its normalized path when that differs from the path given.
+    /// Per layer, its normalized path when that differs from the path given
+    /// (empty when no path differs).
     normalized: Vec<Option<Vec<u8>>>,
     /// Per layer, its placement.
     pub placement: Vec<Placement>,
@@ -198,9 +199,9 @@ impl Plan<'_> {
         let Placement::Shared { group, rel } = &self.placement[layer] else {
             return None;
         };
-        let bytes = match &self.normalized[layer] {
-            Some(n) => &n[..],
-            None => self.layers[layer].0.as_os_str().as_bytes(),
+        let bytes = match self.normalized.get(layer) {
+            Some(Some(n)) => &n[..],
+            _ => self.layers[layer].0.as_os_str().as_bytes(),
         };
         Some((*group, Path::new(OsStr::from_bytes(&bytes[rel.clone()]))))
     }
@@ -264,14 +265,17 @@ pub fn plan<'a>(
     }
     // (Layers given twice, by the same or another path, are found when the
     // layers are located: see `check_overlaps`.)
-    let eligible: Vec<usize> = (0..normal.len()).filter(|&i| normal[i].is_some()).collect();
+    let mut eligible = Vec::with_capacity(normal.len());
+    let mut paths: Vec<&[u8]> = Vec::with_capacity(normal.len());
+    for (i, n) in normal.iter().enumerate() {
+        if let Some(n) = n {
+            eligible.push(i);
+            paths.push(n);
+        }
+    }
     let mut placement = vec![Placement::Single; layers.len()];
     let mut groups = Vec::new();
     if eligible.len() >= 2 {
-        let paths: Vec<&[u8]> = eligible
-            .iter()
-            .map(|&i| normal[i].as_deref().expect("eligible"))
-            .collect();
         match grouping {
             Grouping::None => {}
             Grouping::Lexical => {
@@ -287,13 +291,18 @@ pub fn plan<'a>(
             ),
         }
     }
-    let normalized = normal
-        .into_iter()
-        .map(|n| match n {
-            Some(Cow::Owned(v)) => Some(v),
-            _ => None,
-        })
-        .collect();
+    drop(paths);
+    // Kept only when some path was not already in normal form.
+    let normalized = match normal.iter().any(|n| matches!(n, Some(Cow::Owned(_)))) {
+        true => normal
+            .into_iter()
+            .map(|n| match n {
+                Some(Cow::Owned(v)) => Some(v),
+                _ => None,
+            })
+            .collect(),
+        false => Vec::new(),
+    };
     Ok(Plan {
         layers,
         normalized,
@@ -326,8 +335,15 @@ fn lexical_group(
         },
     };
     let mut any = false;
+    // Every path is `top_bytes`, or it followed by a `/` (`top` itself
+    // being `/` when `top_bytes` is empty or `/`): where the rest starts.
+    let skip = match top_bytes {
+        b"" | b"/" => 1,
+        _ => top_len + 1,
+    };
     for (k, full) in paths.iter().enumerate() {
-        let rel = below(full, top_bytes).expect("below the common ancestor");
+        let rel = full.get(skip..).unwrap_or_default();
+        debug_assert_eq!(Some(rel), below(full, top_bytes));
         if shareable(Path::new(OsStr::from_bytes(rel))) {
             placement[index[k]] = Placement::Shared {
                 group: groups.len(),

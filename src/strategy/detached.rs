@@ -401,6 +401,9 @@ fn mount_here(job: MountJob, fs: sys::FsStruct) -> sys::SysResult<()> {
 
 /// overlay's escaping for a `lowerdir=` element in mount(2) data.
 fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
+    if !value.iter().any(|b| matches!(b, b':' | b',' | b'\\')) {
+        return out.extend_from_slice(value);
+    }
     for &b in value {
         if matches!(b, b':' | b',' | b'\\') {
             out.push(b'\\');
