@@ -362,10 +362,14 @@ enum Variant {
     PrivateNs,
     HostStaged,
     Auto,
+    /// `auto` called from a thread that shares its working directory with
+    /// another thread (most threads of most programs): idoverlay cannot
+    /// lend it, and mounts from a thread of its own.
+    AutoSharedCwd,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::Floor,
         Variant::Reference,
         Variant::IdmapMinimum,
@@ -374,6 +378,7 @@ impl Variant {
         Variant::PrivateNs,
         Variant::HostStaged,
         Variant::Auto,
+        Variant::AutoSharedCwd,
     ];
 
     fn name(self) -> &'static str {
@@ -386,11 +391,42 @@ impl Variant {
             Variant::PrivateNs => "private-ns",
             Variant::HostStaged => "host-staged",
             Variant::Auto => "auto",
+            Variant::AutoSharedCwd => "auto-shared-cwd",
         }
     }
 
     fn idmapped(self) -> bool {
         self != Variant::Floor
+    }
+}
+
+/// A thread that shares the measuring thread's working directory (it is
+/// started from it, and threads share their fs struct) and waits, while
+/// `auto-shared-cwd` mounts. Started and ended outside the timed part.
+struct Sibling {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sibling {
+    fn start() -> Sibling {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = wait.recv();
+        });
+        Sibling {
+            release: Some(release),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -489,9 +525,11 @@ impl Job {
     /// through the mount (untimed). Cleans up after a failure.
     fn cycle(&mut self, check: bool) -> Result<(Duration, Duration), String> {
         self.enter();
+        let sibling = (self.variant == Variant::AutoSharedCwd).then(Sibling::start);
         let t0 = Instant::now();
         self.mount()?;
         let mounted = t0.elapsed();
+        drop(sibling);
         if check {
             if let Err(e) = self.check_owners() {
                 self.cleanup();
@@ -587,7 +625,7 @@ fn library_overlay(variant: Variant, env: &Env<'_>, n: usize, slot: &Slot) -> Ov
         Variant::DetachedShared => base.strategy(Strategy::Detached),
         Variant::PrivateNs => base.strategy(Strategy::PrivateNs),
         Variant::HostStaged => base.strategy(Strategy::HostStaged).state_dir(env.state_dir),
-        Variant::Auto => base.strategy(Strategy::Auto),
+        Variant::Auto | Variant::AutoSharedCwd => base.strategy(Strategy::Auto),
         Variant::Floor | Variant::Reference | Variant::IdmapMinimum => {
             unreachable!("not a library variant")
         }
@@ -1669,6 +1707,13 @@ fn run_all(cfg: &Config, scratch: &Scratch, report: &mut Report) {
             }
         }
         if cfg.sections.allows("concurrent") {
+            // Each concurrent thread has its own working directory (the
+            // floor needs one); the shared-cwd case is a serial row only.
+            let variants: Vec<Variant> = variants
+                .iter()
+                .copied()
+                .filter(|v| *v != Variant::AutoSharedCwd)
+                .collect();
             for n in cfg.concurrent_sizes() {
                 for threads in [1, 4, MAX_THREADS] {
                     eprintln!("bench: {fs} {n} layers, {threads} threads");
