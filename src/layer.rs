@@ -82,7 +82,8 @@ pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     // one; otherwise (or on any error, explained below) the usual open.
     let lexical = normalize(path.as_os_str().as_bytes())
         .map(|n| PathBuf::from(OsStr::from_bytes(&n)))
-        .and_then(|n| Some((sys::open_dir_no_symlinks(&n).ok()?, n)));
+        // The work dir's entries are read next: opened readable.
+        .and_then(|n| Some((sys::open_dir_no_symlinks(&n, role == Role::Work).ok()?, n)));
     let (fd, canonical) = match lexical {
         Some((fd, n)) => (fd, Some(n)),
         None => match sys::open_dir_path(sys::cwd(), path) {
@@ -327,7 +328,7 @@ fn lexical_group(
         top_bytes
     }));
     // `top` is normalized: reached without a symlink, it is canonical.
-    let (fd, canonical) = match sys::open_dir_no_symlinks(top) {
+    let (fd, canonical) = match sys::open_dir_no_symlinks(top, false) {
         Ok(fd) => (fd, Some(top.to_path_buf())),
         Err(_) => match sys::open_dir_path_follow(sys::cwd(), top) {
             Ok(fd) => (fd, None),

@@ -191,18 +191,25 @@ pub fn open_dir_path_follow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Own
     }))
 }
 
-/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS)`:
-/// a directory reached without following any symlink, so that its path as
-/// given (normalized) is its canonical path, with no `readlink` of
-/// `/proc/thread-self/fd/N` needed to learn it.
-pub fn open_dir_no_symlinks(path: &Path) -> SysResult<OwnedFd> {
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS)`
+/// (`O_RDONLY` instead of `O_PATH` when `readable`, for a directory whose
+/// entries are read next): a directory reached without following any
+/// symlink, so that its path as given (normalized) is its canonical path,
+/// with no `readlink` of `/proc/thread-self/fd/N` needed to learn it.
+pub fn open_dir_no_symlinks(path: &Path, readable: bool) -> SysResult<OwnedFd> {
+    let access = if readable {
+        OFlags::RDONLY
+    } else {
+        OFlags::PATH
+    };
+    let flags = access | OFlags::DIRECTORY | OFlags::CLOEXEC;
     rustix::fs::openat2(cwd(), path, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS).map_err(fail(
         "openat2",
         || {
             format!(
-                "AT_FDCWD, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS",
-                path_arg(path)
+                "AT_FDCWD, {}, {}|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS",
+                path_arg(path),
+                if readable { "O_RDONLY" } else { "O_PATH" }
             )
         },
     ))
@@ -405,13 +412,20 @@ pub fn fs_magic_at(path: &Path) -> SysResult<u64> {
 /// `openat(fd, ".", O_RDONLY|O_DIRECTORY)` so an `O_PATH` handle works too.
 pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
     let dir = open_dir_read(dirfd, Path::new("."))?;
+    dir_entries_from(dir.as_fd())
+}
+
+/// The names in a directory (without `.` and `..`), read from `dir` itself
+/// from its current position: for a directory fd just opened `O_RDONLY`
+/// (an `O_PATH` fd fails with `EBADF`).
+pub fn dir_entries_from(dir: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
     // Straight from this fd into the stack (rustix's `Dir` would open the
     // directory once more and allocate).
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-    let mut reader = rustix::fs::RawDir::new(&dir, &mut buf);
+    let mut reader = rustix::fs::RawDir::new(dir, &mut buf);
     let mut names = Vec::new();
     while let Some(entry) = reader.next() {
-        let entry = entry.map_err(fail("getdents64", || fd_arg(dir.as_fd())))?;
+        let entry = entry.map_err(fail("getdents64", || fd_arg(dir)))?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
             names.push(OsStr::from_bytes(name).to_os_string());

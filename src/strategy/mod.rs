@@ -364,7 +364,13 @@ fn check_upper_work(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
 const OVERLAY_WORK_ENTRIES: [&str; 3] = ["work", "index", "incompat"];
 
 fn check_work_contents(work: &OpenedDir) -> Result<()> {
-    let names = sys::dir_entries(work.fd.as_fd())
+    // Read through the fd itself when it was opened readable (see
+    // `layer::open_dir`), else through a fresh open of it.
+    let names = sys::dir_entries_from(work.fd.as_fd())
+        .or_else(|e| match e.errno {
+            libc::EBADF => sys::dir_entries(work.fd.as_fd()),
+            _ => Err(e),
+        })
         .map_err(|e| Error::os("read work dir", Some(&work.path), e))?;
     if let Some(name) = names
         .iter()
