@@ -5,12 +5,13 @@
 //! (`namespace_unlock → synchronize_rcu_expedited`): 0.02–0.1 ms, the
 //! longer right after a big mount. Waking a sleeping thread to do it costs
 //! about as much on the waker's side (in a VM, kicking an idle CPU). So the
-//! reaper is never woken: while there is work it looks for more every
-//! [`POLL`], and it ends after [`IDLE_POLLS`] looks that found none.
-//! Handing a clone over is a lock and a push.
+//! reaper is never woken: after work it looks for more every [`POLL`], then
+//! every [`SLOW_POLL`], and it ends after [`IDLE`] without any. Handing a
+//! clone over is a lock and a push (and, when no reaper runs, a `clone`
+//! that is not waited for).
 //!
 //! Invariants:
-//! * What is handed over is closed within about [`POLL`] plus a grace
+//! * What is handed over is closed within about [`SLOW_POLL`] plus a grace
 //!   period (the layers' mounts stay pinned that long, never longer), or
 //!   at once when the reaper cannot be used: [`MAX_PENDING`] items already
 //!   waiting, a thread that cannot be started, or a forked child (the
@@ -21,7 +22,7 @@
 //!   but the fd table; so while it runs the caller's thread still counts
 //!   as the only user of its working directory ([`running`]).
 //! * [`settle`] closes everything handed over before it and waits until
-//!   that reaper thread has left the process: for callers that need a
+//!   no idoverlay thread is left in the process: for callers that need a
 //!   single-threaded process next (`unshare(CLONE_NEWUSER)` refuses a
 //!   process with more than one thread).
 
@@ -31,10 +32,15 @@ use std::time::Duration;
 
 use crate::sys;
 
-/// How often a running reaper looks for work.
+/// How often a running reaper looks for work, right after some…
 pub const POLL: Duration = Duration::from_millis(1);
-/// Looks without work before the reaper ends.
-pub const IDLE_POLLS: u32 = 20;
+/// …for this many looks that found none…
+pub const FAST_POLLS: u32 = 10;
+/// …then this often, so that a burst of mounts (a node starting pods)
+/// keeps one reaper instead of starting one per mount.
+pub const SLOW_POLL: Duration = Duration::from_millis(10);
+/// Without work for this long, the reaper ends.
+pub const IDLE: Duration = Duration::from_secs(1);
 /// Items waiting beyond this are closed by the caller (back-pressure).
 pub const MAX_PENDING: usize = 64;
 
@@ -42,15 +48,15 @@ type Item = Box<dyn Send>;
 
 struct State {
     queue: Vec<Item>,
-    /// The running reaper's thread id.
-    thread: Option<i32>,
+    /// A reaper runs (or is starting).
+    started: bool,
     /// Set by [`settle`]: end once the queue is empty.
     stopping: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     queue: Vec::new(),
-    thread: None,
+    started: false,
     stopping: false,
 });
 /// The process the state belongs to (0: none yet).
@@ -86,10 +92,16 @@ pub fn hand_over(item: Item) {
         return drop(item);
     }
     state.queue.push(item);
-    if state.thread.is_none() {
-        match start() {
-            Some(tid) => state.thread = Some(tid),
-            None => {
+    if !state.started {
+        // Not waited for: until the new thread has unshared its fs struct
+        // and says so (`RUNNING`), the fs-struct check sees a thread that
+        // shares the caller's, and the next mount takes the slower path.
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}reap", crate::threads::PREFIX))
+            .spawn(run);
+        match spawned {
+            Ok(_) => state.started = true,
+            Err(_) => {
                 let queue = std::mem::take(&mut state.queue);
                 drop(state);
                 drop(queue);
@@ -98,44 +110,31 @@ pub fn hand_over(item: Item) {
     }
 }
 
-/// Starts the reaper and waits until it has its own fs struct. Called with
-/// the state locked (the reaper takes the lock only after answering).
-fn start() -> Option<i32> {
-    let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name(format!("{}reap", crate::threads::PREFIX))
-        .spawn(move || {
-            if sys::unshare_fs().is_err() {
-                let _ = ready_tx.send(None);
-                return;
-            }
-            let _ = sys::block_all_signals();
-            let tid = sys::gettid();
-            RUNNING.store(tid, Ordering::Release);
-            let _ = ready_tx.send(Some(tid));
-            run();
-        })
-        .ok()?;
-    ready.recv().ok().flatten()
-}
-
 fn run() {
-    let mut idle = 0;
+    if sys::unshare_fs().is_ok() {
+        RUNNING.store(sys::gettid(), Ordering::Release);
+    }
+    let _ = sys::block_all_signals();
+    let mut idle = Duration::ZERO;
+    let mut looks = 0;
     loop {
         let work = {
             let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
-            if state.queue.is_empty() && (state.stopping || idle >= IDLE_POLLS) {
+            if state.queue.is_empty() && (state.stopping || idle >= IDLE) {
                 RUNNING.store(0, Ordering::Release);
-                state.thread = None;
+                state.started = false;
                 return;
             }
             std::mem::take(&mut state.queue)
         };
         if work.is_empty() {
-            idle += 1;
-            std::thread::sleep(POLL);
+            let nap = if looks < FAST_POLLS { POLL } else { SLOW_POLL };
+            looks += 1;
+            idle += nap;
+            std::thread::sleep(nap);
         } else {
-            idle = 0;
+            idle = Duration::ZERO;
+            looks = 0;
             drop(work);
         }
     }
@@ -144,7 +143,7 @@ fn run() {
 /// Closes every layer clone idoverlay still holds from earlier mounts and
 /// waits until none of its threads is left in the process (the reaper, and
 /// the mounting and private-namespace threads, which finish their teardown
-/// a moment after answering): at most a few milliseconds. Call it before
+/// a moment after answering): about 10 ms at most. Call it before
 /// anything that needs a single-threaded process again, such as
 /// `unshare(CLONE_NEWUSER)`, or before unmounting the layers' filesystem
 /// without `MNT_DETACH`. Mounts made meanwhile from other threads may start
