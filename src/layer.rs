@@ -264,8 +264,6 @@ pub fn plan<'a>(
         };
         normal.push(n);
     }
-    // (Layers given twice, by the same or another path, are found when the
-    // layers are located: see `check_overlaps`.)
     let mut eligible = Vec::with_capacity(normal.len());
     let mut paths: Vec<&[u8]> = Vec::with_capacity(normal.len());
     for (i, n) in normal.iter().enumerate() {
@@ -293,6 +291,20 @@ pub fn plan<'a>(
         }
     }
     drop(paths);
+    // Layers given twice, or one inside another, beneath a shared root: a
+    // lexical matter of their names below it (overlaps between roots, with
+    // layers on their own and with upper and work are `check_overlaps`').
+    for g in 0..groups.len() {
+        let members = (0..layers.len())
+            .filter(|&i| matches!(placement[i], Placement::Shared { group, .. } if group == g));
+        let name = |i: usize| match (&placement[i], &normal[i]) {
+            (Placement::Shared { rel, .. }, Some(n)) => &n[rel.clone()],
+            _ => unreachable!("a shared layer has a normal form"),
+        };
+        if let Some(clash) = first_clash(members, layers.len(), name) {
+            return Err(clash_error(clash, |i| (i + 1, layers[i].0, layers[i].1)));
+        }
+    }
     // Kept only when some path was not already in normal form.
     let normalized = match normal.iter().any(|n| matches!(n, Some(Cow::Owned(_)))) {
         true => normal
@@ -608,6 +620,11 @@ impl FsLocation {
     pub fn within(&self, other: &FsLocation) -> bool {
         self.device == other.device && below(&self.path, &other.path).is_some()
     }
+
+    /// Whether one of the two is the other or lies inside it.
+    pub fn overlaps(&self, other: &FsLocation) -> bool {
+        self.within(other) || other.within(self)
+    }
 }
 
 fn join(dir: &[u8], rel: &[u8]) -> Vec<u8> {
@@ -670,27 +687,13 @@ fn relation(a: &FsLocation, b: &FsLocation) -> Option<Overlap> {
 impl LocatedGroup<'_> {
     /// Refuses duplicates and nesting among the members.
     fn check_members(&mut self) -> Result<()> {
-        let Some(clash) = first_clash(&self.members) else {
-            return Ok(());
-        };
-        let (outer, inner, same) = match clash {
-            Clash::Same(first, later) => (first, later, true),
-            Clash::Inside(outer, inner) => (outer, inner, false),
-        };
-        let (n1, p1, _, _) = self.members[outer];
-        let (_, p2, role2, _) = self.members[inner];
-        let why = if same {
-            format!(
-                "is the same directory as layer {n1} ({}); give each layer once",
-                display_path(p1)
-            )
-        } else {
-            format!(
-                "lies inside layer {n1} ({}); overlay needs separate directory trees",
-                display_path(p1)
-            )
-        };
-        Err(Error::invalid_path(role2.noun(), p2, why))
+        let members = &self.members;
+        match first_clash(0..members.len(), members.len(), |k| members[k].3) {
+            None => Ok(()),
+            Some(clash) => Err(clash_error(clash, |k| {
+                (members[k].0, members[k].1, members[k].2)
+            })),
+        }
     }
 
     /// A member that `other` overlaps, and how (`Inside`: `other` lies
@@ -740,22 +743,19 @@ enum Clash {
 /// root, no mount in between): the same name twice, or a name that is a
 /// whole-component prefix of another (`""`, the root itself, holds all).
 ///
+/// `count` is at least the number of members (it sizes the table).
+///
 /// In time linear in the names' length, without sorting (this runs on
 /// every mount, and real stacks nest names like `<id>/fs`): every name goes
 /// into an open-addressing table over member indices, then every proper
 /// directory prefix of every name is looked up in it. The hash is FxHash's
 /// multiply-rotate: the names are the caller's own, so a flooding-resistant
 /// hash would buy nothing and cost more than the whole check.
-fn first_clash(members: &[(usize, &Path, Role, &[u8])]) -> Option<Clash> {
-    if members.len() > 1 {
-        if let Some(root) = members.iter().position(|m| m.3.is_empty()) {
-            let other = usize::from(root == 0);
-            return Some(match members[other].3.is_empty() {
-                true => Clash::Same(root.min(other), root.max(other)),
-                false => Clash::Inside(root, other),
-            });
-        }
-    }
+fn first_clash<'n>(
+    members: impl Iterator<Item = usize> + Clone,
+    count: usize,
+    name: impl Fn(usize) -> &'n [u8],
+) -> Option<Clash> {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     // Byte by byte into 8-byte words (names are short: no memcpy call per
     // name), noting any `/` on the way.
@@ -772,36 +772,70 @@ fn first_clash(members: &[(usize, &Path, Role, &[u8])]) -> Option<Clash> {
         // The high bits are the well-mixed ones.
         (h >> 32) as usize
     };
-    let slots = (members.len() * 2).next_power_of_two();
-    // 0 is an empty slot; otherwise a member index + 1.
+    let slots = (count * 2).next_power_of_two();
+    // 0 is an empty slot; otherwise a member + 1.
     let mut table = vec![0u32; slots];
-    let lookup = |table: &[u32], name: &[u8], slash: &mut bool| -> Result<usize, usize> {
-        let mut i = hash(name, slash) & (slots - 1);
+    let lookup = |table: &[u32], wanted: &[u8], slash: &mut bool| -> Result<usize, usize> {
+        let mut i = hash(wanted, slash) & (slots - 1);
         loop {
             match table[i] {
                 0 => return Err(i),
-                e if members[e as usize - 1].3 == name => return Ok(e as usize - 1),
+                e if name(e as usize - 1) == wanted => return Ok(e as usize - 1),
                 _ => i = (i + 1) & (slots - 1),
             }
         }
     };
     let mut nested = false;
-    for (k, m) in members.iter().enumerate() {
-        match lookup(&table, m.3, &mut nested) {
+    // The root itself (an empty name) holds every other member.
+    let (mut root, mut other) = (None, None);
+    for k in members.clone() {
+        let n = name(k);
+        match lookup(&table, n, &mut nested) {
             Ok(first) => return Some(Clash::Same(first, k)),
             Err(slot) => table[slot] = k as u32 + 1,
         }
+        match n.is_empty() {
+            true => root = Some(k),
+            false => other = other.or(Some(k)),
+        }
+    }
+    if let (Some(root), Some(other)) = (root, other) {
+        return Some(Clash::Inside(root, other));
     }
     if nested {
-        for (k, m) in members.iter().enumerate() {
-            for (cut, _) in m.3.iter().enumerate().filter(|(_, b)| **b == b'/') {
-                if let Ok(outer) = lookup(&table, &m.3[..cut], &mut false) {
+        for k in members {
+            let full = name(k);
+            for (cut, _) in full.iter().enumerate().filter(|(_, b)| **b == b'/') {
+                if let Ok(outer) = lookup(&table, &full[..cut], &mut false) {
                     return Some(Clash::Inside(outer, k));
                 }
             }
         }
     }
     None
+}
+
+/// The one-line refusal for a [`Clash`] between two layers, each described
+/// by its 1-based number, path as given and role.
+fn clash_error<'p>(clash: Clash, describe: impl Fn(usize) -> (usize, &'p Path, Role)) -> Error {
+    let (outer, inner, same) = match clash {
+        Clash::Same(first, later) => (first, later, true),
+        Clash::Inside(outer, inner) => (outer, inner, false),
+    };
+    let (n1, p1, _) = describe(outer);
+    let (_, p2, role2) = describe(inner);
+    let why = if same {
+        format!(
+            "is the same directory as layer {n1} ({}); give each layer once",
+            display_path(p1)
+        )
+    } else {
+        format!(
+            "lies inside layer {n1} ({}); overlay needs separate directory trees",
+            display_path(p1)
+        )
+    };
+    Error::invalid_path(role2.noun(), p2, why)
 }
 
 /// Refuses directories that overlap: a layer given twice or inside

@@ -112,6 +112,10 @@ impl Clones {
 
     /// The shared root holding the most layers: the working directory.
     fn busiest_group(&self, prepared: &Prepared) -> Option<usize> {
+        // One shared root (the usual plan): no counting.
+        if self.groups.len() <= 1 {
+            return (!self.groups.is_empty()).then_some(0);
+        }
         let mut counts = vec![0usize; self.groups.len()];
         for p in &prepared.plan.placement {
             if let Placement::Shared { group, .. } = p {

@@ -269,6 +269,21 @@ fn check_overlaps(
             (false, _) => Some(layer::FsLocation::on_device(st.dev, canonical)),
         }
     };
+    let mut writable = [None, None];
+    for (slot, (d, c)) in writable
+        .iter_mut()
+        .zip([(upper, &upper_path), (work, &work_path)])
+    {
+        if let (Some(d), Some(c)) = (d, c) {
+            *slot = locate(c, &d.stat).map(|at| layer::Located {
+                path: &d.path,
+                role: d.role,
+                number: 0,
+                at,
+            });
+        }
+    }
+    let [u, w] = writable;
     let mut groups: Vec<Option<layer::LocatedGroup<'_>>> = roots
         .iter()
         .map(|r| {
@@ -279,11 +294,32 @@ fn check_overlaps(
             })
         })
         .collect();
+    // Layers beneath one root were checked against each other by the plan
+    // (by name); a group's members are listed only when something else
+    // meets its root: the upper or work dir, a layer on its own, another
+    // root. Usually nothing does, and 500 layers are not walked again.
+    let meets = |g: &layer::LocatedGroup<'_>| {
+        let others = groups.iter().flatten().filter(|o| !std::ptr::eq(*o, g));
+        !singles.is_empty()
+            || [&u, &w]
+                .into_iter()
+                .flatten()
+                .any(|l| g.root.overlaps(&l.at))
+            || others.into_iter().any(|o| g.root.overlaps(&o.root))
+    };
+    let needed: Vec<bool> = groups
+        .iter()
+        .map(|g| g.as_ref().is_some_and(meets))
+        .collect();
     let mut singles_located = Vec::new();
-    for (i, (path, role)) in plan.layers.iter().enumerate() {
+    let layers_to_walk = match needed.contains(&true) || !singles.is_empty() {
+        true => plan.layers.len(),
+        false => 0,
+    };
+    for (i, (path, role)) in plan.layers.iter().enumerate().take(layers_to_walk) {
         match plan.rel(i) {
             Some((group, rel)) => {
-                if let Some(g) = &mut groups[group] {
+                if let (Some(g), true) = (&mut groups[group], needed[group]) {
                     g.members
                         .push((i + 1, *path, *role, rel.as_os_str().as_bytes()));
                 }
@@ -305,21 +341,6 @@ fn check_overlaps(
         }
     }
     let mut groups: Vec<layer::LocatedGroup<'_>> = groups.into_iter().flatten().collect();
-    let mut writable = [None, None];
-    for (slot, (d, c)) in writable
-        .iter_mut()
-        .zip([(upper, &upper_path), (work, &work_path)])
-    {
-        if let (Some(d), Some(c)) = (d, c) {
-            *slot = locate(c, &d.stat).map(|at| layer::Located {
-                path: &d.path,
-                role: d.role,
-                number: 0,
-                at,
-            });
-        }
-    }
-    let [u, w] = writable;
     layer::check_overlaps(&mut groups, &singles_located, u.as_ref(), w.as_ref())
 }
 
