@@ -178,12 +178,52 @@ pub enum Grouping<'t> {
     ByMount(&'t [MountEntry]),
 }
 
+/// The layers of an overlay, in order: the lower layers (top-most first),
+/// then the data-only layers. Borrowed from the caller's lists as they are
+/// (a copy of 500 entries would cost more than reading them).
+#[derive(Debug, Clone, Copy)]
+pub struct Layers<'a> {
+    lowers: &'a [PathBuf],
+    data: &'a [PathBuf],
+}
+
+impl<'a> Layers<'a> {
+    /// Lower layers, then data-only layers.
+    pub fn new(lowers: &'a [PathBuf], data: &'a [PathBuf]) -> Self {
+        Layers { lowers, data }
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.lowers.len() + self.data.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Layer `i`'s path as given, and its role.
+    pub fn get(&self, i: usize) -> (&'a Path, Role) {
+        match self.lowers.get(i) {
+            Some(p) => (p, Role::Lower),
+            None => (&self.data[i - self.lowers.len()], Role::Data),
+        }
+    }
+
+    /// Every layer in order, with its role.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Path, Role)> + 'a {
+        let lowers = self.lowers.iter().map(|p| (p.as_path(), Role::Lower));
+        lowers.chain(self.data.iter().map(|p| (p.as_path(), Role::Data)))
+    }
+}
+
 /// How the layers will be reached: shared clones of directories that hold
 /// several layers on one mount, and layers cloned one by one.
 #[derive(Debug)]
 pub struct Plan<'a> {
     /// The layers, in order (top-most lower first, then data layers).
-    pub layers: Vec<(&'a Path, Role)>,
+    pub layers: Layers<'a>,
     /// Per layer, its normalized path when that differs from the path given
     /// (empty when no path differs).
     normalized: Vec<Option<Vec<u8>>>,
@@ -202,7 +242,7 @@ impl Plan<'_> {
         };
         let bytes = match self.normalized.get(layer) {
             Some(Some(n)) => &n[..],
-            _ => self.layers[layer].0.as_os_str().as_bytes(),
+            _ => self.layers.get(layer).0.as_os_str().as_bytes(),
         };
         Some((*group, Path::new(OsStr::from_bytes(&bytes[rel.clone()]))))
     }
@@ -221,14 +261,14 @@ impl Plan<'_> {
 /// Paths are handled as bytes: with 500 layers this runs on every mount,
 /// and path-component iterators cost more than the kernel's own work.
 pub fn plan<'a>(
-    layers: Vec<(&'a Path, Role)>,
+    layers: Layers<'a>,
     shareable: impl Fn(&Path) -> bool,
     grouping: Grouping<'_>,
 ) -> Result<Plan<'a>> {
     let mut normal: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(layers.len());
     // A leading part of the last layer's path known to be in normal form.
     let mut known_normal_dir: Option<&[u8]> = None;
-    for (path, role) in &layers {
+    for (path, role) in layers.iter() {
         if !path.is_absolute() {
             return Err(Error::invalid_path(
                 role.noun(),
@@ -302,7 +342,10 @@ pub fn plan<'a>(
             _ => unreachable!("a shared layer has a normal form"),
         };
         if let Some(clash) = first_clash(members, layers.len(), name) {
-            return Err(clash_error(clash, |i| (i + 1, layers[i].0, layers[i].1)));
+            return Err(clash_error(clash, |i| {
+                let (path, role) = layers.get(i);
+                (i + 1, path, role)
+            }));
         }
     }
     // Kept only when some path was not already in normal form.
@@ -1048,10 +1091,12 @@ mod tests {
 
     #[test]
     fn relative_paths_are_refused_and_dotdot_goes_alone() {
-        let l = |p: &'static str| (Path::new(p), Role::Lower);
-        let e = plan(vec![l("a/b")], |_| true, Grouping::None).unwrap_err();
+        let l = |ps: &[&str]| ps.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let relative = l(&["a/b"]);
+        let e = plan(Layers::new(&relative, &[]), |_| true, Grouping::None).unwrap_err();
         assert!(e.to_string().contains("relative"), "{e}");
-        let p = plan(vec![l("/a/../b"), l("/c")], |_| true, Grouping::Lexical).unwrap();
+        let two = l(&["/a/../b", "/c"]);
+        let p = plan(Layers::new(&two, &[]), |_| true, Grouping::Lexical).unwrap();
         assert_eq!(p.placement, vec![Placement::Single, Placement::Single]);
         assert_eq!(p.rel(0), None);
     }

@@ -209,12 +209,12 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
                     let accepted = value.len() <= FSCONFIG_VALUE_MAX
                         && CString::new(value.clone())
                             .ok()
-                            .is_some_and(|v| ctx.set_string(role_key(*role), &v).is_ok());
+                            .is_some_and(|v| ctx.set_string(role_key(role), &v).is_ok());
                     if accepted {
                         req.trace(|| {
                             format!(
                                 "fsconfig({:?}, {:?}): ok",
-                                role_key(*role),
+                                role_key(role),
                                 OsStr::from_bytes(&value)
                             )
                         });
@@ -232,11 +232,11 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
                 }
                 None => {
                     let clone = clones.singles[i].as_ref().expect("planned on its own");
-                    ctx.set_layer_fd(*role, clone.as_fd(), path)?;
+                    ctx.set_layer_fd(role, clone.as_fd(), path)?;
                     req.trace(|| {
                         format!(
                             "fsconfig(SET_FD, {:?}) of {}: ok",
-                            role_key(*role),
+                            role_key(role),
                             path.display()
                         )
                     });
@@ -261,16 +261,16 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
                 _ => None,
             };
             if let Some(v) = via_string.filter(|v| v.as_bytes().len() <= FSCONFIG_VALUE_MAX) {
-                if ctx.set_string(role_key(*role), &v).is_ok() {
+                if ctx.set_string(role_key(role), &v).is_ok() {
                     continue;
                 }
             }
             if clones.singles[i].is_none() {
-                let dir = retry_on_its_own(path, *role)?;
+                let dir = retry_on_its_own(path, role)?;
                 clones.singles[i] = Some(own_clone(req, &dir)?);
             }
             let clone = clones.singles[i].as_ref().expect("just made");
-            ctx.set_layer_fd(*role, clone.as_fd(), path)?;
+            ctx.set_layer_fd(role, clone.as_fd(), path)?;
         }
         return finish(ctx, req, &prepared, clones);
     }
@@ -478,7 +478,7 @@ pub(crate) fn mount_at(
         if i > 0 {
             data.push(b':');
         }
-        if *role == Role::Data && !seen_data_layer {
+        if role == Role::Data && !seen_data_layer {
             // `::` before the first data-only layer.
             data.push(b':');
             seen_data_layer = true;

@@ -147,12 +147,7 @@ pub(crate) fn prepare<'a>(
     share: Share,
     shareable: impl Fn(&Path) -> bool,
 ) -> Result<Prepared<'a>> {
-    let layers = req
-        .lowers
-        .iter()
-        .map(|p| (p.as_path(), Role::Lower))
-        .chain(req.data_lowers.iter().map(|p| (p.as_path(), Role::Data)))
-        .collect();
+    let layers = layer::Layers::new(req.lowers, req.data_lowers);
     let share = if req.per_layer_clones {
         Share::No
     } else {
@@ -175,7 +170,7 @@ pub(crate) fn prepare<'a>(
         singles.reserve_exact(plan.layers.len());
         for ((path, role), placement) in plan.layers.iter().zip(&plan.placement) {
             singles.push(match placement {
-                layer::Placement::Single => Some(layer::open_dir(path, *role)?),
+                layer::Placement::Single => Some(layer::open_dir(path, role)?),
                 layer::Placement::Shared { .. } => None,
             });
         }
@@ -321,7 +316,7 @@ fn check_overlaps(
             Some((group, rel)) => {
                 if let (Some(g), true) = (&mut groups[group], needed[group]) {
                     g.members
-                        .push((i + 1, *path, *role, rel.as_os_str().as_bytes()));
+                        .push((i + 1, path, role, rel.as_os_str().as_bytes()));
                 }
             }
             None => {
@@ -332,7 +327,7 @@ fn check_overlaps(
                 if let Some(at) = at {
                     singles_located.push(layer::Located {
                         path,
-                        role: *role,
+                        role,
                         number: i + 1,
                         at,
                     });

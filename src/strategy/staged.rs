@@ -156,7 +156,7 @@ pub(crate) fn build(
                 let name = stage.kernel_path(&roots[group], rel);
                 if name.as_os_str().len() <= FSCONFIG_VALUE_MAX {
                     let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
-                    match ctx.set_string(role_key(*role), &value) {
+                    match ctx.set_string(role_key(role), &value) {
                         Ok(()) => continue,
                         Err(e) => req.trace(|| {
                             format!(
@@ -171,13 +171,13 @@ pub(crate) fn build(
             let dir = match prepared.single(i) {
                 Some(dir) => dir,
                 None => {
-                    retried = Some(retry_on_its_own(path, *role)?);
+                    retried = Some(retry_on_its_own(path, role)?);
                     retried.as_ref().expect("just opened")
                 }
             };
             let name = stage_alone(dir, stage)?;
             let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
-            ctx.set_string(role_key(*role), &value)
+            ctx.set_string(role_key(role), &value)
                 .map_err(|e| with_path(e, path))?;
         }
         if let (Some((up, wk)), Some(upper), Some(work)) = (&upper_work, upper, work) {
