@@ -678,6 +678,26 @@ mod features {
             assert_eq!(blocked_signals(), mask);
             assert_eq!(owner(&target.join("srv/data")), (101000, 101000));
             idoverlay::unmount_overlay(&target, false).unwrap();
+            // `assemble` names many layers the same way (fsconfig calls from
+            // a working directory in the clone).
+            let many: Vec<PathBuf> = (0..30)
+                .map(|i| {
+                    let l = dir.join(format!("many/l{i:02}"));
+                    mkdir(&l, 0o755, 0, 0);
+                    write_file(&l.join(format!("f{i}")), "x", 0o644, 1000, 0);
+                    l
+                })
+                .collect();
+            let detached = Overlay::new()
+                .lowers(many.iter().cloned())
+                .idmap(map(), map())
+                .assemble()
+                .unwrap();
+            assert_eq!(std::env::current_dir().unwrap(), here);
+            assert_eq!(blocked_signals(), mask);
+            detached.attach(&target).unwrap();
+            assert_eq!(owner(&target.join("f29")), (101000, 100000));
+            idoverlay::unmount_overlay(&target, false).unwrap();
             // A thread sharing it (spawned from this one): a thread of our
             // own mounts, and neither working directory moves.
             let (seen_tx, seen) = std::sync::mpsc::channel();

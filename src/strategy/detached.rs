@@ -10,8 +10,10 @@
 //! → overlay built → `fsmount`, or mounted straight at the target.
 //!
 //! How a layer inside a clone is named, fastest first:
-//! * relative to the working directory of a short-lived thread (with its
-//!   own fs struct) that changed into the largest clone: for many layers;
+//! * relative to a working directory inside the largest clone: for many
+//!   layers. The calling thread's, lent for the call, when no other thread
+//!   shares it (see [`sys::fs_struct_of_this_thread`]); else that of a
+//!   short-lived thread of ours with its own fs struct;
 //! * `/proc/thread-self/fd/CLONE/REL`: any clone, one string per layer;
 //! * `FSCONFIG_SET_FD` of the clone itself: layers planned on their own.
 //!
@@ -19,10 +21,14 @@
 //! that working directory — the same work the kernel does for a plain
 //! overlay mount, plus one clone — and attaches at the target through the
 //! target's own fd (`/proc/thread-self/fd/N`), so no path is resolved twice.
+//! In a multi-threaded process it hands the clones to the reaper, whose
+//! `close` then waits for the RCU grace period instead of the caller.
 //!
 //! Invariants: the clones live in anonymous mount namespaces and are
 //! dissolved when their fds close, after overlay has taken its own private
-//! copies; nothing temporary is attached anywhere; no layer byte is written.
+//! copies; nothing temporary is attached anywhere; no layer byte is written;
+//! a working directory inside a clone is never seen by another thread, nor
+//! by a signal handler, and the caller's is always given back.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -164,15 +170,20 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
     out
 }
 
-/// Runs `f` on a short-lived thread whose working directory is the root
-/// of `clone` (it unshares its fs struct first: the caller's working
-/// directory, and every other thread's, stay as they are). With `None`,
-/// runs `f` here.
+/// Runs `f` with a working directory at the root of `clone`: the calling
+/// thread's, lent for the call, when no other thread shares it; else on a
+/// short-lived thread that unshares its fs struct first (the caller's
+/// working directory, and every other thread's, stay as they are). With
+/// `None`, runs `f` here.
 fn in_clone_cwd<T: Send>(
     clone: Option<&OwnedFd>,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
+    if sys::fs_struct_of_this_thread(crate::reaper::running()) != sys::FsStruct::Shared {
+        return sys::with_cwd_in(clone.as_fd(), f)
+            .map_err(|e| Error::os("change into the layers' clone", None, e))?;
+    }
     crate::threads::run_on_thread("assemble", || {
         sys::unshare_fs()
             .and_then(|()| sys::fchdir(clone.as_fd()))
