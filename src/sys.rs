@@ -1036,7 +1036,8 @@ fn errno() -> i32 {
 /// An error means `f` did not run and nothing changed: the way back is
 /// tried before leaving. Should it fail all the same afterwards (the
 /// working directory's permissions changed meanwhile), the thread is left
-/// in `/` rather than inside `dir`, and `f`'s result is returned.
+/// in `/` rather than inside `dir`, and `f`'s result is returned. Both
+/// are given back even when `f` panics.
 pub fn with_cwd_in<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> T) -> SysResult<T> {
     let path_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let home = rustix::fs::openat(cwd(), ".", path_flags, Mode::empty())
@@ -1045,19 +1046,32 @@ pub fn with_cwd_in<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> T) -> SysResult<T
         }))?;
     // fchdir checks search permission: make sure the way back is open.
     fchdir(home.as_fd())?;
-    let previous = block_all_signals();
-    if let Err(e) = fchdir(dir) {
-        previous.restore();
-        return Err(e);
-    }
-    let value = f();
-    if fchdir(home.as_fd()).is_err() {
-        if let Ok(root) = rustix::fs::openat(cwd(), "/", path_flags, Mode::empty()) {
-            let _ = fchdir(root.as_fd());
+    // Given back when this goes out of scope, also if `f` panics.
+    let _lent = Lent {
+        home,
+        mask: block_all_signals(),
+    };
+    fchdir(dir)?;
+    Ok(f())
+}
+
+/// The calling thread's working directory and signal mask, given back
+/// when dropped (see [`with_cwd_in`]).
+struct Lent {
+    home: OwnedFd,
+    mask: SignalMask,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if fchdir(self.home.as_fd()).is_err() {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            if let Ok(root) = rustix::fs::openat(cwd(), "/", flags, Mode::empty()) {
+                let _ = fchdir(root.as_fd());
+            }
         }
+        self.mask.restore();
     }
-    previous.restore();
-    Ok(value)
 }
 
 /// A thread's signal mask, as it was before [`block_all_signals`].
@@ -1326,5 +1340,68 @@ pub fn raise_fd_limit() {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocked-signal mask of the calling thread, as /proc shows it.
+    fn blocked() -> String {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_lent_working_directory_comes_back_even_after_a_panic() {
+        std::thread::spawn(|| {
+            unshare_fs().unwrap();
+            assert_eq!(fs_struct_of_this_thread(None), FsStruct::Own);
+            let home = std::env::temp_dir();
+            std::env::set_current_dir(&home).unwrap();
+            let mask = blocked();
+            let root = open_dir_path(cwd(), Path::new("/")).unwrap();
+            let inside = with_cwd_in(root.as_fd(), || {
+                (std::env::current_dir().unwrap(), blocked())
+            })
+            .unwrap();
+            assert_eq!(inside.0, Path::new("/"));
+            assert_ne!(inside.1, mask, "signals are blocked meanwhile");
+            assert_eq!(std::env::current_dir().unwrap(), home);
+            let panicked = std::panic::catch_unwind(|| {
+                with_cwd_in(root.as_fd(), || panic!("inside")).unwrap();
+            });
+            assert!(panicked.is_err());
+            assert_eq!(std::env::current_dir().unwrap(), home);
+            assert_eq!(blocked(), mask);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn threads_sharing_the_working_directory_are_seen() {
+        // Threads of this test binary share the fs struct of the main
+        // thread; one that unshares it has its own.
+        assert_eq!(fs_struct_of_this_thread(None), FsStruct::Shared);
+        std::thread::spawn(|| {
+            unshare_fs().unwrap();
+            assert_ne!(fs_struct_of_this_thread(None), FsStruct::Shared);
+            // A thread it starts shares its fs struct with it.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let sibling = std::thread::spawn(move || {
+                let _ = rx.recv();
+            });
+            assert_eq!(fs_struct_of_this_thread(None), FsStruct::Shared);
+            drop(tx);
+            sibling.join().unwrap();
+        })
+        .join()
+        .unwrap();
     }
 }
