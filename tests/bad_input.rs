@@ -746,12 +746,7 @@ fn cases(f: &Fixtures, s: &Scratch) -> Vec<Case> {
         ("upper/inside-a-lower-layer", true),
         ("work/inside-a-lower-layer", false),
     ] {
-        let own = d.join("uw").join(name.replace('/', "-"));
-        let own_layers = make_layers(&own).dirs;
-        let nested = own_layers[0].join("nested");
-        mkdir(&nested, 0o755, 0, 0);
-        let other = own.join("other");
-        mkdir(&other, 0o755, 0, 0);
+        let (_, own_layers, nested, other) = layers_with_a_dir_inside(d, name);
         let (u, w) = if upper_inside {
             (nested.clone(), other)
         } else {
@@ -779,12 +774,7 @@ fn cases(f: &Fixtures, s: &Scratch) -> Vec<Case> {
         ("upper/inside-a-lower-layer-via-a-symlinked-parent", true),
         ("layers/under-a-symlinked-parent-holding-the-upper", false),
     ] {
-        let own = d.join("uw").join(name.replace('/', "-"));
-        let own_layers = make_layers(&own).dirs;
-        let nested = own_layers[0].join("nested");
-        mkdir(&nested, 0o755, 0, 0);
-        let other = own.join("other");
-        mkdir(&other, 0o755, 0, 0);
+        let (own, own_layers, nested, other) = layers_with_a_dir_inside(d, name);
         let parent = own_layers[0].parent().unwrap();
         let link = own.join("link");
         symlink(parent, &link).unwrap();
@@ -2146,4 +2136,17 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         );
         assert!(outcomes.len() >= 45);
     });
+}
+
+/// For case `name`: a layer set of its own under `d`, a directory `nested`
+/// inside its first layer and a directory `other` beside the layers;
+/// returns (the set's directory, layers, nested, other).
+fn layers_with_a_dir_inside(d: &Path, name: &str) -> (PathBuf, Vec<PathBuf>, PathBuf, PathBuf) {
+    let own = d.join("uw").join(name.replace('/', "-"));
+    let layers = make_layers(&own).dirs;
+    let nested = layers[0].join("nested");
+    mkdir(&nested, 0o755, 0, 0);
+    let other = own.join("other");
+    mkdir(&other, 0o755, 0, 0);
+    (own, layers, nested, other)
 }
