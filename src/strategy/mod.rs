@@ -307,30 +307,28 @@ fn check_overlaps(
         .map(|g| g.as_ref().is_some_and(meets))
         .collect();
     let mut singles_located = Vec::new();
-    let layers_to_walk = match needed.contains(&true) || !singles.is_empty() {
-        true => plan.layers.len(),
-        false => 0,
-    };
-    for (i, (path, role)) in plan.layers.iter().enumerate().take(layers_to_walk) {
-        match plan.rel(i) {
-            Some((group, rel)) => {
-                if let (Some(g), true) = (&mut groups[group], needed[group]) {
-                    g.members
-                        .push((i + 1, path, role, rel.as_os_str().as_bytes()));
+    if needed.contains(&true) || !singles.is_empty() {
+        for (i, (path, role)) in plan.layers.iter().enumerate() {
+            match plan.rel(i) {
+                Some((group, rel)) => {
+                    if let (Some(g), true) = (&mut groups[group], needed[group]) {
+                        g.members
+                            .push((i + 1, path, role, rel.as_os_str().as_bytes()));
+                    }
                 }
-            }
-            None => {
-                let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
-                    (Some(d), Some(c)) => locate(c, &d.stat),
-                    _ => None,
-                };
-                if let Some(at) = at {
-                    singles_located.push(layer::Located {
-                        path,
-                        role,
-                        number: i + 1,
-                        at,
-                    });
+                None => {
+                    let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
+                        (Some(d), Some(c)) => locate(c, &d.stat),
+                        _ => None,
+                    };
+                    if let Some(at) = at {
+                        singles_located.push(layer::Located {
+                            path,
+                            role,
+                            number: i + 1,
+                            at,
+                        });
+                    }
                 }
             }
         }
