@@ -643,6 +643,42 @@ fn cases(f: &Fixtures, s: &Scratch) -> Vec<Case> {
         .says("not empty")
         .says("foreign"),
     );
+    // overlay empties work/ of its work dir (and prunes index/) when it
+    // mounts: anything there that overlay did not put there would be lost.
+    let (u, w) = upper_work(d, "work-with-files");
+    write_file(&w.join("work/important.txt"), "mine\n", 0o644, 0, 0);
+    write_file(&w.join("work/sub/deeper.txt"), "mine too\n", 0o644, 0, 0);
+    v.push(
+        case(
+            "work/holds-files-in-work",
+            Argv::mount().lowers(two).upper_work(&u, &w).maps().a(t),
+        )
+        .names_path(&w)
+        .says("would delete")
+        .says("work/"),
+    );
+    let (u, w) = upper_work(d, "work-is-a-file");
+    write_file(&w.join("work"), "a file named work\n", 0o644, 0, 0);
+    v.push(
+        case(
+            "work/holds-a-file-named-work",
+            Argv::mount().lowers(two).upper_work(&u, &w).maps().a(t),
+        )
+        .names_path(&w)
+        .says("would delete")
+        .says("not a directory"),
+    );
+    let (u, w) = upper_work(d, "index-with-files");
+    write_file(&w.join("index/notes.txt"), "mine\n", 0o644, 0, 0);
+    v.push(
+        case(
+            "work/holds-files-in-index",
+            Argv::mount().lowers(two).upper_work(&u, &w).maps().a(t),
+        )
+        .names_path(&w)
+        .says("would delete")
+        .says("index/notes.txt"),
+    );
     let (u, _) = upper_work(d, "work-in-upper");
     let w = u.join("work");
     mkdir(&w, 0o755, 0, 0);

@@ -722,6 +722,35 @@ mod features {
         });
     }
 
+    /// What overlay itself leaves in a work dir (an emptied work/, a
+    /// leftover temporary `#hex` file after a crash, index entries named in
+    /// hex) does not make the work dir refused: it can be used again.
+    #[test]
+    fn a_work_dir_with_overlays_own_leftovers_is_used_again() {
+        in_private_ns("features::work_leftovers", |s| {
+            let dir = s.tmpfs_dir("t");
+            let layers = make_layers(&dir);
+            let (upper, work, merged) = (dir.join("u"), dir.join("w"), dir.join("m"));
+            for d in [&upper, &merged] {
+                mkdir(d, 0o755, 0, 0);
+            }
+            write_file(&work.join("work/#1f"), "", 0o600, 0, 0);
+            write_file(&work.join("index/00fb21"), "", 0o600, 0, 0);
+            mkdir(&work.join("incompat"), 0o700, 0, 0);
+            let overlay = Overlay::new()
+                .lowers(layers.dirs.iter().cloned())
+                .upper(&upper)
+                .work(&work)
+                .idmap(map(), map());
+            overlay.mount(&merged).unwrap();
+            assert_eq!(owner(&merged.join("srv/data")), (101000, 101000));
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+            // And once more, after overlay's own use of it.
+            overlay.mount(&merged).unwrap();
+            idoverlay::unmount_overlay(&merged, false).unwrap();
+        });
+    }
+
     /// The inode of the user namespace an fd in this process refers to.
     fn userns_fds(ino: u64) -> usize {
         fs::read_dir("/proc/self/fd")

@@ -377,6 +377,12 @@ fn check_upper_work(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
 /// directory belongs to something else.
 const OVERLAY_WORK_ENTRIES: [&str; 3] = ["work", "index", "incompat"];
 
+/// Refuses a work dir that holds anything overlay did not put there. Not
+/// only a matter of tidiness: when it mounts, overlay empties `work/` of
+/// its work dir recursively (a file named `work` it deletes), and with
+/// `index=on` removes what it does not recognise in `index/`. So those two
+/// must hold nothing but what overlay itself leaves: its temporary names
+/// (`#` and hex digits), index entries (hex digits), the `incompat` dir.
 fn check_work_contents(work: &OpenedDir) -> Result<()> {
     // Read through the fd itself when it was opened readable (see
     // `layer::open_dir`), else through a fresh open of it.
@@ -399,7 +405,57 @@ fn check_work_contents(work: &OpenedDir) -> Result<()> {
             ),
         ));
     }
+    for (dir, overlays_own) in [
+        ("work", overlay_temp_name as fn(&[u8]) -> bool),
+        ("index", overlay_index_name),
+    ] {
+        if names.iter().any(|n| n == dir) {
+            check_overlays_own(work, dir, overlays_own)?;
+        }
+    }
     Ok(())
+}
+
+/// overlay's temporary names: `#` and lowercase hex (`ovl_tempname`); and
+/// the `incompat` dir of a volatile mount.
+fn overlay_temp_name(name: &[u8]) -> bool {
+    name == b"incompat"
+        || name
+            .strip_prefix(b"#")
+            .is_some_and(|hex| !hex.is_empty() && hex.iter().all(u8::is_ascii_hexdigit))
+}
+
+/// overlay's index entries: hex of a file handle; or a temporary name.
+fn overlay_index_name(name: &[u8]) -> bool {
+    overlay_temp_name(name) || (!name.is_empty() && name.iter().all(u8::is_ascii_hexdigit))
+}
+
+/// `dir` inside the work dir is a directory holding only names overlay
+/// gives (anything else there it would delete).
+fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bool) -> Result<()> {
+    let refuse = |what: String| {
+        Error::invalid_path(
+            "work dir",
+            &work.path,
+            format!(
+                "holds {what}, which overlay would delete when it mounts (it empties {dir}/ \
+                 of its work dir); give an empty directory on the upper dir's mount"
+            ),
+        )
+    };
+    let sub = match sys::open_dir_read(work.fd.as_fd(), Path::new(dir)) {
+        Ok(sub) => sub,
+        Err(e) if matches!(e.errno, libc::ENOTDIR | libc::ELOOP) => {
+            return Err(refuse(format!("a {dir:?} that is not a directory")))
+        }
+        Err(e) => return Err(Error::os("read work dir", Some(&work.path), e)),
+    };
+    let names = sys::dir_entries_from(sub.as_fd())
+        .map_err(|e| Error::os("read work dir", Some(&work.path), e))?;
+    match names.iter().find(|n| !overlays_own(n.as_bytes())) {
+        Some(name) => Err(refuse(format!("{dir}/{}", name.to_string_lossy()))),
+        None => Ok(()),
+    }
 }
 
 /// An overlay being configured through `fsopen`/`fsconfig`. Errors carry
