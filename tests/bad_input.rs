@@ -1516,13 +1516,6 @@ struct Problem {
     what: String,
 }
 
-fn fds() -> BTreeSet<i32> {
-    fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 type Print = BTreeMap<PathBuf, EntryPrint>;
 
 fn prints(roots: &[PathBuf]) -> Vec<Print> {

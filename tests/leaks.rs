@@ -25,13 +25,6 @@ fn settled() -> BTreeSet<i32> {
     fds()
 }
 
-fn fds() -> BTreeSet<i32> {
-    fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 #[test]
 fn no_fd_process_or_mount_left_behind() {
     in_private_ns("leaks::no_fd_process_or_mount_left_behind", |s| {

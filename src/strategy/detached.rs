@@ -170,6 +170,12 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
     out
 }
 
+/// Whether the calling thread's working directory can be lent: who else
+/// uses its fs struct, the reaper (which has its own) not counted.
+fn who_shares_the_cwd() -> sys::FsStruct {
+    sys::fs_struct_of_this_thread(crate::reaper::running())
+}
+
 /// Runs `f` with a working directory at the root of `clone`: the calling
 /// thread's, lent for the call, when no other thread shares it; else on a
 /// short-lived thread that unshares its fs struct first (the caller's
@@ -180,7 +186,7 @@ fn in_clone_cwd<T: Send>(
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
-    if sys::fs_struct_of_this_thread(crate::reaper::running()) != sys::FsStruct::Shared {
+    if who_shares_the_cwd() != sys::FsStruct::Shared {
         return sys::with_cwd_in(clone.as_fd(), f)
             .map_err(|e| Error::os("change into the layers' clone", None, e))?;
     }
@@ -463,7 +469,7 @@ pub(crate) fn mount_at(
     // must be our own anyway.
     let fs = match with_creator {
         true => sys::FsStruct::Shared,
-        false => sys::fs_struct_of_this_thread(crate::reaper::running()),
+        false => who_shares_the_cwd(),
     };
     let thread = match fs {
         sys::FsStruct::Shared => Some(MountThread::start()?),

@@ -246,6 +246,14 @@ pub fn idoverlay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idoverlay"))
 }
 
+/// This process's open fds, by number.
+pub fn fds() -> std::collections::BTreeSet<i32> {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Children of this process (any thread), from /proc: the userns helper
 /// must never be among them after a call returns.
 pub fn child_processes() -> Vec<u32> {
