@@ -1,24 +1,39 @@
 //! Finishing the cleanup of `host-staged` runs that were interrupted (a
-//! crash, a kill, a failed unmount): detach what is still mounted, remove
-//! what is empty, report the rest. Never deletes a non-empty directory,
-//! never follows a symlink, never crosses a mount, and leaves alone the
-//! staging of processes that are still running.
+//! crash, a kill, a failed unmount): detach what they left mounted, remove
+//! the empty directories they made, report everything else and leave it
+//! alone.
+//!
+//! `gc` acts only on a state directory that is provably idoverlay's (its
+//! private tmpfs with idoverlay's marker, see `state.rs`), and inside it only
+//! on staging whose record parses and is not locked by a live assembly. It
+//! unmounts only mounts that its record names and that are idoverlay's own
+//! staged mounts (a read-only, `nosymfollow`, idmapped clone; the upper/work
+//! clone; the overlay), each exactly through its own fd; it removes only the
+//! empty directories the record names, the staging directory when that is
+//! then empty, and the record. It never follows a symlink, never crosses a
+//! mount (a staging directory that is a mount point is left alone, and it
+//! never looks inside a staged mount), and never deletes anything
+//! recursively.
 
-use std::os::fd::AsFd;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::strategy::host_staged::{remove_empty_staging, Record, StateDir};
+use crate::mountinfo::MountEntry;
+use crate::state::{self, Record, StateDir};
 use crate::sys;
 
-pub use crate::strategy::host_staged::DEFAULT_STATE_DIR;
+pub use crate::state::DEFAULT_STATE_DIR;
 
-/// What `gc` did with one staging directory.
+/// What `gc` did with one staging directory, record, or other entry of the
+/// state directory.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StagingResult {
-    /// The staging directory.
+    /// The entry (a staging directory, or whatever else was found).
     pub path: PathBuf,
     /// The pid in its record, if it had one.
     pub owner_pid: Option<u32>,
@@ -35,7 +50,7 @@ pub struct StagingResult {
 pub struct GcReport {
     /// The state directory looked at.
     pub state_dir: PathBuf,
-    /// One entry per staging directory or record found.
+    /// One entry per staging directory, record or unknown entry found.
     pub staging: Vec<StagingResult>,
 }
 
@@ -58,97 +73,292 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
         state_dir: state_dir.to_path_buf(),
         staging: Vec::new(),
     };
-    let state = match StateDir::open(state_dir, false) {
-        Ok(s) => s,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(report),
-        Err(e) => return Err(e),
+    let Some(state) = StateDir::open_existing(state_dir)? else {
+        return Ok(report);
     };
-    let entries = sys::dir_entries(state.fd.as_fd())
-        .map_err(|e| Error::os("read state dir", Some(state_dir), e))?;
-    let mut ids: Vec<String> = Vec::new();
-    for entry in &entries {
-        let name = entry.to_string_lossy().into_owned();
-        let id = name.strip_suffix(".json").unwrap_or(&name).to_string();
-        if !ids.contains(&id) {
-            ids.push(id);
+    let mut names: Vec<Vec<u8>> = sys::dir_entries(state.fd.as_fd())
+        .map_err(|e| Error::os("read state dir", Some(state_dir), e))?
+        .into_iter()
+        .map(OsStringExt::into_vec)
+        .collect();
+    names.sort();
+    let mut table = None;
+    let mut ids = Vec::new();
+    for name in &names {
+        if name == state::MARKER.as_bytes() {
+            continue;
+        }
+        if let Some(id) = name
+            .strip_suffix(b".json")
+            .filter(|id| state::is_staging_id(id))
+        {
+            ids.push(String::from_utf8_lossy(id).into_owned());
+        } else if let Some(id) = temp_record_id(name) {
+            report.staging.push(collect_temp(&state, name, &id));
+        } else if state::is_staging_id(name) {
+            if !names.contains(&[name.as_slice(), b".json"].concat()) {
+                report.staging.push(left_alone(
+                    &state,
+                    name,
+                    "a staging directory without a record; idoverlay cannot tell what it \
+                     holds, so it is left alone",
+                ));
+            }
+        } else {
+            report.staging.push(left_alone(
+                &state,
+                name,
+                "not something idoverlay makes; left alone",
+            ));
         }
     }
-    ids.sort();
     for id in ids {
-        report.staging.push(collect_one(&state, &id));
+        report.staging.push(collect_one(&state, &id, &mut table));
     }
     Ok(report)
 }
 
-fn collect_one(state: &StateDir, id: &str) -> StagingResult {
-    let prefix = state.path.join(id);
-    let record_name = format!("{id}.json");
-    let record: Option<Record> = sys::open_read(state.fd.as_fd(), Path::new(&record_name))
-        .and_then(|fd| sys::read_all(fd.as_fd()))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+fn left_alone(state: &StateDir, name: &[u8], why: &str) -> StagingResult {
+    StagingResult {
+        path: state.join(OsStr::from_bytes(name)),
+        owner_pid: None,
+        detached: Vec::new(),
+        removed: false,
+        kept_because: Some(why.to_string()),
+    }
+}
+
+/// The staging id of a temporary record name (`.<id>.<hex>.tmp`).
+fn temp_record_id(name: &[u8]) -> Option<String> {
+    let inner = name.strip_prefix(b".")?.strip_suffix(b".tmp")?;
+    let dot = inner.iter().rposition(|b| *b == b'.')?;
+    let id = &inner[..dot];
+    state::is_staging_id(id).then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// A temporary record left by a write that was interrupted before its
+/// rename: removed when no one holds it and it is idoverlay's.
+fn collect_temp(state: &StateDir, name: &[u8], id: &str) -> StagingResult {
+    let mut result = left_alone(state, name, "");
+    let path = Path::new(OsStr::from_bytes(name));
+    let why = match sys::open_read_nonblocking(state.fd.as_fd(), path, false) {
+        Err(e) => format!("cannot be opened ({e}); left alone"),
+        Ok(fd) => match (read_record(&fd, id), sys::try_lock_exclusive(fd.as_fd())) {
+            (Err(why), _) => format!("a temporary record that {why}; left alone"),
+            (_, Ok(false)) => "a record being written by a running assembly".into(),
+            (_, Err(e)) => format!("cannot be locked ({e})"),
+            (Ok(_), Ok(true)) => match sys::unlink(state.fd.as_fd(), path) {
+                Ok(()) => {
+                    result.kept_because = None;
+                    result.removed = true;
+                    return result;
+                }
+                Err(e) => format!("removing it failed ({e})"),
+            },
+        },
+    };
+    result.kept_because = Some(why);
+    result
+}
+
+fn collect_one(state: &StateDir, id: &str, table: &mut Option<Vec<MountEntry>>) -> StagingResult {
     let mut result = StagingResult {
-        path: prefix.clone(),
-        owner_pid: record.as_ref().map(|r| r.pid),
+        path: state.join(id),
+        owner_pid: None,
         detached: Vec::new(),
         removed: false,
         kept_because: None,
     };
-    if let Some(r) = &record {
-        if r.owner_alive() {
-            result.kept_because = Some(format!("its process {} is still running", r.pid));
-            return result;
+    let keep = |mut r: StagingResult, why: String| {
+        r.kept_because = Some(why);
+        r
+    };
+    let record_name = Record::file_name(id);
+    let record_path = Path::new(&record_name);
+    let fd = match sys::open_read_nonblocking(state.fd.as_fd(), record_path, false) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return keep(
+                result,
+                format!("its record cannot be opened ({e}); left alone"),
+            )
         }
-        if r.dir != id {
-            result.kept_because = Some(format!("its record names {:?}, not {id:?}", r.dir));
-            return result;
+    };
+    let record = match read_record(&fd, id) {
+        Ok(r) => r,
+        Err(why) => return keep(result, format!("its record {why}; left alone")),
+    };
+    result.owner_pid = Some(record.pid);
+    match sys::try_lock_exclusive(fd.as_fd()) {
+        Ok(true) => {}
+        Ok(false) => {
+            return keep(
+                result,
+                format!(
+                    "its assembly (process {}) is still running: the record is locked",
+                    record.pid
+                ),
+            )
+        }
+        Err(e) => return keep(result, format!("its record cannot be locked ({e})")),
+    }
+    // Locked: its owner is gone. Still the file the name leads to?
+    if !same_file(&fd, state, record_path) {
+        return keep(result, "its record changed meanwhile; run gc again".into());
+    }
+    let staging =
+        match sys::open_dir_beneath(state.fd.as_fd(), Path::new(id)) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.errno == libc::ENOENT => None,
+            Err(e) if e.errno == libc::EXDEV => return keep(
+                result,
+                "the staging directory is a mount point, which idoverlay never makes; left alone"
+                    .into(),
+            ),
+            Err(e) => {
+                return keep(
+                    result,
+                    format!("the staging directory cannot be opened ({e}); left alone"),
+                )
+            }
+        };
+    if let Some(staging) = &staging {
+        if let Err(why) = clean_staging(state, &record, staging, &mut result.detached, table) {
+            return keep(result, why);
+        }
+        if let Err(e) = sys::rmdir(state.fd.as_fd(), Path::new(id)) {
+            return keep(
+                result,
+                format!(
+                    "the staging directory still holds something idoverlay did not put there \
+                     ({e}); left alone"
+                ),
+            );
         }
     }
-    match sys::open_dir_path(state.fd.as_fd(), Path::new(id)) {
-        Ok(staging) => {
-            // Detach every mount point in it; stop at the first failure.
-            let names = match sys::dir_entries(staging.as_fd()) {
-                Ok(n) => n,
-                Err(e) => {
-                    result.kept_because = Some(format!("cannot read it: {e}"));
-                    return result;
-                }
-            };
-            for name in names {
-                let path = prefix.join(&name);
-                let mounted = sys::stat_nofollow(staging.as_fd(), Path::new(&name))
-                    .map(|st| st.mount_root == Some(true))
-                    .unwrap_or(false);
-                if mounted {
-                    if let Err(e) = sys::unmount(&path, true) {
-                        result.kept_because = Some(format!(
-                            "detaching {} failed ({e}); nothing removed",
-                            path.display()
-                        ));
-                        return result;
-                    }
-                    result.detached.push(path);
-                }
-            }
-            if let Err(e) = remove_empty_staging(state, id, staging.as_fd(), &prefix) {
-                result.kept_because = Some(e.to_string());
-                return result;
-            }
-        }
-        Err(e) if e.errno == libc::ENOENT => {}
-        Err(e) => {
-            result.kept_because = Some(format!("cannot open it ({e}); it may not be a directory"));
-            return result;
-        }
-    }
-    match sys::unlink(state.fd.as_fd(), Path::new(&record_name)) {
-        Ok(()) => {}
-        Err(e) if e.errno == libc::ENOENT => {}
-        Err(e) => {
-            result.kept_because = Some(format!("removing its record failed ({e})"));
-            return result;
-        }
+    if let Err(e) = sys::unlink(state.fd.as_fd(), record_path) {
+        return keep(result, format!("removing its record failed ({e})"));
     }
     result.removed = true;
     result
+}
+
+/// The record behind `fd`, if it is a current-format record of `id`.
+fn read_record(fd: &OwnedFd, id: &str) -> std::result::Result<Record, String> {
+    let st = sys::stat_fd(fd.as_fd()).map_err(|e| format!("cannot be inspected ({e})"))?;
+    if st.mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(format!("is {}", st.kind()));
+    }
+    if st.uid != 0 {
+        return Err("is not root's".into());
+    }
+    if st.size > state::RECORD_MAX as u64 {
+        return Err("is too large to be idoverlay's".into());
+    }
+    let bytes = sys::read_at_most(fd.as_fd(), state::RECORD_MAX)
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    Record::parse(&bytes, id).ok_or_else(|| "does not parse as an idoverlay staging record".into())
+}
+
+fn same_file(fd: &OwnedFd, state: &StateDir, name: &Path) -> bool {
+    match (
+        sys::stat_fd(fd.as_fd()),
+        sys::stat_nofollow(state.fd.as_fd(), name),
+    ) {
+        (Ok(a), Ok(b)) => a.same_inode(&b),
+        _ => false,
+    }
+}
+
+/// Detaches the record's staged mounts that are still there and removes
+/// their empty mount points; stops at the first thing it cannot prove is
+/// idoverlay's.
+fn clean_staging(
+    state: &StateDir,
+    record: &Record,
+    staging: &OwnedFd,
+    detached: &mut Vec<PathBuf>,
+    table: &mut Option<Vec<MountEntry>>,
+) -> std::result::Result<(), String> {
+    let at = |name: &str| state.join(&record.id).join(name);
+    for name in record.mounts.iter().rev() {
+        let st = match sys::stat_nofollow(staging.as_fd(), Path::new(name)) {
+            Ok(st) => st,
+            Err(e) if e.errno == libc::ENOENT => continue,
+            Err(e) => return Err(format!("{} cannot be inspected ({e})", at(name).display())),
+        };
+        if !st.is_dir() {
+            return Err(format!(
+                "{} is {}, which idoverlay did not create; nothing more removed",
+                at(name).display(),
+                st.kind()
+            ));
+        }
+        if st.mount_root == Some(true) {
+            // The mount's own root, to unmount exactly it.
+            let mount = sys::open_dir_path(staging.as_fd(), Path::new(name))
+                .map_err(|e| format!("{} cannot be opened ({e})", at(name).display()))?;
+            check_staged_mount(state, name, &mount, table).map_err(|why| {
+                format!(
+                    "{} holds a mount that is not idoverlay's ({why}); left alone, nothing more \
+                     removed",
+                    at(name).display()
+                )
+            })?;
+            sys::detach_root_of(mount.as_fd()).map_err(|e| {
+                format!(
+                    "detaching {} failed ({e}); nothing more removed",
+                    at(name).display()
+                )
+            })?;
+            detached.push(at(name));
+        }
+    }
+    for name in record.mounts.iter().rev() {
+        match sys::rmdir(staging.as_fd(), Path::new(name)) {
+            Ok(()) => {}
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(format!("removing {} failed ({e})", at(name).display())),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the mount whose root is `mount` is one idoverlay staged at
+/// `name`: mounted straight on the state tmpfs, and of the kind the name
+/// says (a layer clone: read-only, `nosymfollow`, idmapped; `u`:
+/// `nosymfollow` idmapped; `o`: an overlay).
+fn check_staged_mount(
+    state: &StateDir,
+    name: &str,
+    mount: &OwnedFd,
+    table: &mut Option<Vec<MountEntry>>,
+) -> std::result::Result<(), String> {
+    let id = sys::stat_fd(mount.as_fd())
+        .ok()
+        .and_then(|st| st.mnt_id)
+        .ok_or("its mount id is unknown")?;
+    if table.is_none() {
+        *table = crate::mountinfo::read_self().ok();
+    }
+    let entry = table
+        .as_ref()
+        .and_then(|t| t.iter().find(|m| m.mount_id == id))
+        .ok_or("it is not in the mount table")?;
+    if Some(entry.parent_id) != state.mount_id {
+        return Err("it is not mounted straight on the state tmpfs".into());
+    }
+    let has = |opt: &str| entry.mount_options.split(',').any(|o| o == opt);
+    let ours = match name {
+        "o" => entry.fs_type == "overlay",
+        "u" => has("nosymfollow") && has("idmapped"),
+        _ => has("ro") && has("nosymfollow") && has("idmapped"),
+    };
+    if !ours {
+        return Err(format!(
+            "a {} mount with options {}",
+            entry.fs_type, entry.mount_options
+        ));
+    }
+    Ok(())
 }

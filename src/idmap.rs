@@ -284,6 +284,24 @@ pub fn maps_from_oci_config(config: &str) -> Result<(IdMap, IdMap), IdMapError> 
     Ok((read("uidMappings")?, read("gidMappings")?))
 }
 
+/// The most an OCI runtime config file may hold: real ones are a few KiB
+/// (seccomp profiles make the largest, tens of KiB).
+const OCI_CONFIG_MAX: usize = 4 << 20;
+
+/// The uid and gid maps of the OCI runtime config file at `path` (see
+/// [`maps_from_oci_config`]). Only a regular file is read, and at most
+/// 4 MiB of it: a path may name `/dev/zero` or a FIFO.
+pub fn maps_from_oci_config_file(
+    path: impl AsRef<std::path::Path>,
+) -> crate::Result<(IdMap, IdMap)> {
+    let path = path.as_ref();
+    let bytes = crate::file::read_small(crate::sys::cwd(), path, OCI_CONFIG_MAX, true)
+        .map_err(|e| e.into_error("OCI config", path))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::invalid_path("OCI config", path, "is not UTF-8 text"))?;
+    maps_from_oci_config(text).map_err(|e| Error::invalid_path("OCI config", path, e.reason))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,35 +60,27 @@ pub struct OpenedDir {
     pub canonical: Option<PathBuf>,
 }
 
-/// Opens a directory given by the user: absolute path, no symlink in the
-/// last component, a directory. Errors name the path and say what to do.
+/// Opens a directory given by the user: absolute path, normalized first
+/// (so a trailing `/`, `/.` or `//` cannot make the last component be
+/// followed), no symlink in the last component, a directory. Errors name
+/// the path and say what to do.
 pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     let noun = role.noun();
-    if !path.is_absolute() {
-        return Err(Error::invalid_path(
-            noun,
-            path,
-            "is a relative path; give an absolute path (e.g. \"$PWD/...\")",
-        ));
-    }
-    if path.as_os_str().len() >= libc::PATH_MAX as usize {
-        return Err(Error::invalid_path(
-            noun,
-            path,
-            "is longer than PATH_MAX (4096 bytes)",
-        ));
-    }
-    // Without a symlink on the way, the path as given is the canonical
-    // one; otherwise (or on any error, explained below) the usual open.
-    let lexical = normalize(path.as_os_str().as_bytes())
-        .map(|n| PathBuf::from(OsStr::from_bytes(&n)))
-        // The work dir's entries are read next: opened readable.
-        .and_then(|n| Some((sys::open_dir_no_symlinks(&n, role == Role::Work).ok()?, n)));
+    let normal =
+        crate::path::normalize(path).map_err(|r| Error::invalid_path(noun, path, r.reason()))?;
+    // The work dir's entries are read next: opened readable.
+    let readable = role == Role::Work;
+    // Without a symlink on the way, the normalized path is the canonical
+    // one; otherwise (or on any error, explained below) the usual open,
+    // of the normalized spelling, never following its last component.
+    let lexical = (!crate::path::has_dotdot(&normal))
+        .then(|| sys::open_dir_no_symlinks(&normal, readable).ok())
+        .flatten();
     let (fd, canonical) = match lexical {
-        Some((fd, n)) => (fd, Some(n)),
-        None => match sys::open_dir_path(sys::cwd(), path) {
+        Some(fd) => (fd, Some(normal.to_path_buf())),
+        None => match sys::open_dir_nofollow(sys::cwd(), &normal, readable) {
             Ok(fd) => (fd, None),
-            Err(e) => return Err(explain_open_failure(path, role, e)),
+            Err(e) => return Err(explain_open_failure(path, &normal, role, e)),
         },
     };
     let stat = sys::stat_fd(fd.as_fd())
@@ -102,17 +94,18 @@ pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     })
 }
 
-/// Turns a failed open into a message about the path rather than the syscall.
-fn explain_open_failure(path: &Path, role: Role, e: sys::SysError) -> Error {
+/// Turns a failed open of `normal` (the normalized `path`) into a message
+/// about the path rather than the syscall.
+fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError) -> Error {
     let noun = role.noun();
     let reason = match e.errno {
-        libc::ENOENT => match sys::stat_nofollow(sys::cwd(), path) {
+        libc::ENOENT => match sys::stat_nofollow(sys::cwd(), normal) {
             Ok(st) if st.is_symlink() => {
                 "is a dangling symlink; give the directory itself".to_string()
             }
             _ => "does not exist".to_string(),
         },
-        libc::ENOTDIR => match sys::stat_nofollow(sys::cwd(), path) {
+        libc::ENOTDIR => match sys::stat_nofollow(sys::cwd(), normal) {
             Ok(st) if st.is_symlink() => "is a symlink; give the directory it points to \
                  (symlinks are never followed in a layer's last component)"
                 .to_string(),
@@ -524,13 +517,9 @@ fn group(
 }
 
 /// `/a//b/./c/` → `/a/b/c` (borrowed when already so); `None` when a `..`
-/// component makes the path depend on symlinks above it.
-fn normalize(path: &[u8]) -> Option<Cow<'_, [u8]>> {
-    normalize_from(path, 0)
-}
-
-/// [`normalize`], knowing that `path[..from]` is in normal form and that
-/// `path[from]` is a `/` (or `from` is 0).
+/// component makes the path depend on symlinks above it. Knows that
+/// `path[..from]` is in normal form and that `path[from]` is a `/` (or
+/// `from` is 0).
 fn normalize_from(path: &[u8], from: usize) -> Option<Cow<'_, [u8]>> {
     // The common case, checked without splitting: no empty, `.` or `..`
     // component anywhere (every `/` is followed by a byte other than `/`
@@ -1075,8 +1064,9 @@ mod tests {
         assert_eq!(common(&["/s/1/fs", "/s/2/fs", "/s/10/fs"]), "/s");
         assert_eq!(common(&["/ab/c", "/a/c"]), "");
         assert_eq!(common(&["/a/bc", "/a/b"]), "/a");
-        let n =
-            |p: &str| normalize(p.as_bytes()).map(|c| String::from_utf8(c.into_owned()).unwrap());
+        let n = |p: &str| {
+            normalize_from(p.as_bytes(), 0).map(|c| String::from_utf8(c.into_owned()).unwrap())
+        };
         assert_eq!(n("/a//b/./c/"), Some("/a/b/c".into()));
         assert_eq!(n("/a/b"), Some("/a/b".into()));
         assert_eq!(n("/"), Some("/".into()));
@@ -1255,11 +1245,11 @@ mod tests {
             tail in "/[a./]{1,6}",
         ) {
             let path = format!("{dir}{tail}");
-            let dir_is_normal = matches!(normalize(dir.as_bytes()), Some(Cow::Borrowed(_)));
+            let dir_is_normal = matches!(normalize_from(dir.as_bytes(), 0), Some(Cow::Borrowed(_)));
             if dir_is_normal && !dir.is_empty() {
                 proptest::prop_assert_eq!(
                     normalize_from(path.as_bytes(), dir.len()),
-                    normalize(path.as_bytes()),
+                    normalize_from(path.as_bytes(), 0),
                     "{}", path
                 );
             }

@@ -32,20 +32,23 @@
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+mod file;
 pub mod fs_type;
 pub mod gc;
 pub mod idmap;
 pub mod layer;
 pub mod mountinfo;
 pub mod options;
+mod path;
 pub mod probe;
 mod reaper;
+mod state;
 mod strategy;
 mod sys;
 mod threads;
 pub mod userns;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -431,6 +434,7 @@ impl Overlay {
         self.with_request(|req, chosen| {
             if chosen == Strategy::Detached
                 && !self.per_layer_clones
+                && std::env::var_os("IDO_NO_FAST").is_none()
                 && strategy::detached::mount_at(req, target_fd.as_fd(), target)?
             {
                 return Ok(Mounted {
@@ -622,40 +626,47 @@ fn choose_strategy(
     }
 }
 
-/// Opens a mount target: absolute, an existing directory, not a symlink.
+/// Opens a mount target: absolute, normalized (a trailing `/` cannot make
+/// a symlink be followed), an existing directory, not a symlink.
 fn open_target(target: &Path) -> Result<OwnedFd> {
-    if !target.is_absolute() {
-        return Err(Error::invalid_path(
-            "target",
-            target,
-            "is a relative path; give an absolute path",
-        ));
+    let normal =
+        path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;
+    sys::open_dir_path(sys::cwd(), &normal).map_err(|e| explain_target(target, &normal, e))
+}
+
+/// A target that could not be opened, explained.
+fn explain_target(target: &Path, normal: &Path, e: sys::SysError) -> Error {
+    let reason = match e.errno {
+        libc::ENOENT => "does not exist; create the directory first".to_string(),
+        libc::ENOTDIR => match sys::stat_nofollow(sys::cwd(), normal) {
+            Ok(st) if st.is_symlink() => {
+                "is a symlink; give the directory it points to".to_string()
+            }
+            Ok(st) => format!("is {}, not a directory", st.kind()),
+            Err(_) => "has a component that is not a directory".to_string(),
+        },
+        _ => format!("cannot be opened ({e})"),
+    };
+    Error::InvalidInput {
+        what: "target".into(),
+        input: error::display_path(target),
+        reason,
+        path: Some(target.to_path_buf()),
+        source: Some(e),
     }
-    sys::open_dir_path(sys::cwd(), target).map_err(|e| {
-        let reason = match e.errno {
-            libc::ENOENT => "does not exist; create the directory first".to_string(),
-            libc::ENOTDIR => match sys::stat_nofollow(sys::cwd(), target) {
-                Ok(st) if st.is_symlink() => {
-                    "is a symlink; give the directory it points to".to_string()
-                }
-                Ok(st) => format!("is {}, not a directory", st.kind()),
-                Err(_) => "has a component that is not a directory".to_string(),
-            },
-            _ => format!("cannot be opened ({e})"),
-        };
-        Error::InvalidInput {
-            what: "target".into(),
-            input: error::display_path(target),
-            reason,
-            path: Some(target.to_path_buf()),
-            source: Some(e),
-        }
-    })
 }
 
 /// Unmounts the overlay mounted at `target`, and refuses anything else:
-/// `target` must be the root of an overlay mount. With `lazy`, a busy mount
-/// is detached now and freed by the kernel when its last user goes.
+/// `target` must be the root of an overlay mount (not a bind mount of a
+/// directory inside one). With `lazy`, a busy mount is detached now and
+/// freed by the kernel when its last user goes.
+///
+/// Exactly the mount that was checked is unmounted: `target`'s parent is
+/// opened once and the mount is reached through that fd from then on (a
+/// lazy unmount goes through the checked mount's own fd; a plain one,
+/// which must not hold the mount busy itself, names it in the opened
+/// parent, where its mount point cannot be renamed from this namespace),
+/// so renaming directories on the way cannot bring another mount there.
 pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
     if !sys::has_cap_sys_admin() {
@@ -665,32 +676,61 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
             hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
         });
     }
-    let fd = open_target(target)?;
-    let stat = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
-    if stat.mount_root == Some(false) {
+    let normal =
+        path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;
+    let Some((parent, name)) = path::split_last(&normal) else {
         return Err(Error::invalid_path(
             "target",
             target,
-            "is not a mount point; nothing to unmount",
+            "is /; idoverlay only unmounts overlays",
         ));
-    }
-    let fs = fs_type::of_fd(fd.as_fd());
-    if fs != "overlay" {
-        return Err(Error::invalid_path(
-            "target",
-            target,
-            format!("is a {fs} mount, not an overlay; idoverlay only unmounts overlays"),
-        ));
-    }
-    drop(fd);
+    };
+    let parent_fd = sys::open_dir_path_follow(sys::cwd(), parent)
+        .map_err(|e| explain_target(target, &normal, e))?;
+    let name = Path::new(name);
+    let checked = check_overlay_root(parent_fd.as_fd(), name, target, &normal)?;
+    // Through the parent's fd: `/proc/thread-self/fd/P/NAME`, the last
+    // component not followed.
+    let in_parent = PathBuf::from(format!(
+        "/proc/thread-self/fd/{}/{}",
+        parent_fd.as_raw_fd(),
+        name.display()
+    ));
+    // A plain unmount must not hold the mount itself: the fd is let go
+    // right before, after a last look that the name still leads to it.
+    let mut checked = Some(checked);
+    let mut attempt = || -> Result<std::result::Result<(), sys::SysError>> {
+        let fd = match checked.take() {
+            Some(fd) => fd,
+            None => check_overlay_root(parent_fd.as_fd(), name, target, &normal)?,
+        };
+        if lazy {
+            // The checked mount itself, through its own fd.
+            return Ok(sys::detach_root_of(fd.as_fd()));
+        }
+        let id = sys::stat_fd(fd.as_fd()).ok().and_then(|st| st.mnt_id);
+        drop(fd);
+        let now = sys::stat_nofollow(parent_fd.as_fd(), name)
+            .ok()
+            .and_then(|st| st.mnt_id);
+        if id.is_none() || now != id {
+            return Err(Error::invalid_path(
+                "target",
+                target,
+                "changed while it was being unmounted (another mount is there now); nothing \
+                 was unmounted",
+            ));
+        }
+        Ok(sys::unmount(&in_parent, false))
+    };
     // EBUSY can be transient: a fork elsewhere in this process briefly holds
     // a copy of every fd (until its exec closes them), pinning the mount.
-    let mut result = sys::unmount(target, lazy);
+    let mut result = attempt()?;
     for delay_ms in [1, 2, 5, 10, 20, 50] {
         match &result {
             Err(e) if e.errno == libc::EBUSY => {
                 std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-                result = sys::unmount(target, lazy);
+                result = attempt()?;
             }
             _ => break,
         }
@@ -707,6 +747,56 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
             err
         }
     })
+}
+
+/// Opens `name` in `parent` (not following a symlink) and checks that it
+/// is the root of an overlay mount, and of the whole overlay (not a bind
+/// mount of a directory inside one).
+fn check_overlay_root(
+    parent: BorrowedFd<'_>,
+    name: &Path,
+    target: &Path,
+    normal: &Path,
+) -> Result<OwnedFd> {
+    let fd = sys::open_dir_path(parent, name).map_err(|e| explain_target(target, normal, e))?;
+    let stat = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
+    if stat.mount_root == Some(false) {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            "is not a mount point; nothing to unmount",
+        ));
+    }
+    let fs = fs_type::of_fd(fd.as_fd());
+    if fs != "overlay" {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            format!("is a {fs} mount, not an overlay; idoverlay only unmounts overlays"),
+        ));
+    }
+    if mount_root_within_fs(fd.as_fd()).is_some_and(|root| root != Path::new("/")) {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            "is a bind mount of a directory inside an overlay, not the overlay itself; \
+             unmount the overlay where it is mounted",
+        ));
+    }
+    Ok(fd)
+}
+
+/// Which directory of its filesystem a mount shows at its root (`/` for a
+/// whole filesystem, the subdirectory for a bind mount of one), for the
+/// mount `fd` is the root of: from `statmount` (6.8+), else the mount
+/// table. `None` when neither tells.
+fn mount_root_within_fs(fd: BorrowedFd<'_>) -> Option<PathBuf> {
+    if let Some(root) = sys::stat_fd_unique_mnt_id(fd).and_then(sys::statmount_root) {
+        return Some(root);
+    }
+    let id = sys::stat_fd(fd).ok()?.mnt_id?;
+    let table = mountinfo::read_self().ok()?;
+    table.into_iter().find(|m| m.mount_id == id).map(|m| m.root)
 }
 
 /// Raises this process's soft limit on open files to its hard limit. The

@@ -34,6 +34,23 @@ impl MountEntry {
     }
 }
 
+/// The `upperdir=` and `workdir=` an overlay entry shows, as the kernel
+/// printed them (octal escapes undone).
+pub fn overlay_upper_work(entry: &MountEntry) -> (Option<PathBuf>, Option<PathBuf>) {
+    // overlay escapes `,` (and space, tab, newline, backslash) in values as
+    // octal: splitting at commas is exact.
+    let mut upper = None;
+    let mut work = None;
+    for option in entry.super_options.split(',') {
+        if let Some(v) = option.strip_prefix("upperdir=") {
+            upper = Some(unescape(v));
+        } else if let Some(v) = option.strip_prefix("workdir=") {
+            work = Some(unescape(v));
+        }
+    }
+    (upper, work)
+}
+
 /// Parses mountinfo text; lines that do not parse are skipped.
 pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_line).collect()

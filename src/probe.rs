@@ -22,6 +22,9 @@ use crate::strategy::Strategy;
 use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
 
+/// The most a saved probe report may hold.
+const REPORT_MAX: usize = 256 * 1024;
+
 /// What the probe found for one feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureResult {
@@ -278,9 +281,10 @@ impl ProbeReport {
     /// on another kernel.
     pub fn load(path: &Path) -> crate::Result<ProbeReport> {
         let invalid = |reason: String| crate::Error::invalid_path("probe report", path, reason);
-        let text =
-            std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot be read: {e}")))?;
-        let report: ProbeReport = serde_json::from_str(&text)
+        // A saved report is a few KiB; a path may name /dev/zero or a FIFO.
+        let bytes = crate::file::read_small(sys::cwd(), path, REPORT_MAX, true)
+            .map_err(|e| e.into_error("probe report", path))?;
+        let report: ProbeReport = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(format!("is not `idoverlay probe --json` output: {e}")))?;
         let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         if report.kernel != running.trim() {

@@ -178,6 +178,14 @@ pub fn open_dir_path(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
     }))
 }
 
+/// [`open_dir_path`], or [`open_dir_read`] when `readable`.
+pub fn open_dir_nofollow(dirfd: BorrowedFd<'_>, path: &Path, readable: bool) -> SysResult<OwnedFd> {
+    match readable {
+        true => open_dir_read(dirfd, path),
+        false => open_dir_path(dirfd, path),
+    }
+}
+
 /// `openat(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC)`: a directory,
 /// following symlinks (for ancestors of layers, not layers themselves).
 pub fn open_dir_path_follow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
@@ -213,6 +221,26 @@ pub fn open_dir_no_symlinks(path: &Path, readable: bool) -> SysResult<OwnedFd> {
             )
         },
     ))
+}
+
+/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS)`:
+/// a directory named by a path that must not go through `/proc`'s magic
+/// links (which would name this process's own fds).
+pub fn open_dir_no_magiclinks(path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat2(
+        cwd(),
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(fail("openat2", || {
+        format!(
+            "AT_FDCWD, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS",
+            path_arg(path)
+        )
+    }))
 }
 
 /// Where an fd points, as the kernel names it in this thread's mount
@@ -279,6 +307,88 @@ pub fn open_read(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
         }))
 }
 
+/// `openat(dirfd, path, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC[|O_NOFOLLOW])`:
+/// a file opened for reading that cannot block the open itself (a FIFO
+/// with no writer) nor become a controlling terminal.
+pub fn open_read_nonblocking(
+    dirfd: BorrowedFd<'_>,
+    path: &Path,
+    follow: bool,
+) -> SysResult<OwnedFd> {
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC{}",
+            fd_arg(dirfd),
+            path_arg(path),
+            if follow { "" } else { "|O_NOFOLLOW" }
+        )
+    }))
+}
+
+/// `read(fd)` until end of file or `max + 1` bytes, whichever comes first
+/// (so a caller can tell "more than `max`" from "exactly `max`").
+pub fn read_at_most(fd: BorrowedFd<'_>, max: usize) -> SysResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() <= max {
+        let want = (max + 1 - out.len()).min(buf.len());
+        match rustix::io::read(fd, &mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail("read", || fd_arg(fd))(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC)`: a second fd for the same open file.
+pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 3)
+        .map_err(fail("fcntl", || format!("{}, F_DUPFD_CLOEXEC", fd_arg(fd))))
+}
+
+/// `renameat(dirfd, from, dirfd, to)`: replaces `to` atomically.
+pub fn rename(dirfd: BorrowedFd<'_>, from: &Path, to: &Path) -> SysResult<()> {
+    rustix::fs::renameat(dirfd, from, dirfd, to).map_err(fail("renameat", || {
+        format!("{}, {}, {}", fd_arg(dirfd), path_arg(from), path_arg(to))
+    }))
+}
+
+/// `flock(fd, LOCK_EX|LOCK_NB)`: `Ok(false)` when another open file
+/// description holds a lock on the file.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    match rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(fail("flock", || format!("{}, LOCK_EX|LOCK_NB", fd_arg(fd)))(e)),
+    }
+}
+
+/// `getrandom(8 bytes)`: a random number for names nobody can guess.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    u64::from_ne_bytes(bytes)
+}
+
+/// `getxattr("/proc/thread-self/fd/N", name)`: whether the file `fd` is
+/// open on carries the extended attribute `name` (`Ok(false)` for
+/// `ENODATA`, and for filesystems without xattrs).
+pub fn has_xattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<bool> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let mut value = [0u8; 0];
+    match rustix::fs::getxattr(link.as_str(), name, &mut value[..]) {
+        Ok(_) | Err(Errno::RANGE) => Ok(true),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(fail("getxattr", || format!("{link:?}, {name:?}"))(e)),
+    }
+}
+
 /// `openat(AT_FDCWD, path, O_WRONLY|O_CLOEXEC)` of an existing file.
 pub fn open_write(path: &Path) -> SysResult<OwnedFd> {
     rustix::fs::openat(cwd(), path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
@@ -319,6 +429,8 @@ pub struct Stat {
     pub mnt_id: Option<u64>,
     /// Whether it is the root of a mount (5.8+), if the kernel said.
     pub mount_root: Option<bool>,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 impl Stat {
@@ -358,10 +470,11 @@ fn statx_inner(dirfd: BorrowedFd<'_>, path: &Path, at: AtFlags, what: &str) -> S
         | StatxFlags::UID
         | StatxFlags::GID
         | StatxFlags::INO
+        | StatxFlags::SIZE
         | StatxFlags::MNT_ID;
     let st = rustix::fs::statx(dirfd, path, at, mask).map_err(fail("statx", || {
         format!(
-            "{}, {}, {what}, STATX_TYPE|STATX_MODE|STATX_UID|STATX_GID|STATX_INO|STATX_MNT_ID",
+            "{}, {}, {what}, STATX_TYPE|STATX_MODE|STATX_UID|STATX_GID|STATX_INO|STATX_SIZE|STATX_MNT_ID",
             fd_arg(dirfd),
             path_arg(path)
         )
@@ -376,6 +489,7 @@ fn statx_inner(dirfd: BorrowedFd<'_>, path: &Path, at: AtFlags, what: &str) -> S
         gid: st.stx_gid,
         mnt_id: (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id),
         mount_root: mount_root_known.then_some(st.stx_attributes.contains(mount_root)),
+        size: st.stx_size,
     })
 }
 
@@ -392,6 +506,69 @@ pub fn stat_nofollow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Stat> {
 /// `statx(fd, "", AT_EMPTY_PATH, …)`: the file an fd refers to.
 pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     statx_inner(fd, Path::new(""), AtFlags::EMPTY_PATH, "AT_EMPTY_PATH")
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE)`: the 64-bit mount
+/// id that is never reused (6.8+); `None` on older kernels.
+pub fn stat_fd_unique_mnt_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+    let mask = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask).ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+}
+
+/// `statmount(mnt_id, STATMOUNT_MNT_ROOT)` (6.8+): which directory of its
+/// filesystem the mount with this unique id shows at its root (`/` unless
+/// it is a bind mount of a subdirectory). `None` when the kernel has no
+/// statmount or the mount is not in this namespace.
+pub fn statmount_root(unique_mnt_id: u64) -> Option<std::path::PathBuf> {
+    const SYS_STATMOUNT: libc::c_long = 457;
+    const STATMOUNT_MNT_ROOT: u64 = 0x8;
+    /// `struct mnt_id_req`, first published size.
+    #[repr(C)]
+    struct MntIdReq {
+        size: u32,
+        spare: u32,
+        mnt_id: u64,
+        param: u64,
+    }
+    /// `struct statmount` is 512 bytes before its strings.
+    const HEADER: usize = 512;
+    const MASK_AT: usize = 8;
+    const MNT_ROOT_AT: usize = 104;
+    let req = MntIdReq {
+        size: std::mem::size_of::<MntIdReq>() as u32,
+        spare: 0,
+        mnt_id: unique_mnt_id,
+        param: STATMOUNT_MNT_ROOT,
+    };
+    let mut buf = vec![0u64; (HEADER + libc::PATH_MAX as usize) / 8];
+    let len = buf.len() * 8;
+    // SAFETY: `req` is a live, correctly sized `struct mnt_id_req`; `buf`
+    // is writable for `len` bytes and 8-byte aligned, as the kernel's
+    // `struct statmount` needs.
+    let ret = unsafe {
+        libc::syscall(
+            SYS_STATMOUNT,
+            &req as *const MntIdReq,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            len,
+            0,
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if word(MASK_AT) & STATMOUNT_MNT_ROOT == 0 {
+        return None;
+    }
+    let start = HEADER + u32_at(MNT_ROOT_AT) as usize;
+    let rest = bytes.get(start..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    Some(std::path::PathBuf::from(OsStr::from_bytes(&rest[..end])))
 }
 
 /// `fstatfs(fd)`: the filesystem's magic number (`f_type`).
@@ -492,20 +669,6 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
         bytes = &bytes[n..];
     }
     Ok(())
-}
-
-/// `read(fd)` until end of file.
-pub fn read_all(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match rustix::io::read(fd, &mut buf) {
-            Ok(0) => return Ok(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(fail("read", || fd_arg(fd))(e)),
-        }
-    }
 }
 
 /// `fchdir(fd)`: changes the calling thread's working directory. Only call it

@@ -157,7 +157,13 @@ fn storm_loses_nothing() {
             .into_iter()
             .filter(|m| !mounts_before.contains(&m.mount_id) && m.source != "idoverlay-state")
             .collect();
-        let staging_left = fs::read_dir(&state).map(|d| d.count()).unwrap_or(0);
+        let staging_left = fs::read_dir(&state)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name() != ".idoverlay-state")
+                    .count()
+            })
+            .unwrap_or(0);
         let total = assembled.load(Ordering::Relaxed);
         let report = format!(
             "storm: {total} assemblies by {workers} workers in {:.1}s ({}), {} torn down busy, \

@@ -36,8 +36,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    idmap_error, prepare, retry_on_its_own, role_key, upper_work_clone, OverlayContext, Prepared,
-    Request, Share,
+    escape_dir_value, fd_link, idmap_error, kernel_name, prepare, retry_on_its_own, role_key,
+    upper_work_clone, OverlayContext, Prepared, Request, Share, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
 };
 use crate::error::{Error, Result};
 use crate::layer::{OpenedDir, Placement, Role};
@@ -55,10 +55,6 @@ pub(crate) const LAYER_ATTRS: MountAttrs = MountAttrs {
     nodiratime: false,
 };
 
-/// fsconfig takes at most 255 bytes per string value.
-const FSCONFIG_VALUE_MAX: usize = 255;
-/// mount(2) copies one page of options and silently cuts the rest.
-const MOUNT_DATA_MAX: usize = 4095;
 /// From this many layers in one clone, naming them relative to a thread's
 /// working directory inside it pays for the thread.
 const CWD_THREAD_MIN_LAYERS: usize = 24;
@@ -105,7 +101,7 @@ impl Clones {
         }
         let upper_work = match (&prepared.upper, &prepared.work) {
             (Some(upper), Some(work)) if req.idmap_upper => {
-                Some(upper_work_clone(upper, work, Some(userns))?)
+                Some(upper_work_clone(upper, work, userns)?)
             }
             _ => None,
         };
@@ -304,8 +300,8 @@ fn finish(
     if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
         match &clones.upper_work {
             Some(pair) => {
-                ctx.set_layer_fd(upper.role, pair.upper.0.as_fd(), &upper.path)?;
-                ctx.set_layer_fd(work.role, pair.work.0.as_fd(), &work.path)?;
+                ctx.set_layer_fd(upper.role, pair.upper.as_fd(), &upper.path)?;
+                ctx.set_layer_fd(work.role, pair.work.as_fd(), &work.path)?;
             }
             None => {
                 ctx.set_layer_fd(upper.role, upper.fd.as_fd(), &upper.path)?;
@@ -433,16 +429,6 @@ fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// overlay's escaping for `upperdir=`/`workdir=` in mount(2) data.
-fn escape_dir(value: &[u8], out: &mut Vec<u8>) {
-    for &b in value {
-        if matches!(b, b',' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-}
-
 /// Mounts the overlay straight at `target` with one `mount(2)` whose
 /// `lowerdir=` names the layers relative to a working directory inside
 /// their clone. Returns `Ok(false)` when this path does not apply (a
@@ -517,20 +503,16 @@ pub(crate) fn mount_at(
         }
     }
     if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
+        // The very directories opened and checked: by real path only when
+        // nobody but root can redirect it, else by fd (see `kernel_name`).
         let (up, wk): (Vec<u8>, Vec<u8>) = match &clones.upper_work {
-            Some(pair) => (
-                inside(&pair.clone, &pair.upper.1, None),
-                inside(&pair.clone, &pair.work.1, None),
-            ),
-            None => (
-                format!("/proc/thread-self/fd/{}", upper.fd.as_raw_fd()).into_bytes(),
-                format!("/proc/thread-self/fd/{}", work.fd.as_raw_fd()).into_bytes(),
-            ),
+            Some(pair) => (fd_link(pair.upper.as_fd()), fd_link(pair.work.as_fd())),
+            None => (kernel_name(upper), kernel_name(work)),
         };
         data.extend_from_slice(b",upperdir=");
-        escape_dir(&up, &mut data);
+        data.extend_from_slice(&escape_dir_value(&up, true));
         data.extend_from_slice(b",workdir=");
-        escape_dir(&wk, &mut data);
+        data.extend_from_slice(&escape_dir_value(&wk, true));
     }
     for p in req.params {
         data.push(b',');

@@ -12,7 +12,7 @@
 //! the detached overlay keeps overlay's own private copies of the layers.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::staged::{self, Stage};
 use super::{OverlayContext, Request};
@@ -35,6 +35,10 @@ fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedF
     sys::make_private_recursive(Path::new("/"))
         .map_err(|e| Error::os("make the private namespace's mounts private", None, e))?;
     req.trace(|| "private-ns: own mount namespace, / recursively private".to_string());
+    // The layers are opened and checked in this namespace (before 6.15
+    // overlay takes only mounts of the caller's namespace), before anything
+    // is mounted, so bad input changes nothing even here.
+    let prepared = staged::prepare_for_staging(req)?;
 
     // The staging tmpfs, over "/" of this namespace: absolute paths still
     // start at the old root, while names relative to the working directory
@@ -49,16 +53,16 @@ fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedF
     sys::move_mount(staging.as_fd(), sys::cwd(), Path::new("/"))
         .and_then(|()| sys::fchdir(staging.as_fd()))
         .map_err(|e| Error::os("attach the staging tmpfs in the private namespace", None, e))?;
+    // Nothing needs recording: everything staged dies with this thread.
+    // (The user namespace was made by the caller: a thread whose root is
+    // covered counts as chrooted and may not make one.)
+    let mut nothing_to_record = |_: &str| Ok(());
     let mut stage = Stage {
         dir: staging.as_fd(),
-        prefix: PathBuf::new(),
         attached: Vec::new(),
+        before_attach: &mut nothing_to_record,
     };
-    // The layers are resolved in this namespace (clones can only be made of
-    // mounts in the thread's own namespace); absolute paths still start at
-    // the old root. (The user namespace was made by the caller: a thread
-    // whose root is covered counts as chrooted and may not make one.)
-    let overlay = staged::build(req, ctx, &mut stage)?;
+    let overlay = staged::build(req, ctx, &mut stage, &prepared)?;
     req.trace(|| {
         format!(
             "private-ns: overlay built from {} staged mount(s); they vanish with this thread",

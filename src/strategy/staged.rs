@@ -2,13 +2,17 @@
 //! staging directory, and the overlay built from their *paths*, for kernels
 //! whose overlay cannot take detached layers as fds.
 //!
-//! Names are short and plain (`0`, `1/snapshots/12/fs`, `u/upper`): a name
-//! is shared-parent relative only when every component is made of
-//! `[A-Za-z0-9._+@-]`, so it never needs overlay's escaping and cannot be
-//! misparsed; anything else gets a clone of its own under a numeric name.
-//! Every name is checked to reach the very directory opened at first
-//! (device and inode), and group clones carry `MOUNT_ATTR_NOSYMFOLLOW`, so
-//! no symlink can redirect overlay's own lookup of the string.
+//! Names are short and plain (`0`, `1/snapshots/12/fs`), relative to the
+//! calling thread's working directory, which is the staging directory
+//! itself (each strategy runs this on a thread of its own whose working
+//! directory nobody else shares): no path above the staging directory is
+//! ever looked up again. A name is shared-parent relative only when every
+//! component is made of `[A-Za-z0-9._+@-]`, so it never needs overlay's
+//! escaping and cannot be misparsed; anything else gets a clone of its own
+//! under a numeric name. Group clones carry `MOUNT_ATTR_NOSYMFOLLOW`, so no
+//! symlink can redirect overlay's own lookup of a name below them. The
+//! upper and work dirs are handed over as the very directories opened and
+//! checked ([`UpperWorkRefs`]), never by a name.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,52 +23,48 @@ use kernel_compat::Feature;
 
 use super::detached::LAYER_ATTRS;
 use super::{
-    idmap_error, prepare, retry_on_its_own, role_key, upper_work_clone, OverlayContext, Request,
-    Share,
+    idmap_error, prepare, retry_on_its_own, role_key, OverlayContext, Prepared, Request, Share,
+    UpperWorkRefs, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
 };
 use crate::error::{Error, Result};
 use crate::layer::OpenedDir;
 use crate::sys::{self, MountAttrs};
 
-/// fsconfig takes at most 255 bytes per string value.
-pub const FSCONFIG_VALUE_MAX: usize = 255;
-/// mount(2) copies one page of options and silently cuts the rest.
-pub const MOUNT_DATA_MAX: usize = 4095;
-
-/// A directory where clones are attached, and how the kernel reaches it.
+/// A directory where clones are attached: the calling thread's working
+/// directory, so staged names are relative to it.
 pub(crate) struct Stage<'a> {
     /// The staging directory.
     pub dir: BorrowedFd<'a>,
-    /// What overlay's path lookup must prepend to a staged name: empty when
-    /// names resolve relative to the thread's cwd (the staging dir itself),
-    /// the staging dir's absolute path otherwise.
-    pub prefix: PathBuf,
-    /// Names attached so far, oldest first (for cleanup).
-    pub attached: Vec<String>,
+    /// Mounts attached so far, oldest first, each with an fd of its own
+    /// root: cleanup unmounts exactly these, through those fds.
+    pub attached: Vec<(String, OwnedFd)>,
+    /// Told before each name is attached (host-staged records it first).
+    pub before_attach: &'a mut dyn FnMut(&str) -> Result<()>,
 }
 
 impl Stage<'_> {
     fn attach(&mut self, mount: &OwnedFd, name: &str) -> Result<()> {
-        sys::mkdir(self.dir, Path::new(name), 0o700).map_err(|e| {
-            Error::os(
-                "create staging mount point",
-                Some(&self.prefix.join(name)),
-                e,
-            )
-        })?;
+        (self.before_attach)(name)?;
+        sys::mkdir(self.dir, Path::new(name), 0o700)
+            .map_err(|e| Error::os("create staging mount point", Some(Path::new(name)), e))?;
+        // Kept before the attach: a mount that could not be kept track of
+        // is not made.
+        let kept = sys::dup(mount.as_fd())
+            .map_err(|e| Error::os("keep staged clone", Some(Path::new(name)), e))?;
         sys::move_mount(mount.as_fd(), self.dir, Path::new(name))
-            .map_err(|e| Error::os("attach staged clone at", Some(&self.prefix.join(name)), e))?;
-        self.attached.push(name.to_string());
+            .map_err(|e| Error::os("attach staged clone at", Some(Path::new(name)), e))?;
+        self.attached.push((name.to_string(), kept));
         Ok(())
     }
+}
 
-    fn kernel_path(&self, name: &str, rel: &Path) -> PathBuf {
-        let mut p = self.prefix.join(name);
-        if !rel.as_os_str().is_empty() {
-            p.push(rel);
-        }
-        p
+/// A staged name, and a path below it.
+fn staged_name(name: &str, rel: &Path) -> PathBuf {
+    let mut p = PathBuf::from(name);
+    if !rel.as_os_str().is_empty() {
+        p.push(rel);
     }
+    p
 }
 
 /// Whether a relative path can be part of a staged name as is.
@@ -79,14 +79,9 @@ pub(crate) fn plain_rel(rel: &Path) -> bool {
         })
 }
 
-/// Attaches idmapped clones of the layers (and of upper/work's parent) in
-/// `stage`, then builds the overlay from their staged paths. Returns the
-/// detached overlay.
-pub(crate) fn build(
-    req: &Request<'_>,
-    ctx: OverlayContext,
-    stage: &mut Stage<'_>,
-) -> Result<OwnedFd> {
+/// Plans the layers and opens and checks upper and work, as staging needs
+/// them: before anything is staged, so bad input changes nothing.
+pub(crate) fn prepare_for_staging<'a>(req: &Request<'a>) -> Result<Prepared<'a>> {
     let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
     if !plus && !req.data_lowers.is_empty() {
         return Err(Error::Unsupported {
@@ -100,7 +95,19 @@ pub(crate) fn build(
     // With lowerdir+ each layer is its own string and shared-root names fit;
     // the one-string interface needs the shortest names: a clone per layer.
     let share = if plus { Share::ByMount } else { Share::No };
-    let prepared = prepare(req, share, plain_rel)?;
+    prepare(req, share, plain_rel)
+}
+
+/// Attaches idmapped clones of the `prepared` layers in `stage`, then
+/// builds the overlay from their staged names. Returns the detached
+/// overlay. Runs on a thread whose working directory is the stage.
+pub(crate) fn build(
+    req: &Request<'_>,
+    ctx: OverlayContext,
+    stage: &mut Stage<'_>,
+    prepared: &Prepared<'_>,
+) -> Result<OwnedFd> {
+    let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
     let userns = req.userns.as_fd();
     let mut next = 0usize;
     let mut new_name = || {
@@ -132,28 +139,29 @@ pub(crate) fn build(
         let name = new_name();
         stage.attach(&clone, &name)?;
         req.trace(|| format!("clone + idmap of {} staged as {name}", dir.path.display()));
-        Ok(stage.kernel_path(&name, Path::new("")))
+        Ok(staged_name(&name, Path::new("")))
     };
 
+    // Upper and work: the very directories opened and checked. An
+    // idmapped pair's clone is attached too: before 6.15 overlay takes
+    // only mounts of the caller's namespace.
     let upper_work = match (&prepared.upper, &prepared.work) {
         (Some(upper), Some(work)) => {
-            let pair = upper_work_clone(upper, work, req.idmap_upper.then_some(userns))?;
-            stage.attach(&pair.clone, "u")?;
-            Some((
-                stage.kernel_path("u", &pair.upper.1),
-                stage.kernel_path("u", &pair.work.1),
-            ))
+            let refs = UpperWorkRefs::new(req, upper, work)?;
+            if let Some(pair) = &refs.idmapped {
+                stage.attach(&pair.clone, "u")?;
+            }
+            Some(refs)
         }
         _ => None,
     };
-    let (upper, work) = (prepared.upper.as_ref(), prepared.work.as_ref());
 
     if plus {
         req.trace(|| "overlay from lowerdir+ strings".to_string());
         let mut retried;
         for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
             if let Some((group, rel)) = prepared.plan.rel(i) {
-                let name = stage.kernel_path(&roots[group], rel);
+                let name = staged_name(&roots[group], rel);
                 if name.as_os_str().len() <= FSCONFIG_VALUE_MAX {
                     let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
                     match ctx.set_string(role_key(role), &value) {
@@ -180,9 +188,8 @@ pub(crate) fn build(
             ctx.set_string(role_key(role), &value)
                 .map_err(|e| with_path(e, path))?;
         }
-        if let (Some((up, wk)), Some(upper), Some(work)) = (&upper_work, upper, work) {
-            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
-            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
+        if let Some(refs) = &upper_work {
+            refs.configure(&ctx, req)?;
         }
         return super::create(ctx, req, upper_work.is_some());
     }
@@ -216,9 +223,8 @@ pub(crate) fn build(
             )
         });
         ctx.set_string(c"lowerdir", &CString::new(lowerdir).expect("plain names"))?;
-        if let (Some((up, wk)), Some(upper), Some(work)) = (&upper_work, upper, work) {
-            ctx.set_string(c"upperdir", &escaped(up, upper, false)?)?;
-            ctx.set_string(c"workdir", &escaped(wk, work, false)?)?;
+        if let Some(refs) = &upper_work {
+            refs.configure(&ctx, req)?;
         }
         return super::create(ctx, req, upper_work.is_some());
     }
@@ -228,7 +234,7 @@ pub(crate) fn build(
             lowerdir.len()
         )
     });
-    mount_legacy(req, stage, &lowerdir, upper_work.as_ref(), upper.is_some())
+    mount_legacy(req, stage, &lowerdir, upper_work.as_ref())
 }
 
 fn with_path(e: Error, path: &Path) -> Error {
@@ -250,56 +256,19 @@ fn with_path(e: Error, path: &Path) -> Error {
     }
 }
 
-/// overlay unescapes `upperdir=`/`workdir=` values (`\x` → `x`) on every
-/// kernel, and mount(2) data is split at unescaped commas first: escape
-/// backslashes, and commas when the value goes into mount(2) data.
-pub(crate) fn escape_dir(path: &Path, in_mount_data: bool) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        if c == '\\' || (in_mount_data && c == ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn escaped(path: &Path, dir: &OpenedDir, in_mount_data: bool) -> Result<CString> {
-    if std::str::from_utf8(path.as_os_str().as_bytes()).is_err() {
-        return Err(Error::invalid_path(
-            dir.role.noun(),
-            &dir.path,
-            "is not valid UTF-8 below its parent, which this kernel's overlay needs as a string \
-             (no layer fds before 6.15); rename it",
-        ));
-    }
-    let text = escape_dir(path, in_mount_data);
-    if text.len() > FSCONFIG_VALUE_MAX {
-        return Err(Error::invalid_path(
-            dir.role.noun(),
-            &dir.path,
-            "is too deep below its parent for this kernel's overlay (255 bytes per path string)",
-        ));
-    }
-    CString::new(text)
-        .map_err(|_| Error::invalid_path(dir.role.noun(), &dir.path, "contains a NUL byte"))
-}
-
 /// The overlay through mount(2) (one page of options), attached at `o` in
 /// the stage, then cloned into a detached mount.
 fn mount_legacy(
     req: &Request<'_>,
     stage: &mut Stage<'_>,
     lowerdir: &str,
-    upper_work: Option<&(PathBuf, PathBuf)>,
-    has_upper: bool,
+    upper_work: Option<&UpperWorkRefs<'_>>,
 ) -> Result<OwnedFd> {
-    let mut data = format!("lowerdir={lowerdir}");
-    if let Some((up, wk)) = upper_work {
-        data.push_str(",upperdir=");
-        data.push_str(&escape_dir(up, true));
-        data.push_str(",workdir=");
-        data.push_str(&escape_dir(wk, true));
+    let has_upper = upper_work.is_some();
+    let mut data = format!("lowerdir={lowerdir}").into_bytes();
+    if let Some(refs) = upper_work {
+        data.push(b',');
+        data.extend_from_slice(&refs.mount_data());
     }
     for p in req.params {
         if p.key.contains(',') || p.value.as_deref().is_some_and(|v| v.contains(',')) {
@@ -309,11 +278,11 @@ fn mount_legacy(
                 "contains a comma, which mount(2) options cannot carry",
             ));
         }
-        data.push(',');
-        data.push_str(&p.key);
+        data.push(b',');
+        data.extend_from_slice(p.key.as_bytes());
         if let Some(v) = &p.value {
-            data.push('=');
-            data.push_str(v);
+            data.push(b'=');
+            data.extend_from_slice(v.as_bytes());
         }
     }
     if data.len() > MOUNT_DATA_MAX {
@@ -328,25 +297,16 @@ fn mount_legacy(
             ),
         ));
     }
-    sys::mkdir(stage.dir, Path::new("o"), 0o700).map_err(|e| {
-        Error::os(
-            "create staging mount point",
-            Some(&stage.prefix.join("o")),
-            e,
-        )
-    })?;
-    let target = stage.prefix.join("o");
-    let target = if target.is_absolute() {
-        target
-    } else {
-        Path::new(".").join(target)
-    };
+    (stage.before_attach)("o")?;
+    sys::mkdir(stage.dir, Path::new("o"), 0o700)
+        .map_err(|e| Error::os("create staging mount point", Some(Path::new("o")), e))?;
+    let target = Path::new("./o");
     let data_c =
         CString::new(data).map_err(|_| Error::invalid("options", "", "contain a NUL byte"))?;
     let read_only = req.attrs.read_only;
     let mounted = super::as_creator(req, has_upper, || {
         Ok(sys::mount_legacy(
-            c"overlay", &target, c"overlay", read_only, &data_c,
+            c"overlay", target, c"overlay", read_only, &data_c,
         ))
     })?;
     if let Err(e) = mounted {
@@ -356,9 +316,13 @@ fn mount_legacy(
         };
         return Err(Error::os("mount the overlay (mount(2))", None, e).with_hint(hint));
     }
-    stage.attached.push("o".into());
+    // The overlay just mounted at `o` in the stage (nobody else can reach
+    // it): kept by an fd of its root, for cleanup.
+    let root = sys::open_dir_path(stage.dir, Path::new("o"))
+        .map_err(|e| Error::os("open the staged overlay", Some(target), e))?;
+    stage.attached.push(("o".into(), root));
     let overlay = sys::clone_mount(stage.dir, Path::new("o"))
-        .map_err(|e| Error::os("clone the staged overlay", Some(&target), e))?;
+        .map_err(|e| Error::os("clone the staged overlay", Some(target), e))?;
     let attrs = MountAttrs {
         read_only: false,
         ..req.attrs

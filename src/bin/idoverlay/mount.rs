@@ -200,16 +200,7 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         described = json!({ "userns": path.to_string_lossy() });
     } else {
         let (uid, gid) = if let Some(config) = &args.oci_config {
-            let text = std::fs::read_to_string(config).map_err(|e| {
-                idoverlay::Error::invalid_input(
-                    "--oci-config",
-                    config.display().to_string(),
-                    format!("cannot be read: {e}"),
-                )
-            })?;
-            idoverlay::idmap::maps_from_oci_config(&text)
-                .map(|(u, g)| (Some(u), Some(g)))
-                .map_err(|e| e.into_error(&format!("--oci-config {}", config.display())))?
+            idoverlay::idmap::maps_from_oci_config_file(config).map(|(u, g)| (Some(u), Some(g)))?
         } else if !args.uidmap.is_empty() || !args.gidmap.is_empty() {
             (
                 Some(parse_map(&args.uidmap, "--uidmap")?),

@@ -1,0 +1,198 @@
+//! Paths as callers give them: checked and normalized lexically once,
+//! before anything is opened.
+//!
+//! Why: the kernel treats a trailing `/` (and so `/.` or `//`) as "the last
+//! component must be a directory, follow it if it is a symlink", so
+//! `O_NOFOLLOW` on `/x/l1/` still follows a symlink at `l1`. Every path
+//! input (layers, upper, work, target, state dir, umount target) goes
+//! through [`normalize`] first, and only the normalized spelling is ever
+//! handed to a syscall: its last component is then a plain name, and a
+//! symlink there is refused, whatever the caller wrote.
+//!
+//! `..` components are kept for the kernel to resolve (removing them
+//! lexically would change the meaning when a directory before them is a
+//! symlink); a path whose *last* component is `..` is refused, since it
+//! names a directory by way of another one.
+
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Why a path cannot be used as given; [`Refusal::reason`] says it in a
+/// sentence that follows the path in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Empty,
+    Relative,
+    Nul,
+    TooLong,
+    EndsInDotDot,
+}
+
+impl Refusal {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Empty => "is empty; give an absolute path",
+            Refusal::Relative => "is a relative path; give an absolute path (e.g. \"$PWD/...\")",
+            Refusal::Nul => "contains a NUL byte",
+            Refusal::TooLong => "is longer than PATH_MAX (4096 bytes)",
+            Refusal::EndsInDotDot => {
+                "ends in \"..\"; give the directory itself (its last component must be its own name)"
+            }
+        }
+    }
+}
+
+/// `path` in normal form: absolute, no empty or `.` components, no
+/// trailing `/` (except `/` itself); borrowed when it already is.
+///
+/// ```text
+/// /a//b/./c/  ->  /a/b/c
+/// /a/b/.      ->  /a/b
+/// /a/../b     ->  /a/../b   (kept: the kernel resolves `..`)
+/// /a/b/..     ->  refused
+/// ```
+pub(crate) fn normalize(path: &Path) -> Result<Cow<'_, Path>, Refusal> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    if bytes[0] != b'/' {
+        return Err(Refusal::Relative);
+    }
+    if bytes.contains(&0) {
+        return Err(Refusal::Nul);
+    }
+    if bytes.len() >= libc::PATH_MAX as usize {
+        return Err(Refusal::TooLong);
+    }
+    let last = bytes[1..]
+        .split(|b| *b == b'/')
+        .rfind(|c| !c.is_empty() && *c != b".");
+    if last == Some(b"..") {
+        return Err(Refusal::EndsInDotDot);
+    }
+    // The common case, checked without building anything: every `/` is
+    // followed by a byte other than `/` and `.`-as-a-whole-component, and
+    // the path does not end in `/`.
+    let already = !bytes.ends_with(b"/") || bytes == b"/";
+    let already = already
+        && bytes[1..]
+            .split(|b| *b == b'/')
+            .all(|c| !c.is_empty() && c != b".");
+    if already || bytes == b"/" {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for c in bytes[1..]
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Ok(Cow::Owned(OsStr::from_bytes(&out).into()))
+}
+
+/// Whether a normalized path has a `..` component (then it is not known
+/// to be canonical without asking the kernel).
+pub(crate) fn has_dotdot(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .any(|c| c == b"..")
+}
+
+/// A normalized path split into its parent and its last component (`None`
+/// for `/`, which has no parent to open).
+pub(crate) fn split_last(normal: &Path) -> Option<(&Path, &OsStr)> {
+    let bytes = normal.as_os_str().as_bytes();
+    let cut = bytes.iter().rposition(|b| *b == b'/')?;
+    let name = &bytes[cut + 1..];
+    if name.is_empty() {
+        return None;
+    }
+    let parent = if cut == 0 { &b"/"[..] } else { &bytes[..cut] };
+    Some((
+        Path::new(OsStr::from_bytes(parent)),
+        OsStr::from_bytes(name),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, Refusal> {
+        normalize(Path::new(p)).map(|c| c.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn every_spelling_of_a_directory_normalizes_to_its_name() {
+        for spelling in [
+            "/x/l1",
+            "/x/l1/",
+            "/x/l1/.",
+            "/x/l1//",
+            "//x//l1/./",
+            "/x/./l1",
+        ] {
+            assert_eq!(n(spelling), Ok("/x/l1".into()), "{spelling}");
+        }
+        assert_eq!(n("/"), Ok("/".into()));
+        assert_eq!(n("//"), Ok("/".into()));
+        assert_eq!(n("/."), Ok("/".into()));
+        assert_eq!(n("/a/../b"), Ok("/a/../b".into()));
+        assert_eq!(n("/a/../b/"), Ok("/a/../b".into()));
+        assert!(matches!(
+            normalize(Path::new("/x/l1")),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn unusable_spellings_are_refused() {
+        assert_eq!(n(""), Err(Refusal::Empty));
+        assert_eq!(n("x/l1"), Err(Refusal::Relative));
+        assert_eq!(n("./x"), Err(Refusal::Relative));
+        assert_eq!(n("/a/b/.."), Err(Refusal::EndsInDotDot));
+        assert_eq!(n("/a/b/../"), Err(Refusal::EndsInDotDot));
+        assert_eq!(n("/a/b/.././"), Err(Refusal::EndsInDotDot));
+        assert_eq!(n("/a\0b"), Err(Refusal::Nul));
+        assert_eq!(n(&format!("/{}", "a".repeat(4096))), Err(Refusal::TooLong));
+    }
+
+    #[test]
+    fn split_last_gives_parent_and_name() {
+        let s = |p: &str| {
+            split_last(Path::new(p)).map(|(a, b)| {
+                (
+                    a.to_string_lossy().into_owned(),
+                    b.to_string_lossy().into_owned(),
+                )
+            })
+        };
+        assert_eq!(s("/a/b/c"), Some(("/a/b".into(), "c".into())));
+        assert_eq!(s("/a"), Some(("/".into(), "a".into())));
+        assert_eq!(s("/"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normal_forms_are_stable_and_keep_the_last_name(p in "(/[a.]{0,3}){1,5}/?") {
+            if let Ok(once) = normalize(Path::new(&p)) {
+                let twice = normalize(&once).unwrap().into_owned();
+                proptest::prop_assert_eq!(once.as_ref(), twice.as_path());
+                let b = once.as_os_str().as_bytes();
+                proptest::prop_assert!(b == b"/" || !b.ends_with(b"/"));
+                proptest::prop_assert!(
+                    b == b"/" || !b.split(|c| *c == b'/').skip(1).any(|c| c.is_empty() || c == b".")
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The state directory: where `host-staged` stages its clones, and the only
+//! place `gc` ever cleans up.
+//!
+//! Invariants, each kept here:
+//! * **Provably idoverlay's own.** The state dir is a private tmpfs that
+//!   idoverlay mounted over an empty, root-owned 0700 directory, carrying a
+//!   marker file ([`MARKER`]) written into the tmpfs *before* it was
+//!   attached, so an attached state tmpfs always has it. A directory that is
+//!   neither empty nor such a tmpfs is refused, never covered.
+//! * **Reached once, by fd.** The path is opened from `/` one component at
+//!   a time, each relative to the one before, never through a symlink, and
+//!   every directory on the way must be root's and writable by no one else
+//!   (a sticky one may be, above the state dir's parent): nobody else can
+//!   redirect it, then or later. Everything below is named relative to the
+//!   state dir's fd.
+//! * **Records first, locked, atomic.** A staging directory `<id>/` is
+//!   created only after its record `<id>.json` exists; the record is
+//!   written to a temporary name, locked (`flock`) and renamed into place,
+//!   so it is never seen half-written or unlocked while its assembly runs,
+//!   and it lists every name before that name is attached. The lock, held
+//!   for the whole assembly and released by the kernel when the process
+//!   dies, is what tells `gc` that a staging is live.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{display_path, Error, Result};
+use crate::sys::{self, MountAttrs};
+
+/// Where host-staged keeps its staging directories unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/idoverlay";
+
+/// The marker at the root of every state tmpfs idoverlay mounted.
+pub(crate) const MARKER: &str = ".idoverlay-state";
+const MARKER_FORMAT: &str = "idoverlay-state";
+const MARKER_VERSION: u32 = 1;
+/// The format and version of staging records.
+const RECORD_FORMAT: &str = "idoverlay-staging";
+const RECORD_VERSION: u32 = 2;
+/// Records and the marker are small; anything bigger is not ours.
+pub(crate) const RECORD_MAX: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Marker {
+    format: String,
+    version: u32,
+}
+
+/// An opened, checked state directory.
+#[derive(Debug)]
+pub(crate) struct StateDir {
+    /// Its path as given (for messages).
+    pub path: PathBuf,
+    /// The root of the state tmpfs.
+    pub fd: OwnedFd,
+    /// The state tmpfs' mount id (mountinfo's), to tell its own staged
+    /// mounts from anything else.
+    pub mount_id: Option<u64>,
+}
+
+impl StateDir {
+    /// Opens the state directory for `gc`: `Ok(None)` when it does not
+    /// exist or is an empty plain directory (nothing was ever staged);
+    /// refused when it is anything but idoverlay's own.
+    pub fn open_existing(path: &Path) -> Result<Option<StateDir>> {
+        let walked = walk(path)?;
+        let Some(leaf) = walked.leaf else {
+            return Ok(None);
+        };
+        check_leaf(path, &leaf)?;
+        match sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) {
+            Some(true) => Ok(Some(verify_ours(path, leaf)?)),
+            _ => {
+                let names = sys::dir_entries(leaf.as_fd())
+                    .map_err(|e| Error::os("read state dir", Some(path), e))?;
+                match names.first() {
+                    None => Ok(None),
+                    Some(name) => Err(not_ours(
+                        path,
+                        &format!("holds {name:?} but is not idoverlay's state tmpfs"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Opens the state directory for staging, creating it (root-owned
+    /// 0700) and mounting idoverlay's private tmpfs over it when needed.
+    pub fn open_or_create(path: &Path) -> Result<StateDir> {
+        let walked = walk(path)?;
+        let leaf = match walked.leaf {
+            Some(fd) => fd,
+            None => {
+                sys::mkdir(walked.parent.as_fd(), Path::new(&walked.name), 0o700)
+                    .or_else(|e| match e.errno {
+                        libc::EEXIST => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(|e| Error::os("create state dir", Some(path), e))?;
+                open_leaf(path, walked.parent.as_fd(), &walked.name)?
+                    .ok_or_else(|| not_ours(path, "vanished while it was being created"))?
+            }
+        };
+        check_leaf(path, &leaf)?;
+        if sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) == Some(true) {
+            return verify_ours(path, leaf);
+        }
+        // Two assemblies (threads or processes) must not both mount a tmpfs
+        // here: the second would cover the first one's staging. The lock is
+        // on the parent directory; the check is repeated under it.
+        let lock = sys::open_dir_read(walked.parent.as_fd(), Path::new("."))
+            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+            .map_err(|e| Error::os("lock the state dir's parent", Some(path), e))?;
+        let leaf = open_leaf(path, walked.parent.as_fd(), &walked.name)?
+            .ok_or_else(|| not_ours(path, "vanished while it was being opened"))?;
+        check_leaf(path, &leaf)?;
+        if sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) == Some(true) {
+            return verify_ours(path, leaf);
+        }
+        // Never cover what is there: only an empty directory takes the tmpfs.
+        let names = sys::dir_entries(leaf.as_fd())
+            .map_err(|e| Error::os("read state dir", Some(path), e))?;
+        if let Some(name) = names.first() {
+            return Err(not_ours(
+                path,
+                &format!(
+                    "is not empty (it holds {name:?}) and is not idoverlay's state tmpfs; \
+                     give an empty directory or a new path"
+                ),
+            ));
+        }
+        let state = mount_state_tmpfs(path, leaf.as_fd())?;
+        drop(lock);
+        Ok(state)
+    }
+
+    /// The path of `name` inside the state dir, for messages.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+fn not_ours(path: &Path, why: &str) -> Error {
+    Error::invalid_path("state dir", path, why.to_string())
+}
+
+/// A state dir path opened down to its parent, and the state dir itself
+/// if it exists.
+struct Walked {
+    parent: OwnedFd,
+    name: std::ffi::OsString,
+    leaf: Option<OwnedFd>,
+}
+
+/// Opens `path` from `/` one component at a time, each relative to the
+/// directory before, never following a symlink; every directory on the way
+/// must be root's and writable by no one else — above the parent, a
+/// sticky one may be, since only root could then rename the next one.
+fn walk(path: &Path) -> Result<Walked> {
+    let normal = crate::path::normalize(path)
+        .map_err(|r| Error::invalid_path("state dir", path, r.reason()))?;
+    if crate::path::has_dotdot(&normal) {
+        return Err(not_ours(
+            path,
+            "has a \"..\" component; give the state dir's real path",
+        ));
+    }
+    let components: Vec<&[u8]> = normal
+        .as_os_str()
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let Some((last, ancestors)) = components.split_last() else {
+        return Err(not_ours(path, "must be a directory below /, not / itself"));
+    };
+    let mut dir =
+        sys::open_dir_path(sys::cwd(), Path::new("/")).map_err(|e| Error::os("open /", None, e))?;
+    let mut at = PathBuf::from("/");
+    for (k, c) in ancestors.iter().enumerate() {
+        let is_parent = k == ancestors.len() - 1;
+        check_ancestor(path, &at, dir.as_fd(), false)?;
+        let name = Path::new(OsStr::from_bytes(c));
+        at.push(name);
+        dir = open_component(path, &at, dir.as_fd(), name)?;
+        if is_parent {
+            check_ancestor(path, &at, dir.as_fd(), true)?;
+        }
+    }
+    if ancestors.is_empty() {
+        check_ancestor(path, &at, dir.as_fd(), true)?;
+    }
+    let name = OsStr::from_bytes(last).to_os_string();
+    let leaf = open_leaf(path, dir.as_fd(), &name)?;
+    Ok(Walked {
+        parent: dir,
+        name,
+        leaf,
+    })
+}
+
+fn open_component(path: &Path, at: &Path, dir: BorrowedFd<'_>, name: &Path) -> Result<OwnedFd> {
+    sys::open_dir_path(dir, name).map_err(|e| {
+        let why = match e.errno {
+            libc::ENOENT => format!("{} does not exist", display_path(at)),
+            libc::ENOTDIR => match sys::stat_nofollow(dir, name) {
+                Ok(st) if st.is_symlink() => format!(
+                    "{} is a symlink; give the state dir's real path (no symlink on the way)",
+                    display_path(at)
+                ),
+                _ => format!("{} is not a directory", display_path(at)),
+            },
+            _ => format!("{} cannot be opened ({e})", display_path(at)),
+        };
+        Error::InvalidInput {
+            what: "state dir".into(),
+            input: display_path(path),
+            reason: why,
+            path: Some(path.to_path_buf()),
+            source: Some(e),
+        }
+    })
+}
+
+/// The state dir itself (`None` when it does not exist).
+fn open_leaf(path: &Path, parent: BorrowedFd<'_>, name: &OsStr) -> Result<Option<OwnedFd>> {
+    match sys::open_dir_path(parent, Path::new(name)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.errno == libc::ENOENT => Ok(None),
+        Err(e) if e.errno == libc::ENOTDIR => Err(not_ours(
+            path,
+            "is not a directory (symlinks are not followed)",
+        )),
+        Err(e) => Err(Error::os("open state dir", Some(path), e)),
+    }
+}
+
+/// A directory on the way: root's, and writable by no one else; above the
+/// parent, sticky ones are allowed (only root may rename root's entries there).
+fn check_ancestor(path: &Path, at: &Path, dir: BorrowedFd<'_>, is_parent: bool) -> Result<()> {
+    let st = sys::stat_fd(dir).map_err(|e| Error::os("inspect", Some(at), e))?;
+    let open = st.mode & 0o022 != 0;
+    let sticky = st.mode & 0o1000 != 0;
+    let why = if st.uid != 0 {
+        "not owned by root"
+    } else if open && (is_parent || !sticky) {
+        if st.mode & 0o002 != 0 {
+            "world-writable"
+        } else {
+            "writable by its group"
+        }
+    } else {
+        return Ok(());
+    };
+    Err(not_ours(
+        path,
+        &format!(
+            "sits under {}, which is {why}; staging must be under root-owned directories \
+             others cannot write (the default is {DEFAULT_STATE_DIR})",
+            display_path(at)
+        ),
+    ))
+}
+
+/// The state dir itself: root-owned, mode 0700.
+fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<()> {
+    let st =
+        sys::stat_fd(leaf.as_fd()).map_err(|e| Error::os("inspect state dir", Some(path), e))?;
+    if st.uid != 0 || st.mode & 0o077 != 0 {
+        return Err(not_ours(
+            path,
+            &format!(
+                "must be owned by root with mode 0700 (it is uid {} mode {:o})",
+                st.uid,
+                st.mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A mount at the state dir: idoverlay's only if it is a tmpfs with the
+/// marker idoverlay put there.
+fn verify_ours(path: &Path, root: OwnedFd) -> Result<StateDir> {
+    let fs = crate::fs_type::of_fd(root.as_fd());
+    let refuse = |why: String| {
+        not_ours(
+            path,
+            &format!(
+                "is a mount idoverlay did not make ({why}); give an empty directory or a new path"
+            ),
+        )
+    };
+    if fs != "tmpfs" {
+        return Err(refuse(format!("a {fs} mount")));
+    }
+    let marker_st = sys::stat_nofollow(root.as_fd(), Path::new(MARKER))
+        .map_err(|_| refuse(format!("a tmpfs without {MARKER}")))?;
+    if marker_st.uid != 0 || marker_st.mode & 0o077 != 0 {
+        return Err(refuse(format!("{MARKER} is not root's alone")));
+    }
+    let bytes = crate::file::read_small(root.as_fd(), Path::new(MARKER), 4096, false)
+        .map_err(|e| refuse(format!("{MARKER} {}", e.reason())))?;
+    let marker: Marker = serde_json::from_slice(&bytes)
+        .map_err(|_| refuse(format!("{MARKER} is not idoverlay's")))?;
+    if marker.format != MARKER_FORMAT || marker.version != MARKER_VERSION {
+        return Err(refuse(format!(
+            "{MARKER} is format {:?} version {}, not {MARKER_FORMAT:?} {MARKER_VERSION}",
+            marker.format, marker.version
+        )));
+    }
+    let mount_id = sys::stat_fd(root.as_fd()).ok().and_then(|st| st.mnt_id);
+    Ok(StateDir {
+        path: path.to_path_buf(),
+        fd: root,
+        mount_id,
+    })
+}
+
+/// Mounts a small private tmpfs (0700, nosuid, nodev, noexec) over the
+/// (empty) state dir, with the marker written before it is attached. It
+/// stays: it is idoverlay's. Staged mounts below it propagate nowhere, and
+/// staging never shares a filesystem with data.
+fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>) -> Result<StateDir> {
+    let ctx = sys::fsopen(c"tmpfs").map_err(|e| Error::os("open state tmpfs", None, e))?;
+    let tmpfs = sys::fsconfig_set_string(ctx.as_fd(), c"source", c"idoverlay-state")
+        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0700"))
+        .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"size", c"4m"))
+        .and_then(|()| sys::fsconfig_create(ctx.as_fd()))
+        .and_then(|()| {
+            sys::fsmount(
+                ctx.as_fd(),
+                MountAttrs {
+                    nosuid: true,
+                    nodev: true,
+                    noexec: true,
+                    ..MountAttrs::default()
+                },
+            )
+        })
+        .map_err(|e| Error::os("create state tmpfs", Some(path), e))?;
+    let marker = serde_json::to_vec(&Marker {
+        format: MARKER_FORMAT.into(),
+        version: MARKER_VERSION,
+    })
+    .expect("serializable");
+    sys::create_file(tmpfs.as_fd(), Path::new(MARKER), 0o600)
+        .and_then(|fd| sys::write_all(fd.as_fd(), &marker))
+        .map_err(|e| Error::os("write the state tmpfs' marker", Some(path), e))?;
+    // Onto exactly the directory checked.
+    sys::move_mount(tmpfs.as_fd(), leaf, Path::new(""))
+        .map_err(|e| Error::os("mount state tmpfs on", Some(path), e))?;
+    sys::make_mount_private(tmpfs.as_fd())
+        .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
+    let mount_id = sys::stat_fd(tmpfs.as_fd()).ok().and_then(|st| st.mnt_id);
+    Ok(StateDir {
+        path: path.to_path_buf(),
+        fd: tmpfs,
+        mount_id,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Staging records.
+
+/// What a staging directory's record says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// Always [`RECORD_FORMAT`].
+    pub format: String,
+    /// Always [`RECORD_VERSION`].
+    pub version: u32,
+    /// The staging directory's name inside the state dir.
+    pub id: String,
+    /// The process that staged (for reports; liveness is the lock).
+    pub pid: u32,
+    /// Its start time (clock ticks since boot, /proc/PID/stat field 22).
+    pub start_time: u64,
+    /// Seconds since the epoch when it was created.
+    pub created: u64,
+    /// Every name inside the staging dir that may carry a staged mount,
+    /// listed before it is attached.
+    pub mounts: Vec<String>,
+}
+
+impl Record {
+    /// The record's file name.
+    pub fn file_name(id: &str) -> String {
+        format!("{id}.json")
+    }
+
+    /// Parses a record read from `<id>.json`; `None` unless it is a
+    /// current-format record naming `id`.
+    pub fn parse(bytes: &[u8], id: &str) -> Option<Record> {
+        let record: Record = serde_json::from_slice(bytes).ok()?;
+        let valid = record.format == RECORD_FORMAT
+            && record.version == RECORD_VERSION
+            && record.id == id
+            && record.mounts.iter().all(|m| is_mount_name(m));
+        valid.then_some(record)
+    }
+}
+
+/// Whether `name` is a staging id idoverlay makes: `<pid hex>-<random hex>`.
+pub(crate) fn is_staging_id(name: &[u8]) -> bool {
+    let Some(dash) = name.iter().position(|b| *b == b'-') else {
+        return false;
+    };
+    let hex = |s: &[u8]| {
+        !s.is_empty() && s.len() <= 16 && s.iter().all(|b| b"0123456789abcdef".contains(b))
+    };
+    hex(&name[..dash]) && hex(&name[dash + 1..])
+}
+
+/// Whether `name` is a staged mount point name idoverlay makes: a number
+/// (a layer clone), `u` (the upper/work clone) or `o` (the overlay).
+pub(crate) fn is_mount_name(name: &str) -> bool {
+    name == "u"
+        || name == "o"
+        || (!name.is_empty() && name.len() <= 6 && name.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A record being written by its assembly: locked until dropped.
+#[derive(Debug)]
+pub(crate) struct LiveRecord {
+    /// Open and locked (`flock`) for as long as the assembly runs.
+    fd: OwnedFd,
+    pub record: Record,
+}
+
+impl LiveRecord {
+    /// Writes, locks and publishes the record of a new staging `id`.
+    pub fn create(state: &StateDir, id: &str, mounts: Vec<String>) -> Result<LiveRecord> {
+        let pid = std::process::id();
+        let record = Record {
+            format: RECORD_FORMAT.into(),
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            mounts,
+        };
+        let fd = publish(state, &record)?;
+        Ok(LiveRecord { fd, record })
+    }
+
+    /// Makes sure the record lists `name` before it is attached.
+    pub fn ensure(&mut self, state: &StateDir, name: &str) -> Result<()> {
+        if self.record.mounts.iter().any(|m| m == name) {
+            return Ok(());
+        }
+        self.record.mounts.push(name.to_string());
+        // The new copy is locked before it replaces the old one, whose lock
+        // is let go only then: the record is never seen unlocked.
+        let fd = publish(state, &self.record)?;
+        self.fd = fd;
+        Ok(())
+    }
+
+    /// Removes the record (its staging is gone) and lets go of the lock.
+    pub fn remove(self, state: &StateDir) -> Result<()> {
+        sys::unlink(
+            state.fd.as_fd(),
+            Path::new(&Record::file_name(&self.record.id)),
+        )
+        .map_err(|e| Error::Cleanup {
+            detail: "removing the staging record failed".into(),
+            path: state.join(&self.record.id),
+            source: Some(e),
+        })
+    }
+}
+
+/// Writes `record` to a temporary name, locks it and renames it into
+/// place; returns the locked fd.
+fn publish(state: &StateDir, record: &Record) -> Result<OwnedFd> {
+    let temp = format!(".{}.{:x}.tmp", record.id, sys::random_u64() & 0xffff_ffff);
+    let name = Record::file_name(&record.id);
+    let err = |e| Error::os("write staging record in", Some(&state.path), e);
+    let fd = sys::create_file(state.fd.as_fd(), Path::new(&temp), 0o600).map_err(err)?;
+    let written = sys::lock_exclusive(fd.as_fd())
+        .and_then(|()| {
+            sys::write_all(
+                fd.as_fd(),
+                &serde_json::to_vec(record).expect("serializable"),
+            )
+        })
+        .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)));
+    if let Err(e) = written {
+        let _ = sys::unlink(state.fd.as_fd(), Path::new(&temp));
+        return Err(err(e));
+    }
+    Ok(fd)
+}
+
+/// A process's start time (clock ticks since boot), to tell a pid's
+/// current process from an earlier one in reports.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// A fresh staging id: `<pid hex>-<random hex>`, never reused.
+pub(crate) fn new_staging_id() -> String {
+    format!(
+        "{:x}-{:08x}",
+        std::process::id(),
+        sys::random_u64() & 0xffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_idoverlay_makes_and_nothing_else() {
+        assert!(is_staging_id(b"1a2b-00ff00ff"));
+        assert!(!is_staging_id(b"1a2b"));
+        assert!(!is_staging_id(b"-00ff"));
+        assert!(!is_staging_id(b"1A2B-00ff"));
+        assert!(!is_staging_id(b"config"));
+        assert!(!is_staging_id(b"1a2b-00ff.json"));
+        for ok in ["0", "12", "u", "o"] {
+            assert!(is_mount_name(ok), "{ok}");
+        }
+        for bad in ["", "x", "..", "0/1", "1234567", "U"] {
+            assert!(!is_mount_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_parse_only_in_the_current_format_for_their_own_id() {
+        let r = Record {
+            format: RECORD_FORMAT.into(),
+            version: RECORD_VERSION,
+            id: "1-2".into(),
+            pid: 1,
+            start_time: 1,
+            created: 0,
+            mounts: vec!["0".into(), "u".into()],
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        assert_eq!(Record::parse(&bytes, "1-2"), Some(r.clone()));
+        assert_eq!(Record::parse(&bytes, "1-3"), None);
+        let old = br#"{"version":1,"dir":"1-2","pid":1,"start_time":1,"boot_id":"x","created":0}"#;
+        assert_eq!(Record::parse(old, "1-2"), None);
+        let mut odd = r;
+        odd.mounts.push("../etc".into());
+        assert_eq!(
+            Record::parse(&serde_json::to_vec(&odd).unwrap(), "1-2"),
+            None
+        );
+    }
+}
