@@ -434,7 +434,6 @@ impl Overlay {
         self.with_request(|req, chosen| {
             if chosen == Strategy::Detached
                 && !self.per_layer_clones
-                && std::env::var_os("IDO_NO_FAST").is_none()
                 && strategy::detached::mount_at(req, target_fd.as_fd(), target)?
             {
                 return Ok(Mounted {
