@@ -30,6 +30,8 @@ pub enum Role {
     Upper,
     /// The work directory.
     Work,
+    /// Where the overlay is to be mounted.
+    Target,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Data => "data layer",
             Role::Upper => "upper dir",
             Role::Work => "work dir",
+            Role::Target => "target",
         }
     }
 }
@@ -880,6 +883,7 @@ pub fn check_overlaps(
     singles: &[Located<'_>],
     upper: Option<&Located<'_>>,
     work: Option<&Located<'_>>,
+    target: Option<&Located<'_>>,
 ) -> Result<()> {
     for g in groups.iter_mut() {
         g.check_members()?;
@@ -978,6 +982,35 @@ pub fn check_overlaps(
                     name(u)
                 ),
             ));
+        }
+    }
+    // The target may hold layers (it covers their paths, not the
+    // directories overlay was given), but must not be one of them, nor the
+    // upper or work dir, nor lie inside any: the overlay would be mounted
+    // into its own layer or into what overlay writes.
+    if let Some(t) = target {
+        let into = |what: String| {
+            Error::invalid_path(
+                t.role.noun(),
+                t.path,
+                format!(
+                    "is or lies inside {what}; mount the overlay on a directory of its own, \
+                     outside its layers, upper and work dirs"
+                ),
+            )
+        };
+        for l in singles.iter().chain(upper).chain(work) {
+            if matches!(
+                relation(&t.at, &l.at),
+                Some(Overlap::Same | Overlap::Inside)
+            ) {
+                return Err(into(name(l)));
+            }
+        }
+        for g in groups.iter() {
+            if let Some((k, Overlap::Same | Overlap::Inside)) = g.find(&t.at) {
+                return Err(into(member(g, k).0));
+            }
         }
     }
     Ok(())
@@ -1091,6 +1124,16 @@ mod tests {
         assert_eq!(p.rel(0), None);
     }
 
+    /// [`check_overlaps`] without a target.
+    fn overlaps(
+        groups: &mut [LocatedGroup<'_>],
+        singles: &[Located<'_>],
+        upper: Option<&Located<'_>>,
+        work: Option<&Located<'_>>,
+    ) -> Result<()> {
+        check_overlaps(groups, singles, upper, work, None)
+    }
+
     fn table() -> Vec<MountEntry> {
         crate::mountinfo::parse(
             "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
@@ -1135,13 +1178,13 @@ mod tests {
         // Upper inside a layer, reached through a bind mount of it.
         let upper = loc("/bind/nested", Role::Upper, 0);
         let work = loc("/tmp/w", Role::Work, 0);
-        let e = check_overlaps(&mut two(), &[], Some(&upper), Some(&work)).unwrap_err();
+        let e = overlaps(&mut two(), &[], Some(&upper), Some(&work)).unwrap_err();
         assert!(
             e.to_string().contains("lies inside layer 2 (\"/img/l1\")"),
             "{e}"
         );
         // A layer inside the upper dir.
-        let e = check_overlaps(
+        let e = overlaps(
             &mut two(),
             &[],
             Some(&loc("/img", Role::Upper, 0)),
@@ -1150,13 +1193,12 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("a layer cannot be inside"), "{e}");
         // Duplicate through the bind mount (a layer on its own), and nesting.
-        let e =
-            check_overlaps(&mut two(), &[loc("/bind", Role::Lower, 3)], None, None).unwrap_err();
+        let e = overlaps(&mut two(), &[loc("/bind", Role::Lower, 3)], None, None).unwrap_err();
         assert!(e.to_string().contains("same directory as layer 2"), "{e}");
         let mut nested = vec![group(vec![(1, "/img/l1", "l1"), (2, "/img/l1/x", "l1/x")])];
-        let e = check_overlaps(&mut nested, &[], None, None).unwrap_err();
+        let e = overlaps(&mut nested, &[], None, None).unwrap_err();
         assert!(e.to_string().contains("lies inside layer 1"), "{e}");
-        let e = check_overlaps(
+        let e = overlaps(
             &mut two(),
             &[loc("/img/l1/deep", Role::Lower, 3)],
             None,
@@ -1164,10 +1206,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("lies inside layer 2"), "{e}");
-        let e = check_overlaps(&mut two(), &[loc("/img", Role::Lower, 3)], None, None).unwrap_err();
+        let e = overlaps(&mut two(), &[loc("/img", Role::Lower, 3)], None, None).unwrap_err();
         assert!(e.to_string().contains("lies inside layer 3"), "{e}");
         // Work inside upper.
-        let e = check_overlaps(
+        let e = overlaps(
             &mut two(),
             &[],
             Some(&loc("/tmp/u", Role::Upper, 0)),
@@ -1176,13 +1218,52 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("one inside the other"), "{e}");
         // Side by side is fine, and a sibling with a common name prefix too.
-        check_overlaps(
+        overlaps(
             &mut two(),
             &[loc("/img/l10", Role::Lower, 3)],
             Some(&loc("/tmp/u", Role::Upper, 0)),
             Some(&work),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_target_inside_a_layer_upper_or_work_is_refused() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        let loc = |p: &'static str, role, number| Located {
+            path: Path::new(p),
+            role,
+            number,
+            at: at(p),
+        };
+        let group = || {
+            vec![LocatedGroup {
+                root: at("/img"),
+                members: vec![
+                    (1, Path::new("/img/l2"), Role::Lower, &b"l2"[..]),
+                    (2, Path::new("/img/l1"), Role::Lower, &b"l1"[..]),
+                ],
+            }]
+        };
+        let (u, w) = (loc("/tmp/u", Role::Upper, 0), loc("/tmp/w", Role::Work, 0));
+        for (target, names) in [
+            ("/img/l1", "layer 2"),
+            ("/bind/sub", "layer 2"),
+            ("/tmp/u", "upper dir"),
+            ("/tmp/w/x", "work dir"),
+        ] {
+            let target = loc(target, Role::Target, 0);
+            let e = check_overlaps(&mut group(), &[], Some(&u), Some(&w), Some(&target))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names) && e.contains("target"), "{e}");
+        }
+        // Beside them, or holding them, is fine.
+        for target in ["/tmp/t", "/img"] {
+            let target = loc(target, Role::Target, 0);
+            check_overlaps(&mut group(), &[], Some(&u), Some(&w), Some(&target)).unwrap();
+        }
     }
 
     /// The model: two relative names overlap when equal or when one is a

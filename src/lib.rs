@@ -340,12 +340,16 @@ impl Overlay {
     /// `move_mount`) puts it somewhere. Nothing is changed on disk or in
     /// any mount table when this fails.
     pub fn assemble(&self) -> Result<DetachedMount> {
-        self.with_request(|req, chosen| self.assemble_with(req, chosen))
+        self.with_request(None, |req, chosen| self.assemble_with(req, chosen))
     }
 
     /// Everything before the strategy runs: shape, privilege, user
     /// namespace, probe, choice. Then `run` with the request and strategy.
-    fn with_request<T>(&self, run: impl FnOnce(&Request<'_>, Strategy) -> Result<T>) -> Result<T> {
+    fn with_request<T>(
+        &self,
+        target: Option<&layer::OpenedDir>,
+        run: impl FnOnce(&Request<'_>, Strategy) -> Result<T>,
+    ) -> Result<T> {
         self.check_shape()?;
         if !sys::has_cap_sys_admin() {
             return Err(Error::Permission {
@@ -390,6 +394,7 @@ impl Overlay {
             userns,
             trace: self.trace.as_ref(),
             caps: &report,
+            target,
         };
         req.trace(|| {
             format!(
@@ -430,11 +435,12 @@ impl Overlay {
     /// which costs about what a plain overlay mount does.
     pub fn mount(&self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
-        let target_fd = open_target(target)?;
-        self.with_request(|req, chosen| {
+        let opened = open_target(target)?;
+        self.check_target_outside_state_dir(&opened)?;
+        self.with_request(Some(&opened), |req, chosen| {
             if chosen == Strategy::Detached
                 && !self.per_layer_clones
-                && strategy::detached::mount_at(req, target_fd.as_fd(), target)?
+                && strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
             {
                 return Ok(Mounted {
                     target: target.to_path_buf(),
@@ -443,8 +449,39 @@ impl Overlay {
                 });
             }
             self.assemble_with(req, chosen)?
-                .attach_to_fd(target_fd.as_fd(), target)
+                .attach_to_fd(opened.fd.as_fd(), target)
         })
+    }
+
+    /// A target inside the state dir could be taken for staging by `gc`,
+    /// and would put the overlay where only idoverlay's own mounts belong.
+    fn check_target_outside_state_dir(&self, target: &layer::OpenedDir) -> Result<()> {
+        let state_dir = self
+            .state_dir
+            .as_deref()
+            .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR));
+        let (Ok(state_dir), Some(at)) = (
+            path::normalize(state_dir),
+            target
+                .canonical
+                .clone()
+                .or_else(|| sys::fd_path(target.fd.as_fd())),
+        ) else {
+            return Ok(());
+        };
+        // `/` is no state dir at all (refused where one is used).
+        if state_dir.as_ref() != Path::new("/") && at.starts_with(&state_dir) {
+            return Err(Error::invalid_path(
+                "target",
+                &target.path,
+                format!(
+                    "lies inside the state dir {}, which holds only idoverlay's own staging; \
+                     mount the overlay elsewhere",
+                    error::display_path(&state_dir)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -483,8 +520,8 @@ impl DetachedMount {
     /// fails, the overlay is dropped, which unmounts it.
     pub fn attach(self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
-        let target_fd = open_target(target)?;
-        self.attach_to_fd(target_fd.as_fd(), target)
+        let opened = open_target(target)?;
+        self.attach_to_fd(opened.fd.as_fd(), target)
     }
 
     /// Attaches the overlay at `target` inside another mount namespace (a
@@ -496,12 +533,15 @@ impl DetachedMount {
         target: impl AsRef<Path>,
     ) -> Result<Mounted> {
         let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
-        let ns = sys::open_read(sys::cwd(), mount_ns).map_err(|e| Error::InvalidInput {
-            what: "mount namespace".into(),
-            input: error::display_path(mount_ns),
-            reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
-            path: Some(mount_ns.to_path_buf()),
-            source: Some(e),
+        // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
+        let ns = sys::open_read_nonblocking(sys::cwd(), mount_ns, true).map_err(|e| {
+            Error::InvalidInput {
+                what: "mount namespace".into(),
+                input: error::display_path(mount_ns),
+                reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
+                path: Some(mount_ns.to_path_buf()),
+                source: Some(e),
+            }
         })?;
         match sys::namespace_type(ns.as_fd()) {
             Ok(t) if t == libc::CLONE_NEWNS => {}
@@ -516,8 +556,8 @@ impl DetachedMount {
         threads::run_on_thread("attach", || {
             sys::enter_mount_ns(ns.as_fd())
                 .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
-            let target_fd = open_target(target)?;
-            self.attach_to_fd(target_fd.as_fd(), target)
+            let opened = open_target(target)?;
+            self.attach_to_fd(opened.fd.as_fd(), target)
         })
     }
 
@@ -627,10 +667,29 @@ fn choose_strategy(
 
 /// Opens a mount target: absolute, normalized (a trailing `/` cannot make
 /// a symlink be followed), an existing directory, not a symlink.
-fn open_target(target: &Path) -> Result<OwnedFd> {
+fn open_target(target: &Path) -> Result<layer::OpenedDir> {
     let normal =
         path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;
-    sys::open_dir_path(sys::cwd(), &normal).map_err(|e| explain_target(target, &normal, e))
+    // Reached without any symlink, the normalized path is the canonical one.
+    let lexical = (!path::has_dotdot(&normal))
+        .then(|| sys::open_dir_no_symlinks(&normal, false).ok())
+        .flatten();
+    let (fd, canonical) = match lexical {
+        Some(fd) => (fd, Some(normal.to_path_buf())),
+        None => (
+            sys::open_dir_path(sys::cwd(), &normal)
+                .map_err(|e| explain_target(target, &normal, e))?,
+            None,
+        ),
+    };
+    let stat = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
+    Ok(layer::OpenedDir {
+        path: target.to_path_buf(),
+        role: layer::Role::Target,
+        fd,
+        stat,
+        canonical,
+    })
 }
 
 /// A target that could not be opened, explained.

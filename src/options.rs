@@ -304,6 +304,40 @@ fn parse_util_linux_idmap(value: &str) -> Result<(Option<IdMap>, Option<IdMap>, 
     Ok((build(uid, "uid")?, build(gid, "gid")?, None))
 }
 
+/// Which option gave each setting that may be given once.
+#[derive(Default)]
+struct Given {
+    upper: Option<String>,
+    work: Option<String>,
+    uid: Option<String>,
+    gid: Option<String>,
+    userns: Option<String>,
+}
+
+/// Sets `slot` from the option `shown`, refusing a second option that
+/// says something else (one that says the same is harmless).
+fn set_once<T: PartialEq>(
+    slot: &mut Option<T>,
+    by: &mut Option<String>,
+    value: T,
+    shown: &str,
+    what: &str,
+) -> Result<()> {
+    match (slot.as_ref(), by.as_ref()) {
+        (Some(old), Some(first)) if *old != value => Err(Error::invalid(
+            "option",
+            format!("{first} and {shown}"),
+            format!("both give {what}, differently; give it once"),
+        )),
+        (Some(_), _) => Ok(()),
+        (None, _) => {
+            *slot = Some(value);
+            *by = Some(shown.to_string());
+            Ok(())
+        }
+    }
+}
+
 /// Parses a mount(8)-style option string into a [`MountSpec`].
 pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
     let mut spec = MountSpec::default();
@@ -330,6 +364,9 @@ pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
             None => parts.push((part.to_string(), None)),
         }
     }
+    // Which option set each of these, so that a second, different one is
+    // refused naming both (an identical repeat is harmless).
+    let mut given: Given = Given::default();
     for (key, value) in parts {
         let shown = match &value {
             Some(v) => format!("{key}={v}"),
@@ -353,8 +390,20 @@ pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
             "datadir+" => spec
                 .data_lowers
                 .push(PathBuf::from(unescape(&need_value()?))),
-            "upperdir" => spec.upper = Some(PathBuf::from(unescape(&need_value()?))),
-            "workdir" => spec.work = Some(PathBuf::from(unescape(&need_value()?))),
+            "upperdir" => {
+                let dir = PathBuf::from(unescape(&need_value()?));
+                set_once(
+                    &mut spec.upper,
+                    &mut given.upper,
+                    dir,
+                    &shown,
+                    "the upper dir",
+                )?;
+            }
+            "workdir" => {
+                let dir = PathBuf::from(unescape(&need_value()?));
+                set_once(&mut spec.work, &mut given.work, dir, &shown, "the work dir")?;
+            }
             "uidmap" | "gidmap" => {
                 let map: IdMap = need_value()?
                     .parse()
@@ -362,16 +411,52 @@ pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
                         Error::invalid(key.as_str(), e.input, e.reason)
                     })?;
                 if key == "uidmap" {
-                    spec.uid_map = Some(map);
+                    set_once(
+                        &mut spec.uid_map,
+                        &mut given.uid,
+                        map,
+                        &shown,
+                        "the uid map",
+                    )?;
                 } else {
-                    spec.gid_map = Some(map);
+                    set_once(
+                        &mut spec.gid_map,
+                        &mut given.gid,
+                        map,
+                        &shown,
+                        "the gid map",
+                    )?;
                 }
             }
             k if k.eq_ignore_ascii_case("X-mount.idmap") || k == "idmap" => {
                 let (uid, gid, userns) = parse_util_linux_idmap(&need_value()?)?;
-                spec.uid_map = uid.or(spec.uid_map.take());
-                spec.gid_map = gid.or(spec.gid_map.take());
-                spec.userns = userns.or(spec.userns.take());
+                if let Some(uid) = uid {
+                    set_once(
+                        &mut spec.uid_map,
+                        &mut given.uid,
+                        uid,
+                        &shown,
+                        "the uid map",
+                    )?;
+                }
+                if let Some(gid) = gid {
+                    set_once(
+                        &mut spec.gid_map,
+                        &mut given.gid,
+                        gid,
+                        &shown,
+                        "the gid map",
+                    )?;
+                }
+                if let Some(ns) = userns {
+                    set_once(
+                        &mut spec.userns,
+                        &mut given.userns,
+                        ns,
+                        &shown,
+                        "the user namespace",
+                    )?;
+                }
             }
             "datadir" => {
                 return Err(Error::invalid(
@@ -391,6 +476,13 @@ pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
                 spec.params.append(&mut params);
             }
         }
+    }
+    if let (Some(ns), Some(maps)) = (&given.userns, given.uid.as_ref().or(given.gid.as_ref())) {
+        return Err(Error::invalid(
+            "option",
+            format!("{maps} and {ns}"),
+            "give the id maps in one way: maps, or a user namespace file, not both",
+        ));
     }
     if spec.userns.is_none() && spec.uid_map.is_some() != spec.gid_map.is_some() {
         return Err(Error::invalid(
@@ -460,6 +552,48 @@ mod tests {
         }
         let long = format!("index={}", "x".repeat(300));
         assert!(parse_overlay_options(&long).is_err());
+    }
+
+    #[test]
+    fn conflicting_maps_and_dirs_are_refused_naming_both() {
+        for (options, names) in [
+            (
+                "lowerdir=/a:/b,uidmap=0:1:1,uidmap=0:2:1,gidmap=0:1:1",
+                ["uidmap=0:1:1", "uidmap=0:2:1"],
+            ),
+            (
+                "lowerdir=/a:/b,uidmap=0:1:1,gidmap=0:1:1,X-mount.idmap=b:0:5:1",
+                ["uidmap=0:1:1", "X-mount.idmap=b:0:5:1"],
+            ),
+            (
+                "lowerdir=/a:/b,idmap=b:0:1:1,X-mount.idmap=b:0:5:1",
+                ["idmap=b:0:1:1", "X-mount.idmap=b:0:5:1"],
+            ),
+            (
+                "lowerdir=/a:/b,uidmap=0:1:1,gidmap=0:1:1,X-mount.idmap=/proc/1/ns/user",
+                ["uidmap=0:1:1", "X-mount.idmap=/proc/1/ns/user"],
+            ),
+            (
+                "lowerdir=/a,upperdir=/u,upperdir=/v,workdir=/w",
+                ["upperdir=/u", "upperdir=/v"],
+            ),
+            (
+                "lowerdir=/a,upperdir=/u,workdir=/w,workdir=/x",
+                ["workdir=/w", "workdir=/x"],
+            ),
+        ] {
+            let e = parse_mount_options(options).unwrap_err().to_string();
+            for n in names {
+                assert!(e.contains(n), "{options}: {e}");
+            }
+            assert!(!e.contains('\n'));
+        }
+        // Saying the same thing twice is harmless.
+        let spec = parse_mount_options(
+            "lowerdir=/a:/b,uidmap=0:1:1,uidmap=0:1:1,gidmap=0:1:1,X-mount.idmap=b:0:1:1",
+        )
+        .unwrap();
+        assert_eq!(spec.uid_map.unwrap().to_string(), "0:1:1");
     }
 
     #[test]

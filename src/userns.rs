@@ -102,7 +102,8 @@ impl UserNamespace {
     /// or a bind-mounted namespace.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let fd = sys::open_read(sys::cwd(), path).map_err(|e| {
+        // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
+        let fd = sys::open_read_nonblocking(sys::cwd(), path, true).map_err(|e| {
             let reason = match e.errno {
                 libc::ENOENT => "does not exist".to_string(),
                 _ => format!("cannot be opened: {e}"),

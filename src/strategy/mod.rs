@@ -107,6 +107,9 @@ pub(crate) struct Request<'a> {
     pub trace: Option<&'a Trace>,
     /// What the kernel can do (from the probe, with pretended gaps).
     pub caps: &'a crate::probe::ProbeReport,
+    /// Where the overlay will be mounted, when the caller said
+    /// ([`crate::Overlay::mount`]): checked against the layers, upper and work.
+    pub target: Option<&'a OpenedDir>,
 }
 
 impl Request<'_> {
@@ -191,7 +194,14 @@ pub(crate) fn prepare<'a>(
     if let (Some(upper), Some(work)) = (&upper, &work) {
         check_upper_work(upper, work)?;
     }
-    check_overlaps(&plan, &singles, upper.as_ref(), work.as_ref(), &mut table)?;
+    check_overlaps(
+        &plan,
+        &singles,
+        upper.as_ref(),
+        work.as_ref(),
+        req.target,
+        &mut table,
+    )?;
     req.trace(|| {
         let shared = plan
             .placement
@@ -228,6 +238,7 @@ fn check_overlaps(
     singles: &[Option<OpenedDir>],
     upper: Option<&OpenedDir>,
     work: Option<&OpenedDir>,
+    target: Option<&OpenedDir>,
     table: &mut Option<Vec<crate::mountinfo::MountEntry>>,
 ) -> Result<()> {
     // Every directory to compare: canonical path and (device, mount).
@@ -247,6 +258,7 @@ fn check_overlaps(
         .collect();
     let upper_path = upper.and_then(canonical_path);
     let work_path = work.and_then(canonical_path);
+    let target_path = target.and_then(canonical_path);
     let stats: Vec<sys::Stat> = roots
         .iter()
         .flatten()
@@ -254,6 +266,7 @@ fn check_overlaps(
         .chain(singles.iter().flatten().map(|d| d.stat))
         .chain(upper.map(|d| d.stat))
         .chain(work.map(|d| d.stat))
+        .chain(target.map(|d| d.stat))
         .collect();
     let aliased = stats
         .iter()
@@ -269,11 +282,12 @@ fn check_overlaps(
             (false, _) => Some(layer::FsLocation::on_device(st.dev, canonical)),
         }
     };
-    let mut writable = [None, None];
-    for (slot, (d, c)) in writable
-        .iter_mut()
-        .zip([(upper, &upper_path), (work, &work_path)])
-    {
+    let mut writable = [None, None, None];
+    for (slot, (d, c)) in writable.iter_mut().zip([
+        (upper, &upper_path),
+        (work, &work_path),
+        (target, &target_path),
+    ]) {
         if let (Some(d), Some(c)) = (d, c) {
             *slot = locate(c, &d.stat).map(|at| layer::Located {
                 path: &d.path,
@@ -283,7 +297,7 @@ fn check_overlaps(
             });
         }
     }
-    let [u, w] = writable;
+    let [u, w, t] = writable;
     let mut groups: Vec<Option<layer::LocatedGroup<'_>>> = roots
         .iter()
         .map(|r| {
@@ -301,7 +315,7 @@ fn check_overlaps(
     let meets = |g: &layer::LocatedGroup<'_>| {
         let others = groups.iter().flatten().filter(|o| !std::ptr::eq(*o, g));
         !singles.is_empty()
-            || [&u, &w]
+            || [&u, &w, &t]
                 .into_iter()
                 .flatten()
                 .any(|l| g.root.overlaps(&l.at))
@@ -339,7 +353,13 @@ fn check_overlaps(
         }
     }
     let mut groups: Vec<layer::LocatedGroup<'_>> = groups.into_iter().flatten().collect();
-    layer::check_overlaps(&mut groups, &singles_located, u.as_ref(), w.as_ref())
+    layer::check_overlaps(
+        &mut groups,
+        &singles_located,
+        u.as_ref(),
+        w.as_ref(),
+        t.as_ref(),
+    )
 }
 
 /// Where an opened directory really is: known from its open, or asked of
@@ -667,6 +687,9 @@ pub(crate) fn role_key(role: Role) -> &'static std::ffi::CStr {
         Role::Data => c"datadir+",
         Role::Upper => c"upperdir",
         Role::Work => c"workdir",
+        // The target is only ever checked against the others, never handed
+        // to overlay as a directory of the overlay.
+        Role::Target => unreachable!("the target is not an overlay parameter"),
     }
 }
 
