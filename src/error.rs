@@ -71,6 +71,11 @@ pub enum Error {
         needs: String,
         /// How to get it.
         hint: String,
+        /// The path concerned, when there is one.
+        path: Option<PathBuf>,
+        /// The syscall the kernel refused, when one was.
+        #[source]
+        source: Option<SysError>,
     },
     /// Cleanup of temporary state could not finish; nothing was removed
     /// that was still in use, and `idoverlay gc` can finish it later.
@@ -111,7 +116,9 @@ impl Error {
                 source.as_ref().map(|s| s.errno)
             }
             Error::Unsupported { .. } => None,
-            Error::Permission { .. } => Some(libc::EPERM),
+            Error::Permission { source, .. } => {
+                Some(source.as_ref().map_or(libc::EPERM, |s| s.errno))
+            }
         }
     }
 
@@ -125,8 +132,7 @@ impl Error {
         match self {
             Error::InvalidInput { path, .. } | Error::Os { path, .. } => path.as_deref(),
             Error::Cleanup { path, .. } => Some(path),
-            Error::Unsupported { path, .. } => path.as_deref(),
-            Error::Permission { .. } => None,
+            Error::Unsupported { path, .. } | Error::Permission { path, .. } => path.as_deref(),
         }
     }
 
@@ -174,6 +180,21 @@ impl Error {
             input: display_path(path),
             reason: reason.into(),
             path: Some(path.to_path_buf()),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Permission`] without a path or syscall.
+    pub(crate) fn permission(
+        what: impl Into<String>,
+        needs: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Permission {
+            what: what.into(),
+            needs: needs.into(),
+            hint: hint.into(),
+            path: None,
             source: None,
         }
     }

@@ -116,7 +116,17 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
             Err(_) => "has a component that is not a directory".to_string(),
         },
         libc::ELOOP => "has too many levels of symlinks".to_string(),
-        libc::EACCES => "cannot be searched: permission denied".to_string(),
+        libc::EACCES | libc::EPERM => {
+            return Error::Permission {
+                what: format!("opening {noun} {}", display_path(path)),
+                needs: "search permission on every directory on its path".into(),
+                hint: "root lacks it here: an LSM policy, an NFS root_squash export, or a user \
+                       namespace that does not own the filesystem"
+                    .into(),
+                path: Some(path.to_path_buf()),
+                source: Some(e),
+            }
+        }
         libc::ENAMETOOLONG => "is too long".to_string(),
         _ => return Error::os(format!("open {noun}"), Some(path), e),
     };

@@ -352,11 +352,11 @@ impl Overlay {
     ) -> Result<T> {
         self.check_shape()?;
         if !sys::has_cap_sys_admin() {
-            return Err(Error::Permission {
-                what: "assembling an idmapped overlay".into(),
-                needs: "CAP_SYS_ADMIN".into(),
-                hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
-            });
+            return Err(Error::permission(
+                "assembling an idmapped overlay",
+                "CAP_SYS_ADMIN",
+                userns::CAP_SYS_ADMIN_HINT,
+            ));
         }
         let shared_userns;
         let userns: &UserNamespace = match (&self.userns, &self.maps) {
@@ -610,6 +610,20 @@ fn choose_strategy(
             report.feature(Feature::MountSetattrIdmap).errno.as_deref() != Some("ENOSYS");
         if layer.idmap == Some(false) && kernel_idmaps {
             let fs = &layer.fs_type;
+            if layer.errno.as_deref() == Some("EPERM") && !userns::in_initial_user_namespace() {
+                return Err(Error::Permission {
+                    what: format!(
+                        "idmapping layer {} on {fs}",
+                        error::display_path(first_layer)
+                    ),
+                    needs: "CAP_SYS_ADMIN in the user namespace that mounted its filesystem".into(),
+                    hint: "this process runs in a user namespace, which may idmap only \
+                           filesystems it mounted itself; run idoverlay on the host"
+                        .into(),
+                    path: Some(first_layer.to_path_buf()),
+                    source: None,
+                });
+            }
             if let (true, Some(file)) = (layer.idmap_expected, userns.file()) {
                 return Err(Error::invalid_path(
                     "user namespace",
@@ -728,11 +742,11 @@ fn explain_target(target: &Path, normal: &Path, e: sys::SysError) -> Error {
 pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
     if !sys::has_cap_sys_admin() {
-        return Err(Error::Permission {
-            what: format!("unmounting {}", error::display_path(target)),
-            needs: "CAP_SYS_ADMIN".into(),
-            hint: "run as root (or with CAP_SYS_ADMIN in the initial user namespace)".into(),
-        });
+        return Err(Error::permission(
+            format!("unmounting {}", error::display_path(target)),
+            "CAP_SYS_ADMIN",
+            userns::CAP_SYS_ADMIN_HINT,
+        ));
     }
     let normal =
         path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;

@@ -9,6 +9,20 @@ use crate::error::{Error, Result};
 use crate::idmap::IdMap;
 use crate::sys;
 
+/// What to do without `CAP_SYS_ADMIN`.
+pub(crate) const CAP_SYS_ADMIN_HINT: &str = "run as root; the layers of a host filesystem can be \
+     idmapped only with CAP_SYS_ADMIN in the initial user namespace (in a user namespace, only \
+     filesystems that namespace mounted itself)";
+
+/// Whether the calling thread is in the initial user namespace (the
+/// kernel gives that one a fixed inode number, `PROC_USER_INIT_INO`).
+pub(crate) fn in_initial_user_namespace() -> bool {
+    const PROC_USER_INIT_INO: u64 = 0xEFFF_FFFD;
+    sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/user"))
+        .and_then(|fd| sys::stat_fd(fd.as_fd()))
+        .map_or(true, |st| st.ino == PROC_USER_INIT_INO)
+}
+
 /// A user namespace held open by an fd; the fd alone keeps it alive.
 ///
 /// Made from a pair of maps (a short-lived helper process is cloned into a
@@ -104,6 +118,18 @@ impl UserNamespace {
         let path = path.as_ref();
         // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
         let fd = sys::open_read_nonblocking(sys::cwd(), path, true).map_err(|e| {
+            if matches!(e.errno, libc::EACCES | libc::EPERM) {
+                return Error::Permission {
+                    what: format!(
+                        "opening user namespace {}",
+                        crate::error::display_path(path)
+                    ),
+                    needs: "read access to it".into(),
+                    hint: "run as root".into(),
+                    path: Some(path.to_path_buf()),
+                    source: Some(e),
+                };
+            }
             let reason = match e.errno {
                 libc::ENOENT => "does not exist".to_string(),
                 _ => format!("cannot be opened: {e}"),
@@ -214,14 +240,25 @@ impl AsFd for UserNamespace {
 fn write_map(file: &Path, map: &IdMap, what: &str) -> Result<()> {
     let fd = sys::open_write(file).map_err(|e| Error::os("open", Some(file), e))?;
     sys::write_all(fd.as_fd(), map.to_proc_format().as_bytes()).map_err(|e| {
-        let hint = match e.errno {
-            libc::EPERM => "writing a map needs CAP_SETUID/CAP_SETGID over the host ids it names",
-            _ => "the kernel refused the map",
-        };
+        if e.errno == libc::EPERM {
+            let hint = if in_initial_user_namespace() {
+                "run as root"
+            } else {
+                "this process runs in a user namespace: every host id the map names must be \
+                 mapped in it (see /proc/self/uid_map), or run as root on the host"
+            };
+            return Error::Permission {
+                what: format!("writing the {what} {map}"),
+                needs: "CAP_SETUID and CAP_SETGID over every host id it names".into(),
+                hint: hint.into(),
+                path: Some(file.to_path_buf()),
+                source: Some(e),
+            };
+        }
         Error::InvalidInput {
             what: what.into(),
             input: map.to_string(),
-            reason: format!("{hint} ({e})"),
+            reason: format!("the kernel refused the map ({e})"),
             path: None,
             source: Some(e),
         }

@@ -701,6 +701,10 @@ pub(crate) fn idmap_error(path: &Path, what: &str, on: BorrowedFd<'_>, e: sys::S
             "filesystem {fs} does not take idmapped mounts on this kernel \
              (ext4, xfs, btrfs and tmpfs 6.3+ do; proc, sysfs and ramfs never)"
         ),
+        libc::EPERM if !crate::userns::in_initial_user_namespace() => format!(
+            "this process runs in a user namespace, which may idmap only filesystems it \
+             mounted itself; {fs} here belongs to another (the host's): run idoverlay on the host"
+        ),
         libc::EPERM => "idmapping needs CAP_SYS_ADMIN and a user namespace other than the \
                         caller's own; an already idmapped mount cannot be idmapped again"
             .to_string(),

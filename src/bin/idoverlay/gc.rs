@@ -42,10 +42,14 @@ pub fn run(args: GcArgs) -> Result<()> {
         }
     }
     if !report.clean() {
-        return Err(AlreadyReported(format!(
-            "some staging in {} could not be cleaned up (see the report); nothing in use was removed",
-            args.state_dir.display()
-        ))
+        return Err(AlreadyReported(
+            format!(
+                "some staging in {} could not be cleaned up (see the report); nothing in use was \
+                 removed",
+                args.state_dir.display()
+            ),
+            crate::output::EXIT_CLEANUP,
+        )
         .into());
     }
     Ok(())

@@ -18,8 +18,9 @@ use crate::output::Output;
 /// The name mount(8) looks for: `mount.<type>` for `-t idoverlay`.
 pub const HELPER_NAME: &str = "mount.idoverlay";
 
-/// mount(8)'s exit statuses: 1 incorrect invocation, 32 mount failure.
-const EXIT_USAGE: u8 = 1;
+/// mount(8)'s exit statuses: 1 incorrect invocation or permissions, 32
+/// mount failure.
+pub const EXIT_USAGE: u8 = 1;
 const EXIT_MOUNT_FAILURE: u8 = 32;
 
 /// Whether argv[0] names the mount helper.
@@ -99,16 +100,17 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = Output { json: false }.fail(&e);
-            let invalid = e
+            // The one line; the status is mount(8)'s, not the CLI's.
+            Output { json: false }.fail(&e);
+            let usage = e
                 .chain()
                 .find_map(|c| c.downcast_ref::<idoverlay::Error>())
-                .is_some_and(|e| e.kind() == "invalid_input");
-            if invalid {
-                code
+                .is_some_and(|e| matches!(e.kind(), "invalid_input" | "permission"));
+            ExitCode::from(if usage {
+                EXIT_USAGE
             } else {
-                ExitCode::from(EXIT_MOUNT_FAILURE)
-            }
+                EXIT_MOUNT_FAILURE
+            })
         }
     }
 }

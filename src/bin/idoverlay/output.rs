@@ -10,10 +10,28 @@ pub struct Output {
     pub json: bool,
 }
 
-/// Exit status for input the user must fix (as clap uses for bad usage).
-pub const EXIT_INVALID_INPUT: u8 = 2;
-/// Exit status for everything else that failed.
+/// Exit status for an operation that failed (the kernel refused, a
+/// syscall failed) and for anything not listed below.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit status for input the user must fix, and bad usage (as clap).
+pub const EXIT_INVALID_INPUT: u8 = 2;
+/// Exit status when this kernel cannot do what was asked.
+pub const EXIT_UNSUPPORTED: u8 = 3;
+/// Exit status when a privilege is missing.
+pub const EXIT_PERMISSION: u8 = 4;
+/// Exit status when a cleanup could not finish (`gc` reported leftovers).
+pub const EXIT_CLEANUP: u8 = 5;
+
+/// The exit status for a library error of kind `kind`.
+pub fn exit_status(kind: &str) -> u8 {
+    match kind {
+        "invalid_input" => EXIT_INVALID_INPUT,
+        "unsupported" => EXIT_UNSUPPORTED,
+        "permission" => EXIT_PERMISSION,
+        "cleanup" => EXIT_CLEANUP,
+        _ => EXIT_FAILURE,
+    }
+}
 
 impl Output {
     /// Prints a success object on stdout when `--json` was given.
@@ -27,7 +45,7 @@ impl Output {
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         if let Some(done) = e.downcast_ref::<AlreadyReported>() {
             eprintln!("idoverlay: {}", done.0);
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(done.1);
         }
         let lib = e.chain().find_map(|c| c.downcast_ref::<idoverlay::Error>());
         let message = one_line(e);
@@ -51,17 +69,15 @@ impl Output {
             };
             println!("{}", json!({ "error": error }));
         }
-        match lib {
-            Some(err) if err.kind() == "invalid_input" => ExitCode::from(EXIT_INVALID_INPUT),
-            _ => ExitCode::from(EXIT_FAILURE),
-        }
+        ExitCode::from(lib.map_or(EXIT_FAILURE, |err| exit_status(err.kind())))
     }
 }
 
 /// A failure whose details are already on stdout (a `--json` report that
-/// says what went wrong): only the one line goes to stderr.
+/// says what went wrong): only the one line goes to stderr, and the exit
+/// status given.
 #[derive(Debug)]
-pub struct AlreadyReported(pub String);
+pub struct AlreadyReported(pub String, pub u8);
 
 impl std::fmt::Display for AlreadyReported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
