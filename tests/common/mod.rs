@@ -445,3 +445,181 @@ pub fn cli_under_strace(
         .arg(target);
     cmd.output().unwrap()
 }
+
+/// Two entries of one directory swapped with `renameat2(RENAME_EXCHANGE)`
+/// in a tight loop, on a thread of its own, as an attacker who can write
+/// that directory would. It can be paused, which puts both names back
+/// where they started, so a test can look at a stable tree between
+/// attempts.
+pub struct Swapper {
+    shared: std::sync::Arc<SwapState>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    dir: std::os::fd::OwnedFd,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+#[derive(Default)]
+struct SwapState {
+    stop: std::sync::atomic::AtomicBool,
+    pause: std::sync::atomic::AtomicBool,
+    parked: std::sync::atomic::AtomicBool,
+    swaps: std::sync::atomic::AtomicU64,
+}
+
+impl Swapper {
+    /// Starts swapping `dir/a` and `dir/b`, paused.
+    pub fn start(dir: &Path, a: &str, b: &str) -> Swapper {
+        use std::sync::atomic::Ordering::SeqCst;
+        let open = || {
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap()
+        };
+        let shared = std::sync::Arc::new(SwapState::default());
+        shared.pause.store(true, SeqCst);
+        let (state, fd) = (shared.clone(), open());
+        let (a, b) = (PathBuf::from(a), PathBuf::from(b));
+        let (ta, tb) = (a.clone(), b.clone());
+        let handle = std::thread::spawn(move || {
+            // Its own working directory: the caller stays the only user of
+            // the test thread's, as in a process whose attacker is elsewhere.
+            // SAFETY: CLONE_FS does not touch the fd table.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }.unwrap();
+            while !state.stop.load(SeqCst) {
+                if state.pause.load(SeqCst) {
+                    state.parked.store(true, SeqCst);
+                    while state.pause.load(SeqCst) && !state.stop.load(SeqCst) {
+                        std::thread::yield_now();
+                    }
+                    state.parked.store(false, SeqCst);
+                    continue;
+                }
+                let swapped = rustix::fs::renameat_with(
+                    &fd,
+                    &ta,
+                    &fd,
+                    &tb,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                );
+                if swapped.is_ok() {
+                    state.swaps.fetch_add(1, SeqCst);
+                }
+            }
+        });
+        let s = Swapper {
+            shared,
+            handle: Some(handle),
+            dir: open(),
+            a,
+            b,
+        };
+        s.wait_parked();
+        s
+    }
+
+    fn wait_parked(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        while !self.shared.parked.load(SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Swaps from now on.
+    pub fn resume(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.pause.store(false, SeqCst);
+        while self.shared.parked.load(SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Stops swapping and puts both names back where they started; false
+    /// when that cannot be done now (one of them became a mount point, which
+    /// cannot be renamed: [`Swapper::restore`] again once it is unmounted).
+    pub fn pause(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.pause.store(true, SeqCst);
+        self.wait_parked();
+        self.restore()
+    }
+
+    /// Puts both names back where they started (paused only).
+    pub fn restore(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.shared.swaps.load(SeqCst) % 2 == 0 {
+            return true;
+        }
+        let back = rustix::fs::renameat_with(
+            &self.dir,
+            &self.a,
+            &self.dir,
+            &self.b,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        match back {
+            Ok(()) => {
+                self.shared.swaps.fetch_add(1, SeqCst);
+                true
+            }
+            Err(rustix::io::Errno::BUSY) => false,
+            Err(e) => panic!("swapping {:?} and {:?} back: {e}", self.a, self.b),
+        }
+    }
+
+    /// How many exchanges it made.
+    pub fn swaps(&self) -> u64 {
+        self.shared.swaps.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        let _ = self.pause();
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A directory held by an fd from the start, so that what a test checks in
+/// it cannot be fooled by renames: its path through that fd.
+pub struct Held {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Held {
+    pub fn open(path: &Path) -> Held {
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Held { fd }
+    }
+
+    /// A path that leads to exactly this directory (through /proc).
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}/.", self.fd.as_raw_fd()))
+    }
+
+    /// Where it is now, as the kernel names it.
+    pub fn current_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).unwrap()
+    }
+
+    /// Device and inode.
+    pub fn id(&self) -> (u64, u64) {
+        let st = rustix::fs::fstat(&self.fd).unwrap();
+        (st.st_dev, st.st_ino)
+    }
+}

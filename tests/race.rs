@@ -1,0 +1,475 @@
+//! Every path input raced: while idoverlay assembles, another thread swaps
+//! the input's last component with a symlink to a secret directory (or, for
+//! the work dir, with a victim directory whose `work/` holds files overlay
+//! would delete), with `renameat2(RENAME_EXCHANGE)` in a tight loop, as a
+//! user who can write the input's parent would. For each path input —
+//! layer, upper, work, target, state dir — × every strategy and the
+//! fallbacks of older kernels × each spelling (`DIR`, `DIR/`, `DIR/.`,
+//! `DIR//`): every attempt either mounts exactly the directories meant or
+//! is refused in one line, and nothing outside them is ever mounted, shown
+//! or deleted. The secret and the victims are checked through fds held from
+//! the start (so the swaps cannot fool the check itself), byte for byte,
+//! after every attempt; the mount table after every attempt with the names
+//! put back.
+//!
+//! The race must be real: each input reports how many attempts saw the
+//! swapped-in entry (and were refused) and how many mounted; both must
+//! happen.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use idoverlay::{Feature, IdMap, Overlay, Strategy};
+
+/// Attempts per input, variant and spelling.
+const ROUNDS: usize = 6;
+
+/// How a path may be spelled: each must mean the directory itself.
+const SPELLINGS: [&str; 4] = ["", "/", "/.", "//"];
+
+/// A way of assembling: a strategy, and the kernel features it pretends
+/// are missing (the code paths of older kernels).
+#[derive(Clone, Copy, Debug)]
+struct Variant {
+    name: &'static str,
+    strategy: Strategy,
+    missing: &'static [Feature],
+    /// `assemble()` then `attach()` rather than `mount()`.
+    assemble: bool,
+    idmap_upper: bool,
+}
+
+const VARIANTS: [Variant; 8] = [
+    Variant {
+        name: "detached",
+        strategy: Strategy::Detached,
+        missing: &[],
+        assemble: false,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "detached-assembled",
+        strategy: Strategy::Detached,
+        missing: &[],
+        assemble: true,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "detached-idmap-upper",
+        strategy: Strategy::Detached,
+        missing: &[],
+        assemble: false,
+        idmap_upper: true,
+    },
+    Variant {
+        name: "private-ns",
+        strategy: Strategy::PrivateNs,
+        missing: &[],
+        assemble: false,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "private-ns-6.12",
+        strategy: Strategy::PrivateNs,
+        missing: &[Feature::OverlayFdLayers],
+        assemble: false,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "private-ns-6.1",
+        strategy: Strategy::PrivateNs,
+        missing: &[Feature::OverlayFdLayers, Feature::OverlayLowerdirPlus],
+        assemble: false,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "host-staged",
+        strategy: Strategy::HostStaged,
+        missing: &[],
+        assemble: false,
+        idmap_upper: false,
+    },
+    Variant {
+        name: "host-staged-6.12",
+        strategy: Strategy::HostStaged,
+        missing: &[Feature::OverlayFdLayers],
+        assemble: false,
+        idmap_upper: false,
+    },
+];
+
+fn map() -> IdMap {
+    "0:100000:65536".parse().unwrap()
+}
+
+/// What one test bed holds: layers, an upper/work pair and a target in an
+/// attacker-writable directory `c` (0777), a secret directory and victims
+/// nobody may touch, and the state dir's root-only parent.
+struct Bed {
+    root: PathBuf,
+    c: PathBuf,
+    lay: PathBuf,
+    state_parent: PathBuf,
+    secret: Held,
+    victim: Held,
+    state_victim: Held,
+    prints: Vec<(String, PathBuf, Prints)>,
+}
+
+type Prints = std::collections::BTreeMap<PathBuf, EntryPrint>;
+
+impl Bed {
+    fn new(dir: &Path) -> Bed {
+        let c = dir.join("c");
+        mkdir(&c, 0o777, 0, 0);
+        // The racing layer and the others, files owned by 0 and 1000.
+        write_file(&c.join("l1/layer-file"), "l1", 0o644, 0, 0);
+        let lay = dir.join("lay");
+        write_file(&lay.join("l2/other-file"), "l2", 0o644, 1000, 1000);
+        mkdir(&lay.join("l2/inside"), 0o755, 0, 0);
+        mkdir(&c.join("upper"), 0o755, 0, 0);
+        mkdir(&c.join("work"), 0o755, 0, 0);
+        mkdir(&c.join("t"), 0o755, 0, 0);
+        // What an attacker points the names at.
+        let secret = dir.join("secret");
+        write_file(&secret.join("shadow"), "secret", 0o600, 0, 0);
+        mkdir(&secret.join("empty"), 0o700, 0, 0);
+        mkdir(&secret, 0o700, 0, 0);
+        let victim = c.join("victim");
+        write_file(&victim.join("work/important.txt"), "keep", 0o600, 0, 0);
+        write_file(&victim.join("work/sub/deeper.txt"), "keep", 0o600, 0, 0);
+        write_file(&victim.join("notes"), "keep", 0o600, 0, 0);
+        for (name, target) in [
+            ("l1.evil", secret.clone()),
+            // An upper that would make every write land in an image layer.
+            ("upper.evil", lay.join("l2/inside")),
+            ("t.evil", secret.clone()),
+        ] {
+            std::os::unix::fs::symlink(target, c.join(name)).unwrap();
+        }
+        let state_parent = dir.join("p");
+        mkdir(&state_parent, 0o755, 0, 0);
+        let state_victim = state_parent.join("state.victim");
+        write_file(&state_victim.join("data"), "keep", 0o600, 0, 0);
+        // Root-only like a state dir: only its contents tell it apart.
+        mkdir(&state_victim, 0o700, 0, 0);
+        mkdir(&state_victim.join("empty"), 0o700, 0, 0);
+        // Pointed at an empty root-only directory: all a state dir needs
+        // to look like one.
+        std::os::unix::fs::symlink(secret.join("empty"), state_parent.join("state.evil")).unwrap();
+        let mut bed = Bed {
+            secret: Held::open(&secret),
+            victim: Held::open(&victim),
+            state_victim: Held::open(&state_victim),
+            root: dir.to_path_buf(),
+            c,
+            lay,
+            state_parent,
+            prints: Vec::new(),
+        };
+        for (name, path) in [
+            ("secret", bed.secret.path()),
+            ("victim", bed.victim.path()),
+            ("state victim", bed.state_victim.path()),
+            ("layers", bed.lay.clone()),
+        ] {
+            let print = fingerprint(&path);
+            bed.prints.push((name.to_string(), path, print));
+        }
+        bed
+    }
+
+    /// Nothing the attacker pointed at, and no layer, changed in any way.
+    fn unchanged(&self, what: &str) {
+        for (name, path, print) in &self.prints {
+            let diff = fingerprint_diff(print, &fingerprint(path));
+            assert!(diff.is_empty(), "{what}: {name} changed: {diff:?}");
+        }
+    }
+}
+
+/// One attempt's outcome.
+#[derive(Default)]
+struct Tally {
+    mounted: usize,
+    refused: usize,
+}
+
+/// Which input is raced, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    Layer,
+    Upper,
+    Work,
+    Target,
+    StateDir,
+}
+
+impl Input {
+    /// The two names swapped (in `c`, or in the state dir's parent).
+    fn pair(self) -> (&'static str, &'static str) {
+        match self {
+            Input::Layer => ("l1", "l1.evil"),
+            Input::Upper => ("upper", "upper.evil"),
+            Input::Work => ("work", "victim"),
+            Input::Target => ("t", "t.evil"),
+            Input::StateDir => ("state", "state.evil"),
+        }
+    }
+}
+
+/// Races `input` for every variant and spelling; returns the tally.
+fn race(bed: &Bed, input: Input, variants: &[Variant], state_swap_with: &str) -> Tally {
+    let mut tally = Tally::default();
+    let (a, b) = input.pair();
+    let (dir, b) = match input {
+        Input::StateDir => (bed.state_parent.clone(), state_swap_with),
+        _ => (bed.c.clone(), b),
+    };
+    let swapper = Swapper::start(&dir, a, b);
+    let raced = |spelling: &str| {
+        let mut p = dir.join(a).into_os_string();
+        p.push(spelling);
+        PathBuf::from(p)
+    };
+    let plain = |name: &str| bed.c.join(name);
+    let upper_held = Held::open(&plain("upper"));
+    let target_held = Held::open(&plain("t"));
+    for v in variants {
+        for spelling in SPELLINGS {
+            for round in 0..ROUNDS {
+                let what = format!("{input:?} {} {spelling:?} #{round}", v.name);
+                let mut state_held = None;
+                if input == Input::StateDir {
+                    // A fresh, empty state dir each time: the walk and the
+                    // tmpfs mount are raced, not just the first attempt.
+                    let state = bed.state_parent.join("state");
+                    let _ = fs::remove_dir(&state);
+                    mkdir(&state, 0o700, 0, 0);
+                    state_held = Some(Held::open(&state));
+                }
+                let lower1 = if input == Input::Layer {
+                    raced(spelling)
+                } else {
+                    plain("l1")
+                };
+                let upper = if input == Input::Upper {
+                    raced(spelling)
+                } else {
+                    plain("upper")
+                };
+                let work = if input == Input::Work {
+                    raced(spelling)
+                } else {
+                    plain("work")
+                };
+                let target = if input == Input::Target {
+                    raced(spelling)
+                } else {
+                    plain("t")
+                };
+                let state = if input == Input::StateDir {
+                    raced(spelling)
+                } else {
+                    bed.state_parent.join("fixed-state")
+                };
+                let mut o = Overlay::new()
+                    .lower(&lower1)
+                    .lower(bed.lay.join("l2"))
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map(), map())
+                    .idmap_upper(v.idmap_upper)
+                    .strategy(v.strategy)
+                    .state_dir(&state);
+                for f in v.missing {
+                    o = o.pretend_missing(*f);
+                }
+                swapper.resume();
+                let result = if v.assemble {
+                    o.assemble().and_then(|m| m.attach(&target))
+                } else {
+                    o.mount(&target)
+                };
+                // Names put back, unless the directory meant became a mount
+                // point while it had the other name (it then cannot be
+                // renamed until it is unmounted: done below).
+                let restored = swapper.pause();
+                // Where the real target is now.
+                let t = target_held.current_path();
+                match result {
+                    Ok(_) => {
+                        tally.mounted += 1;
+                        let here: Vec<_> = mounts()
+                            .into_iter()
+                            .filter(|m| m.fs_type == "overlay")
+                            .collect();
+                        assert!(
+                            here.len() == 1 && here[0].mount_point == t,
+                            "{what}: the overlay is not (only) on the target {}: {here:#?}",
+                            t.display()
+                        );
+                        assert!(
+                            t.join("layer-file").exists() && t.join("other-file").exists(),
+                            "{what}: the layers meant are not what is shown"
+                        );
+                        assert!(!t.join("shadow").exists(), "{what}: the secret is shown");
+                        // A write lands in the very upper dir meant (with an
+                        // idmapped upper, written by the container's root).
+                        write_through(&t.join("written"), &what, v.idmap_upper);
+                        idoverlay::unmount_overlay(&t, false).unwrap();
+                        let landed = upper_held.path().join("written");
+                        assert_eq!(
+                            fs::read_to_string(&landed).ok().as_deref(),
+                            Some(what.as_str()),
+                            "{what}: the write did not land in the upper dir"
+                        );
+                        fs::remove_file(&landed).unwrap();
+                    }
+                    Err(e) => {
+                        tally.refused += 1;
+                        let text = e.to_string();
+                        assert!(!text.contains('\n'), "{what}: {text}");
+                    }
+                }
+                if let Some(state) = &state_held {
+                    // The state tmpfs, if any, went onto the very directory
+                    // made for it (by fd), whatever its name by then.
+                    let at = state.current_path();
+                    let fixed = bed.state_parent.join("fixed-state");
+                    let on_it: Vec<_> = mounts()
+                        .into_iter()
+                        .filter(|m| m.source == "idoverlay-state" && m.mount_point != fixed)
+                        .collect();
+                    assert!(
+                        on_it.iter().all(|m| m.mount_point == at),
+                        "{what}: a state tmpfs elsewhere than on {}: {on_it:#?}",
+                        at.display()
+                    );
+                    if !on_it.is_empty() {
+                        run(std::process::Command::new("umount").arg("-l").arg(&at));
+                    }
+                }
+                assert!(restored || swapper.restore(), "{what}: names stuck");
+                // Nothing else mounted anywhere the attacker pointed, and
+                // nothing of theirs touched.
+                let left: Vec<_> = mounts()
+                    .into_iter()
+                    .filter(|m| {
+                        m.fs_type == "overlay"
+                            || (m.mount_point.starts_with(&bed.root)
+                                && m.mount_point != bed.state_parent.join("fixed-state"))
+                    })
+                    .collect();
+                assert!(left.is_empty(), "{what}: left mounted: {left:#?}");
+                bed.unchanged(&what);
+            }
+        }
+    }
+    let swaps = swapper.swaps();
+    drop(swapper);
+    eprintln!(
+        "race {input:?} (vs {state_swap_with}): {} mounted, {} refused, {swaps} swaps",
+        tally.mounted, tally.refused
+    );
+    tally
+}
+
+/// Writes `text` to `file` through the overlay: as this process, or as
+/// host uid 100000 (on-disk 0) when the upper dir is idmapped (host root
+/// is outside the map, and the kernel refuses it with EOVERFLOW).
+fn write_through(file: &Path, text: &str, as_mapped_root: bool) {
+    if !as_mapped_root {
+        fs::write(file, text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=100000", "--regid=100000", "--clear-groups", "--"])
+        .args(["sh", "-c", "printf %s \"$1\" > \"$2\"", "sh", text])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", file.display(), stderr(&out));
+}
+
+fn bed_test(name: &str, body: impl FnOnce(&Bed) + Send + 'static) {
+    in_private_ns(name, move |s| {
+        let dir = s.tmpfs_dir("r");
+        let bed = Bed::new(&dir);
+        body(&bed);
+    });
+}
+
+#[test]
+fn a_raced_layer_is_never_followed_to_another_directory() {
+    bed_test("race::layer", |bed| {
+        let t = race(bed, Input::Layer, &VARIANTS, "");
+        assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+    });
+}
+
+#[test]
+fn a_raced_upper_dir_never_lets_writes_land_elsewhere() {
+    bed_test("race::upper", |bed| {
+        let t = race(bed, Input::Upper, &VARIANTS, "");
+        assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+    });
+}
+
+#[test]
+fn a_raced_work_dir_never_empties_another_directory() {
+    bed_test("race::work", |bed| {
+        let t = race(bed, Input::Work, &VARIANTS, "");
+        assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+    });
+}
+
+#[test]
+fn a_raced_target_never_puts_the_overlay_elsewhere() {
+    bed_test("race::target", |bed| {
+        let t = race(bed, Input::Target, &VARIANTS, "");
+        assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+    });
+}
+
+#[test]
+fn a_raced_state_dir_never_covers_or_enters_another_directory() {
+    bed_test("race::state_dir", |bed| {
+        let staged: Vec<Variant> = VARIANTS
+            .into_iter()
+            .filter(|v| v.strategy == Strategy::HostStaged)
+            .collect();
+        // Swapped with a symlink to the secret, and with a directory that
+        // holds data (which a tmpfs must never cover).
+        for with in ["state.evil", "state.victim"] {
+            let t = race(bed, Input::StateDir, &staged, with);
+            assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+        }
+    });
+}
+
+#[test]
+fn a_state_dir_under_a_directory_others_can_write_is_always_refused() {
+    bed_test("race::state_dir_open_parent", |bed| {
+        // `c` is 0777: whoever can write it could swap the state dir's path
+        // after any check, so it is refused before anything is touched.
+        let state = bed.c.join("state");
+        mkdir(&state, 0o700, 0, 0);
+        let err = Overlay::new()
+            .lower(bed.c.join("l1"))
+            .lower(bed.lay.join("l2"))
+            .idmap(map(), map())
+            .strategy(Strategy::HostStaged)
+            .state_dir(&state)
+            .mount(bed.c.join("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("world-writable"), "{err}");
+        assert!(mounts().iter().all(|m| !m.mount_point.starts_with(&bed.c)));
+        assert_eq!(fs::read_dir(&state).unwrap().count(), 0);
+        bed.unchanged("state dir under c");
+    });
+}
