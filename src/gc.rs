@@ -318,6 +318,12 @@ fn clean_staging(
         match sys::rmdir(staging.as_fd(), Path::new(name)) {
             Ok(()) => {}
             Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) if e.errno == libc::ENOTEMPTY => {
+                return Err(format!(
+                    "{} holds something idoverlay did not put there; left alone",
+                    at(name).display()
+                ))
+            }
             Err(e) => return Err(format!("removing {} failed ({e})", at(name).display())),
         }
     }
