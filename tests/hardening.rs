@@ -1,0 +1,409 @@
+//! Misuse that is not a path race: files that are not what they claim
+//! (`/dev/zero`, a FIFO, a huge file), maps given twice in different ways,
+//! an upper/work pair another overlay uses, a target where no overlay
+//! belongs, an unmount raced onto another mount, a set-uid copy of the
+//! binary, a caller inside a user namespace.
+
+mod common;
+
+use std::fs;
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use idoverlay::{IdMap, Overlay, Strategy};
+
+const MAP: &str = "0:100000:65536";
+
+fn map() -> IdMap {
+    MAP.parse().unwrap()
+}
+
+/// Runs the CLI with a guard against hanging (not a timing assertion: the
+/// bound is far above any real run), returning its output.
+fn cli_bounded(args: &[OsString]) -> std::process::Output {
+    let mut child = idoverlay()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("idoverlay {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// One line on stderr, the exit status, and nothing mounted.
+fn refused(out: &std::process::Output, status: i32, says: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(status), "{err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    for s in says {
+        assert!(err.contains(s), "{err:?} does not say {s:?}");
+    }
+}
+
+#[test]
+fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
+    in_private_ns("hardening::files", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let fifo = dir.join("fifo");
+        run(Command::new("mkfifo").arg(&fifo));
+        let huge = dir.join("huge.json");
+        let f = fs::File::create(&huge).unwrap();
+        f.set_len(8 << 20).unwrap();
+        let before = mounts();
+        let mount_layers = || {
+            let mut args: Vec<OsString> = vec!["mount".into()];
+            for l in &layers {
+                args.push("--lower".into());
+                args.push(l.into());
+            }
+            args
+        };
+        let maps = || -> Vec<OsString> {
+            ["--uidmap", MAP, "--gidmap", MAP].into_iter().map(Into::into).collect()
+        };
+        for flag in ["--oci-config", "--probe-report"] {
+            for (file, says) in [
+                (Path::new("/dev/zero"), "a character device, not a regular file"),
+                (fifo.as_path(), "a FIFO, not a regular file"),
+                (huge.as_path(), "larger than"),
+                (dir.as_path(), "a directory, not a regular file"),
+            ] {
+                let mut args = mount_layers();
+                if flag == "--probe-report" {
+                    args.extend(maps());
+                }
+                args.extend([flag.into(), file.into(), target.clone().into()]);
+                let out = cli_bounded(&args);
+                refused(&out, 2, &[says, &file.display().to_string()]);
+            }
+        }
+        // A FIFO where a user namespace or mount namespace file should be.
+        let mut userns = mount_layers();
+        userns.extend(["--userns".into(), fifo.clone().into(), target.clone().into()]);
+        refused(&cli_bounded(&userns), 2, &["not a namespace"]);
+        let mut ns = mount_layers();
+        ns.extend(maps());
+        ns.extend(["-N".into(), fifo.clone().into(), target.clone().into()]);
+        refused(&cli_bounded(&ns), 2, &["not a mount namespace"]);
+        assert!(new_mounts(&before, &mounts()).is_empty());
+    });
+}
+
+#[test]
+fn maps_given_twice_in_different_ways_are_refused_naming_both() {
+    in_private_ns("hardening::maps", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let lowerdir = format!("lowerdir={}:{}", layers[0].display(), layers[1].display());
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        for (options, both) in [
+            (
+                format!("{lowerdir},uidmap={MAP},uidmap=0:200000:65536,gidmap={MAP}"),
+                ["uidmap=0:100000:65536", "uidmap=0:200000:65536"],
+            ),
+            (
+                format!("{lowerdir},uidmap={MAP},gidmap={MAP},X-mount.idmap=b:0:200000:65536"),
+                ["uidmap=0:100000:65536", "X-mount.idmap=b:0:200000:65536"],
+            ),
+            (
+                format!("{lowerdir},idmap=b:0:100000:65536,X-mount.idmap=b:0:200000:65536"),
+                ["idmap=b:0:100000:65536", "X-mount.idmap=b:0:200000:65536"],
+            ),
+        ] {
+            let out = idoverlay()
+                .args(["mount", "-t", "overlay", "overlay", "-o", &options])
+                .arg(&target)
+                .output()
+                .unwrap();
+            refused(&out, 2, &both);
+        }
+        // The same map twice is only said twice.
+        let out = idoverlay()
+            .args(["mount", "-t", "overlay", "overlay", "-o"])
+            .arg(format!("{lowerdir},uidmap={MAP},gidmap={MAP},idmap=b:{MAP}"))
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        run(idoverlay().arg("umount").arg(&target));
+    });
+}
+
+#[test]
+fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
+    in_private_ns("hardening::in_use", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let pair = |name: &str| {
+            let (u, w) = (dir.join(format!("{name}/upper")), dir.join(format!("{name}/work")));
+            mkdir(&u, 0o755, 0, 0);
+            mkdir(&w, 0o755, 0, 0);
+            (u, w)
+        };
+        let (u1, w1) = pair("c1");
+        let (u2, w2) = pair("c2");
+        let target = |name: &str| {
+            let t = dir.join(name);
+            mkdir(&t, 0o755, 0, 0);
+            t
+        };
+        let (t1, t2) = (target("t1"), target("t2"));
+        // Seen through a bind mount too: by identity, not by name.
+        let alias = target("alias");
+        run(Command::new("mount").arg("--bind").arg(dir.join("c1")).arg(&alias));
+        let overlay = |u: &Path, w: &Path, strategy| {
+            Overlay::new()
+                .lowers(layers.iter().cloned())
+                .upper(u)
+                .work(w)
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(dir.join("state"))
+        };
+        for first in [Strategy::Detached, Strategy::PrivateNs, Strategy::HostStaged] {
+            overlay(&u1, &w1, first).mount(&t1).unwrap();
+            for second in [Strategy::Detached, Strategy::PrivateNs, Strategy::HostStaged] {
+                let before = mounts();
+                for (u, w, busy) in [
+                    (&u1, &w2, &u1),
+                    (&u2, &w1, &w1),
+                    (&alias.join("upper"), &alias.join("other-work"), &alias.join("upper")),
+                ] {
+                    mkdir(&dir.join("c1/other-work"), 0o755, 0, 0);
+                    let e = overlay(u, w, second).mount(&t2).unwrap_err();
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("in use") && text.contains(&busy.display().to_string()),
+                        "{first} then {second}: {text}"
+                    );
+                    assert!(text.contains(&t1.display().to_string()), "{text}");
+                    assert!(!text.contains('\n'));
+                    assert_eq!(e.kind(), "invalid_input");
+                    assert!(new_mounts(&before, &mounts())
+                        .iter()
+                        .all(|m| m.source == "idoverlay-state"));
+                }
+            }
+            idoverlay::unmount_overlay(&t1, false).unwrap();
+            // Free again once that overlay is gone.
+            overlay(&u1, &w2, first).mount(&t2).unwrap();
+            idoverlay::unmount_overlay(&t2, false).unwrap();
+        }
+        // An overlay idoverlay did not make counts the same.
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                layers[0].display(),
+                u1.display(),
+                w1.display()
+            ))
+            .arg(&t1));
+        let e = overlay(&u1, &w2, Strategy::Auto).mount(&t2).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        run(Command::new("umount").arg(&t1));
+        run(Command::new("umount").arg(&alias));
+    });
+}
+
+#[test]
+fn targets_where_no_overlay_belongs_are_refused() {
+    in_private_ns("hardening::targets", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let (upper, work) = (dir.join("c/upper"), dir.join("c/work"));
+        mkdir(&upper, 0o755, 0, 0);
+        mkdir(&work, 0o755, 0, 0);
+        mkdir(&upper.join("sub"), 0o755, 0, 0);
+        let state = dir.join("state");
+        mkdir(&state.join("sub"), 0o700, 0, 0);
+        mkdir(&state, 0o700, 0, 0);
+        let inside_layer = layers[2].join("etc");
+        for (strategy, target, says) in [
+            (Strategy::Detached, inside_layer.clone(), "layer 3"),
+            (Strategy::PrivateNs, layers[0].clone(), "layer 1"),
+            (Strategy::HostStaged, upper.clone(), "upper dir"),
+            (Strategy::Detached, upper.join("sub"), "upper dir"),
+            (Strategy::Detached, work.clone(), "work dir"),
+            (Strategy::Detached, state.join("sub"), "state dir"),
+        ] {
+            let before = mounts();
+            let e = Overlay::new()
+                .lowers(layers.iter().cloned())
+                .upper(&upper)
+                .work(&work)
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(&state)
+                .mount(&target)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("target") && e.contains(says), "{}: {e}", target.display());
+            assert!(new_mounts(&before, &mounts())
+                .iter()
+                .all(|m| m.source == "idoverlay-state"));
+        }
+    });
+}
+
+#[test]
+fn umount_takes_only_an_overlay_root_and_exactly_the_one_it_checked() {
+    in_private_ns("hardening::umount", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        // An overlay at x/a/t and a tmpfs at x/b/t; a thread exchanges a
+        // and b (whose entries are mount points, but which are not).
+        let x = dir.join("x");
+        let (a_t, b_t) = (x.join("a/t"), x.join("b/t"));
+        mkdir(&a_t, 0o755, 0, 0);
+        mkdir(&b_t, 0o755, 0, 0);
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "bystander"])
+            .arg(&b_t));
+        let bystander = mounts()
+            .into_iter()
+            .find(|m| m.mount_point == b_t)
+            .unwrap()
+            .mount_id;
+        let swapper = Swapper::start(&x, "a", "b");
+        let mut unmounted = 0;
+        for round in 0..300 {
+            Overlay::new()
+                .lowers(layers.iter().cloned())
+                .idmap(map(), map())
+                .mount(&a_t)
+                .unwrap();
+            swapper.resume();
+            let result = idoverlay::unmount_overlay(&a_t, round % 2 == 1);
+            assert!(swapper.pause(), "names stuck");
+            assert!(
+                mounts().iter().any(|m| m.mount_id == bystander),
+                "round {round}: the other mount was unmounted ({result:?})"
+            );
+            match result {
+                Ok(()) => unmounted += 1,
+                Err(e) => {
+                    assert!(!e.to_string().contains('\n'));
+                    idoverlay::unmount_overlay(&a_t, false).unwrap();
+                }
+            }
+            assert!(mounts().iter().all(|m| m.fs_type != "overlay"), "round {round}");
+        }
+        eprintln!(
+            "umount race: {unmounted} of 300 unmounted at once, {} swaps",
+            swapper.swaps()
+        );
+        assert!(unmounted > 0);
+        drop(swapper);
+        // A bind mount of a directory inside an overlay is not the overlay.
+        let t = dir.join("t");
+        mkdir(&t, 0o755, 0, 0);
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .mount(&t)
+            .unwrap();
+        let bind = dir.join("bind");
+        mkdir(&bind, 0o755, 0, 0);
+        run(Command::new("mount").arg("--bind").arg(t.join("home")).arg(&bind));
+        let out = idoverlay().arg("umount").arg(&bind).output().unwrap();
+        refused(&out, 2, &["bind mount of a directory inside an overlay"]);
+        assert!(mounts().iter().any(|m| m.mount_point == bind));
+        run(Command::new("umount").arg(&bind));
+        idoverlay::unmount_overlay(&t, false).unwrap();
+        run(Command::new("umount").arg(&b_t));
+    });
+}
+
+#[test]
+fn a_set_uid_copy_refuses_to_run() {
+    in_private_ns("hardening::setuid", |s| {
+        let dir = s.tmpfs_dir("h");
+        // The scratch tmpfs is mounted nosuid? No: a plain tmpfs honours it.
+        let copy = dir.join("idoverlay-suid");
+        fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &copy).unwrap();
+        run(Command::new("chmod").arg("u+s,a+rx").arg(&copy));
+        let helper = dir.join("mount.idoverlay");
+        std::os::unix::fs::symlink(&copy, &helper).unwrap();
+        let secret = dir.join("secret");
+        write_file(&secret.join("shadow"), "root only", 0o600, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o777, 0, 0);
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let as_nobody = |program: &Path, args: &[&str]| {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(program)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let lowers = format!(
+            "lowerdir={}:{},uidmap=0:65534:1,gidmap=0:65534:1",
+            secret.display(),
+            secret.display()
+        );
+        let out = as_nobody(
+            &copy,
+            &["mount", "-t", "overlay", "overlay", "-o", &lowers, target.to_str().unwrap()],
+        );
+        refused(&out, 4, &["set-uid"]);
+        let out = as_nobody(&helper, &["overlay", target.to_str().unwrap(), "-o", &lowers]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with("mount.idoverlay: refusing"), "{err}");
+        assert!(mounts().iter().all(|m| m.mount_point != target));
+    });
+}
+
+#[test]
+fn inside_a_user_namespace_own_filesystems_work_and_host_ones_are_refused_clearly() {
+    in_private_ns("hardening::userns", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let bin = env!("CARGO_BIN_EXE_idoverlay");
+        // A user namespace (root inside is this uid) with its own mount
+        // namespace: the host's tmpfs is not its to idmap...
+        let script = format!(
+            "{bin} mount --lower {l1} --lower {l2} --uidmap 0:0:1 --gidmap 0:0:1 {t}; echo \"status $?\" >&2; \
+             mkdir -p {own} && mount -t tmpfs own {own} && mkdir {own}/a {own}/b {own}/t && \
+             touch {own}/a/from-a && {bin} mount --lower {own}/a --lower {own}/b --uidmap 0:0:1 --gidmap 0:0:1 {own}/t && \
+             ls {own}/t",
+            l1 = layers[0].display(),
+            l2 = layers[1].display(),
+            t = target.display(),
+            own = dir.join("own").display(),
+        );
+        let out = Command::new("unshare")
+            .args(["-Urm", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].contains("user namespace") && lines[0].contains("run idoverlay on the host"), "{err}");
+        assert_eq!(lines[1], "status 4", "{err}");
+        // ...while a tmpfs it mounted itself is.
+        assert!(out.status.success(), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from-a");
+        assert!(mounts().iter().all(|m| m.mount_point != target));
+    });
+}
