@@ -55,8 +55,13 @@ fn gc_json(state: &Path) -> (std::process::Output, serde_json::Value) {
         .arg(state)
         .output()
         .unwrap();
-    let v = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stderr(&out), String::from_utf8_lossy(&out.stdout)));
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     (out, v)
 }
 
@@ -106,19 +111,32 @@ fn gc_refuses_a_state_dir_that_is_not_idoverlays_and_changes_nothing() {
         for d in [&srv, &plain_tmpfs, &forged] {
             let before = fingerprint(d);
             let mounts_before = mounts();
-            let out = idoverlay().arg("gc").arg("--state-dir").arg(d).output().unwrap();
+            let out = idoverlay()
+                .arg("gc")
+                .arg("--state-dir")
+                .arg(d)
+                .output()
+                .unwrap();
             assert!(!out.status.success(), "{}: gc accepted it", d.display());
             let err = stderr(&out);
             assert_eq!(err.lines().count(), 1, "{err}");
             assert!(err.contains("state dir"), "{err}");
-            assert_eq!(fingerprint_diff(&before, &fingerprint(d)), Vec::<String>::new());
+            assert_eq!(
+                fingerprint_diff(&before, &fingerprint(d)),
+                Vec::<String>::new()
+            );
             assert_eq!(new_mounts(&mounts_before, &mounts()).len(), 0);
             assert_eq!(mounts().len(), mounts_before.len());
         }
         // Nor a symlink to idoverlay's own.
         let real = real_state_dir(&dir, "real");
         std::os::unix::fs::symlink(&real, dir.join("link")).unwrap();
-        let out = idoverlay().arg("gc").arg("--state-dir").arg(dir.join("link")).output().unwrap();
+        let out = idoverlay()
+            .arg("gc")
+            .arg("--state-dir")
+            .arg(dir.join("link"))
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         assert!(stderr(&out).contains("symlink"), "{}", stderr(&out));
     });
@@ -214,12 +232,24 @@ fn gc_leaves_alone_whatever_it_cannot_prove_is_a_dead_runs_own() {
         // Everything left is as it was: records, dirs, the planted mounts
         // (still mounted), and what they show.
         for p in [
-            "1-11.json", "1-11/0", "2-22/0/precious", "3-33/0", "4-44/1", "6-66/0", "7-77/0",
-            "8-88", "b-bb/0", "config.json",
+            "1-11.json",
+            "1-11/0",
+            "2-22/0/precious",
+            "3-33/0",
+            "4-44/1",
+            "6-66/0",
+            "7-77/0",
+            "8-88",
+            "b-bb/0",
+            "config.json",
         ] {
             assert!(fs::symlink_metadata(state.join(p)).is_ok(), "{p} removed");
         }
-        assert_eq!(new_mounts(&mounts(), &mounts_before).len(), 0, "gc unmounted something");
+        assert_eq!(
+            new_mounts(&mounts(), &mounts_before).len(),
+            0,
+            "gc unmounted something"
+        );
         assert_eq!(
             fingerprint_diff(&precious_print, &fingerprint(&precious)),
             Vec::<String>::new()
@@ -245,7 +275,11 @@ fn gc_beside_live_assemblies_removes_nothing_live() {
         let state = dir.join("state");
         let layers = make_layers(&dir.join("layers")).dirs;
         let stop = AtomicBool::new(false);
-        let (mounted, failed, sweeps) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+        let (mounted, failed, sweeps) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
         let failures = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             // gc in a tight loop the whole time.
@@ -273,12 +307,18 @@ fn gc_beside_live_assemblies_removes_nothing_live() {
                             match r {
                                 Ok(m) if m.warnings.is_empty() => {
                                     mounted.fetch_add(1, Ordering::Relaxed);
-                                    assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+                                    assert_eq!(
+                                        owner(&target.join("etc/hostname")),
+                                        (100000, 100000)
+                                    );
                                     idoverlay::unmount_overlay(&target, false).unwrap();
                                 }
                                 Ok(m) => {
                                     failed.fetch_add(1, Ordering::Relaxed);
-                                    failures.lock().unwrap().push(format!("warnings: {:?}", m.warnings));
+                                    failures
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("warnings: {:?}", m.warnings));
                                     idoverlay::unmount_overlay(&target, false).unwrap();
                                 }
                                 Err(e) => {

@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::fs;
 use std::ffi::OsString;
+use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,11 +74,17 @@ fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
             args
         };
         let maps = || -> Vec<OsString> {
-            ["--uidmap", MAP, "--gidmap", MAP].into_iter().map(Into::into).collect()
+            ["--uidmap", MAP, "--gidmap", MAP]
+                .into_iter()
+                .map(Into::into)
+                .collect()
         };
         for flag in ["--oci-config", "--probe-report"] {
             for (file, says) in [
-                (Path::new("/dev/zero"), "a character device, not a regular file"),
+                (
+                    Path::new("/dev/zero"),
+                    "a character device, not a regular file",
+                ),
                 (fifo.as_path(), "a FIFO, not a regular file"),
                 (huge.as_path(), "larger than"),
                 (dir.as_path(), "a directory, not a regular file"),
@@ -94,7 +100,11 @@ fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
         }
         // A FIFO where a user namespace or mount namespace file should be.
         let mut userns = mount_layers();
-        userns.extend(["--userns".into(), fifo.clone().into(), target.clone().into()]);
+        userns.extend([
+            "--userns".into(),
+            fifo.clone().into(),
+            target.clone().into(),
+        ]);
         refused(&cli_bounded(&userns), 2, &["not a namespace"]);
         let mut ns = mount_layers();
         ns.extend(maps());
@@ -136,7 +146,9 @@ fn maps_given_twice_in_different_ways_are_refused_naming_both() {
         // The same map twice is only said twice.
         let out = idoverlay()
             .args(["mount", "-t", "overlay", "overlay", "-o"])
-            .arg(format!("{lowerdir},uidmap={MAP},gidmap={MAP},idmap=b:{MAP}"))
+            .arg(format!(
+                "{lowerdir},uidmap={MAP},gidmap={MAP},idmap=b:{MAP}"
+            ))
             .arg(&target)
             .output()
             .unwrap();
@@ -151,7 +163,10 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
         let dir = s.tmpfs_dir("h");
         let layers = make_layers(&dir.join("layers")).dirs;
         let pair = |name: &str| {
-            let (u, w) = (dir.join(format!("{name}/upper")), dir.join(format!("{name}/work")));
+            let (u, w) = (
+                dir.join(format!("{name}/upper")),
+                dir.join(format!("{name}/work")),
+            );
             mkdir(&u, 0o755, 0, 0);
             mkdir(&w, 0o755, 0, 0);
             (u, w)
@@ -166,7 +181,10 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
         let (t1, t2) = (target("t1"), target("t2"));
         // Seen through a bind mount too: by identity, not by name.
         let alias = target("alias");
-        run(Command::new("mount").arg("--bind").arg(dir.join("c1")).arg(&alias));
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(dir.join("c1"))
+            .arg(&alias));
         let overlay = |u: &Path, w: &Path, strategy| {
             Overlay::new()
                 .lowers(layers.iter().cloned())
@@ -176,14 +194,26 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
                 .strategy(strategy)
                 .state_dir(dir.join("state"))
         };
-        for first in [Strategy::Detached, Strategy::PrivateNs, Strategy::HostStaged] {
+        for first in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
             overlay(&u1, &w1, first).mount(&t1).unwrap();
-            for second in [Strategy::Detached, Strategy::PrivateNs, Strategy::HostStaged] {
+            for second in [
+                Strategy::Detached,
+                Strategy::PrivateNs,
+                Strategy::HostStaged,
+            ] {
                 let before = mounts();
                 for (u, w, busy) in [
                     (&u1, &w2, &u1),
                     (&u2, &w1, &w1),
-                    (&alias.join("upper"), &alias.join("other-work"), &alias.join("upper")),
+                    (
+                        &alias.join("upper"),
+                        &alias.join("other-work"),
+                        &alias.join("upper"),
+                    ),
                 ] {
                     mkdir(&dir.join("c1/other-work"), 0o755, 0, 0);
                     let e = overlay(u, w, second).mount(&t2).unwrap_err();
@@ -254,7 +284,11 @@ fn targets_where_no_overlay_belongs_are_refused() {
                 .mount(&target)
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("target") && e.contains(says), "{}: {e}", target.display());
+            assert!(
+                e.contains("target") && e.contains(says),
+                "{}: {e}",
+                target.display()
+            );
             assert!(new_mounts(&before, &mounts())
                 .iter()
                 .all(|m| m.source == "idoverlay-state"));
@@ -303,7 +337,10 @@ fn umount_takes_only_an_overlay_root_and_exactly_the_one_it_checked() {
                     idoverlay::unmount_overlay(&a_t, false).unwrap();
                 }
             }
-            assert!(mounts().iter().all(|m| m.fs_type != "overlay"), "round {round}");
+            assert!(
+                mounts().iter().all(|m| m.fs_type != "overlay"),
+                "round {round}"
+            );
         }
         eprintln!(
             "umount race: {unmounted} of 300 unmounted at once, {} swaps",
@@ -321,7 +358,10 @@ fn umount_takes_only_an_overlay_root_and_exactly_the_one_it_checked() {
             .unwrap();
         let bind = dir.join("bind");
         mkdir(&bind, 0o755, 0, 0);
-        run(Command::new("mount").arg("--bind").arg(t.join("home")).arg(&bind));
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(t.join("home"))
+            .arg(&bind));
         let out = idoverlay().arg("umount").arg(&bind).output().unwrap();
         refused(&out, 2, &["bind mount of a directory inside an overlay"]);
         assert!(mounts().iter().any(|m| m.mount_point == bind));
@@ -354,17 +394,31 @@ fn a_set_uid_copy_refuses_to_run() {
                 .output()
                 .unwrap()
         };
+        // Root's 0600 file, shown as owned by the caller through a map of
+        // the caller's choice: what a set-uid copy would give away.
+        mkdir(&dir.join("empty"), 0o755, 0, 0);
         let lowers = format!(
             "lowerdir={}:{},uidmap=0:65534:1,gidmap=0:65534:1",
             secret.display(),
-            secret.display()
+            dir.join("empty").display()
         );
         let out = as_nobody(
             &copy,
-            &["mount", "-t", "overlay", "overlay", "-o", &lowers, target.to_str().unwrap()],
+            &[
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                &lowers,
+                target.to_str().unwrap(),
+            ],
         );
         refused(&out, 4, &["set-uid"]);
-        let out = as_nobody(&helper, &["overlay", target.to_str().unwrap(), "-o", &lowers]);
+        let out = as_nobody(
+            &helper,
+            &["overlay", target.to_str().unwrap(), "-o", &lowers],
+        );
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.starts_with("mount.idoverlay: refusing"), "{err}");
@@ -399,7 +453,10 @@ fn inside_a_user_namespace_own_filesystems_work_and_host_ones_are_refused_clearl
         let err = stderr(&out);
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 2, "{err}");
-        assert!(lines[0].contains("user namespace") && lines[0].contains("run idoverlay on the host"), "{err}");
+        assert!(
+            lines[0].contains("user namespace") && lines[0].contains("run idoverlay on the host"),
+            "{err}"
+        );
         assert_eq!(lines[1], "status 4", "{err}");
         // ...while a tmpfs it mounted itself is.
         assert!(out.status.success(), "{err}");
