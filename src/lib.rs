@@ -26,11 +26,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+// `unsafe` lives in the syscall module alone (`sys`), which is allowed it.
+#![deny(unsafe_code)]
 // Errors are the cold path and carry the syscall, path, kernel messages and
 // hint as plain fields that callers can match on; boxing them to shrink
 // `Result` would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
+mod creds;
+mod cwd;
 pub mod error;
 mod file;
 pub mod fs_type;
@@ -44,6 +48,7 @@ pub mod probe;
 mod reaper;
 mod state;
 mod strategy;
+#[allow(unsafe_code)]
 mod sys;
 mod threads;
 pub mod userns;
@@ -169,16 +174,7 @@ impl Overlay {
     pub fn options(mut self, options: &str) -> Result<Self> {
         let (params, attrs) = options::parse_overlay_options(options)?;
         self.params.extend(params);
-        let merge = |a: bool, b: bool| a || b;
-        self.attrs = MountAttrs {
-            read_only: merge(self.attrs.read_only, attrs.read_only),
-            nosuid: merge(self.attrs.nosuid, attrs.nosuid),
-            nodev: merge(self.attrs.nodev, attrs.nodev),
-            noexec: merge(self.attrs.noexec, attrs.noexec),
-            nosymfollow: merge(self.attrs.nosymfollow, attrs.nosymfollow),
-            noatime: merge(self.attrs.noatime, attrs.noatime),
-            nodiratime: merge(self.attrs.nodiratime, attrs.nodiratime),
-        };
+        self.attrs |= attrs;
         Ok(self)
     }
 
@@ -190,7 +186,7 @@ impl Overlay {
 
     /// Makes the overlay read-only (superblock and mount).
     pub fn read_only(mut self, on: bool) -> Self {
-        self.attrs.read_only = on;
+        self.attrs.set(MountAttrs::READ_ONLY, on);
         self
     }
 
@@ -351,7 +347,7 @@ impl Overlay {
         run: impl FnOnce(&Request<'_>, Strategy) -> Result<T>,
     ) -> Result<T> {
         self.check_shape()?;
-        if !sys::has_cap_sys_admin() {
+        if !crate::creds::has_cap_sys_admin() {
             return Err(Error::permission(
                 "assembling an idmapped overlay",
                 "CAP_SYS_ADMIN",
@@ -741,7 +737,7 @@ fn explain_target(target: &Path, normal: &Path, e: sys::SysError) -> Error {
 /// so renaming directories on the way cannot bring another mount there.
 pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
-    if !sys::has_cap_sys_admin() {
+    if !crate::creds::has_cap_sys_admin() {
         return Err(Error::permission(
             format!("unmounting {}", error::display_path(target)),
             "CAP_SYS_ADMIN",

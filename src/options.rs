@@ -73,23 +73,24 @@ pub fn split_options(options: &str) -> Vec<&str> {
 
 /// Applies one mount flag to `attrs`; false when `key` is not a mount flag.
 pub fn apply_mount_flag(attrs: &mut MountAttrs, key: &str) -> bool {
-    match key {
-        "ro" => attrs.read_only = true,
-        "rw" => attrs.read_only = false,
-        "nosuid" => attrs.nosuid = true,
-        "suid" => attrs.nosuid = false,
-        "nodev" => attrs.nodev = true,
-        "dev" => attrs.nodev = false,
-        "noexec" => attrs.noexec = true,
-        "exec" => attrs.noexec = false,
-        "noatime" => attrs.noatime = true,
-        "atime" | "relatime" => attrs.noatime = false,
-        "nodiratime" => attrs.nodiratime = true,
-        "diratime" => attrs.nodiratime = false,
-        "nosymfollow" => attrs.nosymfollow = true,
-        "symfollow" => attrs.nosymfollow = false,
+    let (flag, on) = match key {
+        "ro" => (MountAttrs::READ_ONLY, true),
+        "rw" => (MountAttrs::READ_ONLY, false),
+        "nosuid" => (MountAttrs::NOSUID, true),
+        "suid" => (MountAttrs::NOSUID, false),
+        "nodev" => (MountAttrs::NODEV, true),
+        "dev" => (MountAttrs::NODEV, false),
+        "noexec" => (MountAttrs::NOEXEC, true),
+        "exec" => (MountAttrs::NOEXEC, false),
+        "noatime" => (MountAttrs::NOATIME, true),
+        "atime" | "relatime" => (MountAttrs::NOATIME, false),
+        "nodiratime" => (MountAttrs::NODIRATIME, true),
+        "diratime" => (MountAttrs::NODIRATIME, false),
+        "nosymfollow" => (MountAttrs::NOSYMFOLLOW, true),
+        "symfollow" => (MountAttrs::NOSYMFOLLOW, false),
         _ => return false,
-    }
+    };
+    attrs.set(flag, on);
     true
 }
 
@@ -101,7 +102,7 @@ pub fn apply_mount_flag(attrs: &mut MountAttrs, key: &str) -> bool {
 /// use idoverlay::options::parse_overlay_options;
 /// let (params, attrs) = parse_overlay_options("index=off,userxattr,nosuid,ro").unwrap();
 /// assert_eq!(params.len(), 2);
-/// assert!(attrs.nosuid && attrs.read_only);
+/// assert!(attrs.contains(idoverlay::MountAttrs::NOSUID | idoverlay::MountAttrs::READ_ONLY));
 /// ```
 pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountAttrs)> {
     let mut params = Vec::new();
@@ -178,7 +179,7 @@ pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountA
 /// assert_eq!(spec.lowers.len(), 3);
 /// assert_eq!(spec.uid_map.unwrap().to_string(), "0:100000:65536,65536:300000:1000");
 /// assert_eq!(spec.params.len(), 1);
-/// assert!(spec.attrs.nosuid);
+/// assert!(spec.attrs.contains(idoverlay::MountAttrs::NOSUID));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MountSpec {
@@ -516,7 +517,9 @@ mod tests {
         let (params, attrs) =
             parse_overlay_options("ro,nosuid,nodev,noexec,index=off,redirect_dir=on,metacopy=off,userxattr,xino=auto,volatile,defaults,x-systemd.automount,_netdev")
                 .unwrap();
-        assert!(attrs.read_only && attrs.nosuid && attrs.nodev && attrs.noexec);
+        assert!(attrs.contains(
+            MountAttrs::READ_ONLY | MountAttrs::NOSUID | MountAttrs::NODEV | MountAttrs::NOEXEC
+        ));
         let keys: Vec<&str> = params.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -532,7 +535,7 @@ mod tests {
         assert_eq!(params[0].value.as_deref(), Some("off"));
         assert_eq!(params[3].value, None);
         let (_, attrs) = parse_overlay_options("ro,rw").unwrap();
-        assert!(!attrs.read_only);
+        assert!(!attrs.contains(MountAttrs::READ_ONLY));
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
             note: None,
         })
         .collect();
-    let privileged = sys::has_cap_sys_admin();
+    let privileged = crate::creds::has_cap_sys_admin();
     let mut idmap_fs = "tmpfs".to_string();
     if privileged {
         let live = crate::threads::run_on_thread("probe", || Ok(Live::run(paths, userns)))
@@ -675,14 +675,7 @@ fn idmapped_clone(
     userns: BorrowedFd<'_>,
 ) -> Result<OwnedFd, SysError> {
     let clone = sys::clone_mount(dir, name)?;
-    sys::mount_setattr(
-        clone.as_fd(),
-        Some(userns),
-        MountAttrs {
-            read_only: true,
-            ..MountAttrs::default()
-        },
-    )?;
+    sys::mount_setattr(clone.as_fd(), Some(userns), MountAttrs::READ_ONLY)?;
     Ok(clone)
 }
 

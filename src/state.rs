@@ -334,12 +334,7 @@ fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>) -> Result<StateDir> {
         .and_then(|()| {
             sys::fsmount(
                 ctx.as_fd(),
-                MountAttrs {
-                    nosuid: true,
-                    nodev: true,
-                    noexec: true,
-                    ..MountAttrs::default()
-                },
+                MountAttrs::NOSUID | MountAttrs::NODEV | MountAttrs::NOEXEC,
             )
         })
         .map_err(|e| Error::os("create state tmpfs", Some(path), e))?;

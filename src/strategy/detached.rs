@@ -12,7 +12,7 @@
 //! How a layer inside a clone is named, fastest first:
 //! * relative to a working directory inside the largest clone: for many
 //!   layers. The calling thread's, lent for the call, when no other thread
-//!   shares it (see [`sys::fs_struct_of_this_thread`]); else that of a
+//!   shares it (see [`crate::cwd::fs_struct_of_this_thread`]); else that of a
 //!   short-lived thread of ours with its own fs struct;
 //! * `/proc/thread-self/fd/CLONE/REL`: any clone, one string per layer;
 //! * `FSCONFIG_SET_FD` of the clone itself: layers planned on their own.
@@ -45,15 +45,7 @@ use crate::sys::{self, MountAttrs};
 
 /// Lower layers are read-only, and no symlink is followed inside their
 /// clones (layer names are resolved there).
-pub(crate) const LAYER_ATTRS: MountAttrs = MountAttrs {
-    read_only: true,
-    nosuid: false,
-    nodev: false,
-    noexec: false,
-    nosymfollow: true,
-    noatime: false,
-    nodiratime: false,
-};
+pub(crate) const LAYER_ATTRS: MountAttrs = MountAttrs::READ_ONLY.union(MountAttrs::NOSYMFOLLOW);
 
 /// From this many layers in one clone, naming them relative to a thread's
 /// working directory inside it pays for the thread.
@@ -168,8 +160,8 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
 
 /// Whether the calling thread's working directory can be lent: who else
 /// uses its fs struct, the reaper (which has its own) not counted.
-fn who_shares_the_cwd() -> sys::FsStruct {
-    sys::fs_struct_of_this_thread(crate::reaper::running())
+fn who_shares_the_cwd() -> crate::cwd::FsStruct {
+    crate::cwd::fs_struct_of_this_thread(crate::reaper::running())
 }
 
 /// Runs `f` with a working directory at the root of `clone`: the calling
@@ -182,8 +174,8 @@ fn in_clone_cwd<T: Send>(
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
-    if who_shares_the_cwd() != sys::FsStruct::Shared {
-        return sys::with_cwd_in(clone.as_fd(), f)
+    if who_shares_the_cwd() != crate::cwd::FsStruct::Shared {
+        return crate::cwd::with_cwd_in(clone.as_fd(), f)
             .map_err(|e| Error::os("change into the layers' clone", None, e))?;
     }
     crate::threads::run_on_thread("assemble", || {
@@ -353,7 +345,7 @@ impl MountThread {
                         sys::fchdir(job.clones.groups[g].as_fd())?;
                     }
                     if let Some((uid, gid)) = job.creator {
-                        sys::assume_fs_ids(uid, gid)?;
+                        crate::creds::assume_fs_ids(uid, gid)?;
                     }
                     Ok(sys::mount_overlay_legacy(&job.target, job.attrs, &job.data))
                 })();
@@ -389,13 +381,13 @@ impl MountThread {
 }
 
 /// Mounts from the calling thread, its working directory lent to the busiest
-/// clone for the one `mount(2)` (see [`sys::with_cwd_in`]). In a process
+/// clone for the one `mount(2)` (see [`crate::cwd::with_cwd_in`]). In a process
 /// that has other threads anyway the clones then go to the reaper (their
 /// close waits for an RCU grace period the caller need not wait for); a
 /// single-threaded process closes them itself and stays single-threaded.
 /// An error from lending the directory means nothing was mounted, like a
 /// refused mount(2).
-fn mount_here(job: MountJob, fs: sys::FsStruct) -> sys::SysResult<()> {
+fn mount_here(job: MountJob, fs: crate::cwd::FsStruct) -> sys::SysResult<()> {
     let MountJob {
         clones,
         cwd_group,
@@ -406,11 +398,11 @@ fn mount_here(job: MountJob, fs: sys::FsStruct) -> sys::SysResult<()> {
     } = job;
     let mount = || sys::mount_overlay_legacy(&target, attrs, &data);
     let mounted = match cwd_group {
-        Some(g) => sys::with_cwd_in(clones.groups[g].as_fd(), mount).and_then(|m| m),
+        Some(g) => crate::cwd::with_cwd_in(clones.groups[g].as_fd(), mount).and_then(|m| m),
         None => mount(),
     };
     match fs {
-        sys::FsStruct::Alone if crate::reaper::running().is_none() => drop(clones),
+        crate::cwd::FsStruct::Alone if crate::reaper::running().is_none() => drop(clones),
         _ => crate::reaper::hand_over(Box::new(clones)),
     }
     mounted
@@ -454,12 +446,12 @@ pub(crate) fn mount_at(
     // thread of our own mounts, and one that assumes the creator's fs ids
     // must be our own anyway.
     let fs = match with_creator {
-        true => sys::FsStruct::Shared,
+        true => crate::cwd::FsStruct::Shared,
         false => who_shares_the_cwd(),
     };
     let thread = match fs {
-        sys::FsStruct::Shared => Some(MountThread::start()?),
-        sys::FsStruct::Alone | sys::FsStruct::Own => None,
+        crate::cwd::FsStruct::Shared => Some(MountThread::start()?),
+        crate::cwd::FsStruct::Alone | crate::cwd::FsStruct::Own => None,
     };
     let prepared = prepare(req, Share::Lexical, |_| true)?;
     // The shared root is cloned with the mounts below it; a layer on one of
@@ -555,8 +547,8 @@ pub(crate) fn mount_at(
     }
     req.trace(|| {
         let from = match fs {
-            sys::FsStruct::Shared => "from a thread of its own",
-            sys::FsStruct::Alone | sys::FsStruct::Own => {
+            crate::cwd::FsStruct::Shared => "from a thread of its own",
+            crate::cwd::FsStruct::Alone | crate::cwd::FsStruct::Own => {
                 "from this thread, its working directory lent"
             }
         };
@@ -569,7 +561,7 @@ pub(crate) fn mount_at(
 /// work dir) is taken back down and refused: the mount table ends as it
 /// began.
 fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path) -> Result<()> {
-    if prepared.upper.is_none() || req.attrs.read_only {
+    if prepared.upper.is_none() || req.attrs.contains(MountAttrs::READ_ONLY) {
         return Ok(());
     }
     // The common answer in one call; a read-only one (or none) is looked

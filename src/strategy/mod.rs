@@ -626,7 +626,7 @@ impl OverlayContext {
 
     /// `FSCONFIG_CMD_CREATE`, then `fsmount`: the detached overlay.
     pub fn create_and_mount(self, attrs: MountAttrs, expect_writable: bool) -> Result<OwnedFd> {
-        if attrs.read_only {
+        if attrs.contains(MountAttrs::READ_ONLY) {
             self.set_flag(c"ro")?;
         }
         sys::fsconfig_create(self.fd.as_fd()).map_err(|e| {
@@ -646,7 +646,7 @@ impl OverlayContext {
         })?;
         let mount = sys::fsmount(self.fd.as_fd(), attrs)
             .map_err(|e| self.kernel_error("mount the overlay".into(), None, e))?;
-        if expect_writable && !attrs.read_only {
+        if expect_writable && !attrs.contains(MountAttrs::READ_ONLY) {
             check_writable(&mount)?;
         }
         Ok(mount)
@@ -741,7 +741,7 @@ pub(crate) fn as_creator<T: Send>(
     }
     let (uid, gid) = mounter_ids(req.userns)?;
     crate::threads::run_on_thread("creator", move || {
-        sys::assume_fs_ids(uid, gid)
+        crate::creds::assume_fs_ids(uid, gid)
             .map_err(|e| Error::os("switch to the upper layer's owner", None, e))?;
         make()
     })
@@ -799,10 +799,7 @@ pub(crate) fn upper_work_clone(
         .map_err(|e| Error::os("open the parent of upper and work", Some(&parent), e))?;
     let clone = sys::clone_mount(root.as_fd(), Path::new(""))
         .map_err(|e| Error::os("clone upper/work parent", Some(&parent), e))?;
-    let attrs = MountAttrs {
-        nosymfollow: true,
-        ..MountAttrs::default()
-    };
+    let attrs = MountAttrs::NOSYMFOLLOW;
     sys::mount_setattr(clone.as_fd(), Some(userns), attrs)
         .map_err(|e| idmap_error(&parent, "upper/work parent", root.as_fd(), e))?;
     // The names are looked up once more, beneath the clone: each must

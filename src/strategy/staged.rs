@@ -303,7 +303,7 @@ fn mount_legacy(
     let target = Path::new("./o");
     let data_c =
         CString::new(data).map_err(|_| Error::invalid("options", "", "contain a NUL byte"))?;
-    let read_only = req.attrs.read_only;
+    let read_only = req.attrs.contains(MountAttrs::READ_ONLY);
     let mounted = super::as_creator(req, has_upper, || {
         Ok(sys::mount_legacy(
             c"overlay", target, c"overlay", read_only, &data_c,
@@ -323,15 +323,12 @@ fn mount_legacy(
     stage.attached.push(("o".into(), root));
     let overlay = sys::clone_mount(stage.dir, Path::new("o"))
         .map_err(|e| Error::os("clone the staged overlay", Some(target), e))?;
-    let attrs = MountAttrs {
-        read_only: false,
-        ..req.attrs
-    };
-    if attrs != MountAttrs::default() {
+    let attrs = req.attrs - MountAttrs::READ_ONLY;
+    if !attrs.is_empty() {
         sys::mount_setattr(overlay.as_fd(), None, attrs)
             .map_err(|e| Error::os("set mount flags on the overlay", None, e))?;
     }
-    if has_upper && !req.attrs.read_only {
+    if has_upper && !req.attrs.contains(MountAttrs::READ_ONLY) {
         super::check_writable(&overlay)?;
     }
     Ok(overlay)

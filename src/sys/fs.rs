@@ -1,0 +1,502 @@
+//! Files and directories: opening, inspecting, reading, creating, removing.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::io::Errno;
+
+use super::{cwd, fail, fd_arg, path_arg, SysResult};
+
+/// `openat(dirfd, path, O_PATH|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC)`: a handle on a
+/// directory that never follows a symlink in the last component.
+pub fn open_dir_path(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// [`open_dir_path`], or [`open_dir_read`] when `readable`.
+pub fn open_dir_nofollow(dirfd: BorrowedFd<'_>, path: &Path, readable: bool) -> SysResult<OwnedFd> {
+    match readable {
+        true => open_dir_read(dirfd, path),
+        false => open_dir_path(dirfd, path),
+    }
+}
+
+/// `openat(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC)`: a directory,
+/// following symlinks (for ancestors of layers, not layers themselves).
+pub fn open_dir_path_follow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS)`
+/// (`O_RDONLY` instead of `O_PATH` when `readable`, for a directory whose
+/// entries are read next): a directory reached without following any
+/// symlink, so that its path as given (normalized) is its canonical path,
+/// with no `readlink` of `/proc/thread-self/fd/N` needed to learn it.
+pub fn open_dir_no_symlinks(path: &Path, readable: bool) -> SysResult<OwnedFd> {
+    let access = if readable {
+        OFlags::RDONLY
+    } else {
+        OFlags::PATH
+    };
+    let flags = access | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat2(cwd(), path, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS).map_err(fail(
+        "openat2",
+        || {
+            format!(
+                "AT_FDCWD, {}, {}|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_SYMLINKS",
+                path_arg(path),
+                if readable { "O_RDONLY" } else { "O_PATH" }
+            )
+        },
+    ))
+}
+
+/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS)`:
+/// a directory named by a path that must not go through `/proc`'s magic
+/// links (which would name this process's own fds).
+pub fn open_dir_no_magiclinks(path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat2(
+        cwd(),
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(fail("openat2", || {
+        format!(
+            "AT_FDCWD, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS",
+            path_arg(path)
+        )
+    }))
+}
+
+/// Where an fd points, as the kernel names it in this thread's mount
+/// namespace (`readlink /proc/thread-self/fd/N`); `None` when /proc is not
+/// there or the path is not reachable.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let target = rustix::fs::readlinkat(cwd(), link.as_str(), Vec::new()).ok()?;
+    let path = std::path::PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+    path.is_absolute().then_some(path)
+}
+
+/// `openat(dirfd, path, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC)`: a directory
+/// opened for reading (what `FSCONFIG_SET_FD` wants before 6.15).
+pub fn open_dir_read(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// `openat2(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|
+/// RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV|RESOLVE_NO_MAGICLINKS)`: a directory
+/// strictly beneath `dirfd`, reached without a symlink or a mount crossing.
+pub fn open_dir_beneath(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_XDEV
+        | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(dirfd, path, flags, Mode::empty(), resolve).map_err(fail("openat2", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV|RESOLVE_NO_MAGICLINKS",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// `openat2(dirfd, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|
+/// RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS)`: a directory beneath `dirfd`
+/// reached without any symlink; mount points may be crossed.
+pub fn open_dir_beneath_crossing(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(dirfd, path, flags, Mode::empty(), resolve).map_err(fail("openat2", || {
+        format!(
+            "{}, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))
+}
+
+/// `openat(dirfd, path, O_RDONLY|O_CLOEXEC)` of a regular file.
+pub fn open_read(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
+    rustix::fs::openat(dirfd, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(fail("openat", || {
+            format!("{}, {}, O_RDONLY|O_CLOEXEC", fd_arg(dirfd), path_arg(path))
+        }))
+}
+
+/// `openat(dirfd, path, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC[|O_NOFOLLOW])`:
+/// a file opened for reading that cannot block the open itself (a FIFO
+/// with no writer) nor become a controlling terminal.
+pub fn open_read_nonblocking(
+    dirfd: BorrowedFd<'_>,
+    path: &Path,
+    follow: bool,
+) -> SysResult<OwnedFd> {
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC{}",
+            fd_arg(dirfd),
+            path_arg(path),
+            if follow { "" } else { "|O_NOFOLLOW" }
+        )
+    }))
+}
+
+/// `read(fd)` until end of file or `max + 1` bytes, whichever comes first
+/// (so a caller can tell "more than `max`" from "exactly `max`").
+pub fn read_at_most(fd: BorrowedFd<'_>, max: usize) -> SysResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() <= max {
+        let want = (max + 1 - out.len()).min(buf.len());
+        match rustix::io::read(fd, &mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail("read", || fd_arg(fd))(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC)`: a second fd for the same open file.
+pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 3)
+        .map_err(fail("fcntl", || format!("{}, F_DUPFD_CLOEXEC", fd_arg(fd))))
+}
+
+/// `renameat(dirfd, from, dirfd, to)`: replaces `to` atomically.
+pub fn rename(dirfd: BorrowedFd<'_>, from: &Path, to: &Path) -> SysResult<()> {
+    rustix::fs::renameat(dirfd, from, dirfd, to).map_err(fail("renameat", || {
+        format!("{}, {}, {}", fd_arg(dirfd), path_arg(from), path_arg(to))
+    }))
+}
+
+/// `flock(fd, LOCK_EX|LOCK_NB)`: `Ok(false)` when another open file
+/// description holds a lock on the file.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    match rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(fail("flock", || format!("{}, LOCK_EX|LOCK_NB", fd_arg(fd)))(e)),
+    }
+}
+
+/// `getrandom(8 bytes)`: a random number for names nobody can guess.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    u64::from_ne_bytes(bytes)
+}
+
+/// `getxattr("/proc/thread-self/fd/N", name)`: whether the file `fd` is
+/// open on carries the extended attribute `name` (`Ok(false)` for
+/// `ENODATA`, and for filesystems without xattrs).
+pub fn has_xattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<bool> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let mut value = [0u8; 0];
+    match rustix::fs::getxattr(link.as_str(), name, &mut value[..]) {
+        Ok(_) | Err(Errno::RANGE) => Ok(true),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(fail("getxattr", || format!("{link:?}, {name:?}"))(e)),
+    }
+}
+
+/// `openat(AT_FDCWD, path, O_WRONLY|O_CLOEXEC)` of an existing file.
+pub fn open_write(path: &Path) -> SysResult<OwnedFd> {
+    rustix::fs::openat(cwd(), path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(fail("openat", || {
+            format!("AT_FDCWD, {}, O_WRONLY|O_CLOEXEC", path_arg(path))
+        }))
+}
+
+/// `openat(dirfd, path, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, mode)`: a new file.
+pub fn create_file(dirfd: BorrowedFd<'_>, path: &Path, mode: u32) -> SysResult<OwnedFd> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, path, flags, Mode::from_raw_mode(mode)).map_err(fail(
+        "openat",
+        || {
+            format!(
+                "{}, {}, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0{mode:o}",
+                fd_arg(dirfd),
+                path_arg(path)
+            )
+        },
+    ))
+}
+
+/// What `statx` tells about a file, reduced to what idoverlay uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Device (major, minor) of the filesystem.
+    pub dev: (u32, u32),
+    /// Inode number.
+    pub ino: u64,
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    /// Owner as stored, seen through the mount it was reached by.
+    pub uid: u32,
+    /// Group as stored, seen through the mount it was reached by.
+    pub gid: u32,
+    /// The id of the mount it was reached through (5.8+), if the kernel said.
+    pub mnt_id: Option<u64>,
+    /// Whether it is the root of a mount (5.8+), if the kernel said.
+    pub mount_root: Option<bool>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Stat {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// Whether this is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// The same inode on the same filesystem.
+    pub fn same_inode(&self, other: &Stat) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// A word for the file type, for messages ("a regular file").
+    pub fn kind(&self) -> &'static str {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFDIR => "a directory",
+            libc::S_IFLNK => "a symlink",
+            libc::S_IFREG => "a regular file",
+            libc::S_IFIFO => "a FIFO",
+            libc::S_IFSOCK => "a socket",
+            libc::S_IFCHR => "a character device",
+            libc::S_IFBLK => "a block device",
+            _ => "an unknown file type",
+        }
+    }
+}
+
+fn statx_inner(dirfd: BorrowedFd<'_>, path: &Path, at: AtFlags, what: &str) -> SysResult<Stat> {
+    let mask = StatxFlags::TYPE
+        | StatxFlags::MODE
+        | StatxFlags::UID
+        | StatxFlags::GID
+        | StatxFlags::INO
+        | StatxFlags::SIZE
+        | StatxFlags::MNT_ID;
+    let st = rustix::fs::statx(dirfd, path, at, mask).map_err(fail("statx", || {
+        format!(
+            "{}, {}, {what}, STATX_TYPE|STATX_MODE|STATX_UID|STATX_GID|STATX_INO|STATX_SIZE|STATX_MNT_ID",
+            fd_arg(dirfd),
+            path_arg(path)
+        )
+    }))?;
+    let mount_root = rustix::fs::StatxAttributes::MOUNT_ROOT;
+    let mount_root_known = st.stx_attributes_mask.contains(mount_root);
+    Ok(Stat {
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mode: u32::from(st.stx_mode),
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        mnt_id: (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id),
+        mount_root: mount_root_known.then_some(st.stx_attributes.contains(mount_root)),
+        size: st.stx_size,
+    })
+}
+
+/// `statx(dirfd, path, AT_SYMLINK_NOFOLLOW, …)`.
+pub fn stat_nofollow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Stat> {
+    statx_inner(
+        dirfd,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        "AT_SYMLINK_NOFOLLOW",
+    )
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, …)`: the file an fd refers to.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    statx_inner(fd, Path::new(""), AtFlags::EMPTY_PATH, "AT_EMPTY_PATH")
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE)`: the 64-bit mount
+/// id that is never reused (6.8+); `None` on older kernels.
+pub fn stat_fd_unique_mnt_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+    let mask = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask).ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+}
+
+/// `fstatfs(fd)`: the filesystem's magic number (`f_type`).
+pub fn fs_magic(fd: BorrowedFd<'_>) -> SysResult<u64> {
+    let st = rustix::fs::fstatfs(fd).map_err(fail("fstatfs", || fd_arg(fd)))?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    Ok(st.f_type as u64)
+}
+
+/// `statfs(path)`: the magic number of the filesystem `path` is on.
+pub fn fs_magic_at(path: &Path) -> SysResult<u64> {
+    let st = rustix::fs::statfs(path).map_err(fail("statfs", || path_arg(path)))?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    Ok(st.f_type as u64)
+}
+
+/// The names in a directory (without `.` and `..`), read through a fresh
+/// `openat(fd, ".", O_RDONLY|O_DIRECTORY)` so an `O_PATH` handle works too.
+pub fn dir_entries(dirfd: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
+    let dir = open_dir_read(dirfd, Path::new("."))?;
+    dir_entries_from(dir.as_fd())
+}
+
+/// The names in a directory (without `.` and `..`), read from `dir` itself
+/// from its current position: for a directory fd just opened `O_RDONLY`
+/// (an `O_PATH` fd fails with `EBADF`).
+pub fn dir_entries_from(dir: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString>> {
+    // Straight from this fd into the stack (rustix's `Dir` would open the
+    // directory once more and allocate).
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut reader = rustix::fs::RawDir::new(dir, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = reader.next() {
+        let entry = entry.map_err(fail("getdents64", || fd_arg(dir)))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+/// `faccessat2(AT_FDCWD, path, W_OK, AT_EACCESS)`: `Ok(false)` when the
+/// kernel says the filesystem or mount there is read-only (`EROFS`), so a
+/// caller learns it without opening anything or asking the filesystem for
+/// its statistics.
+pub fn writable_at(path: &Path) -> SysResult<bool> {
+    match rustix::fs::accessat(cwd(), path, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS) {
+        Ok(()) => Ok(true),
+        Err(Errno::ROFS) => Ok(false),
+        Err(e) => Err(fail("faccessat2", || {
+            format!("AT_FDCWD, {}, W_OK, AT_EACCESS", path_arg(path))
+        })(e)),
+    }
+}
+
+/// `fstatvfs(fd)`: whether the mount (or its superblock) is read-only.
+pub fn mount_is_read_only(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    let st = rustix::fs::fstatvfs(fd).map_err(fail("fstatvfs", || fd_arg(fd)))?;
+    Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+/// `mkdirat(dirfd, path, mode)`.
+pub fn mkdir(dirfd: BorrowedFd<'_>, path: &Path, mode: u32) -> SysResult<()> {
+    rustix::fs::mkdirat(dirfd, path, Mode::from_raw_mode(mode)).map_err(fail("mkdirat", || {
+        format!("{}, {}, 0{mode:o}", fd_arg(dirfd), path_arg(path))
+    }))
+}
+
+/// `unlinkat(dirfd, name, AT_REMOVEDIR)`: removes an empty directory only.
+/// A symlink in the last component is not followed (the call fails ENOTDIR).
+pub fn rmdir(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
+    rustix::fs::unlinkat(dirfd, name, AtFlags::REMOVEDIR).map_err(fail("unlinkat", || {
+        format!("{}, {}, AT_REMOVEDIR", fd_arg(dirfd), path_arg(name))
+    }))
+}
+
+/// `unlinkat(dirfd, name, 0)`: removes a file (never a directory).
+pub fn unlink(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
+    rustix::fs::unlinkat(dirfd, name, AtFlags::empty()).map_err(fail("unlinkat", || {
+        format!("{}, {}, 0", fd_arg(dirfd), path_arg(name))
+    }))
+}
+
+/// `flock(fd, LOCK_EX)`: waits for an exclusive lock, released when the fd
+/// (its open file description) is closed.
+pub fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(fail("flock", || format!("{}, LOCK_EX", fd_arg(fd))))
+}
+
+/// `write(fd, bytes)`, all of it.
+pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
+    while !bytes.is_empty() {
+        let n = rustix::io::write(fd, bytes).map_err(fail("write", || {
+            format!("{}, {} bytes", fd_arg(fd), bytes.len())
+        }))?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// `fchdir(fd)`: changes the calling thread's working directory. Only call it
+/// on a thread that has its own fs struct (after [`unshare_mount_ns`]).
+pub fn fchdir(fd: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::process::fchdir(fd).map_err(fail("fchdir", || fd_arg(fd)))
+}
+
+/// Calls `each` with every name in a directory (without `.` and `..`),
+/// read from `dir` itself from its current position into a buffer on the
+/// stack (an fd just opened `O_RDONLY`; an `O_PATH` fd fails with `EBADF`).
+/// `each` returns false to stop early.
+pub fn for_each_entry(dir: BorrowedFd<'_>, mut each: impl FnMut(&[u8]) -> bool) -> SysResult<()> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut reader = rustix::fs::RawDir::new(dir, &mut buf);
+    while let Some(entry) = reader.next() {
+        let entry = entry.map_err(fail("getdents64", || fd_arg(dir)))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." && !each(name) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit.
+pub fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        if limit.current.is_some_and(|cur| cur < max) {
+            let _ = rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(max),
+                    maximum: Some(max),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Namespaces, threads and processes: `unshare`, `setns`, `kcmp`, signal
+//! masks, and the child parked in a new user namespace.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::{fail, fd_arg, last_errno, SysError, SysResult};
+
+/// `unshare(CLONE_NEWNS)`: gives the calling *thread* its own mount namespace
+/// (and, implied by it, its own root and working directory).
+pub fn unshare_mount_ns() -> SysResult<()> {
+    // SAFETY: rustix marks unshare unsafe because CLONE_FILES could make fds
+    // seen by other threads invalid in this one. CLONE_NEWNS (with the
+    // CLONE_FS it implies) does not touch the fd table.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .map_err(fail("unshare", || "CLONE_NEWNS".to_string()))
+}
+
+/// `unshare(CLONE_FS)` then `setns(fd, CLONE_NEWNS)`: moves the calling
+/// *thread* into another mount namespace (setns needs a thread with its own
+/// fs struct). Only call it on a thread that ends afterwards.
+pub fn enter_mount_ns(ns: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: CLONE_FS does not touch the fd table (see unshare_mount_ns).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(fail("unshare", || "CLONE_FS".to_string()))?;
+    rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Mount))
+        .map_err(fail("setns", || format!("{}, CLONE_NEWNS", fd_arg(ns))))
+}
+
+/// `unshare(CLONE_FS)`: gives the calling thread its own root and working
+/// directory. Only call it on a thread that ends afterwards.
+pub fn unshare_fs() -> SysResult<()> {
+    // SAFETY: CLONE_FS does not touch the fd table (see unshare_mount_ns).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(fail("unshare", || "CLONE_FS".to_string()))
+}
+
+/// A thread's signal mask, as it was before [`block_all_signals`].
+pub struct SignalMask(libc::sigset_t);
+
+impl SignalMask {
+    /// Puts the mask back on the calling thread.
+    pub fn restore(&self) {
+        // SAFETY: `self.0` is a mask pthread_sigmask filled in.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// `pthread_sigmask(SIG_SETMASK, <all>)`: blocks every signal the calling
+/// thread may block; returns the mask it had.
+pub fn block_all_signals() -> SignalMask {
+    // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask
+    // only reads `all` and writes `previous`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        SignalMask(previous)
+    }
+}
+
+/// `gettid()`.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// `ioctl(fd, NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace fd.
+pub fn namespace_type(fd: BorrowedFd<'_>) -> SysResult<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns an int.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if ret < 0 {
+        let errno = last_errno();
+        return Err(SysError {
+            syscall: "ioctl",
+            args: format!("{}, NS_GET_NSTYPE", fd_arg(fd)),
+            errno,
+        });
+    }
+    Ok(ret)
+}
+
+/// `CLONE_NEWUSER`, as [`namespace_type`] reports a user namespace.
+pub const CLONE_NEWUSER: i32 = libc::CLONE_NEWUSER;
+
+/// A child process parked in a new user namespace, used only to read its
+/// namespace. Dropping it kills and reaps the child.
+#[derive(Debug)]
+pub struct UsernsChild {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl UsernsChild {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl Drop for UsernsChild {
+    fn drop(&mut self) {
+        // SAFETY: pidfd_send_signal and waitid take the pidfd we own; a pidfd
+        // cannot name another process even if the pid was reused.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            loop {
+                let ret = libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::__WALL,
+                );
+                if ret == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Clones a child into a new user namespace that does nothing but wait to
+/// be killed.
+///
+/// The child shares the caller's fd table (`CLONE_FILES`, so it holds no extra
+/// references to the caller's files), has exit signal 0 (a process-wide
+/// SIGCHLD reaper never sees it) and `PR_SET_PDEATHSIG(SIGKILL)`, so it dies
+/// with the calling thread even if the caller is killed. It is reached only
+/// through a pidfd, which cannot be confused by pid reuse.
+pub fn spawn_userns_child() -> SysResult<UsernsChild> {
+    let parent = std::process::id() as libc::pid_t;
+    let mut pidfd: libc::c_int = -1;
+    let flags = (libc::CLONE_NEWUSER | libc::CLONE_FILES | libc::CLONE_PIDFD) as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM: the child gets a copy-on-write
+    // copy of this thread's memory and runs on its own copy of the stack).
+    // In the child only raw syscalls follow (prctl, getppid, pause, _exit),
+    // all async-signal-safe, so the state of other threads' locks, which the
+    // child inherits frozen, is never touched.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut pidfd as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if ret == 0 {
+        // Child.
+        // SAFETY: raw syscalls only; see above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL,
+                0,
+                0,
+                0,
+            );
+            // The parent may have died before PR_SET_PDEATHSIG took effect.
+            if libc::syscall(libc::SYS_getppid) as libc::pid_t != parent {
+                libc::syscall(libc::SYS_exit, 0);
+            }
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
+        }
+    }
+    if ret < 0 {
+        let errno = last_errno();
+        return Err(SysError {
+            syscall: "clone",
+            args: "CLONE_NEWUSER|CLONE_FILES|CLONE_PIDFD, exit signal 0".to_string(),
+            errno,
+        });
+    }
+    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    Ok(UsernsChild {
+        pid: ret as i32,
+        pidfd,
+    })
+}
+
+/// `kcmp(a, b, KCMP_FS)`: whether two threads share one fs struct (working
+/// directory, root, umask). `Ok(None)` when `b` is gone.
+pub fn kcmp_same_fs(a: i32, b: i32) -> SysResult<Option<bool>> {
+    const KCMP_FS: libc::c_long = 3;
+    // SAFETY: kcmp only compares two tasks' kernel objects; no memory of
+    // ours is passed.
+    let same = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FS, 0, 0) };
+    match same {
+        0 => Ok(Some(true)),
+        -1 if last_errno() == libc::ESRCH => Ok(None),
+        -1 => Err(SysError {
+            syscall: "kcmp",
+            args: format!("{a}, {b}, KCMP_FS"),
+            errno: last_errno(),
+        }),
+        _ => Ok(Some(false)),
+    }
+}
