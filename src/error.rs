@@ -1,5 +1,13 @@
 //! The library's errors: what was being done, to which path, what the kernel
 //! said, and what to do about it — always on one line.
+//!
+//! [`Error`] is one boxed value (a `Result` stays small on the success
+//! path), with an [`ErrorKind`] for programs and accessors for the facts a
+//! caller may want (errno, path, the kernel's own messages). Messages speak
+//! the library's language; where a front end has its own words for the
+//! remedy (a CLI flag), [`Error::advice`] says which remedy it is, and
+//! [`Error::message_with`] puts the front end's phrase in place of the
+//! library's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,17 +19,151 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong assembling, attaching or removing an overlay.
 ///
-/// Every variant displays as one line that names the bad input or the failed
-/// operation and, where one helps, a hint. [`Error::kind`], [`Error::errno`]
-/// and [`Error::path`] give the same facts to programs.
-#[derive(Debug, thiserror::Error)]
+/// Displays as one line that names the bad input or the failed operation
+/// and, where one helps, what to do.
+///
+/// ```
+/// let err = "0:100000".parse::<idoverlay::IdMap>().unwrap_err().into_error("uid map");
+/// assert_eq!(err.kind(), idoverlay::ErrorKind::InvalidInput);
+/// assert!(!err.to_string().contains('\n'));
+/// ```
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    repr: Repr,
+    advice: Option<Advice>,
+}
+
+/// What kind of failure an [`Error`] is, for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// Input that is wrong whatever the kernel: a malformed map, a relative
     /// path, a layer that is not a directory, too many layers, …
+    InvalidInput,
+    /// A system call failed (the kernel refused).
+    Os,
+    /// The kernel lacks what was asked for.
+    Unsupported,
+    /// A privilege is missing.
+    Permission,
+    /// Cleanup of temporary state could not finish; nothing in use was
+    /// removed, and `gc` can finish it later.
+    Cleanup,
+    /// idoverlay itself failed (a helper thread panicked).
+    Internal,
+}
+
+impl ErrorKind {
+    /// A stable word for the kind, as used in JSON output:
+    /// `invalid_input`, `os`, `unsupported`, `permission`, `cleanup`,
+    /// `internal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Os => "os",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Cleanup => "cleanup",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Compares with the stable word ([`ErrorKind::as_str`]).
+impl PartialEq<&str> for ErrorKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A remedy a front end may phrase in its own words (a command line names
+/// its flags), given by [`Error::advice`]. [`Advice::phrase`] is the
+/// library's own wording, which [`Error`]'s `Display` appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Advice {
+    /// Add a lower layer.
+    AddLowerLayer,
+    /// Add an upper and a work dir (or another layer).
+    AddUpperAndWork,
+    /// Add a work dir to the upper dir.
+    AddWorkDir,
+    /// Add an upper dir to the work dir.
+    AddUpperDir,
+    /// Give uid and gid maps, or a user namespace.
+    GiveIdMaps,
+    /// Give maps that map on-disk id 0 (for an idmapped upper).
+    GiveMapsOfRoot,
+    /// Give an upper and a work dir to the idmapped upper.
+    IdmapUpperNeedsUpperAndWork,
+    /// Give a container's user namespace, or maps.
+    GiveContainerUserns,
+    /// Give maps instead (of a namespace without any).
+    GiveIdMapsInstead,
+    /// Give layers as layers, not as overlay options.
+    LayersNotAsOptions,
+    /// Give maps as maps, not as overlay options.
+    MapsNotAsOptions,
+    /// Unmount lazily.
+    UnmountLazily,
+    /// Use the host-staged strategy.
+    UseHostStaged,
+    /// Probe again on the layers' filesystem.
+    ProbeTheLayers,
+    /// Probe again and save the report as the library writes it.
+    ProbeAgain,
+    /// Run gc to finish a cleanup.
+    RunGc,
+    /// Without data-only layers.
+    NoDataLayers,
+}
+
+impl Advice {
+    /// The library's wording, as appended to a message (its own leading
+    /// separator included).
+    pub fn phrase(self) -> &'static str {
+        match self {
+            Advice::AddLowerLayer => "; add one (top-most first)",
+            Advice::AddUpperAndWork => " (an upper dir with a work dir)",
+            Advice::AddWorkDir => " (empty, on the same mount)",
+            Advice::AddUpperDir => "",
+            Advice::GiveIdMaps => "give uid and gid maps (e.g. 0:100000:65536) or a user namespace",
+            Advice::GiveMapsOfRoot => "",
+            Advice::IdmapUpperNeedsUpperAndWork => "",
+            Advice::GiveContainerUserns => " give a container's user namespace, or maps",
+            Advice::GiveIdMapsInstead => ", or give maps instead",
+            Advice::LayersNotAsOptions => {
+                "; give layers as layers (lower, data-only, upper, work), or parse the \
+                 whole string as mount options"
+            }
+            Advice::MapsNotAsOptions => "; give maps as maps, or a user namespace",
+            Advice::UnmountLazily => {
+                " unmount it lazily to detach it now and let the kernel free it when the last \
+                 user goes"
+            }
+            Advice::UseHostStaged => "; the host-staged strategy works without it",
+            Advice::ProbeTheLayers => "; probe again on the layers' filesystem",
+            Advice::ProbeAgain => "",
+            Advice::RunGc => ", gc finishes it",
+            Advice::NoDataLayers => "mount without data layers, or on a newer kernel",
+        }
+    }
+}
+
+/// What a failure is, with its facts (the library's own view; callers see
+/// it through [`Error`]'s accessors).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Repr {
     #[error(fmt = fmt_invalid)]
     InvalidInput {
-        /// What kind of input ("layer", "--uidmap", "option", …).
+        /// What kind of input ("layer", "uid map", "option", …).
         what: String,
         /// The input as given (lossily printed when not UTF-8).
         input: String,
@@ -33,7 +175,6 @@ pub enum Error {
         #[source]
         source: Option<SysError>,
     },
-    /// A system call failed while doing `op`.
     #[error(fmt = fmt_os)]
     Os {
         /// What idoverlay was doing ("clone layer", "create the overlay", …).
@@ -48,7 +189,6 @@ pub enum Error {
         /// What the user can do about it.
         hint: Option<String>,
     },
-    /// The kernel lacks what was asked for.
     #[error("{what} needs {needs}; this is {kernel}{}", hint_suffix(hint))]
     Unsupported {
         /// What was asked ("the detached strategy", "idmapped overlays", …).
@@ -62,7 +202,6 @@ pub enum Error {
         /// The path concerned, when one is (a layer on the wrong filesystem).
         path: Option<PathBuf>,
     },
-    /// The caller lacks a privilege the operation needs.
     #[error("{what} needs {needs}; {hint}")]
     Permission {
         /// What was attempted.
@@ -77,10 +216,8 @@ pub enum Error {
         #[source]
         source: Option<SysError>,
     },
-    /// Cleanup of temporary state could not finish; nothing was removed
-    /// that was still in use, and `idoverlay gc` can finish it later.
     #[error(
-        "cleanup of {} incomplete: {detail}{}; nothing in use was removed, run `idoverlay gc` to finish",
+        "cleanup of {} incomplete: {detail}{}; nothing in use was removed",
         display_path(path),
         source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
     )]
@@ -93,30 +230,71 @@ pub enum Error {
         #[source]
         source: Option<SysError>,
     },
+    #[error("internal error: {what} {detail}")]
+    Internal {
+        /// What failed ("thread idoverlay-mount").
+        what: String,
+        /// How ("panicked").
+        detail: String,
+    },
+}
+
+impl From<Repr> for Error {
+    fn from(repr: Repr) -> Self {
+        // What is left behind, a later gc can always finish.
+        let advice = matches!(repr, Repr::Cleanup { .. }).then_some(Advice::RunGc);
+        Error(Box::new(Inner { repr, advice }))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind())
+            .field("repr", &self.0.repr)
+            .field("advice", &self.0.advice)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.repr)?;
+        if let Some(advice) = self.0.advice {
+            f.write_str(advice.phrase())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0.repr)
+    }
 }
 
 impl Error {
-    /// A stable word for the kind of error, used in JSON output:
-    /// `invalid_input`, `os`, `unsupported`, `permission` or `cleanup`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::InvalidInput { .. } => "invalid_input",
-            Error::Os { .. } => "os",
-            Error::Unsupported { .. } => "unsupported",
-            Error::Permission { .. } => "permission",
-            Error::Cleanup { .. } => "cleanup",
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.0.repr {
+            Repr::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Repr::Os { .. } => ErrorKind::Os,
+            Repr::Unsupported { .. } => ErrorKind::Unsupported,
+            Repr::Permission { .. } => ErrorKind::Permission,
+            Repr::Cleanup { .. } => ErrorKind::Cleanup,
+            Repr::Internal { .. } => ErrorKind::Internal,
         }
     }
 
     /// The errno behind the error, when a syscall failed.
     pub fn errno(&self) -> Option<i32> {
-        match self {
-            Error::Os { source, .. } => Some(source.errno),
-            Error::InvalidInput { source, .. } | Error::Cleanup { source, .. } => {
+        match &self.0.repr {
+            Repr::Os { source, .. } => Some(source.errno),
+            Repr::InvalidInput { source, .. } | Repr::Cleanup { source, .. } => {
                 source.as_ref().map(|s| s.errno)
             }
-            Error::Unsupported { .. } => None,
-            Error::Permission { source, .. } => {
+            Repr::Unsupported { .. } | Repr::Internal { .. } => None,
+            Repr::Permission { source, .. } => {
                 Some(source.as_ref().map_or(libc::EPERM, |s| s.errno))
             }
         }
@@ -129,25 +307,41 @@ impl Error {
 
     /// The path the error is about, when there is one.
     pub fn path(&self) -> Option<&Path> {
-        match self {
-            Error::InvalidInput { path, .. } | Error::Os { path, .. } => path.as_deref(),
-            Error::Cleanup { path, .. } => Some(path),
-            Error::Unsupported { path, .. } | Error::Permission { path, .. } => path.as_deref(),
+        match &self.0.repr {
+            Repr::InvalidInput { path, .. }
+            | Repr::Os { path, .. }
+            | Repr::Unsupported { path, .. }
+            | Repr::Permission { path, .. } => path.as_deref(),
+            Repr::Cleanup { path, .. } => Some(path),
+            Repr::Internal { .. } => None,
         }
     }
 
     /// What the kernel wrote into the `fsopen` fd about this failure.
     pub fn kernel_messages(&self) -> &[String] {
-        match self {
-            Error::Os {
+        match &self.0.repr {
+            Repr::Os {
                 kernel_messages, ..
             } => kernel_messages,
             _ => &[],
         }
     }
 
-    /// An [`Error::InvalidInput`]: `what` (the kind of input), `input` (as
-    /// given) and `reason` (what is wrong and what to do instead).
+    /// The remedy, when a front end may want to phrase it in its own words.
+    pub fn advice(&self) -> Option<Advice> {
+        self.0.advice
+    }
+
+    /// The message with `phrase` in place of the library's wording of the
+    /// advice (appended as it is: include a separator), e.g. a CLI's flag.
+    pub fn message_with(&self, phrase: &str) -> String {
+        let mut message = self.0.repr.to_string();
+        message.push_str(phrase);
+        message
+    }
+
+    /// An [`ErrorKind::InvalidInput`] error: `what` (the kind of input),
+    /// `input` (as given) and `reason` (what is wrong and what to do).
     pub fn invalid_input(
         what: impl Into<String>,
         input: impl Into<String>,
@@ -161,13 +355,14 @@ impl Error {
         input: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
-        Error::InvalidInput {
+        Repr::InvalidInput {
             what: what.into(),
             input: input.into(),
             reason: reason.into(),
             path: None,
             source: None,
         }
+        .into()
     }
 
     pub(crate) fn invalid_path(
@@ -175,44 +370,56 @@ impl Error {
         path: &Path,
         reason: impl Into<String>,
     ) -> Self {
-        Error::InvalidInput {
+        Repr::InvalidInput {
             what: what.into(),
             input: display_path(path),
             reason: reason.into(),
             path: Some(path.to_path_buf()),
             source: None,
         }
+        .into()
     }
 
-    /// An [`Error::Permission`] without a path or syscall.
+    /// An [`ErrorKind::Permission`] error without a path or syscall.
     pub(crate) fn permission(
         what: impl Into<String>,
         needs: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
-        Error::Permission {
+        Repr::Permission {
             what: what.into(),
             needs: needs.into(),
             hint: hint.into(),
             path: None,
             source: None,
         }
+        .into()
     }
 
     pub(crate) fn os(op: impl Into<String>, path: Option<&Path>, source: SysError) -> Self {
-        Error::Os {
+        Repr::Os {
             op: op.into(),
             path: path.map(Path::to_path_buf),
             source,
             kernel_messages: Vec::new(),
             hint: None,
         }
+        .into()
     }
 
-    /// Adds a hint to an [`Error::Os`] or [`Error::Unsupported`] that has none.
+    /// An [`ErrorKind::Internal`] error.
+    pub(crate) fn internal(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Repr::Internal {
+            what: what.into(),
+            detail: detail.into(),
+        }
+        .into()
+    }
+
+    /// Adds a hint to an `Os` or `Unsupported` error that has none.
     pub(crate) fn with_hint(mut self, new: impl Into<String>) -> Self {
-        match &mut self {
-            Error::Os { hint, .. } | Error::Unsupported { hint, .. } if hint.is_none() => {
+        match &mut self.0.repr {
+            Repr::Os { hint, .. } | Repr::Unsupported { hint, .. } if hint.is_none() => {
                 *hint = Some(new.into())
             }
             _ => {}
@@ -220,13 +427,27 @@ impl Error {
         self
     }
 
-    /// Attaches the kernel's own messages to an [`Error::Os`].
+    /// Attaches the kernel's own messages to an `Os` error.
     pub(crate) fn with_kernel_messages(mut self, messages: Vec<String>) -> Self {
-        if let Error::Os {
+        if let Repr::Os {
             kernel_messages, ..
-        } = &mut self
+        } = &mut self.0.repr
         {
             kernel_messages.extend(messages);
+        }
+        self
+    }
+
+    /// Says which remedy the message ends with.
+    pub(crate) fn with_advice(mut self, advice: Advice) -> Self {
+        self.0.advice = Some(advice);
+        self
+    }
+
+    /// Names `path` in an `Os` error that names none.
+    pub(crate) fn with_path(mut self, new: &Path) -> Self {
+        if let Repr::Os { path: p @ None, .. } = &mut self.0.repr {
+            *p = Some(new.to_path_buf());
         }
         self
     }
@@ -234,7 +455,7 @@ impl Error {
 
 /// A path as shown to people: quoted, with non-UTF-8 bytes and control
 /// characters escaped so the message stays on one line.
-pub fn display_path(path: &Path) -> String {
+pub(crate) fn display_path(path: &Path) -> String {
     format!("{:?}", path.as_os_str())
 }
 

@@ -44,13 +44,13 @@ impl Unreadable {
             Unreadable::Os(e) => Some(e),
             _ => None,
         };
-        Error::InvalidInput {
+        Error::from(crate::error::Repr::InvalidInput {
             what: what.to_string(),
             input: display_path(path),
             reason,
             path: Some(path.to_path_buf()),
             source,
-        }
+        })
     }
 }
 

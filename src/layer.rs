@@ -117,7 +117,7 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
         },
         libc::ELOOP => "has too many levels of symlinks".to_string(),
         libc::EACCES | libc::EPERM => {
-            return Error::Permission {
+            return Error::from(crate::error::Repr::Permission {
                 what: format!("opening {noun} {}", display_path(path)),
                 needs: "search permission on every directory on its path".into(),
                 hint: "root lacks it here: an LSM policy, an NFS root_squash export, or a user \
@@ -125,18 +125,18 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
                     .into(),
                 path: Some(path.to_path_buf()),
                 source: Some(e),
-            }
+            })
         }
         libc::ENAMETOOLONG => "is too long".to_string(),
         _ => return Error::os(format!("open {noun}"), Some(path), e),
     };
-    Error::InvalidInput {
+    Error::from(crate::error::Repr::InvalidInput {
         what: noun.to_string(),
         input: display_path(path),
         reason,
         path: Some(path.to_path_buf()),
         source: Some(e),
-    }
+    })
 }
 
 /// A layer as planned: where it will be reached from.

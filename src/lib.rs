@@ -57,7 +57,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use error::{Error, Result};
+pub use error::{Advice, Error, ErrorKind, Result};
 pub use idmap::{IdMap, IdRange};
 pub use kernel_compat::{Feature, KernelVersion};
 pub use options::OverlayParam;
@@ -265,8 +265,9 @@ impl Overlay {
             return Err(Error::invalid(
                 "layers",
                 "(none)",
-                "overlay needs at least one lower layer; give --lower DIR (top-most first)",
-            ));
+                "overlay needs at least one lower layer",
+            )
+            .with_advice(Advice::AddLowerLayer));
         }
         if self.lowers.len() < 2 && self.upper.is_none() {
             return Err(Error::invalid(
@@ -277,8 +278,9 @@ impl Overlay {
                     .collect::<Vec<_>>()
                     .join(":"),
                 "overlay needs at least two lower layers when there is no upper dir; \
-                 add a layer, or an upper and work dir (--upper/--work)",
-            ));
+                 add a layer, or an upper and work dir",
+            )
+            .with_advice(Advice::AddUpperAndWork));
         }
         let count = self.lowers.len() + self.data_lowers.len();
         if count > MAX_LAYERS {
@@ -299,8 +301,9 @@ impl Overlay {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
-                    "needs a work dir too (--work DIR, empty, on the same mount)",
-                ))
+                    "needs a work dir too",
+                )
+                .with_advice(Advice::AddWorkDir))
             }
             (None, Some(_)) => {
                 return Err(Error::invalid(
@@ -309,24 +312,20 @@ impl Overlay {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
-                    "is only used with an upper dir (--upper DIR)",
-                ))
+                    "is only used with an upper dir",
+                )
+                .with_advice(Advice::AddUpperDir))
             }
             _ => {}
         }
         if self.idmap_upper && self.upper.is_none() {
-            return Err(Error::invalid(
-                "--idmap-upper",
-                "on",
-                "needs an upper and a work dir",
-            ));
+            return Err(
+                Error::invalid("upper idmap", "on", "needs an upper and a work dir")
+                    .with_advice(Advice::IdmapUpperNeedsUpperAndWork),
+            );
         }
         if self.userns.is_none() && self.maps.is_none() {
-            return Err(Error::invalid(
-                "id map",
-                "(none)",
-                "give --uidmap and --gidmap (e.g. 0:100000:65536) or --userns FILE|PID",
-            ));
+            return Err(Error::invalid("id map", "(none)", "").with_advice(Advice::GiveIdMaps));
         }
         Ok(())
     }
@@ -531,13 +530,13 @@ impl DetachedMount {
         let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
         // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
         let ns = sys::open_read_nonblocking(sys::cwd(), mount_ns, true).map_err(|e| {
-            Error::InvalidInput {
+            Error::from(crate::error::Repr::InvalidInput {
                 what: "mount namespace".into(),
                 input: error::display_path(mount_ns),
                 reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
                 path: Some(mount_ns.to_path_buf()),
                 source: Some(e),
-            }
+            })
         })?;
         match sys::namespace_type(ns.as_fd()) {
             Ok(t) if t == libc::CLONE_NEWNS => {}
@@ -607,7 +606,7 @@ fn choose_strategy(
         if layer.idmap == Some(false) && kernel_idmaps {
             let fs = &layer.fs_type;
             if layer.errno.as_deref() == Some("EPERM") && !userns::in_initial_user_namespace() {
-                return Err(Error::Permission {
+                return Err(Error::from(crate::error::Repr::Permission {
                     what: format!(
                         "idmapping layer {} on {fs}",
                         error::display_path(first_layer)
@@ -618,24 +617,24 @@ fn choose_strategy(
                         .into(),
                     path: Some(first_layer.to_path_buf()),
                     source: None,
-                });
+                }));
             }
             if let (true, Some(file)) = (layer.idmap_expected, userns.file()) {
                 return Err(Error::invalid_path(
                     "user namespace",
                     file,
                     format!(
-                        "cannot idmap {fs} here ({}): does it have uid and gid maps? \
-                         give a container's user namespace, or --uidmap/--gidmap",
+                        "cannot idmap {fs} here ({}): does it have uid and gid maps?",
                         layer.errno.as_deref().unwrap_or("refused")
                     ),
-                ));
+                )
+                .with_advice(Advice::GiveContainerUserns));
             }
             let needs = match kernel_compat::idmap_since(fs) {
                 Some((major, minor)) => format!("kernel {major}.{minor} ({fs} idmapped mounts)"),
                 None => "a filesystem that takes idmapped mounts".to_string(),
             };
-            return Err(Error::Unsupported {
+            return Err(Error::from(crate::error::Repr::Unsupported {
                 what: format!("layer {} on {fs}", error::display_path(first_layer)),
                 needs,
                 kernel,
@@ -644,16 +643,18 @@ fn choose_strategy(
                      btrfs (tmpfs from 6.3)"
                 )),
                 path: Some(first_layer.to_path_buf()),
-            });
+            }));
         }
     }
     if asked == Strategy::Auto {
-        return report.strategy.ok_or_else(|| Error::Unsupported {
-            what: "an idmapped overlay".into(),
-            needs: format!("kernel 5.19 ({})", Feature::OverlayIdmappedLayers),
-            kernel,
-            hint: Some(report.reason.clone()),
-            path: None,
+        return report.strategy.ok_or_else(|| {
+            Error::from(crate::error::Repr::Unsupported {
+                what: "an idmapped overlay".into(),
+                needs: format!("kernel 5.19 ({})", Feature::OverlayIdmappedLayers),
+                kernel,
+                hint: Some(report.reason.clone()),
+                path: None,
+            })
         });
     }
     match report.refuses(asked) {
@@ -664,13 +665,13 @@ fn choose_strategy(
                 Some(s) => format!("auto would use {s}"),
                 None => format!("nothing works here: {}", report.reason),
             };
-            Err(Error::Unsupported {
+            Err(Error::from(crate::error::Repr::Unsupported {
                 what: format!("the {asked} strategy"),
                 needs: format!("kernel {major}.{minor} ({feature})"),
                 kernel,
                 hint: Some(format!("{how}; {alternative}")),
                 path: None,
-            })
+            }))
         }
     }
 }
@@ -715,13 +716,13 @@ fn explain_target(target: &Path, normal: &Path, e: sys::SysError) -> Error {
         },
         _ => format!("cannot be opened ({e})"),
     };
-    Error::InvalidInput {
+    Error::from(crate::error::Repr::InvalidInput {
         what: "target".into(),
         input: error::display_path(target),
         reason,
         path: Some(target.to_path_buf()),
         source: Some(e),
-    }
+    })
 }
 
 /// Unmounts the overlay mounted at `target`, and refuses anything else:
@@ -808,9 +809,9 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         if e.errno == libc::EBUSY {
             err.with_hint(
                 "it is busy (a process has files open or its working directory there); \
-                 stop them, or use --lazy to detach it now and let the kernel free it \
-                 when the last user goes",
+                 stop them, or",
             )
+            .with_advice(Advice::UnmountLazily)
         } else {
             err
         }

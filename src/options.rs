@@ -120,19 +120,12 @@ pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountA
             ));
         }
         if LAYER_KEYS.contains(&key) {
-            return Err(Error::invalid(
-                "option",
-                part,
-                "names a layer; give layers with --lower/--data-lower/--upper/--work, \
-                 or use the mount(8) form `-t overlay overlay -o lowerdir=…`",
-            ));
+            return Err(Error::invalid("option", part, "names a layer")
+                .with_advice(crate::Advice::LayersNotAsOptions));
         }
         if matches!(key, "uidmap" | "gidmap") || key.eq_ignore_ascii_case("X-mount.idmap") {
-            return Err(Error::invalid(
-                "option",
-                part,
-                "names an id map; give maps with --uidmap/--gidmap or --userns",
-            ));
+            return Err(Error::invalid("option", part, "names an id map")
+                .with_advice(crate::Advice::MapsNotAsOptions));
         }
         if value.is_none() && apply_mount_flag(&mut attrs, key) {
             continue;

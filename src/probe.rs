@@ -285,7 +285,7 @@ impl ProbeReport {
         let bytes = crate::file::read_small(sys::cwd(), path, REPORT_MAX, true)
             .map_err(|e| e.into_error("probe report", path))?;
         let report: ProbeReport = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("is not `idoverlay probe --json` output: {e}")))?;
+            .map_err(|e| invalid(format!("is not a saved probe report: {e}")))?;
         let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         if report.kernel != running.trim() {
             return Err(invalid(format!(
@@ -342,7 +342,7 @@ fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Stra
     if !idmap_any {
         let why = match report.feature(MountSetattrIdmap).errno.as_deref() {
             Some("ENOSYS") => "this kernel has no mount_setattr (idmapped mounts need 5.12, idmapped overlay layers 5.19)".to_string(),
-            _ if report.paths.is_empty() => "no probed filesystem takes idmapped mounts (tmpfs needs 6.3); probe again with --path DIR on the layers' filesystem".to_string(),
+            _ if report.paths.is_empty() => "no probed filesystem takes idmapped mounts (tmpfs needs 6.3); probe again naming a directory on the layers' filesystem".to_string(),
             _ => "none of the probed filesystems takes idmapped mounts".to_string(),
         };
         return (None, why);
@@ -370,7 +370,7 @@ fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Stra
         None => (
             None,
             format!(
-                "overlay over idmapped layers could not be probed ({}); give --path DIR on the layers' filesystem",
+                "overlay over idmapped layers could not be probed ({}); probe again naming a directory on the layers' filesystem",
                 feature.note.clone().unwrap_or_default()
             ),
         ),

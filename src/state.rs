@@ -216,13 +216,13 @@ fn open_component(path: &Path, at: &Path, dir: BorrowedFd<'_>, name: &Path) -> R
             },
             _ => format!("{} cannot be opened ({e})", display_path(at)),
         };
-        Error::InvalidInput {
+        Error::from(crate::error::Repr::InvalidInput {
             what: "state dir".into(),
             input: display_path(path),
             reason: why,
             path: Some(path.to_path_buf()),
             source: Some(e),
-        }
+        })
     })
 }
 
@@ -466,10 +466,12 @@ impl LiveRecord {
             state.fd.as_fd(),
             Path::new(&Record::file_name(&self.record.id)),
         )
-        .map_err(|e| Error::Cleanup {
-            detail: "removing the staging record failed".into(),
-            path: state.join(&self.record.id),
-            source: Some(e),
+        .map_err(|e| {
+            Error::from(crate::error::Repr::Cleanup {
+                detail: "removing the staging record failed".into(),
+                path: state.join(&self.record.id),
+                source: Some(e),
+            })
         })
     }
 }

@@ -20,7 +20,12 @@ pub fn run_on_thread<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) 
             .spawn_scoped(scope, f)
             .map_err(|e| spawn_error(name, e))?
             .join()
-            .unwrap_or_else(|_| Err(Error::invalid("thread", name, "panicked")))
+            .unwrap_or_else(|_| {
+                Err(Error::internal(
+                    format!("thread {PREFIX}{name}"),
+                    "panicked",
+                ))
+            })
     })
 }
 

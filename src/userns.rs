@@ -61,8 +61,8 @@ impl UserNamespace {
         })?;
         // `child` is killed and reaped when dropped, whichever way we leave.
         let proc_dir = PathBuf::from(format!("/proc/{}", child.pid()));
-        write_map(&proc_dir.join("uid_map"), uid_map, "--uidmap")?;
-        write_map(&proc_dir.join("gid_map"), gid_map, "--gidmap")?;
+        write_map(&proc_dir.join("uid_map"), uid_map, "uid map")?;
+        write_map(&proc_dir.join("gid_map"), gid_map, "gid map")?;
         let ns_path = proc_dir.join("ns/user");
         let fd = sys::open_read(sys::cwd(), &ns_path)
             .map_err(|e| Error::os("open the new user namespace", Some(&ns_path), e))?;
@@ -119,7 +119,7 @@ impl UserNamespace {
         // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
         let fd = sys::open_read_nonblocking(sys::cwd(), path, true).map_err(|e| {
             if matches!(e.errno, libc::EACCES | libc::EPERM) {
-                return Error::Permission {
+                return Error::from(crate::error::Repr::Permission {
                     what: format!(
                         "opening user namespace {}",
                         crate::error::display_path(path)
@@ -128,19 +128,19 @@ impl UserNamespace {
                     hint: "run as root".into(),
                     path: Some(path.to_path_buf()),
                     source: Some(e),
-                };
+                });
             }
             let reason = match e.errno {
                 libc::ENOENT => "does not exist".to_string(),
                 _ => format!("cannot be opened: {e}"),
             };
-            Error::InvalidInput {
+            Error::from(crate::error::Repr::InvalidInput {
                 what: "user namespace".into(),
                 input: crate::error::display_path(path),
                 reason: format!("{reason}; give /proc/PID/ns/user of a process in the namespace"),
                 path: Some(path.to_path_buf()),
                 source: Some(e),
-            }
+            })
         })?;
         match sys::namespace_type(fd.as_fd()) {
             Ok(t) if t == sys::CLONE_NEWUSER => {}
@@ -152,13 +152,13 @@ impl UserNamespace {
                 ))
             }
             Err(e) => {
-                return Err(Error::InvalidInput {
+                return Err(Error::from(crate::error::Repr::InvalidInput {
                     what: "user namespace".into(),
                     input: crate::error::display_path(path),
                     reason: "is not a namespace file; give /proc/PID/ns/user".into(),
                     path: Some(path.to_path_buf()),
                     source: Some(e),
-                })
+                }))
             }
         }
         // The caller's own user namespace maps every id to itself: an
@@ -172,9 +172,9 @@ impl UserNamespace {
                 return Err(Error::invalid_path(
                     "user namespace",
                     path,
-                    "is this process's own user namespace, which maps nothing; give a \
-                     container's user namespace, or --uidmap/--gidmap",
-                ));
+                    "is this process's own user namespace, which maps nothing;",
+                )
+                .with_advice(crate::Advice::GiveContainerUserns));
             }
         }
         Ok(UserNamespace {
@@ -192,8 +192,9 @@ impl UserNamespace {
             return Err(Error::invalid(
                 "user namespace",
                 format!("/proc/{pid}/ns/user"),
-                "has no uid map (yet); write its maps first, or give --uidmap/--gidmap",
-            ));
+                "has no uid map (yet); write its maps first",
+            )
+            .with_advice(crate::Advice::GiveIdMapsInstead));
         }
         Ok(ns)
     }
@@ -247,20 +248,20 @@ fn write_map(file: &Path, map: &IdMap, what: &str) -> Result<()> {
                 "this process runs in a user namespace: every host id the map names must be \
                  mapped in it (see /proc/self/uid_map), or run as root on the host"
             };
-            return Error::Permission {
+            return Error::from(crate::error::Repr::Permission {
                 what: format!("writing the {what} {map}"),
                 needs: "CAP_SETUID and CAP_SETGID over every host id it names".into(),
                 hint: hint.into(),
                 path: Some(file.to_path_buf()),
                 source: Some(e),
-            };
+            });
         }
-        Error::InvalidInput {
+        Error::from(crate::error::Repr::InvalidInput {
             what: what.into(),
             input: map.to_string(),
             reason: format!("the kernel refused the map ({e})"),
             path: None,
             source: Some(e),
-        }
+        })
     })
 }

@@ -362,20 +362,12 @@ impl MountThread {
     /// is about the thread).
     fn run(self, job: MountJob) -> Result<sys::SysResult<()>> {
         if self.jobs.send(job).is_err() {
-            return Err(Error::invalid_input(
-                "layers",
-                "",
-                "the mounting thread died",
-            ));
+            return Err(Error::internal("thread idoverlay-mount", "died"));
         }
         match self.results.recv() {
             Ok(Ok(mounted)) => Ok(mounted),
             Ok(Err(e)) => Err(Error::os("prepare the mounting thread", None, e)),
-            Err(_) => Err(Error::invalid_input(
-                "layers",
-                "",
-                "the mounting thread died",
-            )),
+            Err(_) => Err(Error::internal("thread idoverlay-mount", "died")),
         }
     }
 }

@@ -98,10 +98,12 @@ fn teardown(
     staging: BorrowedFd<'_>,
     attached: Vec<(String, OwnedFd)>,
 ) -> Result<()> {
-    let cleanup_err = |detail: String, e: Option<sys::SysError>| Error::Cleanup {
-        detail,
-        path: state.join(id),
-        source: e,
+    let cleanup_err = |detail: String, e: Option<sys::SysError>| {
+        Error::from(crate::error::Repr::Cleanup {
+            detail,
+            path: state.join(id),
+            source: e,
+        })
     };
     let mut names = Vec::with_capacity(attached.len());
     for (name, root) in attached.into_iter().rev() {

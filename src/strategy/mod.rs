@@ -588,7 +588,7 @@ impl OverlayContext {
                 None => param.key.clone(),
             };
             let messages = sys::fs_messages(self.fd.as_fd());
-            Error::InvalidInput {
+            Error::from(crate::error::Repr::InvalidInput {
                 what: "option".into(),
                 input: shown,
                 reason: if messages.is_empty() {
@@ -598,7 +598,7 @@ impl OverlayContext {
                 },
                 path: None,
                 source: Some(e),
-            }
+            })
         })
     }
 
@@ -674,7 +674,7 @@ pub(crate) fn check_writable(mount: &OwnedFd) -> Result<()> {
             "upper dir",
             "(upper and work)",
             "overlay could not write its work dir and would have mounted read-only \
-             (dmesg says why; with --idmap-upper the map must cover the upper dir's owners)",
+             (dmesg says why; with an idmapped upper the map must cover the upper dir's owners)",
         ));
     }
     Ok(())
@@ -754,11 +754,12 @@ pub(crate) fn mounter_ids(userns: &UserNamespace) -> Result<(u32, u32)> {
     match (uid, gid) {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
         _ => Err(Error::invalid(
-            "--idmap-upper",
+            "upper idmap",
             userns.describe(),
-            "needs --uidmap/--gidmap that map on-disk id 0: overlay writes the upper layer as \
-             its creator, whose ids must map through the upper's idmap",
-        )),
+            "needs uid and gid maps that map on-disk id 0: overlay writes the upper layer as its \
+             creator, whose ids must map through the upper's idmap",
+        )
+        .with_advice(crate::Advice::GiveMapsOfRoot)),
     }
 }
 

@@ -28,9 +28,9 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
 /// Runs on the dedicated thread; everything it mounts dies with it.
 fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedFd> {
     sys::unshare_mount_ns().map_err(|e| {
-        Error::os("give a helper thread its own mount namespace", None, e).with_hint(
-            "a seccomp policy may forbid unshare; --strategy host-staged works without it",
-        )
+        Error::os("give a helper thread its own mount namespace", None, e)
+            .with_hint("a seccomp policy may forbid unshare")
+            .with_advice(crate::Advice::UseHostStaged)
     })?;
     sys::make_private_recursive(Path::new("/"))
         .map_err(|e| Error::os("make the private namespace's mounts private", None, e))?;

@@ -84,13 +84,13 @@ pub(crate) fn plain_rel(rel: &Path) -> bool {
 pub(crate) fn prepare_for_staging<'a>(req: &Request<'a>) -> Result<Prepared<'a>> {
     let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
     if !plus && !req.data_lowers.is_empty() {
-        return Err(Error::Unsupported {
-            what: "data-only layers (--data-lower)".into(),
+        return Err(Error::from(crate::error::Repr::Unsupported {
+            what: "data-only layers".into(),
             needs: format!("kernel 6.7 ({})", Feature::OverlayLowerdirPlus),
             kernel: req.caps.kernel.clone(),
             hint: Some("mount without data layers, or on a newer kernel".into()),
             path: None,
-        });
+        }));
     }
     // With lowerdir+ each layer is its own string and shared-root names fit;
     // the one-string interface needs the shortest names: a clone per layer.
@@ -186,7 +186,7 @@ pub(crate) fn build(
             let name = stage_alone(dir, stage)?;
             let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
             ctx.set_string(role_key(role), &value)
-                .map_err(|e| with_path(e, path))?;
+                .map_err(|e| e.with_path(path))?;
         }
         if let Some(refs) = &upper_work {
             refs.configure(&ctx, req)?;
@@ -237,25 +237,6 @@ pub(crate) fn build(
     mount_legacy(req, stage, &lowerdir, upper_work.as_ref())
 }
 
-fn with_path(e: Error, path: &Path) -> Error {
-    match e {
-        Error::Os {
-            op,
-            path: None,
-            source,
-            kernel_messages,
-            hint,
-        } => Error::Os {
-            op,
-            path: Some(path.to_path_buf()),
-            source,
-            kernel_messages,
-            hint,
-        },
-        other => other,
-    }
-}
-
 /// The overlay through mount(2) (one page of options), attached at `o` in
 /// the stage, then cloned into a detached mount.
 fn mount_legacy(
@@ -291,8 +272,8 @@ fn mount_legacy(
             format!("{} layers", lowerdir.split(':').count()),
             format!(
                 "need {} bytes of mount options on this kernel (no lowerdir+ before 6.7), \
-                 more than the {MOUNT_DATA_MAX} mount(2) takes; use fewer layers, a shorter \
-                 --state-dir, or the private-ns strategy",
+                 more than the {MOUNT_DATA_MAX} mount(2) takes; use fewer layers, or the \
+                 private-ns strategy",
                 data.len()
             ),
         ));

@@ -105,7 +105,12 @@ pub fn main() -> ExitCode {
             let usage = e
                 .chain()
                 .find_map(|c| c.downcast_ref::<idoverlay::Error>())
-                .is_some_and(|e| matches!(e.kind(), "invalid_input" | "permission"));
+                .is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        idoverlay::ErrorKind::InvalidInput | idoverlay::ErrorKind::Permission
+                    )
+                });
             ExitCode::from(if usage {
                 EXIT_USAGE
             } else {

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use idoverlay::{Advice, ErrorKind};
 use serde_json::{json, Value};
 
 /// Where and how to report.
@@ -23,13 +24,52 @@ pub const EXIT_PERMISSION: u8 = 4;
 pub const EXIT_CLEANUP: u8 = 5;
 
 /// The exit status for a library error of kind `kind`.
-pub fn exit_status(kind: &str) -> u8 {
+pub fn exit_status(kind: ErrorKind) -> u8 {
     match kind {
-        "invalid_input" => EXIT_INVALID_INPUT,
-        "unsupported" => EXIT_UNSUPPORTED,
-        "permission" => EXIT_PERMISSION,
-        "cleanup" => EXIT_CLEANUP,
+        ErrorKind::InvalidInput => EXIT_INVALID_INPUT,
+        ErrorKind::Unsupported => EXIT_UNSUPPORTED,
+        ErrorKind::Permission => EXIT_PERMISSION,
+        ErrorKind::Cleanup => EXIT_CLEANUP,
         _ => EXIT_FAILURE,
+    }
+}
+
+/// The library's advice in this command's words: its flags and commands
+/// (appended to the message as they are, separator included).
+fn cli_phrase(advice: Advice) -> Option<&'static str> {
+    Some(match advice {
+        Advice::AddLowerLayer => "; give --lower DIR (top-most first)",
+        Advice::AddUpperAndWork => " (--upper/--work)",
+        Advice::AddWorkDir => " (--work DIR, empty, on the same mount)",
+        Advice::AddUpperDir => " (--upper DIR)",
+        Advice::GiveIdMaps => {
+            "give --uidmap and --gidmap (e.g. 0:100000:65536) or --userns FILE|PID"
+        }
+        Advice::GiveContainerUserns => " give a container's user namespace, or --uidmap/--gidmap",
+        Advice::GiveIdMapsInstead => ", or give --uidmap/--gidmap",
+        Advice::LayersNotAsOptions => {
+            "; give layers with --lower/--data-lower/--upper/--work, or use the mount(8) form \
+             `-t overlay overlay -o lowerdir=…`"
+        }
+        Advice::MapsNotAsOptions => "; give maps with --uidmap/--gidmap or --userns",
+        Advice::UnmountLazily => {
+            " use --lazy to detach it now and let the kernel free it when the last user goes"
+        }
+        Advice::UseHostStaged => "; --strategy host-staged works without it",
+        Advice::ProbeTheLayers => "; probe again with --path DIR on the layers' filesystem",
+        Advice::ProbeAgain => "; save one with `idoverlay probe --json`",
+        Advice::RunGc => ", run `idoverlay gc` to finish",
+        Advice::IdmapUpperNeedsUpperAndWork => " (--idmap-upper: give --upper and --work too)",
+        Advice::GiveMapsOfRoot => " (--idmap-upper: give --uidmap/--gidmap mapping 0)",
+        _ => return None,
+    })
+}
+
+/// A library error as this command says it.
+pub fn message(err: &idoverlay::Error) -> String {
+    match err.advice().and_then(cli_phrase) {
+        Some(phrase) => err.message_with(phrase),
+        None => err.to_string(),
     }
 }
 
@@ -53,7 +93,7 @@ impl Output {
         if self.json {
             let error = match lib {
                 Some(err) => json!({
-                    "kind": err.kind(),
+                    "kind": err.kind().as_str(),
                     "message": message,
                     "errno": err.errno_name(),
                     "path": err.path().map(|p| p.to_string_lossy().into_owned()),
@@ -92,10 +132,11 @@ impl std::error::Error for AlreadyReported {}
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
-        parts.push(cause.to_string());
-        if cause.downcast_ref::<idoverlay::Error>().is_some() {
+        if let Some(lib) = cause.downcast_ref::<idoverlay::Error>() {
+            parts.push(message(lib));
             break;
         }
+        parts.push(cause.to_string());
     }
     parts.join(": ").replace('\n', "\\n")
 }
