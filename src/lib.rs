@@ -43,6 +43,7 @@ pub mod idmap;
 pub mod layer;
 pub mod mountinfo;
 pub mod options;
+mod overlayfs;
 mod path;
 pub mod probe;
 mod reaper;

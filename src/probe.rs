@@ -674,9 +674,16 @@ fn idmapped_clone(
     name: &Path,
     userns: BorrowedFd<'_>,
 ) -> Result<OwnedFd, SysError> {
-    let clone = sys::clone_mount(dir, name)?;
-    sys::mount_setattr(clone.as_fd(), Some(userns), MountAttrs::READ_ONLY)?;
-    Ok(clone)
+    let opened;
+    let source = match name.as_os_str().is_empty() {
+        true => dir,
+        false => {
+            opened = sys::open_dir_path(dir, name)?;
+            opened.as_fd()
+        }
+    };
+    crate::overlayfs::clone_and_idmap(source, false, Some(userns), MountAttrs::READ_ONLY)
+        .map_err(crate::overlayfs::Failed::sys)
 }
 
 fn finish(ctx: &OwnedFd) -> Result<OwnedFd, SysError> {

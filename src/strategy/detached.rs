@@ -35,12 +35,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{
-    escape_dir_value, fd_link, idmap_error, kernel_name, prepare, retry_on_its_own, role_key,
-    upper_work_clone, OverlayContext, Prepared, Request, Share, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
-};
+use super::upper_work::{kernel_name, upper_work_clone, UpperWork};
+use super::{prepare, retry_on_its_own, Prepared, Request, Share};
 use crate::error::{Error, Result};
 use crate::layer::{OpenedDir, Placement, Role};
+use crate::overlayfs::{
+    escape_dir_value, escape_lower, fd_link, idmapped_clone, role_key, OverlayContext,
+    FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
+};
 use crate::sys::{self, MountAttrs};
 
 /// Lower layers are read-only, and no symlink is followed inside their
@@ -59,7 +61,7 @@ struct Clones {
     /// empty when every layer is shared.
     singles: Vec<Option<OwnedFd>>,
     /// Upper and work reached through one clone (with `--idmap-upper`).
-    upper_work: Option<super::UpperWork>,
+    upper_work: Option<UpperWork>,
 }
 
 impl Clones {
@@ -68,16 +70,14 @@ impl Clones {
         let userns = req.userns.as_fd();
         let mut groups = Vec::with_capacity(prepared.plan.groups.len());
         for root in &prepared.plan.groups {
-            let clone = match root.recursive {
-                true => sys::clone_mount_tree(root.fd.as_fd()),
-                false => sys::clone_mount(root.fd.as_fd(), Path::new("")),
-            }
-            .map_err(|e| Error::os("clone the layers' parent", Some(&root.path), e))?;
-            match root.recursive {
-                true => sys::mount_setattr_tree(clone.as_fd(), Some(userns), LAYER_ATTRS),
-                false => sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS),
-            }
-            .map_err(|e| idmap_error(&root.path, "layers' parent", root.fd.as_fd(), e))?;
+            let clone = idmapped_clone(
+                root.fd.as_fd(),
+                root.recursive,
+                Some(userns),
+                LAYER_ATTRS,
+                &root.path,
+                "the layers' parent",
+            )?;
             req.trace(|| {
                 format!(
                     "open_tree(OPEN_TREE_CLONE) + mount_setattr(IDMAP|RDONLY|NOSYMFOLLOW) of shared root {}: fd {}",
@@ -123,10 +123,14 @@ impl Clones {
 /// A layer on its own (opened once, `O_NOFOLLOW`): cloned through that
 /// fd, idmapped read-only.
 fn own_clone(req: &Request<'_>, dir: &OpenedDir) -> Result<OwnedFd> {
-    let clone = sys::clone_mount(dir.fd.as_fd(), Path::new(""))
-        .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
-    sys::mount_setattr(clone.as_fd(), Some(req.userns.as_fd()), LAYER_ATTRS)
-        .map_err(|e| idmap_error(&dir.path, dir.role.noun(), dir.fd.as_fd(), e))?;
+    let clone = idmapped_clone(
+        dir.fd.as_fd(),
+        false,
+        Some(req.userns.as_fd()),
+        LAYER_ATTRS,
+        &dir.path,
+        dir.role.noun(),
+    )?;
     req.trace(|| {
         format!(
             "clone + idmap of {} on its own: fd {}",
@@ -188,7 +192,7 @@ fn in_clone_cwd<T: Send>(
 
 /// Assembles the overlay and returns the detached overlay mount.
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
-    let ctx = OverlayContext::new(req)?;
+    let ctx = OverlayContext::new(req.params)?;
     let prepared = prepare(req, Share::ByMount, |_| true)?;
     let mut clones = Clones::make(req, &prepared)?;
     let busiest = clones.busiest_group(&prepared);
@@ -254,7 +258,7 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
         // A layer the kernel refused beneath its clone: the rest of the
         // stack, from it on, layer by layer, each on its own if need be.
         drop(ctx);
-        let ctx = OverlayContext::new(req)?;
+        let ctx = OverlayContext::new(req.params)?;
         clones
             .singles
             .resize_with(prepared.plan.layers.len(), || None);
@@ -400,19 +404,6 @@ fn mount_here(job: MountJob, fs: crate::cwd::FsStruct) -> sys::SysResult<()> {
     mounted
 }
 
-/// overlay's escaping for a `lowerdir=` element in mount(2) data.
-fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
-    if !value.iter().any(|b| matches!(b, b':' | b',' | b'\\')) {
-        return out.extend_from_slice(value);
-    }
-    for &b in value {
-        if matches!(b, b':' | b',' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-}
-
 /// Mounts the overlay straight at `target` with one `mount(2)` whose
 /// `lowerdir=` names the layers relative to a working directory inside
 /// their clone. Returns `Ok(false)` when this path does not apply (a
@@ -546,13 +537,17 @@ pub(crate) fn mount_at(
         };
         format!("mount(2) at the target, layers named inside their clone, {from}: ok")
     });
-    check_writable(req, &prepared, target_path).map(|()| true)
+    take_down_if_read_only(req, &prepared, target_path).map(|()| true)
 }
 
 /// A writable overlay that came up read-only (overlay could not use its
 /// work dir) is taken back down and refused: the mount table ends as it
 /// began.
-fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path) -> Result<()> {
+fn take_down_if_read_only(
+    req: &Request<'_>,
+    prepared: &Prepared<'_>,
+    target_path: &Path,
+) -> Result<()> {
     if prepared.upper.is_none() || req.attrs.contains(MountAttrs::READ_ONLY) {
         return Ok(());
     }
@@ -563,7 +558,7 @@ fn check_writable(req: &Request<'_>, prepared: &Prepared<'_>, target_path: &Path
     }
     let root = sys::open_dir_path(sys::cwd(), target_path)
         .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
-    if let Err(refusal) = super::check_writable(&root) {
+    if let Err(refusal) = crate::overlayfs::check_writable(&root) {
         // Ours, made a moment ago: taken out again before the refusal returns.
         sys::detach_root_of(root.as_fd()).map_err(|e| {
             Error::os(

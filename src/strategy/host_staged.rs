@@ -27,15 +27,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::staged::{self, Stage};
-use super::{OverlayContext, Prepared, Request};
+use super::{Prepared, Request};
 use crate::error::{display_path, Error, Result};
+use crate::overlayfs::OverlayContext;
 use crate::state::{self, LiveRecord, StateDir};
 use crate::sys;
 
 pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, Vec<String>)> {
     // Parameters first, then the layers, upper and work: bad input is
     // refused before the state dir is touched.
-    let ctx = OverlayContext::new(req)?;
+    let ctx = OverlayContext::new(req.params)?;
     let prepared = staged::prepare_for_staging(req)?;
     let state = StateDir::open_or_create(state_dir)?;
     let id = state::new_staging_id();

@@ -15,13 +15,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use super::staged::{self, Stage};
-use super::{OverlayContext, Request};
+use super::Request;
 use crate::error::{Error, Result};
+use crate::overlayfs::OverlayContext;
 use crate::sys::{self, MountAttrs};
 
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
-    let ctx = OverlayContext::new(req)?;
+    let ctx = OverlayContext::new(req.params)?;
     crate::threads::run_on_thread("private-ns", || in_private_namespace(req, ctx))
 }
 

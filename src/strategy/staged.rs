@@ -22,12 +22,13 @@ use std::path::{Component, Path, PathBuf};
 use kernel_compat::Feature;
 
 use super::detached::LAYER_ATTRS;
-use super::{
-    idmap_error, prepare, retry_on_its_own, role_key, OverlayContext, Prepared, Request, Share,
-    UpperWorkRefs, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
-};
+use super::upper_work::UpperWorkRefs;
+use super::{prepare, retry_on_its_own, Prepared, Request, Share};
 use crate::error::{Error, Result};
 use crate::layer::OpenedDir;
+use crate::overlayfs::{
+    idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
+};
 use crate::sys::{self, MountAttrs};
 
 /// A directory where clones are attached: the calling thread's working
@@ -116,10 +117,14 @@ pub(crate) fn build(
     };
     let mut roots = Vec::with_capacity(prepared.plan.groups.len());
     for root in &prepared.plan.groups {
-        let clone = sys::clone_mount(root.fd.as_fd(), Path::new(""))
-            .map_err(|e| Error::os("clone the layers' parent", Some(&root.path), e))?;
-        sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS)
-            .map_err(|e| idmap_error(&root.path, "layers' parent", root.fd.as_fd(), e))?;
+        let clone = idmapped_clone(
+            root.fd.as_fd(),
+            false,
+            Some(userns),
+            LAYER_ATTRS,
+            &root.path,
+            "the layers' parent",
+        )?;
         let name = new_name();
         stage.attach(&clone, &name)?;
         req.trace(|| {
@@ -132,10 +137,14 @@ pub(crate) fn build(
     }
     // A layer on its own: opened once (O_NOFOLLOW), cloned, staged.
     let mut stage_alone = |dir: &OpenedDir, stage: &mut Stage<'_>| -> Result<PathBuf> {
-        let clone = sys::clone_mount(dir.fd.as_fd(), Path::new(""))
-            .map_err(|e| Error::os(format!("clone {}", dir.role.noun()), Some(&dir.path), e))?;
-        sys::mount_setattr(clone.as_fd(), Some(userns), LAYER_ATTRS)
-            .map_err(|e| idmap_error(&dir.path, dir.role.noun(), dir.fd.as_fd(), e))?;
+        let clone = idmapped_clone(
+            dir.fd.as_fd(),
+            false,
+            Some(userns),
+            LAYER_ATTRS,
+            &dir.path,
+            dir.role.noun(),
+        )?;
         let name = new_name();
         stage.attach(&clone, &name)?;
         req.trace(|| format!("clone + idmap of {} staged as {name}", dir.path.display()));
@@ -310,7 +319,7 @@ fn mount_legacy(
             .map_err(|e| Error::os("set mount flags on the overlay", None, e))?;
     }
     if has_upper && !req.attrs.contains(MountAttrs::READ_ONLY) {
-        super::check_writable(&overlay)?;
+        crate::overlayfs::check_writable(&overlay)?;
     }
     Ok(overlay)
 }
