@@ -123,6 +123,102 @@ pub(crate) fn split_last(normal: &Path) -> Option<(&Path, &OsStr)> {
     ))
 }
 
+// ---------------------------------------------------------------------------
+// Path algebra on bytes (normalized paths), for planning and locating: with
+// 500 layers this runs on every mount, and path-component iterators cost
+// more than the kernel's own work.
+
+/// `/a//b/./c/` → `/a/b/c` (borrowed when already so); `None` when a `..`
+/// component makes the path depend on symlinks above it. Knows that
+/// `path[..from]` is in normal form and that `path[from]` is a `/` (or
+/// `from` is 0).
+pub(crate) fn normalize_from(path: &[u8], from: usize) -> Option<Cow<'_, [u8]>> {
+    // The common case, checked without splitting: no empty, `.` or `..`
+    // component anywhere (every `/` is followed by a byte other than `/`
+    // and `.`, and the path does not end in `/`).
+    let odd_after_slash = path[from..]
+        .windows(2)
+        .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'));
+    if !odd_after_slash && (path.len() == 1 || !path.ends_with(b"/")) {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut normal = true;
+    for c in path[1..].split(|b| *b == b'/') {
+        match c {
+            b".." => return None,
+            b"" | b"." => normal = false,
+            _ => {}
+        }
+    }
+    if normal || path == b"/" {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for c in path[1..]
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Some(Cow::Owned(out))
+}
+
+/// The part of `path` below `dir` (empty when they are equal), when `path`
+/// is `dir` or lies inside it. Both normalized, both absolute or both
+/// relative; `dir` may be empty (meaning the starting point itself).
+pub(crate) fn below<'p>(path: &'p [u8], dir: &[u8]) -> Option<&'p [u8]> {
+    if dir.is_empty() || dir == b"/" {
+        return Some(path.strip_prefix(b"/").unwrap_or(path));
+    }
+    let rest = path.strip_prefix(dir)?;
+    match rest.first() {
+        None => Some(rest),
+        Some(b'/') => Some(&rest[1..]),
+        Some(_) => None,
+    }
+}
+
+/// The length of the longest common leading directory of all `paths`
+/// (normalized, at least one).
+pub(crate) fn common_dir_of(paths: &[&[u8]]) -> usize {
+    paths[1..].iter().fold(paths[0].len(), |n, p| {
+        // Most layers share the whole prefix found so far: one memcmp.
+        let prefix = &paths[0][..n];
+        if p.starts_with(prefix) && (p.len() == n || p[n] == b'/' || n == 1) {
+            n
+        } else {
+            common_dir_len(prefix, p)
+        }
+    })
+}
+
+/// The length of the longest common leading directory of two normalized
+/// paths (as bytes, cut at a component boundary).
+pub(crate) fn common_dir_len(a: &[u8], b: &[u8]) -> usize {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let boundary = |p: &[u8]| n == p.len() || p[n] == b'/';
+    if boundary(a) && boundary(b) {
+        return n;
+    }
+    a[..n].iter().rposition(|c| *c == b'/').unwrap_or(0)
+}
+
+pub(crate) fn join(dir: &[u8], rel: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dir.len() + rel.len() + 1);
+    out.extend_from_slice(dir);
+    if !rel.is_empty() {
+        if out.last() != Some(&b'/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rel);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +287,69 @@ mod tests {
                 proptest::prop_assert!(b == b"/" || !b.ends_with(b"/"));
                 proptest::prop_assert!(
                     b == b"/" || !b.split(|c| *c == b'/').skip(1).any(|c| c.is_empty() || c == b".")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn common_dir_of_cuts_at_component_boundaries() {
+        let c = |ps: &[&str]| {
+            let ps: Vec<&[u8]> = ps.iter().map(|p| p.as_bytes()).collect();
+            let n = common_dir_of(&ps);
+            String::from_utf8(ps[0][..n].to_vec()).unwrap()
+        };
+        assert_eq!(c(&["/a/b/c", "/a/b/d", "/a/b/e/f"]), "/a/b");
+        assert_eq!(c(&["/a/bc", "/a/b"]), "/a");
+        assert_eq!(c(&["/a/b", "/a/bc"]), "/a");
+        assert_eq!(c(&["/x", "/y"]), "");
+        assert_eq!(c(&["/a", "/a"]), "/a");
+        assert_eq!(c(&["/a/b", "/a"]), "/a");
+        assert_eq!(c(&["/", "/a"]), "/");
+    }
+
+    #[test]
+    fn ancestors_and_normal_forms() {
+        let common = |v: &[&str]| {
+            let n = v[1..].iter().fold(v[0].len(), |n, p| {
+                common_dir_len(&v[0].as_bytes()[..n], p.as_bytes())
+            });
+            String::from_utf8(v[0].as_bytes()[..n].to_vec()).unwrap()
+        };
+        assert_eq!(common(&["/a/b/c", "/a/b/d"]), "/a/b");
+        assert_eq!(common(&["/a/b/c", "/a/b/c/d"]), "/a/b/c");
+        assert_eq!(common(&["/x/1/fs", "/y/2/fs"]), "");
+        assert_eq!(common(&["/s/1/fs", "/s/2/fs", "/s/10/fs"]), "/s");
+        assert_eq!(common(&["/ab/c", "/a/c"]), "");
+        assert_eq!(common(&["/a/bc", "/a/b"]), "/a");
+        let n = |p: &str| {
+            normalize_from(p.as_bytes(), 0).map(|c| String::from_utf8(c.into_owned()).unwrap())
+        };
+        assert_eq!(n("/a//b/./c/"), Some("/a/b/c".into()));
+        assert_eq!(n("/a/b"), Some("/a/b".into()));
+        assert_eq!(n("/"), Some("/".into()));
+        assert_eq!(n("/./"), Some("/".into()));
+        assert_eq!(n("/a/../b"), None);
+        assert_eq!(below(b"/a/b/c", b"/a"), Some(&b"b/c"[..]));
+        assert_eq!(below(b"/a/b", b"/a/b"), Some(&b""[..]));
+        assert_eq!(below(b"/ab", b"/a"), None);
+        assert_eq!(below(b"x/y", b""), Some(&b"x/y"[..]));
+        assert_eq!(below(b"/x", b"/"), Some(&b"x"[..]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalizing_from_a_known_normal_directory_changes_nothing(
+            dir in "(/[a.]{1,3}){0,3}",
+            tail in "/[a./]{1,6}",
+        ) {
+            let path = format!("{dir}{tail}");
+            let dir_is_normal = matches!(normalize_from(dir.as_bytes(), 0), Some(Cow::Borrowed(_)));
+            if dir_is_normal && !dir.is_empty() {
+                proptest::prop_assert_eq!(
+                    normalize_from(path.as_bytes(), dir.len()),
+                    normalize_from(path.as_bytes(), 0),
+                    "{}", path
                 );
             }
         }

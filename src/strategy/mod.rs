@@ -6,8 +6,7 @@
 //! root-only private directory and never removes anything still mounted.
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::layer::{self, OpenedDir, Role};
 use crate::options::OverlayParam;
 use crate::overlayfs::OverlayContext;
-use crate::sys::{self, MountAttrs};
+use crate::sys::MountAttrs;
 use crate::userns::UserNamespace;
 
 pub(crate) mod detached;
@@ -190,7 +189,7 @@ pub(crate) fn prepare<'a>(
     if let (Some(upper), Some(work)) = (&upper, &work) {
         upper_work::check_upper_work(upper, work)?;
     }
-    check_overlaps(
+    layer::check_overlaps(
         &plan,
         &singles,
         upper.as_ref(),
@@ -222,146 +221,6 @@ pub(crate) fn prepare<'a>(
         upper,
         work,
     })
-}
-
-/// Locates every directory on its filesystem and refuses overlaps (see
-/// [`layer::check_overlaps`]). Directories on different devices cannot
-/// overlap, and on one mount their canonical paths say it all; only two
-/// mounts of one device (bind mounts) need the mount table, read then.
-/// Directories that cannot be located (no /proc) are left to the kernel.
-fn check_overlaps(
-    plan: &layer::Plan<'_>,
-    singles: &[Option<OpenedDir>],
-    upper: Option<&OpenedDir>,
-    work: Option<&OpenedDir>,
-    target: Option<&OpenedDir>,
-    table: &mut Option<Vec<crate::mountinfo::MountEntry>>,
-) -> Result<()> {
-    // Every directory to compare: canonical path and (device, mount).
-    let roots: Vec<Option<(PathBuf, sys::Stat)>> = plan
-        .groups
-        .iter()
-        .map(|g| {
-            Some((
-                g.canonical.clone().or_else(|| sys::fd_path(g.fd.as_fd()))?,
-                sys::stat_fd(g.fd.as_fd()).ok()?,
-            ))
-        })
-        .collect();
-    let single_paths: Vec<Option<PathBuf>> = singles
-        .iter()
-        .map(|d| d.as_ref().and_then(canonical_path))
-        .collect();
-    let upper_path = upper.and_then(canonical_path);
-    let work_path = work.and_then(canonical_path);
-    let target_path = target.and_then(canonical_path);
-    let stats: Vec<sys::Stat> = roots
-        .iter()
-        .flatten()
-        .map(|(_, st)| *st)
-        .chain(singles.iter().flatten().map(|d| d.stat))
-        .chain(upper.map(|d| d.stat))
-        .chain(work.map(|d| d.stat))
-        .chain(target.map(|d| d.stat))
-        .collect();
-    let aliased = stats
-        .iter()
-        .any(|a| stats.iter().any(|b| a.dev == b.dev && a.mnt_id != b.mnt_id));
-    if aliased && table.is_none() {
-        *table = crate::mountinfo::read_self().ok();
-    }
-    let table = table.as_deref();
-    let locate = |canonical: &Path, st: &sys::Stat| -> Option<layer::FsLocation> {
-        match (aliased, table) {
-            (true, Some(t)) => layer::FsLocation::of(canonical, t),
-            (true, None) => None,
-            (false, _) => Some(layer::FsLocation::on_device(st.dev, canonical)),
-        }
-    };
-    let mut writable = [None, None, None];
-    for (slot, (d, c)) in writable.iter_mut().zip([
-        (upper, &upper_path),
-        (work, &work_path),
-        (target, &target_path),
-    ]) {
-        if let (Some(d), Some(c)) = (d, c) {
-            *slot = locate(c, &d.stat).map(|at| layer::Located {
-                path: &d.path,
-                role: d.role,
-                number: 0,
-                at,
-            });
-        }
-    }
-    let [u, w, t] = writable;
-    let mut groups: Vec<Option<layer::LocatedGroup<'_>>> = roots
-        .iter()
-        .map(|r| {
-            let (canonical, st) = r.as_ref()?;
-            Some(layer::LocatedGroup {
-                root: locate(canonical, st)?,
-                members: Vec::new(),
-            })
-        })
-        .collect();
-    // Layers beneath one root were checked against each other by the plan
-    // (by name); a group's members are listed only when something else
-    // meets its root: the upper or work dir, a layer on its own, another
-    // root. Usually nothing does, and 500 layers are not walked again.
-    let meets = |g: &layer::LocatedGroup<'_>| {
-        let others = groups.iter().flatten().filter(|o| !std::ptr::eq(*o, g));
-        !singles.is_empty()
-            || [&u, &w, &t]
-                .into_iter()
-                .flatten()
-                .any(|l| g.root.overlaps(&l.at))
-            || others.into_iter().any(|o| g.root.overlaps(&o.root))
-    };
-    let needed: Vec<bool> = groups
-        .iter()
-        .map(|g| g.as_ref().is_some_and(meets))
-        .collect();
-    let mut singles_located = Vec::new();
-    if needed.contains(&true) || !singles.is_empty() {
-        for (i, (path, role)) in plan.layers.iter().enumerate() {
-            match plan.rel(i) {
-                Some((group, rel)) => {
-                    if let (Some(g), true) = (&mut groups[group], needed[group]) {
-                        g.members
-                            .push((i + 1, path, role, rel.as_os_str().as_bytes()));
-                    }
-                }
-                None => {
-                    let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
-                        (Some(d), Some(c)) => locate(c, &d.stat),
-                        _ => None,
-                    };
-                    if let Some(at) = at {
-                        singles_located.push(layer::Located {
-                            path,
-                            role,
-                            number: i + 1,
-                            at,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    let mut groups: Vec<layer::LocatedGroup<'_>> = groups.into_iter().flatten().collect();
-    layer::check_overlaps(
-        &mut groups,
-        &singles_located,
-        u.as_ref(),
-        w.as_ref(),
-        t.as_ref(),
-    )
-}
-
-/// Where an opened directory really is: known from its open, or asked of
-/// the kernel.
-fn canonical_path(d: &OpenedDir) -> Option<PathBuf> {
-    d.canonical.clone().or_else(|| sys::fd_path(d.fd.as_fd()))
 }
 
 /// After the kernel refused a layer reached beneath a shared clone: the

@@ -1,0 +1,721 @@
+//! Where each directory of the overlay is on its filesystem (device and
+//! path from the filesystem's root, seeing through bind mounts), and the
+//! refusal of directories that overlap: a layer given twice or inside
+//! another, an upper or work dir inside a layer (overlay would write into
+//! the image), a target where no overlay belongs.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::clash::{clash_error, first_clash};
+use super::{OpenedDir, Plan, Role};
+use crate::error::{display_path, Error, Result};
+use crate::mountinfo::MountEntry;
+use crate::path::{below, join};
+use crate::sys;
+
+/// Where a directory is on its filesystem: the device (`major:minor` from
+/// the mount table) and its path from the filesystem's root. Two paths
+/// name the same directory, or one lies inside the other, exactly when
+/// their locations do — whatever bind mounts they were reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsLocation {
+    device: String,
+    path: Vec<u8>,
+}
+
+impl FsLocation {
+    /// The location of a directory known by its canonical path (as the
+    /// kernel names it, e.g. from `/proc/thread-self/fd/N`).
+    pub fn of(canonical: &Path, table: &[MountEntry]) -> Option<FsLocation> {
+        let canonical = canonical.as_os_str().as_bytes();
+        let canonical = match canonical.strip_suffix(b"/") {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => canonical,
+        };
+        // The deepest mount holding it; the last of equals is on top.
+        let (mount, rest) = table
+            .iter()
+            .filter_map(|m| Some((m, below(canonical, m.mount_point.as_os_str().as_bytes())?)))
+            .max_by_key(|(m, _)| m.mount_point.as_os_str().len())?;
+        Some(FsLocation {
+            device: mount.device.clone(),
+            path: join(mount.root.as_os_str().as_bytes(), rest),
+        })
+    }
+
+    /// The location of a directory on a mount whose root is the device's
+    /// root — good for comparing directories on one mount, or on devices
+    /// that differ (which never overlap).
+    pub fn on_device(dev: (u32, u32), canonical: &Path) -> FsLocation {
+        let bytes = canonical.as_os_str().as_bytes();
+        let bytes = match bytes.strip_suffix(b"/") {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => bytes,
+        };
+        FsLocation {
+            device: format!("{}:{}", dev.0, dev.1),
+            path: bytes.to_vec(),
+        }
+    }
+
+    /// The location of `rel` below this one (no mount point in between).
+    pub fn child(&self, rel: &Path) -> FsLocation {
+        FsLocation {
+            device: self.device.clone(),
+            path: join(&self.path, rel.as_os_str().as_bytes()),
+        }
+    }
+
+    /// Whether `self` is `other` or lies inside it.
+    pub fn within(&self, other: &FsLocation) -> bool {
+        self.device == other.device && below(&self.path, &other.path).is_some()
+    }
+
+    /// Whether one of the two is the other or lies inside it.
+    pub fn overlaps(&self, other: &FsLocation) -> bool {
+        self.within(other) || other.within(self)
+    }
+}
+
+/// One directory of the overlay, located, for [`check_located`].
+#[derive(Debug, Clone)]
+pub struct Located<'a> {
+    /// As the user gave it.
+    pub path: &'a Path,
+    /// Its role.
+    pub role: Role,
+    /// 1-based layer number, for messages (0 for upper and work).
+    pub number: usize,
+    /// Where it is.
+    pub at: FsLocation,
+}
+
+/// Layers beneath one shared root, located through the root: they lie
+/// below it with no mount point in between (that is how they were grouped),
+/// so their relative paths are all that is needed to compare them.
+#[derive(Debug)]
+pub struct LocatedGroup<'a> {
+    /// Where the shared root is.
+    pub root: FsLocation,
+    /// The layers: number (1-based), path as given, role, path below root.
+    pub members: Vec<(usize, &'a Path, Role, &'a [u8])>,
+}
+
+/// How two directories overlap.
+enum Overlap {
+    Same,
+    /// The first lies inside the second.
+    Inside,
+    /// The second lies inside the first.
+    Contains,
+}
+
+fn relation(a: &FsLocation, b: &FsLocation) -> Option<Overlap> {
+    if a == b {
+        Some(Overlap::Same)
+    } else if a.within(b) {
+        Some(Overlap::Inside)
+    } else if b.within(a) {
+        Some(Overlap::Contains)
+    } else {
+        None
+    }
+}
+
+impl LocatedGroup<'_> {
+    /// Refuses duplicates and nesting among the members.
+    fn check_members(&mut self) -> Result<()> {
+        let members = &self.members;
+        match first_clash(0..members.len(), members.len(), |k| members[k].3) {
+            None => Ok(()),
+            Some(clash) => Err(clash_error(clash, |k| {
+                (members[k].0, members[k].1, members[k].2)
+            })),
+        }
+    }
+
+    /// A member that `other` overlaps, and how (`Inside`: `other` lies
+    /// inside that member). Members are checked ([`Self::check_members`]):
+    /// at most one can be `other` or hold it.
+    fn find(&self, other: &FsLocation) -> Option<(usize, Overlap)> {
+        if let Some(rel) = (other.device == self.root.device)
+            .then(|| below(&other.path, &self.root.path))
+            .flatten()
+        {
+            // Below the root: rarely (an upper dir beside the layers), and
+            // then one pass over the members.
+            let holding = self.members.iter().enumerate().find_map(|(k, m)| {
+                let rest = below(rel, m.3)?;
+                Some((
+                    k,
+                    if rest.is_empty() {
+                        Overlap::Same
+                    } else {
+                        Overlap::Inside
+                    },
+                ))
+            });
+            return holding.or_else(|| {
+                let k = self
+                    .members
+                    .iter()
+                    .position(|m| below(m.3, rel).is_some())?;
+                Some((k, Overlap::Contains))
+            });
+        }
+        // `other` above the root holds every member.
+        (!self.members.is_empty() && self.root.within(other)).then_some((0, Overlap::Contains))
+    }
+}
+
+/// Refuses directories that overlap: a layer given twice or inside
+/// another, and above all an upper or work dir inside a layer (overlay
+/// would write into the image) or a layer inside them. The kernel checks
+/// some of this only after it has written to the upper and work dirs, and
+/// not an upper dir inside a lower layer at all.
+fn check_located(
+    groups: &mut [LocatedGroup<'_>],
+    singles: &[Located<'_>],
+    upper: Option<&Located<'_>>,
+    work: Option<&Located<'_>>,
+    target: Option<&Located<'_>>,
+) -> Result<()> {
+    for g in groups.iter_mut() {
+        g.check_members()?;
+    }
+    // Shared roots are few; two that overlap are compared member by member.
+    for (i, a) in groups.iter().enumerate() {
+        for b in &groups[i + 1..] {
+            if relation(&a.root, &b.root).is_some() {
+                for &(number, path, role, rel) in &a.members {
+                    let at = a.root.child(Path::new(OsStr::from_bytes(rel)));
+                    let single = Located {
+                        path,
+                        role,
+                        number,
+                        at,
+                    };
+                    check_one(&single, b)?;
+                }
+            }
+        }
+    }
+    // Layers on their own, against each other and against every group.
+    for (i, a) in singles.iter().enumerate() {
+        for b in &singles[i + 1..] {
+            let (outer, inner, same) = match relation(&a.at, &b.at) {
+                None => continue,
+                Some(Overlap::Same) => (a, b, true),
+                Some(Overlap::Inside) => (b, a, false),
+                Some(Overlap::Contains) => (a, b, false),
+            };
+            let why = if same {
+                format!(
+                    "is the same directory as {}; give each layer once",
+                    name(outer)
+                )
+            } else {
+                format!(
+                    "lies inside {}; overlay needs separate directory trees",
+                    name(outer)
+                )
+            };
+            return Err(Error::invalid_path(inner.role.noun(), inner.path, why));
+        }
+        for g in groups.iter() {
+            check_one(a, g)?;
+        }
+    }
+    // The writable directories against every layer.
+    for w in upper.into_iter().chain(work) {
+        let inside = |what: String| {
+            Error::invalid_path(
+                w.role.noun(),
+                w.path,
+                format!(
+                    "lies inside {what}: writes would land in the image layer; give a {} outside every layer",
+                    w.role.noun()
+                ),
+            )
+        };
+        let holds = |path: &Path, role: Role| {
+            Error::invalid_path(
+                role.noun(),
+                path,
+                format!(
+                    "lies inside {}; a layer cannot be inside the upper or work dir",
+                    name(w)
+                ),
+            )
+        };
+        for l in singles {
+            match relation(&w.at, &l.at) {
+                Some(Overlap::Same | Overlap::Inside) => return Err(inside(name(l))),
+                Some(Overlap::Contains) => return Err(holds(l.path, l.role)),
+                None => {}
+            }
+        }
+        for g in groups.iter() {
+            match g.find(&w.at) {
+                Some((k, Overlap::Same | Overlap::Inside)) => return Err(inside(member(g, k).0)),
+                Some((k, Overlap::Contains)) => {
+                    let (_, path, role) = member(g, k);
+                    return Err(holds(path, role));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(u), Some(w)) = (upper, work) {
+        if relation(&w.at, &u.at).is_some() {
+            return Err(Error::invalid_path(
+                w.role.noun(),
+                w.path,
+                format!(
+                    "and {} lie one inside the other; overlay needs them side by side \
+                     (e.g. DIR/upper and DIR/work)",
+                    name(u)
+                ),
+            ));
+        }
+    }
+    // The target may hold layers (it covers their paths, not the
+    // directories overlay was given), but must not be one of them, nor the
+    // upper or work dir, nor lie inside any: the overlay would be mounted
+    // into its own layer or into what overlay writes.
+    if let Some(t) = target {
+        let into = |what: String| {
+            Error::invalid_path(
+                t.role.noun(),
+                t.path,
+                format!(
+                    "is or lies inside {what}; mount the overlay on a directory of its own, \
+                     outside its layers, upper and work dirs"
+                ),
+            )
+        };
+        for l in singles.iter().chain(upper).chain(work) {
+            if matches!(
+                relation(&t.at, &l.at),
+                Some(Overlap::Same | Overlap::Inside)
+            ) {
+                return Err(into(name(l)));
+            }
+        }
+        for g in groups.iter() {
+            if let Some((k, Overlap::Same | Overlap::Inside)) = g.find(&t.at) {
+                return Err(into(member(g, k).0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a directory is named in messages.
+fn name(l: &Located<'_>) -> String {
+    if l.number > 0 {
+        format!("layer {} ({})", l.number, display_path(l.path))
+    } else {
+        format!("the {} {}", l.role.noun(), display_path(l.path))
+    }
+}
+
+/// A group's member `k`: its name in messages, path and role.
+fn member<'g>(g: &LocatedGroup<'g>, k: usize) -> (String, &'g Path, Role) {
+    let (number, path, role, _) = g.members[k];
+    (
+        format!("layer {number} ({})", display_path(path)),
+        path,
+        role,
+    )
+}
+
+/// A layer on its own against the members of a group.
+fn check_one(single: &Located<'_>, g: &LocatedGroup<'_>) -> Result<()> {
+    let Some((k, how)) = g.find(&single.at) else {
+        return Ok(());
+    };
+    let (member_name, member_path, member_role) = member(g, k);
+    Err(match how {
+        Overlap::Same => Error::invalid_path(
+            single.role.noun(),
+            single.path,
+            format!("is the same directory as {member_name}; give each layer once"),
+        ),
+        Overlap::Inside => Error::invalid_path(
+            single.role.noun(),
+            single.path,
+            format!("lies inside {member_name}; overlay needs separate directory trees"),
+        ),
+        Overlap::Contains => Error::invalid_path(
+            member_role.noun(),
+            member_path,
+            format!(
+                "lies inside {}; overlay needs separate directory trees",
+                name(single)
+            ),
+        ),
+    })
+}
+
+/// Locates every directory on its filesystem and refuses overlaps (see
+/// [`check_located`]). Directories on different devices cannot
+/// overlap, and on one mount their canonical paths say it all; only two
+/// mounts of one device (bind mounts) need the mount table, read then.
+/// Directories that cannot be located (no /proc) are left to the kernel.
+pub(crate) fn check_overlaps(
+    plan: &Plan<'_>,
+    singles: &[Option<OpenedDir>],
+    upper: Option<&OpenedDir>,
+    work: Option<&OpenedDir>,
+    target: Option<&OpenedDir>,
+    table: &mut Option<Vec<MountEntry>>,
+) -> Result<()> {
+    // Every directory to compare: canonical path and (device, mount).
+    let roots: Vec<Option<(PathBuf, sys::Stat)>> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            Some((
+                g.canonical.clone().or_else(|| sys::fd_path(g.fd.as_fd()))?,
+                sys::stat_fd(g.fd.as_fd()).ok()?,
+            ))
+        })
+        .collect();
+    let single_paths: Vec<Option<PathBuf>> = singles
+        .iter()
+        .map(|d| d.as_ref().and_then(canonical_path))
+        .collect();
+    let upper_path = upper.and_then(canonical_path);
+    let work_path = work.and_then(canonical_path);
+    let target_path = target.and_then(canonical_path);
+    let stats: Vec<sys::Stat> = roots
+        .iter()
+        .flatten()
+        .map(|(_, st)| *st)
+        .chain(singles.iter().flatten().map(|d| d.stat))
+        .chain(upper.map(|d| d.stat))
+        .chain(work.map(|d| d.stat))
+        .chain(target.map(|d| d.stat))
+        .collect();
+    let aliased = stats
+        .iter()
+        .any(|a| stats.iter().any(|b| a.dev == b.dev && a.mnt_id != b.mnt_id));
+    if aliased && table.is_none() {
+        *table = crate::mountinfo::read_self().ok();
+    }
+    let table = table.as_deref();
+    let locate = |canonical: &Path, st: &sys::Stat| -> Option<FsLocation> {
+        match (aliased, table) {
+            (true, Some(t)) => FsLocation::of(canonical, t),
+            (true, None) => None,
+            (false, _) => Some(FsLocation::on_device(st.dev, canonical)),
+        }
+    };
+    let mut writable = [None, None, None];
+    for (slot, (d, c)) in writable.iter_mut().zip([
+        (upper, &upper_path),
+        (work, &work_path),
+        (target, &target_path),
+    ]) {
+        if let (Some(d), Some(c)) = (d, c) {
+            *slot = locate(c, &d.stat).map(|at| Located {
+                path: &d.path,
+                role: d.role,
+                number: 0,
+                at,
+            });
+        }
+    }
+    let [u, w, t] = writable;
+    let mut groups: Vec<Option<LocatedGroup<'_>>> = roots
+        .iter()
+        .map(|r| {
+            let (canonical, st) = r.as_ref()?;
+            Some(LocatedGroup {
+                root: locate(canonical, st)?,
+                members: Vec::new(),
+            })
+        })
+        .collect();
+    // Layers beneath one root were checked against each other by the plan
+    // (by name); a group's members are listed only when something else
+    // meets its root: the upper or work dir, a layer on its own, another
+    // root. Usually nothing does, and 500 layers are not walked again.
+    let meets = |g: &LocatedGroup<'_>| {
+        let others = groups.iter().flatten().filter(|o| !std::ptr::eq(*o, g));
+        !singles.is_empty()
+            || [&u, &w, &t]
+                .into_iter()
+                .flatten()
+                .any(|l| g.root.overlaps(&l.at))
+            || others.into_iter().any(|o| g.root.overlaps(&o.root))
+    };
+    let needed: Vec<bool> = groups
+        .iter()
+        .map(|g| g.as_ref().is_some_and(meets))
+        .collect();
+    let mut singles_located = Vec::new();
+    if needed.contains(&true) || !singles.is_empty() {
+        for (i, (path, role)) in plan.layers.iter().enumerate() {
+            match plan.rel(i) {
+                Some((group, rel)) => {
+                    if let (Some(g), true) = (&mut groups[group], needed[group]) {
+                        g.members
+                            .push((i + 1, path, role, rel.as_os_str().as_bytes()));
+                    }
+                }
+                None => {
+                    let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
+                        (Some(d), Some(c)) => locate(c, &d.stat),
+                        _ => None,
+                    };
+                    if let Some(at) = at {
+                        singles_located.push(Located {
+                            path,
+                            role,
+                            number: i + 1,
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut groups: Vec<LocatedGroup<'_>> = groups.into_iter().flatten().collect();
+    check_located(
+        &mut groups,
+        &singles_located,
+        u.as_ref(),
+        w.as_ref(),
+        t.as_ref(),
+    )
+}
+
+/// Where an opened directory really is: known from its open, or asked of
+/// the kernel.
+fn canonical_path(d: &OpenedDir) -> Option<PathBuf> {
+    d.canonical.clone().or_else(|| sys::fd_path(d.fd.as_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// [`check_located`] without a target.
+    fn overlaps(
+        groups: &mut [LocatedGroup<'_>],
+        singles: &[Located<'_>],
+        upper: Option<&Located<'_>>,
+        work: Option<&Located<'_>>,
+    ) -> Result<()> {
+        check_located(groups, singles, upper, work, None)
+    }
+
+    fn table() -> Vec<MountEntry> {
+        crate::mountinfo::parse(
+            "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             2 1 8:1 /img/l1 /bind rw - ext4 /dev/sda1 rw\n\
+             3 1 0:5 / /tmp rw - tmpfs tmpfs rw\n",
+        )
+    }
+
+    #[test]
+    fn locations_see_through_bind_mounts() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        assert_eq!(at("/bind/x"), at("/img/l1/x"));
+        assert_eq!(at("/bind/x/"), at("/img/l1/x"));
+        assert!(at("/bind/x/up").within(&at("/img/l1")));
+        assert!(
+            !at("/tmp/img/l1").within(&at("/img/l1")),
+            "another filesystem"
+        );
+        assert!(!at("/img/l10").within(&at("/img/l1")));
+        assert_eq!(at("/img").child(Path::new("l1/x")), at("/bind/x"));
+    }
+
+    #[test]
+    fn overlaps_are_refused_with_names() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        let loc = |p: &'static str, role, number| Located {
+            path: Path::new(p),
+            role,
+            number,
+            at: at(p),
+        };
+        let group = |members: Vec<(usize, &'static str, &'static str)>| LocatedGroup {
+            root: at("/img"),
+            members: members
+                .into_iter()
+                .map(|(n, p, rel)| (n, Path::new(p), Role::Lower, rel.as_bytes()))
+                .collect(),
+        };
+        let two = || vec![group(vec![(1, "/img/l2", "l2"), (2, "/img/l1", "l1")])];
+        // Upper inside a layer, reached through a bind mount of it.
+        let upper = loc("/bind/nested", Role::Upper, 0);
+        let work = loc("/tmp/w", Role::Work, 0);
+        let e = overlaps(&mut two(), &[], Some(&upper), Some(&work)).unwrap_err();
+        assert!(
+            e.to_string().contains("lies inside layer 2 (\"/img/l1\")"),
+            "{e}"
+        );
+        // A layer inside the upper dir.
+        let e = overlaps(
+            &mut two(),
+            &[],
+            Some(&loc("/img", Role::Upper, 0)),
+            Some(&work),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("a layer cannot be inside"), "{e}");
+        // Duplicate through the bind mount (a layer on its own), and nesting.
+        let e = overlaps(&mut two(), &[loc("/bind", Role::Lower, 3)], None, None).unwrap_err();
+        assert!(e.to_string().contains("same directory as layer 2"), "{e}");
+        let mut nested = vec![group(vec![(1, "/img/l1", "l1"), (2, "/img/l1/x", "l1/x")])];
+        let e = overlaps(&mut nested, &[], None, None).unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 1"), "{e}");
+        let e = overlaps(
+            &mut two(),
+            &[loc("/img/l1/deep", Role::Lower, 3)],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 2"), "{e}");
+        let e = overlaps(&mut two(), &[loc("/img", Role::Lower, 3)], None, None).unwrap_err();
+        assert!(e.to_string().contains("lies inside layer 3"), "{e}");
+        // Work inside upper.
+        let e = overlaps(
+            &mut two(),
+            &[],
+            Some(&loc("/tmp/u", Role::Upper, 0)),
+            Some(&loc("/tmp/u/w", Role::Work, 0)),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one inside the other"), "{e}");
+        // Side by side is fine, and a sibling with a common name prefix too.
+        overlaps(
+            &mut two(),
+            &[loc("/img/l10", Role::Lower, 3)],
+            Some(&loc("/tmp/u", Role::Upper, 0)),
+            Some(&work),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_target_inside_a_layer_upper_or_work_is_refused() {
+        let t = table();
+        let at = |p: &str| FsLocation::of(Path::new(p), &t).unwrap();
+        let loc = |p: &'static str, role, number| Located {
+            path: Path::new(p),
+            role,
+            number,
+            at: at(p),
+        };
+        let group = || {
+            vec![LocatedGroup {
+                root: at("/img"),
+                members: vec![
+                    (1, Path::new("/img/l2"), Role::Lower, &b"l2"[..]),
+                    (2, Path::new("/img/l1"), Role::Lower, &b"l1"[..]),
+                ],
+            }]
+        };
+        let (u, w) = (loc("/tmp/u", Role::Upper, 0), loc("/tmp/w", Role::Work, 0));
+        for (target, names) in [
+            ("/img/l1", "layer 2"),
+            ("/bind/sub", "layer 2"),
+            ("/tmp/u", "upper dir"),
+            ("/tmp/w/x", "work dir"),
+        ] {
+            let target = loc(target, Role::Target, 0);
+            let e = check_located(&mut group(), &[], Some(&u), Some(&w), Some(&target))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names) && e.contains("target"), "{e}");
+        }
+        // Beside them, or holding them, is fine.
+        for target in ["/tmp/t", "/img"] {
+            let target = loc(target, Role::Target, 0);
+            check_located(&mut group(), &[], Some(&u), Some(&w), Some(&target)).unwrap();
+        }
+    }
+
+    /// The model: two relative names overlap when equal or when one is a
+    /// component prefix of the other (`""` is the root and holds all).
+    fn model_overlap(a: &[u8], b: &[u8]) -> bool {
+        below(a, b).is_some() || below(b, a).is_some()
+    }
+
+    /// Checks a group's members, and an upper dir against them, as the
+    /// model says.
+    fn check_against_model(names: &[String], upper: &str) -> std::result::Result<(), String> {
+        let t = table();
+        let paths: Vec<PathBuf> = names.iter().map(|n| Path::new("/img").join(n)).collect();
+        let mut group = LocatedGroup {
+            root: FsLocation::of(Path::new("/img"), &t).unwrap(),
+            members: names
+                .iter()
+                .zip(&paths)
+                .enumerate()
+                .map(|(i, (n, p))| (i + 1, p.as_path(), Role::Lower, n.as_bytes()))
+                .collect(),
+        };
+        let clash = (0..names.len()).any(|i| {
+            (i + 1..names.len()).any(|j| model_overlap(names[i].as_bytes(), names[j].as_bytes()))
+        });
+        if group.check_members().is_err() != clash {
+            return Err(format!("members {names:?}: model says clash={clash}"));
+        }
+        if clash {
+            return Ok(());
+        }
+        let at = FsLocation::of(&Path::new("/img").join(upper), &t).unwrap();
+        let hit = names
+            .iter()
+            .any(|n| model_overlap(upper.as_bytes(), n.as_bytes()));
+        match group.find(&at) {
+            None if !hit => Ok(()),
+            Some((k, how)) if hit => {
+                let member = group.members[k].3;
+                let inner = |a: &[u8], b: &[u8]| below(a, b).is_some_and(|r| !r.is_empty());
+                let ok = match how {
+                    Overlap::Same => member == upper.as_bytes(),
+                    Overlap::Inside => inner(upper.as_bytes(), member),
+                    Overlap::Contains => inner(member, upper.as_bytes()),
+                };
+                ok.then_some(())
+                    .ok_or_else(|| format!("{names:?} vs {upper}: wrong member {k}"))
+            }
+            found => Err(format!(
+                "{names:?} vs {upper}: found {:?}",
+                found.map(|f| f.0)
+            )),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn flat_members_match_the_pairwise_model(
+            names in proptest::collection::vec("[abc]{1,2}", 1..14),
+            upper in "[abc]{1,2}(/[abc]){0,1}",
+        ) {
+            proptest::prop_assert_eq!(check_against_model(&names, &upper), Ok(()));
+        }
+
+        #[test]
+        fn nested_members_match_the_pairwise_model(
+            names in proptest::collection::vec("(|[ab]{1,2}(/[ab]{1,2}){0,2})", 1..12),
+            upper in "[ab]{1,2}(/[ab]{1,2}){0,2}",
+        ) {
+            proptest::prop_assert_eq!(check_against_model(&names, &upper), Ok(()));
+        }
+    }
+}
