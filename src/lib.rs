@@ -33,6 +33,7 @@
 // `Result` would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
+mod choose;
 mod creds;
 mod cwd;
 pub mod error;
@@ -47,6 +48,7 @@ mod overlayfs;
 mod path;
 pub mod probe;
 mod reaper;
+mod report;
 mod state;
 mod strategy;
 #[allow(unsafe_code)]
@@ -375,9 +377,9 @@ impl Overlay {
         let report = if self.pretend_missing.is_empty() {
             report
         } else {
-            Arc::new(report.with_missing(&self.pretend_missing))
+            Arc::new(choose::with_missing(&report, &self.pretend_missing))
         };
-        let chosen = choose_strategy(self.strategy, &report, first_layer, &layer_fs, userns)?;
+        let chosen = choose::for_request(self.strategy, &report, first_layer, &layer_fs, userns)?;
         let req = Request {
             lowers: &self.lowers,
             data_lowers: &self.data_lowers,
@@ -415,7 +417,7 @@ impl Overlay {
                 warnings = left;
                 fd
             }
-            Strategy::Auto => unreachable!("choose_strategy resolves auto"),
+            Strategy::Auto => unreachable!("choose::for_request resolves auto"),
         };
         Ok(DetachedMount {
             fd,
@@ -583,97 +585,6 @@ impl DetachedMount {
 impl AsFd for DetachedMount {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-/// The strategy to run: `auto` resolved from the probe, a forced one
-/// checked against it.
-fn choose_strategy(
-    asked: Strategy,
-    report: &probe::ProbeReport,
-    first_layer: &Path,
-    layer_fs: &str,
-    userns: &UserNamespace,
-) -> Result<Strategy> {
-    let kernel = report.kernel.clone();
-    // The layers' filesystem refusing idmapped mounts on a kernel that has
-    // them is the answer whatever the strategy: say which layer and
-    // filesystem, and from which version it would work. When the kernel
-    // should idmap this filesystem, a user namespace given as a file (with
-    // no maps, or the caller's own) is the likelier cause.
-    if let Some(layer) = report.path_of_type(layer_fs) {
-        let kernel_idmaps =
-            report.feature(Feature::MountSetattrIdmap).errno.as_deref() != Some("ENOSYS");
-        if layer.idmap == Some(false) && kernel_idmaps {
-            let fs = &layer.fs_type;
-            if layer.errno.as_deref() == Some("EPERM") && !userns::in_initial_user_namespace() {
-                return Err(Error::from(crate::error::Repr::Permission {
-                    what: format!(
-                        "idmapping layer {} on {fs}",
-                        error::display_path(first_layer)
-                    ),
-                    needs: "CAP_SYS_ADMIN in the user namespace that mounted its filesystem".into(),
-                    hint: "this process runs in a user namespace, which may idmap only \
-                           filesystems it mounted itself; run idoverlay on the host"
-                        .into(),
-                    path: Some(first_layer.to_path_buf()),
-                    source: None,
-                }));
-            }
-            if let (true, Some(file)) = (layer.idmap_expected, userns.file()) {
-                return Err(Error::invalid_path(
-                    "user namespace",
-                    file,
-                    format!(
-                        "cannot idmap {fs} here ({}): does it have uid and gid maps?",
-                        layer.errno.as_deref().unwrap_or("refused")
-                    ),
-                )
-                .with_advice(Advice::GiveContainerUserns));
-            }
-            let needs = match kernel_compat::idmap_since(fs) {
-                Some((major, minor)) => format!("kernel {major}.{minor} ({fs} idmapped mounts)"),
-                None => "a filesystem that takes idmapped mounts".to_string(),
-            };
-            return Err(Error::from(crate::error::Repr::Unsupported {
-                what: format!("layer {} on {fs}", error::display_path(first_layer)),
-                needs,
-                kernel,
-                hint: Some(format!(
-                    "{fs} does not take idmapped mounts here; keep the layers on ext4, xfs or \
-                     btrfs (tmpfs from 6.3)"
-                )),
-                path: Some(first_layer.to_path_buf()),
-            }));
-        }
-    }
-    if asked == Strategy::Auto {
-        return report.strategy.ok_or_else(|| {
-            Error::from(crate::error::Repr::Unsupported {
-                what: "an idmapped overlay".into(),
-                needs: format!("kernel 5.19 ({})", Feature::OverlayIdmappedLayers),
-                kernel,
-                hint: Some(report.reason.clone()),
-                path: None,
-            })
-        });
-    }
-    match report.refuses(asked) {
-        None => Ok(asked),
-        Some((feature, how)) => {
-            let (major, minor) = feature.since();
-            let alternative = match report.strategy {
-                Some(s) => format!("auto would use {s}"),
-                None => format!("nothing works here: {}", report.reason),
-            };
-            Err(Error::from(crate::error::Repr::Unsupported {
-                what: format!("the {asked} strategy"),
-                needs: format!("kernel {major}.{minor} ({feature})"),
-                kernel,
-                hint: Some(format!("{how}; {alternative}")),
-                path: None,
-            }))
-        }
     }
 }
 

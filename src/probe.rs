@@ -15,148 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kernel_compat::{idmap_expected, Feature, KernelVersion};
-use serde::{Deserialize, Serialize};
 
 use crate::idmap::IdMap;
-use crate::strategy::Strategy;
+pub use crate::report::{FeatureResult, PathResult, ProbeReport};
 use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
-
-/// The most a saved probe report may hold.
-const REPORT_MAX: usize = 256 * 1024;
-
-/// What the probe found for one feature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureResult {
-    /// Whether a mainline kernel of this version has it (for idmap
-    /// features: on the filesystem it was probed on).
-    pub expected: bool,
-    /// Whether it worked here; `None` when it could not be probed.
-    pub observed: Option<bool>,
-    /// The errno of the failed attempt (`EINVAL`), when it failed.
-    pub errno: Option<String>,
-    /// Why it was not probed, or what it was probed on.
-    pub note: Option<String>,
-}
-
-impl FeatureResult {
-    /// Expected and observed are both known and differ.
-    pub fn disagrees(&self) -> bool {
-        self.observed.is_some_and(|o| o != self.expected)
-    }
-}
-
-/// What the probe found for a directory the user named.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathResult {
-    /// The directory.
-    pub path: PathBuf,
-    /// Its filesystem type (`ext4`, `tmpfs`, …).
-    pub fs_type: String,
-    /// Whether a clone of it took an idmap; `None` when not probed.
-    pub idmap: Option<bool>,
-    /// Whether a mainline kernel of this version idmaps this filesystem.
-    pub idmap_expected: bool,
-    /// The errno of the failed attempt.
-    pub errno: Option<String>,
-    /// Why it was not probed, when it was not.
-    pub note: Option<String>,
-}
-
-/// The whole answer: kernel, features, paths, and the strategy `auto`
-/// would choose.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProbeReport {
-    /// The kernel release string (`uname -r`).
-    pub kernel: String,
-    /// Per feature, by its stable name.
-    pub features: BTreeMap<String, FeatureResult>,
-    /// Per `--path`.
-    pub paths: Vec<PathResult>,
-    /// What `auto` would choose; `None` when no strategy can work.
-    pub strategy: Option<Strategy>,
-    /// Why that strategy (or none).
-    pub reason: String,
-    /// True when the strategy comes from the version table because the
-    /// live probe could not run (no CAP_SYS_ADMIN).
-    pub guess: bool,
-}
-
-impl ProbeReport {
-    /// Whether the feature was observed to work.
-    pub fn observed(&self, feature: Feature) -> bool {
-        self.features
-            .get(feature.name())
-            .and_then(|r| r.observed)
-            .unwrap_or(false)
-    }
-
-    /// The result for one feature.
-    pub fn feature(&self, feature: Feature) -> &FeatureResult {
-        &self.features[feature.name()]
-    }
-
-    /// The same report with these features marked as missing, and the
-    /// strategy chosen again: how tests force the fallback code paths that
-    /// this kernel would not take on its own.
-    pub fn with_missing(&self, missing: &[Feature]) -> ProbeReport {
-        let mut report = self.clone();
-        for f in missing {
-            if let Some(r) = report.features.get_mut(f.name()) {
-                r.observed = Some(false);
-                r.errno = None;
-                r.note = Some("pretended missing".into());
-            }
-        }
-        let version: Option<KernelVersion> = report.kernel.parse().ok();
-        let (strategy, reason) = choose(&report, version.as_ref());
-        report.strategy = strategy;
-        report.reason = reason;
-        report
-    }
-
-    /// Why `strategy` cannot run here, or `None` when it can.
-    pub fn refuses(&self, strategy: Strategy) -> Option<(Feature, String)> {
-        use Feature::*;
-        let needs: &[Feature] = match strategy {
-            Strategy::Auto => return None,
-            Strategy::Detached => &[OverlayDetachedLayers],
-            Strategy::PrivateNs => &[PrivateMountNs, OverlayIdmappedLayers],
-            Strategy::HostStaged => &[OverlayIdmappedLayers],
-        };
-        needs.iter().find(|f| !self.observed(**f)).map(|f| {
-            let r = self.feature(*f);
-            let how = match (r.observed, r.errno.as_deref(), &r.note) {
-                (Some(false), Some(e), _) => format!("the kernel refused it ({e})"),
-                (_, _, Some(note)) => note.clone(),
-                _ => "not observed".into(),
-            };
-            (*f, how)
-        })
-    }
-
-    /// Features where the kernel disagrees with the version table.
-    pub fn disagreements(&self) -> Vec<Feature> {
-        Feature::ALL
-            .into_iter()
-            .filter(|f| self.feature(*f).disagrees())
-            .collect()
-    }
-}
-
-impl Serialize for Strategy {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> Deserialize<'de> for Strategy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        name.parse()
-            .map_err(|_| serde::de::Error::custom(format!("unknown strategy {name:?}")))
-    }
-}
 
 /// Probes the running kernel: each feature on a scratch tmpfs, and whether
 /// each of `paths` takes idmapped mounts. `userns` is used for the idmaps
@@ -234,7 +97,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
             _ => note,
         };
         features.insert(
-            feature.name().to_string(),
+            feature,
             FeatureResult {
                 expected,
                 observed,
@@ -251,9 +114,7 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
         reason: String::new(),
         guess: !privileged,
     };
-    let (strategy, reason) = choose(&report, version.as_ref());
-    report.strategy = strategy;
-    report.reason = reason;
+    crate::choose::fill_auto(&mut report);
     report
 }
 
@@ -273,115 +134,6 @@ pub fn cached(layer: &Path, fs_type: &str, userns: Option<&UserNamespace>) -> Ar
         .unwrap_or_else(|e| e.into_inner())
         .insert(fs_type.to_string(), report.clone());
     report
-}
-
-impl ProbeReport {
-    /// A report saved from `idoverlay probe --json`, for callers that probe
-    /// once (e.g. at boot) and mount many times. Refused when it was made
-    /// on another kernel.
-    pub fn load(path: &Path) -> crate::Result<ProbeReport> {
-        let invalid = |reason: String| crate::Error::invalid_path("probe report", path, reason);
-        // A saved report is a few KiB; a path may name /dev/zero or a FIFO.
-        let bytes = crate::file::read_small(sys::cwd(), path, REPORT_MAX, true)
-            .map_err(|e| e.into_error("probe report", path))?;
-        let report: ProbeReport = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("is not a saved probe report: {e}")))?;
-        let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if report.kernel != running.trim() {
-            return Err(invalid(format!(
-                "was made on kernel {}, this is {}; probe again",
-                report.kernel,
-                running.trim()
-            )));
-        }
-        if report.guess {
-            return Err(invalid(
-                "is a guess (made without CAP_SYS_ADMIN); probe again as root".into(),
-            ));
-        }
-        Ok(report)
-    }
-
-    /// What the report says about a filesystem type, if it probed one.
-    pub fn path_of_type(&self, fs_type: &str) -> Option<&PathResult> {
-        self.paths.iter().find(|p| p.fs_type == fs_type)
-    }
-}
-
-/// The strategy `auto` picks from a report, and why.
-fn choose(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Strategy>, String) {
-    use Feature::*;
-    let kernel = &report.kernel;
-    if report.guess {
-        // No live answer: the version table, labelled as a guess.
-        let Some(v) = version else {
-            return (
-                None,
-                format!("not probed (needs CAP_SYS_ADMIN) and kernel {kernel:?} is not a version"),
-            );
-        };
-        let (strategy, why) = if OverlayDetachedLayers.expected_on(v) {
-            (Some(Strategy::Detached), "6.15+ takes detached layer fds")
-        } else if OverlayIdmappedLayers.expected_on(v) {
-            (
-                Some(Strategy::PrivateNs),
-                "5.19+ takes idmapped layers attached in a private namespace",
-            )
-        } else {
-            (None, "idmapped overlays need 5.19")
-        };
-        return (
-            strategy,
-            format!(
-                "guess from the version table ({kernel}): {why}; not probed (needs CAP_SYS_ADMIN)"
-            ),
-        );
-    }
-    let idmap_any =
-        report.observed(MountSetattrIdmap) || report.paths.iter().any(|p| p.idmap == Some(true));
-    if !idmap_any {
-        let why = match report.feature(MountSetattrIdmap).errno.as_deref() {
-            Some("ENOSYS") => "this kernel has no mount_setattr (idmapped mounts need 5.12, idmapped overlay layers 5.19)".to_string(),
-            _ if report.paths.is_empty() => "no probed filesystem takes idmapped mounts (tmpfs needs 6.3); probe again naming a directory on the layers' filesystem".to_string(),
-            _ => "none of the probed filesystems takes idmapped mounts".to_string(),
-        };
-        return (None, why);
-    }
-    if report.observed(OverlayDetachedLayers) {
-        return (
-            Some(Strategy::Detached),
-            "overlay takes detached idmapped clones as fds (overlay_detached_layers): no temporary mount anywhere".into(),
-        );
-    }
-    if report.observed(OverlayIdmappedLayers) {
-        if report.observed(PrivateMountNs) {
-            return (
-                Some(Strategy::PrivateNs),
-                "no detached layer fds (6.15), but idmapped layers attached in a thread's private mount namespace work".into(),
-            );
-        }
-        return (
-            Some(Strategy::HostStaged),
-            "no detached layer fds and no private mount namespace: idmapped layers staged in a root-only directory".into(),
-        );
-    }
-    let feature = report.feature(OverlayIdmappedLayers);
-    match feature.observed {
-        None => (
-            None,
-            format!(
-                "overlay over idmapped layers could not be probed ({}); probe again naming a directory on the layers' filesystem",
-                feature.note.clone().unwrap_or_default()
-            ),
-        ),
-        _ => (
-            None,
-            format!(
-                "overlay refuses idmapped layers here ({}); that needs kernel 5.19",
-                feature.errno.as_deref().unwrap_or("error")
-            ),
-        ),
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -170,3 +170,45 @@ fn forced_strategy_refused_with_the_kernel_version_it_needs() {
         assert_eq!(mounts(), before);
     });
 }
+
+#[test]
+fn a_saved_report_missing_or_inventing_a_feature_is_refused_in_one_line() {
+    in_private_ns("probe::saved_report_features", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("m");
+        fs::create_dir(&target).unwrap();
+        let out = run(idoverlay().args(["probe", "--json"]));
+        let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut missing = full.clone();
+        missing["features"]
+            .as_object_mut()
+            .unwrap()
+            .remove("overlay_detached_layers");
+        let mut invented = full.clone();
+        invented["features"]["overlay_time_travel"] = full["features"]["new_mount_api"].clone();
+        for (name, report, says) in [
+            ("missing", missing, "has no result for feature overlay_detached_layers"),
+            ("invented", invented, "unknown feature \"overlay_time_travel\""),
+        ] {
+            let file = dir.join(format!("{name}.json"));
+            fs::write(&file, report.to_string()).unwrap();
+            let out = idoverlay()
+                .args(["mount", "--strategy", "detached", "--probe-report"])
+                .arg(&file)
+                .arg("--lower")
+                .arg(&layers[0])
+                .arg("--lower")
+                .arg(&layers[1])
+                .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+                .arg(&target)
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: {err}");
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(mounts().iter().all(|m| m.mount_point != target));
+        }
+    });
+}

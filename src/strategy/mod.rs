@@ -5,7 +5,6 @@
 //! `host-staged`, the last resort, which keeps its temporary mounts in a
 //! root-only private directory and never removes anything still mounted.
 
-use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,70 +18,12 @@ use crate::userns::UserNamespace;
 
 pub(crate) mod detached;
 pub(crate) mod host_staged;
+mod kind;
 pub(crate) mod private_ns;
 pub(crate) mod staged;
 pub(crate) mod upper_work;
 
-/// How to assemble the overlay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Strategy {
-    /// The best the running kernel can do, from a live probe: `detached`,
-    /// then `private-ns`, then `host-staged`.
-    #[default]
-    Auto,
-    /// Detached idmapped clones passed to overlay as fds (kernel 6.15+).
-    /// Nothing temporary ever enters a mount tree.
-    Detached,
-    /// Idmapped clones attached in a private mount namespace of a
-    /// short-lived thread (kernel 5.19+).
-    PrivateNs,
-    /// Idmapped clones attached in a root-only staging directory of the
-    /// host, detached and removed right after (kernel 5.19+; last resort).
-    HostStaged,
-}
-
-impl Strategy {
-    /// The name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Auto => "auto",
-            Strategy::Detached => "detached",
-            Strategy::PrivateNs => "private-ns",
-            Strategy::HostStaged => "host-staged",
-        }
-    }
-
-    /// All strategies, `auto` first.
-    pub const ALL: [Strategy; 4] = [
-        Strategy::Auto,
-        Strategy::Detached,
-        Strategy::PrivateNs,
-        Strategy::HostStaged,
-    ];
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Strategy::ALL
-            .into_iter()
-            .find(|st| st.name() == s)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "strategy",
-                    s,
-                    "is not one of auto, detached, private-ns, host-staged",
-                )
-            })
-    }
-}
+pub use kind::Strategy;
 
 /// Receives one line per step when the caller asked for a trace (`-v`).
 pub type Trace = Arc<dyn Fn(&str) + Send + Sync>;
