@@ -28,22 +28,17 @@
 #![deny(missing_docs)]
 // `unsafe` lives in the syscall module alone (`sys`), which is allowed it.
 #![deny(unsafe_code)]
-// Errors are the cold path and carry the syscall, path, kernel messages and
-// hint as plain fields that callers can match on; boxing them to shrink
-// `Result` would buy nothing measurable.
-#![allow(clippy::result_large_err)]
-
 mod choose;
 mod creds;
 mod cwd;
-pub mod error;
+mod error;
 mod file;
-pub mod fs_type;
+mod fs_type;
 pub mod gc;
 pub mod idmap;
-pub mod layer;
-pub mod mountinfo;
-pub mod options;
+mod layer;
+mod mountinfo;
+mod options;
 mod overlayfs;
 mod path;
 pub mod probe;
@@ -54,7 +49,7 @@ mod strategy;
 #[allow(unsafe_code)]
 mod sys;
 mod threads;
-pub mod userns;
+mod userns;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -63,10 +58,10 @@ use std::sync::Arc;
 pub use error::{Advice, Error, ErrorKind, Result};
 pub use idmap::{IdMap, IdRange};
 pub use kernel_compat::{Feature, KernelVersion};
-pub use options::OverlayParam;
+pub use options::{MountOptions, OverlayParam};
 pub use reaper::settle;
 pub use strategy::{Strategy, Trace};
-pub use sys::{MountAttrs, SysError};
+pub use sys::MountAttrs;
 pub use userns::UserNamespace;
 
 use layer::MAX_LAYERS;
@@ -117,18 +112,21 @@ impl std::fmt::Debug for Overlay {
 
 impl Overlay {
     /// An empty description; add at least one lower layer and a user namespace.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a lower layer below those already added (the first one added is
     /// the top-most, as in overlay's `lowerdir=`). Paths must be absolute.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn lower(mut self, path: impl Into<PathBuf>) -> Self {
         self.lowers.push(path.into());
         self
     }
 
     /// Adds several lower layers, top-most first.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn lowers<P: Into<PathBuf>>(mut self, paths: impl IntoIterator<Item = P>) -> Self {
         self.lowers.extend(paths.into_iter().map(Into::into));
         self
@@ -136,18 +134,21 @@ impl Overlay {
 
     /// Adds a data-only lower layer (`datadir+`, kernel 6.7+; needs
     /// `metacopy=on` and redirects in the regular layers).
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn data_lower(mut self, path: impl Into<PathBuf>) -> Self {
         self.data_lowers.push(path.into());
         self
     }
 
     /// The upper layer, where writes land. Needs [`Overlay::work`] too.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn upper(mut self, path: impl Into<PathBuf>) -> Self {
         self.upper = Some(path.into());
         self
     }
 
     /// The work directory: empty, on the same mount as the upper layer.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn work(mut self, path: impl Into<PathBuf>) -> Self {
         self.work = Some(path.into());
         self
@@ -156,6 +157,7 @@ impl Overlay {
     /// Also idmap the upper and work directories (through one clone of a
     /// directory above both), so that writes land on disk in container ids.
     /// Off by default: the upper layer is used as it is.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn idmap_upper(mut self, on: bool) -> Self {
         self.idmap_upper = on;
         self
@@ -163,6 +165,7 @@ impl Overlay {
 
     /// Adds an overlay parameter passed to the kernel as is
     /// (`index`, `redirect_dir`, `metacopy`, `userxattr`, `xino`, `volatile`, …).
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn param(mut self, key: impl Into<String>, value: Option<&str>) -> Self {
         self.params.push(OverlayParam {
             key: key.into(),
@@ -174,6 +177,7 @@ impl Overlay {
     /// Adds options from a mount-style string: mount flags (`ro`, `nosuid`,
     /// `nodev`, `noexec`, `noatime`, …) become mount attributes, the rest
     /// are overlay parameters. Layer and map keys are refused here.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn options(mut self, options: &str) -> Result<Self> {
         let (params, attrs) = options::parse_overlay_options(options)?;
         self.params.extend(params);
@@ -182,18 +186,21 @@ impl Overlay {
     }
 
     /// Sets the overlay mount's attributes (read-only, nosuid, …).
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn mount_attrs(mut self, attrs: MountAttrs) -> Self {
         self.attrs = attrs;
         self
     }
 
     /// Makes the overlay read-only (superblock and mount).
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn read_only(mut self, on: bool) -> Self {
         self.attrs.set(MountAttrs::READ_ONLY, on);
         self
     }
 
     /// Idmaps the layers through this user namespace.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn userns(mut self, userns: impl Into<Arc<UserNamespace>>) -> Self {
         self.userns = Some(userns.into());
         self.maps = None;
@@ -204,6 +211,7 @@ impl Overlay {
     /// id → host id), made when the overlay is assembled, or shared with
     /// assemblies running at the same time with the same maps (see
     /// [`UserNamespace::shared`]).
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn idmap(mut self, uid_map: IdMap, gid_map: IdMap) -> Self {
         self.maps = Some((uid_map, gid_map));
         self.userns = None;
@@ -211,6 +219,7 @@ impl Overlay {
     }
 
     /// Chooses the strategy; [`Strategy::Auto`] (the default) asks the kernel.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
         self
@@ -219,6 +228,7 @@ impl Overlay {
     /// Where `host-staged` keeps its staging (default `/run/idoverlay`):
     /// created root-owned 0700 if missing, never under a world-writable
     /// directory.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn state_dir(mut self, path: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(path.into());
         self
@@ -227,6 +237,7 @@ impl Overlay {
     /// Clones every layer on its own instead of sharing one clone of a
     /// common parent directory among layers on one mount. Slower with many
     /// layers; for comparison and benchmarks.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn per_layer_clones(mut self, on: bool) -> Self {
         self.per_layer_clones = on;
         self
@@ -235,6 +246,7 @@ impl Overlay {
     /// Chooses and checks the strategy against this report (e.g. one saved
     /// with `idoverlay probe --json` and [`probe::ProbeReport::load`]) instead
     /// of probing: for callers that probe once and mount many times.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn probe_report(mut self, report: Arc<probe::ProbeReport>) -> Self {
         self.probe_report = Some(report);
         self
@@ -243,12 +255,14 @@ impl Overlay {
     /// Treats `feature` as missing even if the kernel has it: forces the
     /// code paths of older kernels (as libpathrs forces ENOSYS), for tests
     /// and for comparing strategies on one machine.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn pretend_missing(mut self, feature: Feature) -> Self {
         self.pretend_missing.push(feature);
         self
     }
 
     /// Receives one line per step taken (strategy, groups, syscalls), for `-v`.
+    #[must_use = "the builder returns the changed Overlay"]
     pub fn trace(mut self, trace: Trace) -> Self {
         self.trace = Some(trace);
         self

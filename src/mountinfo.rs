@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One line of `/proc/PID/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +25,6 @@ pub struct MountEntry {
     pub source: String,
     /// Per-superblock options, e.g. `lowerdir+=…,upperdir=…`.
     pub super_options: String,
-}
-
-impl MountEntry {
-    /// Whether the mount is idmapped (`idmapped` among its mount options).
-    pub fn is_idmapped(&self) -> bool {
-        self.mount_options.split(',').any(|o| o == "idmapped")
-    }
 }
 
 /// The `upperdir=` and `workdir=` an overlay entry shows, as the kernel
@@ -123,14 +116,10 @@ pub fn read_self() -> std::io::Result<Vec<MountEntry>> {
     Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 
-/// The entries mounted exactly at `path` (the last one is on top).
-pub fn mounted_at<'a>(entries: &'a [MountEntry], path: &Path) -> Vec<&'a MountEntry> {
-    entries.iter().filter(|e| e.mount_point == path).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_real_lines() {
@@ -145,11 +134,10 @@ garbage line
         assert_eq!(entries[0].mount_point, Path::new("/"));
         assert_eq!(entries[0].fs_type, "ext4");
         assert_eq!(entries[1].mount_point, Path::new("/tmp/with space"));
-        assert!(entries[1].is_idmapped());
+        assert!(entries[1].mount_options.contains("idmapped"));
         assert!(entries[1].super_options.contains("lowerdir+=/l1"));
         assert_eq!(entries[2].mount_point, Path::new("/mnt/x\\y"));
         assert_eq!(entries[2].root, Path::new("/sub"));
-        assert!(!entries[2].is_idmapped());
     }
 
     #[test]

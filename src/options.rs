@@ -19,7 +19,7 @@ pub struct OverlayParam {
 /// Keys that name layers or maps: they come from dedicated arguments (or
 /// from the mount(8)-style parser), never as pass-through parameters,
 /// because passing them through would bypass the idmapping.
-pub const LAYER_KEYS: [&str; 6] = [
+pub(crate) const LAYER_KEYS: [&str; 6] = [
     "lowerdir",
     "lowerdir+",
     "upperdir",
@@ -52,7 +52,7 @@ fn is_userspace_only(key: &str) -> bool {
 
 /// Splits a mount option string at commas not escaped by a backslash; the
 /// escapes are kept (overlay's own `lowerdir=` parser interprets them).
-pub fn split_options(options: &str) -> Vec<&str> {
+pub(crate) fn split_options(options: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut escaped = false;
@@ -72,7 +72,7 @@ pub fn split_options(options: &str) -> Vec<&str> {
 }
 
 /// Applies one mount flag to `attrs`; false when `key` is not a mount flag.
-pub fn apply_mount_flag(attrs: &mut MountAttrs, key: &str) -> bool {
+pub(crate) fn apply_mount_flag(attrs: &mut MountAttrs, key: &str) -> bool {
     let (flag, on) = match key {
         "ro" => (MountAttrs::READ_ONLY, true),
         "rw" => (MountAttrs::READ_ONLY, false),
@@ -98,13 +98,7 @@ pub fn apply_mount_flag(attrs: &mut MountAttrs, key: &str) -> bool {
 /// does not name layers (the flag form of the CLI, the library's
 /// [`Overlay::options`](crate::Overlay::options)).
 ///
-/// ```
-/// use idoverlay::options::parse_overlay_options;
-/// let (params, attrs) = parse_overlay_options("index=off,userxattr,nosuid,ro").unwrap();
-/// assert_eq!(params.len(), 2);
-/// assert!(attrs.contains(idoverlay::MountAttrs::NOSUID | idoverlay::MountAttrs::READ_ONLY));
-/// ```
-pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountAttrs)> {
+pub(crate) fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountAttrs)> {
     let mut params = Vec::new();
     let mut attrs = MountAttrs::default();
     for part in split_options(options) {
@@ -164,8 +158,8 @@ pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountA
 /// so `idmap=` is accepted as the same thing under a name that gets through.
 ///
 /// ```
-/// use idoverlay::options::parse_mount_options;
-/// let spec = parse_mount_options(
+/// use idoverlay::MountOptions;
+/// let spec = MountOptions::parse(
 ///     "lowerdir=/l/3:/l/2:/l/1,upperdir=/c/u,workdir=/c/w,\
 ///      uidmap=0:100000:65536,65536:300000:1000,gidmap=0:100000:65536,index=off,nosuid",
 /// ).unwrap();
@@ -175,7 +169,7 @@ pub fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>, MountA
 /// assert!(spec.attrs.contains(idoverlay::MountAttrs::NOSUID));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MountSpec {
+pub struct MountOptions {
     /// Lower layers, top-most first.
     pub lowers: Vec<PathBuf>,
     /// Data-only lower layers (after `::`, or `datadir+=`).
@@ -211,7 +205,7 @@ fn unescape(value: &str) -> String {
 
 /// Splits overlay's `lowerdir=` value: `:` between layers, `::` before the
 /// data-only layers, backslash escapes.
-pub fn parse_lowerdir(value: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+pub(crate) fn parse_lowerdir(value: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let err = |why: &str| Error::invalid("lowerdir", value, why);
     let mut layers: Vec<Vec<String>> = vec![Vec::new()];
     let mut current = String::new();
@@ -332,9 +326,16 @@ fn set_once<T: PartialEq>(
     }
 }
 
-/// Parses a mount(8)-style option string into a [`MountSpec`].
-pub fn parse_mount_options(options: &str) -> Result<MountSpec> {
-    let mut spec = MountSpec::default();
+impl MountOptions {
+    /// Parses a mount(8)-style option string (see [`MountOptions`]).
+    pub fn parse(options: &str) -> Result<MountOptions> {
+        parse_mount_options(options)
+    }
+}
+
+/// Parses a mount(8)-style option string into a [`MountOptions`].
+pub(crate) fn parse_mount_options(options: &str) -> Result<MountOptions> {
+    let mut spec = MountOptions::default();
     // containerd's maps hold commas between ranges: a part that is only
     // `N:N:N` continues the uidmap/gidmap before it (overlay options never
     // look like that).

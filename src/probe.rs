@@ -122,7 +122,11 @@ pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
 /// (what `Strategy::Auto` uses): the kernel cannot change under a running
 /// process, and a probe costs a few milliseconds. `layer` (a layer of that
 /// filesystem type) is probed as the report's one `--path`.
-pub fn cached(layer: &Path, fs_type: &str, userns: Option<&UserNamespace>) -> Arc<ProbeReport> {
+pub(crate) fn cached(
+    layer: &Path,
+    fs_type: &str,
+    userns: Option<&UserNamespace>,
+) -> Arc<ProbeReport> {
     static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ProbeReport>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(report) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(fs_type) {

@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use common::mountinfo::MountEntry;
 use common::*;
-use idoverlay::mountinfo::MountEntry;
 
 /// The map every case uses unless it is about maps.
 const MAP: &str = "0:100000:65536";

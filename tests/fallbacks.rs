@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::mountinfo::MountEntry;
 use common::*;
-use idoverlay::mountinfo::MountEntry;
 use idoverlay::{Feature, IdMap, Overlay, Strategy};
 
 fn map() -> IdMap {
@@ -31,7 +31,7 @@ fn watch(
             // thread-self: this thread shares the test thread's namespace.
             let text = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
             reads += 1;
-            for e in idoverlay::mountinfo::parse(&text) {
+            for e in common::mountinfo::parse(&text) {
                 if !allowed(&e) && !seen.iter().any(|s: &MountEntry| s.mount_id == e.mount_id) {
                     seen.push(e);
                 }

@@ -39,8 +39,8 @@ impl Variant {
 /// `dir/state` (it stays, by design, and never holds data).
 fn added(
     dir: &Path,
-    before: &[idoverlay::mountinfo::MountEntry],
-) -> Vec<idoverlay::mountinfo::MountEntry> {
+    before: &[common::mountinfo::MountEntry],
+) -> Vec<common::mountinfo::MountEntry> {
     let state = dir.join("state");
     let added = new_mounts(before, &mounts());
     added

@@ -188,8 +188,16 @@ fn a_saved_report_missing_or_inventing_a_feature_is_refused_in_one_line() {
         let mut invented = full.clone();
         invented["features"]["overlay_time_travel"] = full["features"]["new_mount_api"].clone();
         for (name, report, says) in [
-            ("missing", missing, "has no result for feature overlay_detached_layers"),
-            ("invented", invented, "unknown feature \"overlay_time_travel\""),
+            (
+                "missing",
+                missing,
+                "has no result for feature overlay_detached_layers",
+            ),
+            (
+                "invented",
+                invented,
+                "unknown feature \"overlay_time_travel\"",
+            ),
         ] {
             let file = dir.join(format!("{name}.json"));
             fs::write(&file, report.to_string()).unwrap();

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod containerd_rc5;
+pub mod mountinfo;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -225,15 +226,15 @@ pub fn owner(path: &Path) -> (u32, u32) {
 }
 
 /// This thread's mount table (its own namespace).
-pub fn mounts() -> Vec<idoverlay::mountinfo::MountEntry> {
-    idoverlay::mountinfo::read_self().unwrap()
+pub fn mounts() -> Vec<mountinfo::MountEntry> {
+    mountinfo::read_self().unwrap()
 }
 
 /// Entries in `after` that are not in `before`, by mount id.
 pub fn new_mounts(
-    before: &[idoverlay::mountinfo::MountEntry],
-    after: &[idoverlay::mountinfo::MountEntry],
-) -> Vec<idoverlay::mountinfo::MountEntry> {
+    before: &[mountinfo::MountEntry],
+    after: &[mountinfo::MountEntry],
+) -> Vec<mountinfo::MountEntry> {
     after
         .iter()
         .filter(|a| !before.iter().any(|b| b.mount_id == a.mount_id))

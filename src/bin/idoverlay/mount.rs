@@ -6,8 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use idoverlay::options::{parse_mount_options, MountSpec};
-use idoverlay::{IdMap, Overlay, Strategy, UserNamespace};
+use idoverlay::{IdMap, MountOptions, Overlay, Strategy, UserNamespace};
 
 use crate::output::{stderr_trace, Output};
 
@@ -99,10 +98,10 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
             ));
         }
     }
-    let spec: MountSpec = if args.options.is_empty() {
-        MountSpec::default()
+    let spec: MountOptions = if args.options.is_empty() {
+        MountOptions::default()
     } else {
-        parse_mount_options(&args.options.join(","))?
+        MountOptions::parse(&args.options.join(","))?
     };
     let twice = |what: &str| -> anyhow::Error {
         idoverlay::Error::invalid_input(
