@@ -9,7 +9,7 @@
 //! remove whether or not the unmounts succeeded — which walks into a layer
 //! whose unmount failed with EBUSY and deletes its files.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
@@ -18,34 +18,6 @@ use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 pub struct TempMounts {
     pub dir: PathBuf,
     pub mounts: Vec<PathBuf>,
-}
-
-/// `mount_setattr(fd, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP, userns})`.
-fn idmap(
-    fd: std::os::fd::BorrowedFd<'_>,
-    userns: std::os::fd::BorrowedFd<'_>,
-) -> std::io::Result<()> {
-    let mut attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: a valid path, a live and correctly sized struct mount_attr.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &mut attr as *mut libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Attaches one writable idmapped clone per layer under `tmp`.
@@ -64,7 +36,7 @@ pub fn attach_temp_mounts(
             layer,
             OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
         )?;
-        idmap(clone.as_fd(), userns.as_fd())?;
+        super::raw::set_idmap(clone.as_fd(), userns.as_fd())?;
         rustix::mount::move_mount(
             clone.as_fd(),
             "",

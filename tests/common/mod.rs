@@ -11,6 +11,7 @@
 
 pub mod containerd_rc5;
 pub mod mountinfo;
+pub mod raw;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -85,7 +86,9 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    fn new(test: &str) -> Self {
+    /// A fresh scratch directory with a private tmpfs on it, in the calling
+    /// thread's (private) mount namespace.
+    pub fn new(test: &str) -> Self {
         let base = std::env::temp_dir();
         let tag: String = test
             .chars()
