@@ -19,8 +19,7 @@ use crate::sys::{self, SysResult};
 /// umask).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsStruct {
-    /// Nobody: the thread is the process's only one (idoverlay's own
-    /// threads aside).
+    /// Nobody: the thread is the process's only one.
     Alone,
     /// Nobody, in a process with other threads.
     Own,
@@ -32,9 +31,10 @@ pub enum FsStruct {
 /// [`FsStruct::Shared`] (lending is only worth it when the check is cheap).
 const MAX_THREADS: usize = 64;
 
-/// Who else uses the calling thread's fs struct. Thread `ours` is known to
-/// have its own (idoverlay's reaper); every other thread listed in
-/// `/proc/self/task` is compared with `kcmp(KCMP_FS)`. [`FsStruct::Shared`]
+/// Who else uses the calling thread's fs struct: every other thread listed
+/// in `/proc/self/task` is compared with `kcmp(KCMP_FS)` (idoverlay's own
+/// threads too: the reaper, which unshares its fs struct as it starts,
+/// counts as sharing until it has). [`FsStruct::Shared`]
 /// whenever it cannot tell (no /proc, no kcmp, more than 64 threads).
 ///
 /// Race-free for its purpose: a thread started after the check shares the
@@ -42,7 +42,7 @@ const MAX_THREADS: usize = 64;
 /// one that shares ours. Processes that share an fs struct without being
 /// threads of one process (`clone(CLONE_FS)` without `CLONE_THREAD`, which
 /// no libc call makes) are not seen.
-pub fn fs_struct_of_this_thread(ours: Option<i32>) -> FsStruct {
+pub fn fs_struct_of_this_thread() -> FsStruct {
     let Ok(dir) = sys::open_dir_read(sys::cwd(), Path::new("/proc/self/task")) else {
         return FsStruct::Shared;
     };
@@ -58,7 +58,7 @@ pub fn fs_struct_of_this_thread(ours: Option<i32>) -> FsStruct {
         else {
             return true;
         };
-        if tid == me || Some(tid) == ours {
+        if tid == me {
             return true;
         }
         if count == MAX_THREADS {
@@ -146,7 +146,7 @@ mod tests {
     fn a_lent_working_directory_comes_back_even_after_a_panic() {
         std::thread::spawn(|| {
             sys::unshare_fs().unwrap();
-            assert_eq!(fs_struct_of_this_thread(None), FsStruct::Own);
+            assert_eq!(fs_struct_of_this_thread(), FsStruct::Own);
             let home = std::env::temp_dir();
             std::env::set_current_dir(&home).unwrap();
             let mask = blocked();
@@ -173,16 +173,16 @@ mod tests {
     fn threads_sharing_the_working_directory_are_seen() {
         // Threads of this test binary share the fs struct of the main
         // thread; one that unshares it has its own.
-        assert_eq!(fs_struct_of_this_thread(None), FsStruct::Shared);
+        assert_eq!(fs_struct_of_this_thread(), FsStruct::Shared);
         std::thread::spawn(|| {
             sys::unshare_fs().unwrap();
-            assert_ne!(fs_struct_of_this_thread(None), FsStruct::Shared);
+            assert_ne!(fs_struct_of_this_thread(), FsStruct::Shared);
             // A thread it starts shares its fs struct with it.
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let sibling = std::thread::spawn(move || {
                 let _ = rx.recv();
             });
-            assert_eq!(fs_struct_of_this_thread(None), FsStruct::Shared);
+            assert_eq!(fs_struct_of_this_thread(), FsStruct::Shared);
             drop(tx);
             sibling.join().unwrap();
         })

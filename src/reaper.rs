@@ -17,16 +17,16 @@
 //!   waiting, a thread that cannot be started, or a forked child (the
 //!   reaper thread is not copied by `fork`; a child never touches the lock
 //!   the parent's reaper may have held).
-//! * The reaper has its own fs struct (it unshares it before it is counted
-//!   as running), blocks every signal, touches no path and changes nothing
-//!   but the fd table; so while it runs the caller's thread still counts
-//!   as the only user of its working directory ([`running`]).
+//! * The reaper unshares its fs struct first thing, blocks every signal,
+//!   touches no path and changes nothing but the fd table; so while it
+//!   runs, the caller's thread can still lend its working directory
+//!   (crate::cwd tells, by comparing fs structs, not by trusting this).
 //! * [`settle`] closes everything handed over before it and waits until
 //!   no idoverlay thread is left in the process: for callers that need a
 //!   single-threaded process next (`unshare(CLONE_NEWUSER)` refuses a
 //!   process with more than one thread).
 
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -61,9 +61,6 @@ static STATE: Mutex<State> = Mutex::new(State {
 });
 /// The process the state belongs to (0: none yet).
 static OWNER: AtomicU32 = AtomicU32::new(0);
-/// The thread id of this process's reaper, running with its own fs
-/// struct (0: none).
-static RUNNING: AtomicI32 = AtomicI32::new(0);
 
 fn this_process_owns_the_state() -> bool {
     let pid = std::process::id();
@@ -71,14 +68,6 @@ fn this_process_owns_the_state() -> bool {
         Ok(_) => true,
         Err(owner) => owner == pid,
     }
-}
-
-/// The reaper's thread id, when one runs in this process (it has its own
-/// fs struct).
-pub fn running() -> Option<i32> {
-    let here = OWNER.load(Ordering::Acquire) == std::process::id();
-    let tid = RUNNING.load(Ordering::Acquire);
-    (here && tid != 0).then_some(tid)
 }
 
 /// Closes `item` soon, on the reaper, or now when the reaper cannot take it.
@@ -93,9 +82,9 @@ pub fn hand_over(item: Item) {
     }
     state.queue.push(item);
     if !state.started {
-        // Not waited for: until the new thread has unshared its fs struct
-        // and says so (`RUNNING`), the fs-struct check sees a thread that
-        // shares the caller's, and the next mount takes the slower path.
+        // Not waited for: until the new thread has unshared its fs struct,
+        // the fs-struct check sees a thread that shares the caller's, and
+        // the next mount takes the slower path.
         let spawned = std::thread::Builder::new()
             .name(format!("{}reap", crate::threads::PREFIX))
             .spawn(run);
@@ -111,9 +100,7 @@ pub fn hand_over(item: Item) {
 }
 
 fn run() {
-    if sys::unshare_fs().is_ok() {
-        RUNNING.store(sys::gettid(), Ordering::Release);
-    }
+    let _ = sys::unshare_fs();
     let _ = sys::block_all_signals();
     let mut idle = Duration::ZERO;
     let mut looks = 0;
@@ -121,7 +108,6 @@ fn run() {
         let work = {
             let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
             if state.queue.is_empty() && (state.stopping || idle >= IDLE) {
-                RUNNING.store(0, Ordering::Release);
                 state.started = false;
                 return;
             }

@@ -162,12 +162,6 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
     out
 }
 
-/// Whether the calling thread's working directory can be lent: who else
-/// uses its fs struct, the reaper (which has its own) not counted.
-fn who_shares_the_cwd() -> crate::cwd::FsStruct {
-    crate::cwd::fs_struct_of_this_thread(crate::reaper::running())
-}
-
 /// Runs `f` with a working directory at the root of `clone`: the calling
 /// thread's, lent for the call, when no other thread shares it; else on a
 /// short-lived thread that unshares its fs struct first (the caller's
@@ -178,7 +172,7 @@ fn in_clone_cwd<T: Send>(
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
-    if who_shares_the_cwd() != crate::cwd::FsStruct::Shared {
+    if crate::cwd::fs_struct_of_this_thread() != crate::cwd::FsStruct::Shared {
         return crate::cwd::with_cwd_in(clone.as_fd(), f)
             .map_err(|e| Error::os("change into the layers' clone", None, e))?;
     }
@@ -398,7 +392,7 @@ fn mount_here(job: MountJob, fs: crate::cwd::FsStruct) -> sys::SysResult<()> {
         None => mount(),
     };
     match fs {
-        crate::cwd::FsStruct::Alone if crate::reaper::running().is_none() => drop(clones),
+        crate::cwd::FsStruct::Alone => drop(clones),
         _ => crate::reaper::hand_over(Box::new(clones)),
     }
     mounted
@@ -430,7 +424,7 @@ pub(crate) fn mount_at(
     // must be our own anyway.
     let fs = match with_creator {
         true => crate::cwd::FsStruct::Shared,
-        false => who_shares_the_cwd(),
+        false => crate::cwd::fs_struct_of_this_thread(),
     };
     let thread = match fs {
         crate::cwd::FsStruct::Shared => Some(MountThread::start()?),
