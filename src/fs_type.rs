@@ -26,6 +26,14 @@ fn of_magic(magic: sys::SysResult<u64>) -> String {
     }
 }
 
+/// Whether files of this filesystem report a device of their subvolume
+/// (btrfs, bcachefs), not the filesystem's: one subvolume inside another
+/// then shows another device, and only the mount table tells that they
+/// lie one inside the other.
+pub fn has_per_subvolume_devices(fd: BorrowedFd<'_>) -> bool {
+    matches!(sys::fs_magic(fd), Ok(0x9123_683E | 0xca45_1a4e))
+}
+
 /// The name of a filesystem by its magic number (`linux/magic.h`).
 pub fn name(magic: u64) -> Option<&'static str> {
     Some(match magic {
@@ -33,6 +41,7 @@ pub fn name(magic: u64) -> Option<&'static str> {
         0x0102_1994 => "tmpfs",
         0x5846_5342 => "xfs",
         0x9123_683E => "btrfs",
+        0xca45_1a4e => "bcachefs",
         0xF2F5_2010 => "f2fs",
         0xE0F5_E1E2 => "erofs",
         0x7371_7368 => "squashfs",

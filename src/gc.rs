@@ -142,6 +142,12 @@ fn collect_temp(state: &StateDir, name: &[u8], id: &str) -> StagingResult {
     let mut result = left_alone(state, name, "");
     let path = Path::new(OsStr::from_bytes(name));
     let why = match sys::open_read_nonblocking(state.fd.as_fd(), path, false) {
+        // Renamed into place or removed since the listing.
+        Err(e) if e.errno == libc::ENOENT => {
+            result.kept_because = None;
+            result.removed = true;
+            return result;
+        }
         Err(e) => format!("cannot be opened ({e}); left alone"),
         Ok(fd) => match (read_record(&fd, id), sys::try_lock_exclusive(fd.as_fd())) {
             (Err(why), _) => format!("a temporary record that {why}; left alone"),
@@ -161,6 +167,11 @@ fn collect_temp(state: &StateDir, name: &[u8], id: &str) -> StagingResult {
     result
 }
 
+/// Whether `name` exists in the state dir (not followed).
+fn exists(state: &StateDir, name: &Path) -> bool {
+    !matches!(sys::stat_nofollow(state.fd.as_fd(), name), Err(e) if e.errno == libc::ENOENT)
+}
+
 fn collect_one(state: &StateDir, id: &str, table: &mut Option<Vec<MountEntry>>) -> StagingResult {
     let mut result = StagingResult {
         path: state.join(id),
@@ -177,6 +188,12 @@ fn collect_one(state: &StateDir, id: &str, table: &mut Option<Vec<MountEntry>>) 
     let record_path = Path::new(&record_name);
     let fd = match sys::open_read_nonblocking(state.fd.as_fd(), record_path, false) {
         Ok(fd) => fd,
+        // Its assembly finished and cleaned up since the listing (the
+        // record goes last), or another gc did: gone, nothing left.
+        Err(e) if e.errno == libc::ENOENT && !exists(state, Path::new(id)) => {
+            result.removed = true;
+            return result;
+        }
         Err(e) => {
             return keep(
                 result,

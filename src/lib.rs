@@ -186,6 +186,9 @@ impl Overlay {
 
     /// Adds an overlay parameter passed to the kernel as is
     /// (`index`, `redirect_dir`, `metacopy`, `userxattr`, `xino`, `volatile`, …).
+    /// Layer keys (`lowerdir+`, `upperdir`, `workdir`, …), map keys and
+    /// `source` are refused when the overlay is assembled: layers come from
+    /// [`Overlay::lower`] and the like, so each is checked and idmapped.
     #[must_use = "the builder returns the changed Overlay"]
     pub fn param(mut self, key: impl Into<String>, value: Option<&str>) -> Self {
         self.params.push(OverlayParam {
@@ -299,6 +302,13 @@ impl Overlay {
 
     /// Checks the description's shape before anything is opened.
     fn check_shape(&self) -> Result<()> {
+        for p in &self.params {
+            let shown = match &p.value {
+                Some(v) => format!("{}={v}", p.key),
+                None => p.key.clone(),
+            };
+            options::check_param(&p.key, p.value.as_deref(), &shown)?;
+        }
         if self.lowers.is_empty() {
             return Err(Error::invalid(
                 "layers",
@@ -391,6 +401,7 @@ impl Overlay {
                 userns::CAP_SYS_ADMIN_HINT,
             ));
         }
+        let kept = std::sync::Mutex::new(strategy::Kept::default());
         let shared_userns;
         let userns: &UserNamespace = match (&self.userns, &self.maps) {
             (Some(ns), _) => ns,
@@ -428,6 +439,7 @@ impl Overlay {
             trace: self.trace.as_ref(),
             caps: &report,
             target,
+            kept: &kept,
         };
         req.trace(|| {
             format!(
@@ -444,20 +456,20 @@ impl Overlay {
             Strategy::Detached => strategy::detached::assemble(req)?,
             Strategy::PrivateNs => strategy::private_ns::assemble(req)?,
             Strategy::HostStaged => {
-                let state_dir = self
-                    .state_dir
-                    .as_deref()
-                    .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR));
-                let (fd, left) = strategy::host_staged::assemble(req, state_dir)?;
+                let (fd, left) = strategy::host_staged::assemble(req, self.state_dir_or_default())?;
                 warnings = left;
                 fd
             }
             Strategy::Auto => unreachable!("choose::for_request resolves auto"),
         };
+        let kept = std::mem::take(&mut *req.kept.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(DetachedMount {
             fd,
             strategy: chosen,
             warnings,
+            footprint: kept.footprint,
+            pair: kept.pair,
+            state_dir: self.state_dir_or_default().to_path_buf(),
         })
     }
 
@@ -471,51 +483,59 @@ impl Overlay {
         let opened = open_target(target)?;
         self.check_target_outside_state_dir(&opened)?;
         self.with_request(Some(&opened), |req, chosen| {
-            if chosen == Strategy::Detached
-                && !self.per_layer_clones
-                && strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
-            {
-                return Ok(Mounted {
-                    target: target.to_path_buf(),
-                    strategy: chosen,
-                    warnings: Vec::new(),
-                });
+            if chosen == Strategy::Detached && !self.per_layer_clones {
+                if let Some(warnings) =
+                    strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
+                {
+                    return Ok(Mounted {
+                        target: target.to_path_buf(),
+                        strategy: chosen,
+                        warnings,
+                    });
+                }
             }
             self.assemble_with(req, chosen)?
                 .attach_to_fd(opened.fd.as_fd(), target)
         })
     }
 
-    /// A target inside the state dir could be taken for staging by `gc`,
-    /// and would put the overlay where only idoverlay's own mounts belong.
-    fn check_target_outside_state_dir(&self, target: &layer::OpenedDir) -> Result<()> {
-        let state_dir = self
-            .state_dir
+    /// The state dir host-staged uses and `gc` cleans.
+    fn state_dir_or_default(&self) -> &Path {
+        self.state_dir
             .as_deref()
-            .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR));
-        let (Ok(state_dir), Some(at)) = (
-            path::normalize(state_dir),
-            target
-                .canonical
-                .clone()
-                .or_else(|| sys::fd_path(target.fd.as_fd())),
-        ) else {
-            return Ok(());
-        };
-        // `/` is no state dir at all (refused where one is used).
-        if state_dir.as_ref() != Path::new("/") && at.starts_with(&state_dir) {
-            return Err(Error::invalid_path(
-                "target",
-                &target.path,
-                format!(
-                    "lies inside the state dir {}, which holds only idoverlay's own staging; \
-                     mount the overlay elsewhere",
-                    error::display_path(&state_dir)
-                ),
-            ));
-        }
-        Ok(())
+            .unwrap_or(Path::new(gc::DEFAULT_STATE_DIR))
     }
+
+    fn check_target_outside_state_dir(&self, target: &layer::OpenedDir) -> Result<()> {
+        check_target_outside_state_dir(self.state_dir_or_default(), target)
+    }
+}
+
+/// A target inside the state dir could be taken for staging by `gc`, and
+/// would put the overlay where only idoverlay's own mounts belong.
+fn check_target_outside_state_dir(state_dir: &Path, target: &layer::OpenedDir) -> Result<()> {
+    let (Ok(state_dir), Some(at)) = (
+        path::normalize(state_dir),
+        target
+            .canonical
+            .clone()
+            .or_else(|| sys::fd_path(target.fd.as_fd())),
+    ) else {
+        return Ok(());
+    };
+    // `/` is no state dir at all (refused where one is used).
+    if state_dir.as_ref() != Path::new("/") && at.starts_with(&state_dir) {
+        return Err(Error::invalid_path(
+            "target",
+            &target.path,
+            format!(
+                "lies inside the state dir {}, which holds only idoverlay's own staging; \
+                 mount the overlay elsewhere",
+                error::display_path(&state_dir)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An overlay attached at its target. Holds no fd: the mount stays until
@@ -539,6 +559,11 @@ pub struct DetachedMount {
     fd: OwnedFd,
     strategy: Strategy,
     warnings: Vec<String>,
+    /// What it is made of, to refuse a target among its own directories.
+    footprint: Option<layer::Footprint>,
+    /// Its upper and work dirs, claimed once it is attached.
+    pair: Option<(layer::OpenedDir, layer::OpenedDir)>,
+    state_dir: PathBuf,
 }
 
 impl DetachedMount {
@@ -551,9 +576,17 @@ impl DetachedMount {
     /// refused rather than followed), with `move_mount`, and closes the
     /// mount fd (an open fd would keep the mount busy). When attaching
     /// fails, the overlay is dropped, which unmounts it.
+    ///
+    /// The target is refused, as [`Overlay::mount`] refuses it, when it is
+    /// one of the overlay's layers, its upper or work dir, or inside one
+    /// (where they were when it was assembled), or inside the state dir.
     pub fn attach(self, target: impl AsRef<Path>) -> Result<Mounted> {
         let target = target.as_ref();
         let opened = open_target(target)?;
+        check_target_outside_state_dir(&self.state_dir, &opened)?;
+        if let Some(footprint) = &self.footprint {
+            footprint.check_target(&opened)?;
+        }
         self.attach_to_fd(opened.fd.as_fd(), target)
     }
 
@@ -586,10 +619,50 @@ impl DetachedMount {
                 ))
             }
         }
+        // The overlay's directories located here, by device and path on
+        // their filesystem, which mean the same in every mount namespace;
+        // the target located there, through a /proc that shows this
+        // thread (that namespace's own /proc may be another pid
+        // namespace's, or none).
+        let proc = sys::open_dir_path(sys::cwd(), Path::new("/proc"))
+            .map_err(|e| Error::os("open /proc", None, e))?;
+        let here = mountinfo::read_via(proc.as_fd())
+            .map_err(|e| Error::os("read the mount table", None, e))?;
+        let members = self
+            .footprint
+            .as_ref()
+            .map(|f| f.locate_all(&here))
+            .unwrap_or_default();
         threads::run_on_thread("attach", || {
             sys::enter_mount_ns(ns.as_fd())
                 .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
             let opened = open_target(target)?;
+            let cannot = |why: String| {
+                Error::invalid_path(
+                    "target",
+                    target,
+                    format!(
+                        "cannot be checked in mount namespace {} ({why}); nothing was attached",
+                        error::display_path(mount_ns)
+                    ),
+                )
+            };
+            let table = mountinfo::read_via(proc.as_fd())
+                .map_err(|e| cannot(format!("its mount table: {e}")))?;
+            let canonical = opened
+                .canonical
+                .clone()
+                .or_else(|| sys::fd_path_via(proc.as_fd(), Path::new(""), opened.fd.as_fd()))
+                .ok_or_else(|| cannot("where the target is".into()))?;
+            let at = opened
+                .stat
+                .mnt_id
+                .ok_or_else(|| cannot("no mount id from statx".into()))
+                .and_then(|id| {
+                    layer::FsLocation::on_mount(&canonical, id, &table)
+                        .map_err(|_| layer::not_in_table(layer::Role::Target, target))
+                })?;
+            layer::refuse_inside(target, &at, &members)?;
             self.attach_to_fd(opened.fd.as_fd(), target)
         })
     }
@@ -597,6 +670,14 @@ impl DetachedMount {
     fn attach_to_fd(self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<Mounted> {
         sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
             .map_err(|e| Error::os("attach the overlay at", Some(target), e))?;
+        if let Some((upper, work)) = &self.pair {
+            if let Err(taken) = strategy::in_use::claim(upper, work, self.fd.as_fd()) {
+                // Another overlay took the pair meanwhile: this one goes.
+                sys::detach_root_of(self.fd.as_fd())
+                    .map_err(|e| Error::os("unmount the overlay just attached", Some(target), e))?;
+                return Err(taken);
+            }
+        }
         Ok(Mounted {
             target: target.to_path_buf(),
             strategy: self.strategy,
@@ -705,6 +786,20 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         .map_err(|e| explain_target(target, &normal, e))?;
     let name = Path::new(name);
     let checked = check_overlay_root(parent_fd.as_fd(), name, target, &normal)?;
+    if !lazy {
+        if let Some(who) = others_can_rename_in(parent_fd.as_fd(), name) {
+            return Err(Error::invalid_path(
+                "target",
+                target,
+                format!(
+                    "is in a directory {who}: umount(2) names the mount by path, so they could \
+                     put another mount there between the last check and the unmount; nothing \
+                     was unmounted;"
+                ),
+            )
+            .with_advice(Advice::UnmountLazily));
+        }
+    }
     // Through the parent's fd: `/proc/thread-self/fd/P/NAME`, the last
     // component not followed.
     let in_parent = PathBuf::from(format!(
@@ -765,6 +860,54 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     })
 }
 
+/// Who besides root could rename `name` in `parent` (and so put another
+/// mount under that name), or `None` when nobody can: `parent` is owned by
+/// root and writable by nobody else, or sticky with `name` itself owned by
+/// root (in a sticky directory only an entry's owner may rename it); and
+/// not seen through an idmapped mount (whose owners are not the ones on
+/// disk). Unknown counts as someone.
+fn others_can_rename_in(parent: BorrowedFd<'_>, name: &Path) -> Option<String> {
+    let Ok(st) = sys::stat_fd(parent) else {
+        return Some("that cannot be inspected".into());
+    };
+    let idmapped = match sys::stat_fd_unique_mnt_id(parent).and_then(sys::statmount) {
+        Some(status) => status.attr & sys::MOUNT_ATTR_IDMAP != 0,
+        None => mountinfo::read_self().map_or(true, |table| {
+            table
+                .iter()
+                .find(|m| Some(m.mount_id) == st.mnt_id)
+                .is_none_or(|m| m.mount_options.split(',').any(|o| o == "idmapped"))
+        }),
+    };
+    if idmapped {
+        return Some("seen through an idmapped mount (its owners on disk are not known)".into());
+    }
+    if st.uid != 0 {
+        return Some(format!("owned by uid {}", st.uid));
+    }
+    let open_to_others = st.mode & 0o022 != 0;
+    if !open_to_others {
+        return None;
+    }
+    if st.mode & 0o1000 == 0 {
+        return Some(format!("others can write to (mode {:o})", st.mode & 0o7777));
+    }
+    // Sticky: who owns the directory the mount covers? Seen beneath the
+    // mount, in a clone of the parent's mount alone.
+    let owner = sys::clone_mount(parent, Path::new("."))
+        .and_then(|clone| sys::stat_nofollow(clone.as_fd(), name))
+        .map(|covered| covered.uid);
+    match owner {
+        Ok(0) => None,
+        Ok(uid) => Some(format!(
+            "others can write to (mode {:o}), and the directory under the mount is owned by uid \
+             {uid}, who may rename it",
+            st.mode & 0o7777
+        )),
+        Err(_) => Some(format!("others can write to (mode {:o})", st.mode & 0o7777)),
+    }
+}
+
 /// Opens `name` in `parent` (not following a symlink) and checks that it
 /// is the root of an overlay mount, and of the whole overlay (not a bind
 /// mount of a directory inside one).
@@ -807,8 +950,8 @@ fn check_overlay_root(
 /// mount `fd` is the root of: from `statmount` (6.8+), else the mount
 /// table. `None` when neither tells.
 fn mount_root_within_fs(fd: BorrowedFd<'_>) -> Option<PathBuf> {
-    if let Some(root) = sys::stat_fd_unique_mnt_id(fd).and_then(sys::statmount_root) {
-        return Some(root);
+    if let Some(status) = sys::stat_fd_unique_mnt_id(fd).and_then(sys::statmount) {
+        return Some(status.root);
     }
     let id = sys::stat_fd(fd).ok()?.mnt_id?;
     let table = mountinfo::read_self().ok()?;

@@ -104,6 +104,16 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
+/// The calling thread's mount table, read through `proc`, a procfs that
+/// shows this thread (opened before the thread entered another mount
+/// namespace, whose own /proc may be another pid namespace's). Bounded
+/// (64 MiB: some 400,000 mounts).
+pub fn read_via(proc: std::os::fd::BorrowedFd<'_>) -> crate::sys::SysResult<Vec<MountEntry>> {
+    let fd = crate::sys::open_read(proc, std::path::Path::new("thread-self/mountinfo"))?;
+    let bytes = crate::sys::read_at_most(std::os::fd::AsFd::as_fd(&fd), 64 << 20)?;
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
+}
+
 /// The calling thread's mount table.
 pub fn read_self() -> std::io::Result<Vec<MountEntry>> {
     // thread-self: a thread with a private mount namespace sees its own.

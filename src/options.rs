@@ -28,6 +28,47 @@ pub(crate) const LAYER_KEYS: [&str; 6] = [
     "datadir",
 ];
 
+/// Refuses an overlay parameter that must not reach the kernel as given
+/// (`shown` is how it is named in the message): layers and maps come from
+/// their own arguments, never as parameters, which would add a layer that
+/// is neither idmapped nor checked, or a work dir overlay empties unseen;
+/// `source` is idoverlay's; and what fsconfig cannot carry.
+pub(crate) fn check_param(key: &str, value: Option<&str>, shown: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid(
+            "option",
+            shown,
+            "has an empty key; write KEY or KEY=VALUE, separated by commas",
+        ));
+    }
+    if LAYER_KEYS.contains(&key) {
+        return Err(Error::invalid("option", shown, "names a layer")
+            .with_advice(crate::Advice::LayersNotAsOptions));
+    }
+    if matches!(key, "uidmap" | "gidmap") || key.eq_ignore_ascii_case("X-mount.idmap") {
+        return Err(Error::invalid("option", shown, "names an id map")
+            .with_advice(crate::Advice::MapsNotAsOptions));
+    }
+    if key == "source" {
+        return Err(Error::invalid(
+            "option",
+            shown,
+            "sets the mount's source, which idoverlay sets itself (\"overlay\"); leave it out",
+        ));
+    }
+    if key.len() > 255 || value.is_some_and(|v| v.len() > 255) {
+        return Err(Error::invalid(
+            "option",
+            shown,
+            "is longer than 255 bytes, the most fsconfig takes for a key or value",
+        ));
+    }
+    if key.contains('\0') || value.is_some_and(|v| v.contains('\0')) {
+        return Err(Error::invalid("option", shown, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
 /// Options understood by mount(8) itself, or by fstab and systemd, that
 /// never reach a filesystem; accepted and ignored, as mount(8) does.
 fn is_userspace_only(key: &str) -> bool {
@@ -106,36 +147,12 @@ pub(crate) fn parse_overlay_options(options: &str) -> Result<(Vec<OverlayParam>,
             Some((k, v)) => (k, Some(v)),
             None => (part, None),
         };
-        if key.is_empty() {
-            return Err(Error::invalid(
-                "option",
-                part,
-                "has an empty key; write KEY or KEY=VALUE, separated by commas",
-            ));
-        }
-        if LAYER_KEYS.contains(&key) {
-            return Err(Error::invalid("option", part, "names a layer")
-                .with_advice(crate::Advice::LayersNotAsOptions));
-        }
-        if matches!(key, "uidmap" | "gidmap") || key.eq_ignore_ascii_case("X-mount.idmap") {
-            return Err(Error::invalid("option", part, "names an id map")
-                .with_advice(crate::Advice::MapsNotAsOptions));
-        }
+        check_param(key, value, part)?;
         if value.is_none() && apply_mount_flag(&mut attrs, key) {
             continue;
         }
         if is_userspace_only(key) {
             continue;
-        }
-        if key.len() > 255 || value.is_some_and(|v| v.len() > 255) {
-            return Err(Error::invalid(
-                "option",
-                part,
-                "is longer than 255 bytes, the most fsconfig takes for a key or value",
-            ));
-        }
-        if key.contains('\0') || value.is_some_and(|v| v.contains('\0')) {
-            return Err(Error::invalid("option", part, "contains a NUL byte"));
         }
         params.push(OverlayParam {
             key: key.to_string(),

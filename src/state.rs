@@ -111,10 +111,12 @@ impl StateDir {
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
-        // on the parent directory; the check is repeated under it.
-        let lock = sys::open_dir_read(walked.parent.as_fd(), Path::new("."))
+        // on the (root-only, checked) directory the tmpfs goes over, which
+        // nobody else can open to hold its lock; the check is repeated
+        // under it.
+        let lock = sys::open_dir_read(leaf.as_fd(), Path::new("."))
             .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
-            .map_err(|e| Error::os("lock the state dir's parent", Some(path), e))?;
+            .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
         let leaf = open_leaf(path, walked.parent.as_fd(), &walked.name)?
             .ok_or_else(|| not_ours(path, "vanished while it was being opened"))?;
         check_leaf(path, &leaf)?;
@@ -313,6 +315,11 @@ fn verify_ours(path: &Path, root: OwnedFd) -> Result<StateDir> {
             marker.format, marker.version
         )));
     }
+    // Attaching made it shared when its parent mount is: made private
+    // right after, but a process killed in between leaves it shared, and
+    // staged mounts below it would propagate. So every open makes sure.
+    sys::make_mount_private(root.as_fd())
+        .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
     let mount_id = sys::stat_fd(root.as_fd()).ok().and_then(|st| st.mnt_id);
     Ok(StateDir {
         path: path.to_path_buf(),

@@ -199,3 +199,47 @@ fn errors_are_one_line_and_json_when_asked() {
         assert!(v["error"]["message"].as_str().unwrap().contains("size 0"));
     });
 }
+
+#[test]
+fn data_layers_from_flags_join_lower_layers_from_o() {
+    in_private_ns("cli::data_lower", |s| {
+        let dir = s.tmpfs_dir("d");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let data = dir.join("data");
+        write_file(&data.join("blob"), "only by redirect", 0o644, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let lowerdir = format!("lowerdir={}:{}", layers[0].display(), layers[1].display());
+        let out = idoverlay()
+            .args(["mount", "-o", &lowerdir, "--data-lower"])
+            .arg(&data)
+            .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let m = mounts()
+            .into_iter()
+            .find(|m| m.mount_point == target)
+            .expect("mounted");
+        // Two lower layers, then the data layer after `::` (or as datadir+).
+        assert!(
+            m.super_options.contains("::") || m.super_options.contains("datadir+"),
+            "the data layer is not in the overlay: {}",
+            m.super_options
+        );
+        run(std::process::Command::new("umount").arg(&target));
+        // Given both ways, data layers are refused as given twice.
+        let datadir = format!("{lowerdir},datadir+={}", data.display());
+        let out = idoverlay()
+            .args(["mount", "-o", &datadir, "--data-lower"])
+            .arg(&data)
+            .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("data layers"), "{}", stderr(&out));
+        assert!(mounts().iter().all(|m| m.mount_point != target));
+    });
+}

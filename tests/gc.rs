@@ -330,10 +330,15 @@ fn gc_beside_live_assemblies_removes_nothing_live() {
                     })
                 })
                 .collect();
-            for w in workers {
-                w.join().unwrap();
-            }
+            // Stop the sweeper even when a worker panicked (the scope waits
+            // for every thread before the panic goes on).
+            let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
             stop.store(true, Ordering::Relaxed);
+            for j in joined {
+                if let Err(p) = j {
+                    std::panic::resume_unwind(p);
+                }
+            }
         });
         eprintln!(
             "gc beside live assemblies: {} mounted, {} failed, {} gc sweeps",

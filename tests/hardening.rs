@@ -464,3 +464,268 @@ fn inside_a_user_namespace_own_filesystems_work_and_host_ones_are_refused_clearl
         assert!(mounts().iter().all(|m| m.mount_point != target));
     });
 }
+
+#[test]
+fn a_work_dir_holding_anything_overlay_did_not_leave_is_refused_and_kept() {
+    in_private_ns("hardening::work_contents", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let attempt = |name: &str, plant: &dyn Fn(&Path), says: &str| {
+            let c = dir.join(name);
+            mkdir(&c.join("upper"), 0o755, 0, 0);
+            mkdir(&c.join("work"), 0o755, 0, 0);
+            plant(&c.join("work"));
+            for strategy in [
+                Strategy::Detached,
+                Strategy::PrivateNs,
+                Strategy::HostStaged,
+            ] {
+                let print = fingerprint(&c.join("work"));
+                let before = mounts();
+                let e = Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .upper(c.join("upper"))
+                    .work(c.join("work"))
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(dir.join("state"))
+                    .mount(&target)
+                    .expect_err(name)
+                    .to_string();
+                assert!(
+                    e.contains("work dir") && e.contains(says),
+                    "{name} {strategy}: {e}"
+                );
+                assert!(!e.contains('\n'));
+                assert!(new_mounts(&before, &mounts())
+                    .iter()
+                    .all(|m| m.source == "idoverlay-state"));
+                assert_eq!(
+                    fingerprint_diff(&print, &fingerprint(&c.join("work"))),
+                    Vec::<String>::new(),
+                    "{name} {strategy}: the work dir changed"
+                );
+            }
+        };
+        // Files inside directories named like overlay's temporaries.
+        attempt(
+            "hex-dir",
+            &|w| write_file(&w.join("work/#1a/precious"), "keep", 0o644, 0, 0),
+            "work/#1a/precious",
+        );
+        attempt(
+            "index-hex-dir",
+            &|w| write_file(&w.join("index/#2b/precious"), "keep", 0o644, 0, 0),
+            "index/#2b/precious",
+        );
+        // A mount on work/, on index/, on an entry of work/: the check would
+        // read the mounted directory, overlay empties the one beneath.
+        let mount_on = |at: &Path| {
+            write_file(&at.join("beneath"), "keep", 0o644, 0, 0);
+            run(Command::new("mount").args(["-t", "tmpfs", "cover"]).arg(at));
+        };
+        attempt(
+            "work-mounted",
+            &|w| mount_on(&w.join("work")),
+            "mount point",
+        );
+        attempt(
+            "index-mounted",
+            &|w| mount_on(&w.join("index")),
+            "mount point",
+        );
+        attempt(
+            "entry-mounted",
+            &|w| mount_on(&w.join("work/#3c")),
+            "mount point",
+        );
+        for name in ["work-mounted", "index-mounted"] {
+            let sub = if name == "work-mounted" {
+                "work"
+            } else {
+                "index"
+            };
+            let at = dir.join(name).join("work").join(sub);
+            run(Command::new("umount").arg(&at));
+            assert!(at.join("beneath").exists(), "{name}");
+        }
+        let at = dir.join("entry-mounted/work/work/#3c");
+        run(Command::new("umount").arg(&at));
+        assert!(at.join("beneath").exists());
+        // What a crash leaves is overlay's own: a temporary dir of whiteouts.
+        let c = dir.join("crashed");
+        mkdir(&c.join("upper"), 0o755, 0, 0);
+        mkdir(&c.join("work/work/#4d"), 0o755, 0, 0);
+        run(Command::new("mknod")
+            .arg(c.join("work/work/#4d/gone"))
+            .args(["c", "0", "0"]));
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .upper(c.join("upper"))
+            .work(c.join("work"))
+            .idmap(map(), map())
+            .mount(&target)
+            .unwrap();
+        idoverlay::unmount_overlay(&target, false).unwrap();
+    });
+}
+
+#[test]
+fn parameters_never_name_layers_maps_or_the_source() {
+    in_private_ns("hardening::params", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        write_file(&dir.join("secret/shadow"), "root's", 0o600, 0, 0);
+        write_file(&dir.join("victim/work/precious"), "keep", 0o644, 0, 0);
+        mkdir(&dir.join("c/upper"), 0o755, 0, 0);
+        mkdir(&dir.join("c/work"), 0o755, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let secret = dir.join("secret").display().to_string();
+        let victim = dir.join("victim").display().to_string();
+        for (key, value) in [
+            ("lowerdir+", Some(secret.as_str())),
+            ("lowerdir", Some(secret.as_str())),
+            ("datadir+", Some(secret.as_str())),
+            ("workdir", Some(victim.as_str())),
+            ("upperdir", Some(victim.as_str())),
+            ("uidmap", Some("0:0:1")),
+            ("source", Some("mine")),
+        ] {
+            for assemble in [false, true] {
+                let before = mounts();
+                let overlay = Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .upper(dir.join("c/upper"))
+                    .work(dir.join("c/work"))
+                    .param(key, value)
+                    .idmap(map(), map());
+                let e = match assemble {
+                    false => overlay.mount(&target).map(|_| ()),
+                    true => overlay.assemble().map(|_| ()),
+                }
+                .expect_err(key);
+                assert_eq!(e.kind(), "invalid_input", "{key}: {e}");
+                assert!(e.to_string().contains(key), "{key}: {e}");
+                assert_eq!(new_mounts(&before, &mounts()), Vec::new());
+            }
+        }
+        assert!(dir.join("victim/work/precious").exists());
+    });
+}
+
+#[test]
+fn a_plain_umount_by_name_is_refused_where_others_could_rename() {
+    in_private_ns("hardening::umount_parent", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let mount_at = |t: &Path| {
+            Overlay::new()
+                .lowers(layers.iter().cloned())
+                .idmap(map(), map())
+                .mount(t)
+                .unwrap();
+        };
+        // Others may write the parent: refused, with the lazy way named.
+        for (name, mode, uid, target_uid) in [
+            ("open", 0o777, 0, 0),
+            ("owned", 0o755, 1000, 0),
+            ("sticky-theirs", 0o1777, 0, 1000),
+        ] {
+            let t = dir.join(name).join("t");
+            mkdir(&t, 0o755, target_uid, target_uid);
+            mkdir(&dir.join(name), mode, uid, uid);
+            mount_at(&t);
+            let e = idoverlay::unmount_overlay(&t, false).unwrap_err();
+            assert!(e.to_string().contains("lazily"), "{name}: {e}");
+            assert!(!e.to_string().contains('\n'));
+            assert!(mounts().iter().any(|m| m.mount_point == t), "{name}");
+            let out = idoverlay().arg("umount").arg(&t).output().unwrap();
+            refused(&out, 2, &["--lazy"]);
+            // Lazily it goes: through the fd of the very mount checked.
+            idoverlay::unmount_overlay(&t, true).unwrap();
+            assert!(mounts().iter().all(|m| m.mount_point != t), "{name}");
+        }
+        // Root's alone, or sticky with root's directory under the mount: fine.
+        for (name, mode) in [("roots", 0o755), ("sticky-roots", 0o1777)] {
+            let t = dir.join(name).join("t");
+            mkdir(&t, 0o755, 0, 0);
+            mkdir(&dir.join(name), mode, 0, 0);
+            mount_at(&t);
+            idoverlay::unmount_overlay(&t, false).unwrap();
+            assert!(mounts().iter().all(|m| m.mount_point != t), "{name}");
+        }
+    });
+}
+
+#[test]
+fn the_state_tmpfs_is_private_and_its_lock_is_idoverlays_alone() {
+    in_private_ns("hardening::state_tmpfs", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let parent = dir.join("run");
+        mkdir(&parent, 0o755, 0, 0);
+        let state = parent.join("idoverlay");
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let host_staged = || {
+            Overlay::new()
+                .lowers(layers.iter().cloned())
+                .idmap(map(), map())
+                .strategy(Strategy::HostStaged)
+                .state_dir(&state)
+                .mount(&target)
+        };
+        // Anyone may open the parent and hold a lock on it: no matter.
+        let mut holder = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
+            .arg(&parent)
+            .args(["sleep", "600"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On a thread of this one (in its mount namespace), so that a hang
+        // shows as a timeout rather than a stuck test.
+        let job = {
+            let (layers, state, target) = (layers.clone(), state.clone(), target.clone());
+            std::thread::spawn(move || {
+                let m = Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .idmap(map(), map())
+                    .strategy(Strategy::HostStaged)
+                    .state_dir(&state)
+                    .mount(&target);
+                let _ = tx.send(m.map(|m| m.strategy));
+            })
+        };
+        let done = rx.recv_timeout(std::time::Duration::from_secs(60));
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(matches!(done, Ok(Ok(Strategy::HostStaged))), "{done:?}");
+        job.join().unwrap();
+        idoverlay::unmount_overlay(&target, false).unwrap();
+        // A state tmpfs left shared (a crash right after attaching it):
+        // the next open makes it private again before anything is staged.
+        run(Command::new("mount").arg("--make-shared").arg(&state));
+        let shared =
+            |m: &mountinfo::MountEntry| m.mount_point == state && m.optional.contains("shared:");
+        assert!(mounts().iter().any(shared));
+        host_staged().unwrap();
+        assert!(!mounts().iter().any(shared), "still shared");
+        idoverlay::unmount_overlay(&target, false).unwrap();
+    });
+}
+
+#[test]
+fn without_a_readable_auxv_the_tool_refuses_as_if_set_uid() {
+    in_private_ns("hardening::auxv", |_| {
+        // In this test's mount namespace only: /proc covered.
+        run(Command::new("mount").args(["-t", "tmpfs", "no-proc", "/proc"]));
+        let out = idoverlay().arg("probe").output().unwrap();
+        run(Command::new("umount").arg("/proc"));
+        refused(&out, 4, &["auxv"]);
+    });
+}

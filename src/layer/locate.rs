@@ -46,6 +46,33 @@ impl FsLocation {
         })
     }
 
+    /// The location of a directory on the mount with id `mnt_id` (as
+    /// `statx` reports it), known by its canonical path; `Err` when this
+    /// mount namespace's table has no such mount (a detached mount, or
+    /// another namespace's, reached through `/proc/PID/fd`), or the
+    /// directory's path is not beneath where that mount is: then its
+    /// location cannot be told, and no path prefix may stand in for it.
+    pub fn on_mount(
+        canonical: &Path,
+        mnt_id: u64,
+        table: &[MountEntry],
+    ) -> std::result::Result<FsLocation, NotInTable> {
+        let mount = table
+            .iter()
+            .find(|m| m.mount_id == mnt_id)
+            .ok_or(NotInTable)?;
+        let canonical = canonical.as_os_str().as_bytes();
+        let canonical = match canonical.strip_suffix(b"/") {
+            Some(trimmed) if !trimmed.is_empty() => trimmed,
+            _ => canonical,
+        };
+        let rest = below(canonical, mount.mount_point.as_os_str().as_bytes()).ok_or(NotInTable)?;
+        Ok(FsLocation {
+            device: mount.device.clone(),
+            path: join(mount.root.as_os_str().as_bytes(), rest),
+        })
+    }
+
     /// The location of a directory on a mount whose root is the device's
     /// root — good for comparing directories on one mount, or on devices
     /// that differ (which never overlap).
@@ -78,6 +105,21 @@ impl FsLocation {
     pub fn overlaps(&self, other: &FsLocation) -> bool {
         self.within(other) || other.within(self)
     }
+}
+
+/// A directory on a mount this mount namespace's table does not show.
+#[derive(Debug)]
+pub struct NotInTable;
+
+/// The refusal of a directory whose mount is not in the table.
+pub(crate) fn not_in_table(role: Role, path: &Path) -> Error {
+    Error::invalid_path(
+        role.noun(),
+        path,
+        "is on a mount this mount namespace does not show (a detached mount, or another \
+         namespace's, reached through /proc/PID/fd?), so where it lies cannot be checked; \
+         give its path in this mount namespace",
+    )
 }
 
 /// One directory of the overlay, located, for [`check_located`].
@@ -401,20 +443,38 @@ pub(crate) fn check_overlaps(
         .chain(work.map(|d| d.stat))
         .chain(target.map(|d| d.stat))
         .collect();
+    // Devices and paths say it all unless one device is reached through
+    // two mounts (a bind mount: its root need not be the device's), or a
+    // filesystem's files report their subvolume's device: then the mount
+    // table locates each directory, by the mount `statx` says it is on.
     let aliased = stats
         .iter()
-        .any(|a| stats.iter().any(|b| a.dev == b.dev && a.mnt_id != b.mnt_id));
+        .any(|a| stats.iter().any(|b| a.dev == b.dev && a.mnt_id != b.mnt_id))
+        || plan
+            .groups
+            .iter()
+            .map(|g| g.fd.as_fd())
+            .chain(singles.iter().flatten().map(|d| d.fd.as_fd()))
+            .chain(
+                [upper, work, target]
+                    .into_iter()
+                    .flatten()
+                    .map(|d| d.fd.as_fd()),
+            )
+            .any(crate::fs_type::has_per_subvolume_devices);
     if aliased && table.is_none() {
         *table = crate::mountinfo::read_self().ok();
     }
     let table = table.as_deref();
-    let locate = |canonical: &Path, st: &sys::Stat| -> Option<FsLocation> {
-        match (aliased, table) {
-            (true, Some(t)) => FsLocation::of(canonical, t),
-            (true, None) => None,
-            (false, _) => Some(FsLocation::on_device(st.dev, canonical)),
-        }
-    };
+    let locate =
+        |canonical: &Path, st: &sys::Stat| -> std::result::Result<Option<FsLocation>, NotInTable> {
+            match (aliased, table, st.mnt_id) {
+                (true, Some(t), Some(id)) => FsLocation::on_mount(canonical, id, t).map(Some),
+                (true, Some(t), None) => Ok(FsLocation::of(canonical, t)),
+                (true, None, _) => Ok(None),
+                (false, _, _) => Ok(Some(FsLocation::on_device(st.dev, canonical))),
+            }
+        };
     let mut writable = [None, None, None];
     for (slot, (d, c)) in writable.iter_mut().zip([
         (upper, &upper_path),
@@ -422,7 +482,16 @@ pub(crate) fn check_overlaps(
         (target, &target_path),
     ]) {
         if let (Some(d), Some(c)) = (d, c) {
-            *slot = locate(c, &d.stat).map(|at| Located {
+            // The target may have been opened in the caller's mount
+            // namespace while this runs in a private copy of it (private-ns),
+            // whose mounts have other ids but the same layout: located by
+            // its path there.
+            let at = match (locate(c, &d.stat), d.role, table) {
+                (Ok(at), _, _) => at,
+                (Err(_), Role::Target, Some(t)) => FsLocation::of(c, t),
+                (Err(_), _, _) => return Err(not_in_table(d.role, &d.path)),
+            };
+            *slot = at.map(|at| Located {
                 path: &d.path,
                 role: d.role,
                 number: 0,
@@ -431,16 +500,27 @@ pub(crate) fn check_overlaps(
         }
     }
     let [u, w, t] = writable;
-    let mut groups: Vec<Option<LocatedGroup<'_>>> = roots
-        .iter()
-        .map(|r| {
-            let (canonical, st) = r.as_ref()?;
-            Some(LocatedGroup {
-                root: locate(canonical, st)?,
-                members: Vec::new(),
-            })
-        })
-        .collect();
+    let mut groups: Vec<Option<LocatedGroup<'_>>> = Vec::with_capacity(roots.len());
+    for (k, r) in roots.iter().enumerate() {
+        let Some((canonical, st)) = r else {
+            groups.push(None);
+            continue;
+        };
+        let root = locate(canonical, st).map_err(|_| {
+            let (path, role) = plan
+                .layers
+                .iter()
+                .enumerate()
+                .find(|(i, _)| plan.rel(*i).is_some_and(|(g, _)| g == k))
+                .map(|(_, (path, role))| (path, role))
+                .unwrap_or((plan.groups[k].path.as_path(), Role::Lower));
+            not_in_table(role, path)
+        })?;
+        groups.push(root.map(|root| LocatedGroup {
+            root,
+            members: Vec::new(),
+        }));
+    }
     // Layers beneath one root were checked against each other by the plan
     // (by name); a group's members are listed only when something else
     // meets its root: the upper or work dir, a layer on its own, another
@@ -470,7 +550,9 @@ pub(crate) fn check_overlaps(
                 }
                 None => {
                     let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
-                        (Some(d), Some(c)) => locate(c, &d.stat),
+                        (Some(d), Some(c)) => {
+                            locate(c, &d.stat).map_err(|_| not_in_table(role, path))?
+                        }
                         _ => None,
                     };
                     if let Some(at) = at {

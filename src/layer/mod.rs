@@ -10,6 +10,7 @@
 //! one root by a linear check (`clash`).
 
 mod clash;
+mod footprint;
 mod locate;
 mod open;
 mod plan;
@@ -19,7 +20,8 @@ use std::path::PathBuf;
 
 use crate::sys::Stat;
 
-pub(crate) use locate::check_overlaps;
+pub(crate) use footprint::{refuse_inside, Footprint};
+pub(crate) use locate::{check_overlaps, not_in_table, FsLocation};
 pub(crate) use open::open_dir;
 pub(crate) use plan::{plan, Grouping, Layers, Placement, Plan};
 
@@ -68,4 +70,17 @@ pub(crate) struct OpenedDir {
     /// Its canonical path, when known without asking the kernel (no
     /// symlink on the way: the normalized path as given).
     pub canonical: Option<PathBuf>,
+}
+
+impl OpenedDir {
+    /// The same directory through a new fd (`dup`).
+    pub fn try_clone(&self) -> crate::sys::SysResult<OpenedDir> {
+        Ok(OpenedDir {
+            path: self.path.clone(),
+            role: self.role,
+            fd: crate::sys::dup(std::os::fd::AsFd::as_fd(&self.fd))?,
+            stat: self.stat,
+            canonical: self.canonical.clone(),
+        })
+    }
 }

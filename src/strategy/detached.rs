@@ -35,13 +35,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::upper_work::{kernel_name, upper_work_clone, UpperWork};
+use super::upper_work::{upper_work_clone, upper_work_mount_data, upper_work_names, UpperWork};
 use super::{prepare, retry_on_its_own, Prepared, Request, Share};
-use crate::error::{Error, Result};
+use crate::error::{display_path, Error, Result};
 use crate::layer::{OpenedDir, Placement, Role};
 use crate::overlayfs::{
-    escape_dir_value, escape_lower, fd_link, idmapped_clone, role_key, OverlayContext,
-    FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
+    escape_lower, idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
 };
 use crate::sys::{self, MountAttrs};
 
@@ -400,7 +399,7 @@ fn mount_here(job: MountJob, fs: crate::cwd::FsStruct) -> sys::SysResult<()> {
 
 /// Mounts the overlay straight at `target` with one `mount(2)` whose
 /// `lowerdir=` names the layers relative to a working directory inside
-/// their clone. Returns `Ok(false)` when this path does not apply (a
+/// their clone. Returns the warnings, or `Ok(None)` when this path does not apply (a
 /// parameter mount(2) cannot carry, options over one page, the kernel
 /// refusing): the caller then assembles and attaches, which also brings
 /// back the kernel's own message for a real error.
@@ -408,13 +407,13 @@ pub(crate) fn mount_at(
     req: &Request<'_>,
     target: BorrowedFd<'_>,
     target_path: &Path,
-) -> Result<bool> {
+) -> Result<Option<Vec<String>>> {
     if req
         .params
         .iter()
         .any(|p| p.key.contains(',') || p.value.as_deref().is_some_and(|v| v.contains(',')))
     {
-        return Ok(false);
+        return Ok(None);
     }
     let with_creator = req.upper.is_some() && req.idmap_upper;
     // The calling thread can lend its working directory when no other
@@ -437,7 +436,7 @@ pub(crate) fn mount_at(
         Ok(clones) => clones,
         Err(e) => {
             req.trace(|| format!("fast path: {e}; assembling instead"));
-            return Ok(false);
+            return Ok(None);
         }
     };
     let cwd_group = clones.busiest_group(&prepared);
@@ -472,16 +471,12 @@ pub(crate) fn mount_at(
         }
     }
     if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
-        // The very directories opened and checked: by real path only when
-        // nobody but root can redirect it, else by fd (see `kernel_name`).
-        let (up, wk): (Vec<u8>, Vec<u8>) = match &clones.upper_work {
-            Some(pair) => (fd_link(pair.upper.as_fd()), fd_link(pair.work.as_fd())),
-            None => (kernel_name(upper), kernel_name(work)),
-        };
-        data.extend_from_slice(b",upperdir=");
-        data.extend_from_slice(&escape_dir_value(&up, true));
-        data.extend_from_slice(b",workdir=");
-        data.extend_from_slice(&escape_dir_value(&wk, true));
+        data.push(b',');
+        data.extend_from_slice(&upper_work_mount_data(upper_work_names(
+            upper,
+            work,
+            clones.upper_work.as_ref(),
+        )));
     }
     for p in req.params {
         data.push(b',');
@@ -492,10 +487,10 @@ pub(crate) fn mount_at(
         }
     }
     if data.len() > MOUNT_DATA_MAX {
-        return Ok(false);
+        return Ok(None);
     }
     let Ok(data) = CString::new(data) else {
-        return Ok(false);
+        return Ok(None);
     };
     let creator = match with_creator {
         true => Some(super::mounter_ids(req.userns)?),
@@ -519,7 +514,7 @@ pub(crate) fn mount_at(
         Ok(()) => {}
         Err(e) => {
             req.trace(|| format!("mount(2) fast path refused ({e}); assembling instead"));
-            return Ok(false);
+            return Ok(None);
         }
     }
     req.trace(|| {
@@ -531,37 +526,90 @@ pub(crate) fn mount_at(
         };
         format!("mount(2) at the target, layers named inside their clone, {from}: ok")
     });
-    take_down_if_read_only(req, &prepared, target_path).map(|()| true)
+    after_mount(req, &prepared, target, target_path).map(Some)
 }
 
-/// A writable overlay that came up read-only (overlay could not use its
-/// work dir) is taken back down and refused: the mount table ends as it
-/// began.
-fn take_down_if_read_only(
+/// After the mount(2) at the target: overlay falls back to a read-only
+/// superblock when it cannot write its work dir, and mount(2) does not say
+/// so; and the upper and work dirs are claimed for this overlay
+/// ([`in_use::claim`]). Either refusal takes the overlay down again. Only
+/// ever the overlay this call mounted: the mount the target path leads to
+/// now must be an overlay's whole root, attached to the target fd's own
+/// mount, where the target fd's directory is (checked before and after);
+/// else it is left alone, and a warning says it could not be checked.
+/// Returns the warnings.
+fn after_mount(
     req: &Request<'_>,
     prepared: &Prepared<'_>,
+    target: BorrowedFd<'_>,
     target_path: &Path,
-) -> Result<()> {
-    if prepared.upper.is_none() || req.attrs.contains(MountAttrs::READ_ONLY) {
-        return Ok(());
+) -> Result<Vec<String>> {
+    let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) else {
+        return Ok(Vec::new());
+    };
+    let unchecked = || {
+        vec![format!(
+            "could not check the overlay mounted at {}: that path no longer leads to it \
+             (renamed meanwhile?), so neither that it is writable (overlay mounts read-only \
+             when it cannot write its work dir) nor that its upper dir serves it alone",
+            display_path(target_path)
+        )]
+    };
+    let Ok(root) = sys::open_dir_path(sys::cwd(), target_path) else {
+        return Ok(unchecked());
+    };
+    if !is_the_overlay_just_mounted(root.as_fd(), target) {
+        return Ok(unchecked());
     }
-    // The common answer in one call; a read-only one (or none) is looked
-    // at closer, through an fd of the overlay's root.
-    if sys::writable_at(target_path) == Ok(true) {
-        return Ok(());
+    let refused = match req.attrs.contains(MountAttrs::READ_ONLY) {
+        true => Ok(()),
+        false => crate::overlayfs::check_writable(&root),
     }
-    let root = sys::open_dir_path(sys::cwd(), target_path)
-        .map_err(|e| Error::os("inspect the new overlay", Some(target_path), e))?;
-    if let Err(refusal) = crate::overlayfs::check_writable(&root) {
-        // Ours, made a moment ago: taken out again before the refusal returns.
-        sys::detach_root_of(root.as_fd()).map_err(|e| {
-            Error::os(
-                "unmount the read-only overlay just made",
-                Some(target_path),
-                e,
-            )
-        })?;
+    .and_then(|()| super::in_use::claim(upper, work, root.as_fd()));
+    if let Err(refusal) = refused {
+        // Ours, made a moment ago: taken out again, through its own fd,
+        // before the refusal returns.
+        sys::detach_root_of(root.as_fd())
+            .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
         return Err(refusal);
     }
-    Ok(())
+    Ok(Vec::new())
+}
+
+/// Whether `root` is the root of a whole overlay mounted right on the
+/// directory `target` is (attached to `target`'s mount, at its path, the
+/// path read before and after): the overlay mount(2) at
+/// `/proc/thread-self/fd/TARGET` just made, and not whatever a rename put
+/// at the target's path since. From `statmount` (6.8+), else the mount
+/// table.
+fn is_the_overlay_just_mounted(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> bool {
+    let Some(at) = sys::fd_path(target) else {
+        return false;
+    };
+    if crate::fs_type::of_fd(root) != "overlay" {
+        return false;
+    }
+    let attached_there = match (
+        sys::stat_fd_unique_mnt_id(root).and_then(sys::statmount),
+        sys::stat_fd_unique_mnt_id(target),
+    ) {
+        (Some(ours), Some(target_mount)) => {
+            ours.parent_id == target_mount && ours.point == at && ours.root == Path::new("/")
+        }
+        _ => {
+            let (Ok(ours), Ok(target_st)) = (sys::stat_fd(root), sys::stat_fd(target)) else {
+                return false;
+            };
+            let Ok(table) = crate::mountinfo::read_self() else {
+                return false;
+            };
+            table.iter().any(|m| {
+                Some(m.mount_id) == ours.mnt_id
+                    && Some(m.parent_id) == target_st.mnt_id
+                    && m.mount_point == at
+                    && m.root == Path::new("/")
+            })
+        }
+    };
+    attached_there && sys::fd_path(target).as_deref() == Some(at.as_path())
 }

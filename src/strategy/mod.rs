@@ -18,6 +18,7 @@ use crate::userns::UserNamespace;
 
 pub(crate) mod detached;
 pub(crate) mod host_staged;
+pub(crate) mod in_use;
 mod kind;
 pub(crate) mod private_ns;
 pub(crate) mod staged;
@@ -46,6 +47,19 @@ pub(crate) struct Request<'a> {
     /// Where the overlay will be mounted, when the caller said
     /// ([`crate::Overlay::mount`]): checked against the layers, upper and work.
     pub target: Option<&'a OpenedDir>,
+    /// Receives what the attach needs from the assembly (see [`Kept`]).
+    pub kept: &'a std::sync::Mutex<Kept>,
+}
+
+/// What an assembly hands on to the attach of its overlay.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    /// Without a target ([`crate::Overlay::assemble`]): what the overlay is
+    /// made of, to check the target it is attached at later.
+    pub footprint: Option<layer::Footprint>,
+    /// The upper and work dirs as opened, to claim once attached
+    /// ([`in_use::claim`]).
+    pub pair: Option<(OpenedDir, OpenedDir)>,
 }
 
 impl Request<'_> {
@@ -70,6 +84,20 @@ impl Prepared<'_> {
     /// Layer `i` opened on its own, when it was planned so.
     pub fn single(&self, i: usize) -> Option<&OpenedDir> {
         self.singles.get(i).and_then(Option::as_ref)
+    }
+}
+
+/// Whether the calling thread has a mount namespace other than the
+/// process's main thread.
+fn in_a_mount_ns_of_its_own() -> bool {
+    let ns = |p: &str| {
+        crate::sys::open_read(crate::sys::cwd(), Path::new(p))
+            .and_then(|fd| crate::sys::stat_fd(std::os::fd::AsFd::as_fd(&fd)))
+            .map(|st| (st.dev, st.ino))
+    };
+    match (ns("/proc/thread-self/ns/mnt"), ns("/proc/self/ns/mnt")) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
     }
 }
 
@@ -138,6 +166,24 @@ pub(crate) fn prepare<'a>(
         req.target,
         &mut table,
     )?;
+    {
+        let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if req.target.is_none() {
+            // In a mount namespace of its own (private-ns), the mounts seen
+            // here are copies the caller's table will not show: located now.
+            let here_only = table.as_deref().filter(|_| in_a_mount_ns_of_its_own());
+            kept.footprint = Some(layer::Footprint::of(
+                &plan,
+                &singles,
+                upper.as_ref(),
+                work.as_ref(),
+                here_only,
+            ));
+        }
+        if let (Some(u), Some(w)) = (&upper, &work) {
+            kept.pair = u.try_clone().ok().zip(w.try_clone().ok());
+        }
+    }
     req.trace(|| {
         let shared = plan
             .placement

@@ -17,17 +17,36 @@ use std::path::Path;
 use super::staged::{self, Stage};
 use super::Request;
 use crate::error::{Error, Result};
+use crate::layer::{OpenedDir, Role};
 use crate::overlayfs::OverlayContext;
 use crate::sys::{self, MountAttrs};
 
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
     let ctx = OverlayContext::new(req.params)?;
-    crate::threads::run_on_thread("private-ns", || in_private_namespace(req, ctx))
+    // The claims on upper and work name mounts of this namespace, which
+    // the private one does not show: checked here, on directories the
+    // private namespace must then find to be the very same.
+    let pair = match (req.upper, req.work) {
+        (Some(u), Some(w)) => {
+            let (u, w) = (
+                crate::layer::open_dir(u, Role::Upper)?,
+                crate::layer::open_dir(w, Role::Work)?,
+            );
+            super::in_use::check_claims(&u, &w)?;
+            Some((u, w))
+        }
+        _ => None,
+    };
+    crate::threads::run_on_thread("private-ns", || in_private_namespace(req, ctx, pair))
 }
 
 /// Runs on the dedicated thread; everything it mounts dies with it.
-fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedFd> {
+fn in_private_namespace(
+    req: &Request<'_>,
+    ctx: OverlayContext,
+    checked: Option<(OpenedDir, OpenedDir)>,
+) -> Result<OwnedFd> {
     sys::unshare_mount_ns().map_err(|e| {
         Error::os("give a helper thread its own mount namespace", None, e)
             .with_hint("a seccomp policy may forbid unshare")
@@ -40,6 +59,17 @@ fn in_private_namespace(req: &Request<'_>, ctx: OverlayContext) -> Result<OwnedF
     // overlay takes only mounts of the caller's namespace), before anything
     // is mounted, so bad input changes nothing even here.
     let prepared = staged::prepare_for_staging(req)?;
+    if let (Some((u, w)), Some(pu), Some(pw)) = (&checked, &prepared.upper, &prepared.work) {
+        for (before, now) in [(u, pu), (w, pw)] {
+            if !before.stat.same_inode(&now.stat) {
+                return Err(Error::invalid_path(
+                    now.role.noun(),
+                    &now.path,
+                    "changed while it was being opened (renamed meanwhile?); nothing was mounted",
+                ));
+            }
+        }
+    }
 
     // The staging tmpfs, over "/" of this namespace: absolute paths still
     // start at the old root, while names relative to the working directory

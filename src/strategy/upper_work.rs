@@ -2,17 +2,15 @@
 //! nothing overlay would delete, not in use by another overlay), and handed
 //! to overlay as the very directories checked.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::Request;
 use crate::error::{display_path, Error, Result};
 use crate::layer::OpenedDir;
-use crate::overlayfs::{
-    escape_dir_value, fd_link, idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX,
-};
+use crate::overlayfs::{escape_dir_value, fd_link, idmapped_clone, role_key, OverlayContext};
 use crate::sys::{self, MountAttrs};
 
 /// Refuses an upper/work pair overlay cannot use safely.
@@ -36,7 +34,7 @@ pub(crate) fn check_upper_work(upper: &OpenedDir, work: &OpenedDir) -> Result<()
         ));
     }
     let work_used = check_work_contents(work)?;
-    check_not_in_use(upper, work, work_used)
+    super::in_use::check_not_in_use(upper, work, work_used)
 }
 
 /// overlay puts only these entries in its work dir; anything else means the
@@ -85,57 +83,6 @@ fn check_work_contents(work: &OpenedDir) -> Result<bool> {
     Ok(names.iter().any(|n| n == "work" || n == "index"))
 }
 
-/// Refuses an upper or work dir that another overlay uses now: overlay
-/// itself only logs "is in-use … undefined behavior" unless `index=on`,
-/// and two overlays writing one upper corrupt each other. Found by
-/// filesystem identity, not by name: the upperdir and workdir of every
-/// overlay in this mount namespace's table are resolved (without a magic
-/// link) to device and inode, and compared with both of ours.
-///
-/// The table is read only when the pair shows signs of earlier use: the
-/// `work/` or `index/` overlay leaves in a work dir, or the
-/// `trusted.overlay.uuid` it puts on an upper (6.6+). A fresh pair costs
-/// nothing. Not seen: overlays in other mount namespaces, and ones given
-/// their upper by fd magic link (as idoverlay does only when an
-/// unprivileged user could redirect the real path).
-fn check_not_in_use(upper: &OpenedDir, work: &OpenedDir, work_used: bool) -> Result<()> {
-    let upper_used = || sys::has_xattr(upper.fd.as_fd(), c"trusted.overlay.uuid").unwrap_or(true);
-    if !work_used && !upper_used() {
-        return Ok(());
-    }
-    let Ok(table) = crate::mountinfo::read_self() else {
-        return Ok(());
-    };
-    for entry in table.iter().filter(|m| m.fs_type == "overlay") {
-        let (their_upper, their_work) = crate::mountinfo::overlay_upper_work(entry);
-        for (theirs, their_role) in [(their_upper, "upper"), (their_work, "work")] {
-            let Some(theirs) = theirs.filter(|p| p.is_absolute() && !p.starts_with("/proc")) else {
-                continue;
-            };
-            let Ok(st) =
-                sys::open_dir_no_magiclinks(&theirs).and_then(|fd| sys::stat_fd(fd.as_fd()))
-            else {
-                continue;
-            };
-            for ours in [upper, work] {
-                if st.same_inode(&ours.stat) {
-                    return Err(Error::invalid_path(
-                        ours.role.noun(),
-                        &ours.path,
-                        format!(
-                            "is in use as the {their_role} dir of the overlay mounted at {}; an \
-                             upper and work pair serves one overlay at a time: unmount that one \
-                             first, or give this overlay its own",
-                            display_path(&entry.mount_point)
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// overlay's temporary names: `#` and lowercase hex (`ovl_tempname`); and
 /// the `incompat` dir of a volatile mount.
 fn overlay_temp_name(name: &[u8]) -> bool {
@@ -150,8 +97,13 @@ fn overlay_index_name(name: &[u8]) -> bool {
     overlay_temp_name(name) || (!name.is_empty() && name.iter().all(u8::is_ascii_hexdigit))
 }
 
-/// `dir` inside the work dir is a directory holding only names overlay
-/// gives (anything else there it would delete).
+/// `dir` inside the work dir holds only what overlay itself leaves there,
+/// so nothing overlay deletes when it mounts is anyone's data: names
+/// overlay gives (`overlays_own`); a directory among them holding nothing
+/// but whiteouts (what a crash leaves of a directory overlay was removing);
+/// no mount point anywhere. overlay looks these names up without crossing
+/// a mount, so a mount on `work/` or on an entry would show this check an
+/// empty directory while overlay empties the one beneath it.
 fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bool) -> Result<()> {
     let refuse = |what: String| {
         Error::invalid_path(
@@ -163,19 +115,48 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
             ),
         )
     };
-    let sub = match sys::open_dir_read(work.fd.as_fd(), Path::new(dir)) {
-        Ok(sub) => sub,
+    let failed = |e| Error::os("read work dir", Some(&work.path), e);
+    // Opened without crossing a mount, as overlay looks it up.
+    let open = |parent: BorrowedFd<'_>, name: &Path, shown: &str| match sys::open_dir_beneath(
+        parent, name,
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.errno == libc::EXDEV => Err(refuse(format!(
+            "{shown}, a mount point (overlay would empty the directory beneath the mount)"
+        ))),
         Err(e) if matches!(e.errno, libc::ENOTDIR | libc::ELOOP) => {
-            return Err(refuse(format!("a {dir:?} that is not a directory")))
+            Err(refuse(format!("a {shown:?} that is not a directory")))
         }
-        Err(e) => return Err(Error::os("read work dir", Some(&work.path), e)),
+        Err(e) => Err(failed(e)),
     };
-    let names = sys::dir_entries_from(sub.as_fd())
-        .map_err(|e| Error::os("read work dir", Some(&work.path), e))?;
-    match names.iter().find(|n| !overlays_own(n.as_bytes())) {
-        Some(name) => Err(refuse(format!("{dir}/{}", name.to_string_lossy()))),
-        None => Ok(()),
+    let sub = open(work.fd.as_fd(), Path::new(dir), dir)?;
+    let sub_st = sys::stat_fd(sub.as_fd()).map_err(failed)?;
+    let on_other_mount = |st: &sys::Stat| {
+        st.mount_root == Some(true) || st.mnt_id != sub_st.mnt_id || st.dev != sub_st.dev
+    };
+    for name in sys::dir_entries(sub.as_fd()).map_err(failed)? {
+        let shown = format!("{dir}/{}", name.to_string_lossy());
+        if !overlays_own(name.as_bytes()) {
+            return Err(refuse(shown));
+        }
+        let st = sys::stat_nofollow(sub.as_fd(), Path::new(&name)).map_err(failed)?;
+        if on_other_mount(&st) {
+            return Err(refuse(format!(
+                "{shown}, a mount point (overlay would empty what is beneath the mount)"
+            )));
+        }
+        if !st.is_dir() {
+            continue;
+        }
+        let inner = open(sub.as_fd(), Path::new(&name), &shown)?;
+        for entry in sys::dir_entries(inner.as_fd()).map_err(failed)? {
+            let est = sys::stat_nofollow(inner.as_fd(), Path::new(&entry)).map_err(failed)?;
+            if !est.is_whiteout() || on_other_mount(&est) {
+                return Err(refuse(format!("{shown}/{}", entry.to_string_lossy())));
+            }
+        }
     }
+    Ok(())
 }
 
 /// Upper and work reached through one idmapped clone of a directory above
@@ -280,12 +261,9 @@ impl<'a> UpperWorkRefs<'a> {
     }
 
     /// The two names for overlay's string interfaces (see
-    /// [`kernel_name`]); through the idmapped clone, its fds' magic links.
+    /// [`upper_work_names`]).
     pub fn names(&self) -> (Vec<u8>, Vec<u8>) {
-        match &self.idmapped {
-            Some(pair) => (fd_link(pair.upper.as_fd()), fd_link(pair.work.as_fd())),
-            None => (kernel_name(self.upper), kernel_name(self.work)),
-        }
+        upper_work_names(self.upper, self.work, self.idmapped.as_ref())
     }
 
     /// Hands both to `ctx`: by fd where the kernel takes them (6.13+; then
@@ -316,71 +294,33 @@ impl<'a> UpperWorkRefs<'a> {
 
     /// `upperdir=…,workdir=…` for mount(2) data, escaped.
     pub fn mount_data(&self) -> Vec<u8> {
-        let (up, wk) = self.names();
-        let mut data = b"upperdir=".to_vec();
-        data.extend_from_slice(&escape_dir_value(&up, true));
-        data.extend_from_slice(b",workdir=");
-        data.extend_from_slice(&escape_dir_value(&wk, true));
-        data
+        upper_work_mount_data(self.names())
     }
 }
 
-/// How overlay's string interfaces name a directory that was opened and
-/// checked: its real path when nobody but root can change what that path
-/// leads to (then the mount table shows where it really is), else the
-/// magic link of its fd, which leads to exactly it.
-pub(crate) fn kernel_name(dir: &OpenedDir) -> Vec<u8> {
-    let canonical = dir
-        .canonical
-        .clone()
-        .or_else(|| sys::fd_path(dir.fd.as_fd()));
-    match canonical {
-        Some(path)
-            if escape_dir_value(path.as_os_str().as_bytes(), true).len() <= FSCONFIG_VALUE_MAX
-                && only_root_can_redirect(&path, &dir.stat) =>
-        {
-            path.into_os_string().into_vec()
-        }
-        _ => fd_link(dir.fd.as_fd()),
+/// How overlay's string interfaces name the upper and work dirs: the magic
+/// links of the very fds opened and checked (with an idmapped upper, of the
+/// two beneath their clone). Never a real path: even one that only root
+/// can change is looked up again by the kernel, and a path through an
+/// idmapped mount, a rename by root's own tooling, or another mount
+/// namespace's view can lead elsewhere by then — and overlay empties
+/// `work/` of whatever directory its work dir name leads to.
+pub(crate) fn upper_work_names(
+    upper: &OpenedDir,
+    work: &OpenedDir,
+    idmapped: Option<&UpperWork>,
+) -> (Vec<u8>, Vec<u8>) {
+    match idmapped {
+        Some(pair) => (fd_link(pair.upper.as_fd()), fd_link(pair.work.as_fd())),
+        None => (fd_link(upper.fd.as_fd()), fd_link(work.fd.as_fd())),
     }
 }
 
-/// Whether nobody but root can change what `canonical` leads to, and it
-/// leads to `expected` now: every directory from `/` down is reached
-/// without a symlink, owned by root and writable by nobody else — or
-/// sticky, and then what follows in it is root's too (in a sticky
-/// directory only an entry's owner may rename it).
-fn only_root_can_redirect(canonical: &Path, expected: &sys::Stat) -> bool {
-    let bytes = canonical.as_os_str().as_bytes();
-    if bytes.first() != Some(&b'/') {
-        return false;
-    }
-    // "/", "/a", "/a/b", …, then the path itself.
-    let mut prefixes: Vec<&[u8]> = vec![b"/"];
-    prefixes.extend(
-        (1..bytes.len())
-            .filter(|&i| bytes[i] == b'/')
-            .map(|i| &bytes[..i]),
-    );
-    if bytes.len() > 1 {
-        prefixes.push(bytes);
-    }
-    let mut in_open_sticky_dir = false;
-    for (k, prefix) in prefixes.iter().enumerate() {
-        let Ok(st) = sys::stat_nofollow(sys::cwd(), Path::new(OsStr::from_bytes(prefix))) else {
-            return false;
-        };
-        if !st.is_dir() || (in_open_sticky_dir && st.uid != 0) {
-            return false;
-        }
-        if k == prefixes.len() - 1 {
-            return st.same_inode(expected);
-        }
-        let open = st.mode & 0o022 != 0;
-        if st.uid != 0 || (open && st.mode & 0o1000 == 0) {
-            return false;
-        }
-        in_open_sticky_dir = open;
-    }
-    false
+/// `upperdir=…,workdir=…` for mount(2) data, escaped.
+pub(crate) fn upper_work_mount_data((upper, work): (Vec<u8>, Vec<u8>)) -> Vec<u8> {
+    let mut data = b"upperdir=".to_vec();
+    data.extend_from_slice(&escape_dir_value(&upper, true));
+    data.extend_from_slice(b",workdir=");
+    data.extend_from_slice(&escape_dir_value(&work, true));
+    data
 }

@@ -68,32 +68,23 @@ pub fn open_dir_no_symlinks(path: &Path, readable: bool) -> SysResult<OwnedFd> {
     ))
 }
 
-/// `openat2(AT_FDCWD, path, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS)`:
-/// a directory named by a path that must not go through `/proc`'s magic
-/// links (which would name this process's own fds).
-pub fn open_dir_no_magiclinks(path: &Path) -> SysResult<OwnedFd> {
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    rustix::fs::openat2(
-        cwd(),
-        path,
-        flags,
-        Mode::empty(),
-        ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(fail("openat2", || {
-        format!(
-            "AT_FDCWD, {}, O_PATH|O_DIRECTORY|O_CLOEXEC, RESOLVE_NO_MAGICLINKS",
-            path_arg(path)
-        )
-    }))
-}
-
 /// Where an fd points, as the kernel names it in this thread's mount
 /// namespace (`readlink /proc/thread-self/fd/N`); `None` when /proc is not
 /// there or the path is not reachable.
 pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
-    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
-    let target = rustix::fs::readlinkat(cwd(), link.as_str(), Vec::new()).ok()?;
+    fd_path_via(cwd(), Path::new("/proc"), fd)
+}
+
+/// [`fd_path`] through `proc` (`dirfd` and a path to a procfs that shows
+/// this thread, e.g. one opened before entering another mount namespace):
+/// `readlinkat(proc, "thread-self/fd/N")`.
+pub fn fd_path_via(
+    dirfd: BorrowedFd<'_>,
+    proc: &Path,
+    fd: BorrowedFd<'_>,
+) -> Option<std::path::PathBuf> {
+    let link = proc.join(format!("thread-self/fd/{}", fd.as_raw_fd()));
+    let target = rustix::fs::readlinkat(dirfd, &link, Vec::new()).ok()?;
     let path = std::path::PathBuf::from(OsStr::from_bytes(target.as_bytes()));
     path.is_absolute().then_some(path)
 }
@@ -234,6 +225,50 @@ pub fn has_xattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<bool> {
     }
 }
 
+/// `getxattr("/proc/thread-self/fd/N", name)` of at most `max` bytes:
+/// `Ok(None)` when there is no such attribute (or the filesystem has no
+/// xattrs); a longer value is an error (`ERANGE`).
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, max: usize) -> SysResult<Option<Vec<u8>>> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let mut value = vec![0u8; max];
+    match rustix::fs::getxattr(link.as_str(), name, &mut value[..]) {
+        Ok(len) => {
+            value.truncate(len);
+            Ok(Some(value))
+        }
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(fail("getxattr", || format!("{link:?}, {name:?}, {max}"))(e)),
+    }
+}
+
+/// How [`set_xattr`] may set an attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrSet {
+    /// Only if it does not exist yet (`XATTR_CREATE`).
+    Create,
+    /// Only if it exists (`XATTR_REPLACE`).
+    Replace,
+}
+
+/// `setxattr("/proc/thread-self/fd/N", name, value, XATTR_CREATE|XATTR_REPLACE)`.
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], how: XattrSet) -> SysResult<()> {
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
+    let flags = match how {
+        XattrSet::Create => rustix::fs::XattrFlags::CREATE,
+        XattrSet::Replace => rustix::fs::XattrFlags::REPLACE,
+    };
+    rustix::fs::setxattr(link.as_str(), name, value, flags).map_err(fail("setxattr", || {
+        format!(
+            "{link:?}, {name:?}, {} bytes, {}",
+            value.len(),
+            match how {
+                XattrSet::Create => "XATTR_CREATE",
+                XattrSet::Replace => "XATTR_REPLACE",
+            }
+        )
+    }))
+}
+
 /// `openat(AT_FDCWD, path, O_WRONLY|O_CLOEXEC)` of an existing file.
 pub fn open_write(path: &Path) -> SysResult<OwnedFd> {
     rustix::fs::openat(cwd(), path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
@@ -276,6 +311,8 @@ pub struct Stat {
     pub mount_root: Option<bool>,
     /// Size in bytes.
     pub size: u64,
+    /// The device a character or block device file stands for.
+    pub rdev: (u32, u32),
 }
 
 impl Stat {
@@ -292,6 +329,11 @@ impl Stat {
     /// The same inode on the same filesystem.
     pub fn same_inode(&self, other: &Stat) -> bool {
         self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// An overlay whiteout: a character device 0:0.
+    pub fn is_whiteout(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFCHR && self.rdev == (0, 0)
     }
 
     /// A word for the file type, for messages ("a regular file").
@@ -335,6 +377,7 @@ fn statx_inner(dirfd: BorrowedFd<'_>, path: &Path, at: AtFlags, what: &str) -> S
         mnt_id: (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id),
         mount_root: mount_root_known.then_some(st.stx_attributes.contains(mount_root)),
         size: st.stx_size,
+        rdev: (st.stx_rdev_major, st.stx_rdev_minor),
     })
 }
 
@@ -400,20 +443,6 @@ pub fn dir_entries_from(dir: BorrowedFd<'_>) -> SysResult<Vec<std::ffi::OsString
         }
     }
     Ok(names)
-}
-
-/// `faccessat2(AT_FDCWD, path, W_OK, AT_EACCESS)`: `Ok(false)` when the
-/// kernel says the filesystem or mount there is read-only (`EROFS`), so a
-/// caller learns it without opening anything or asking the filesystem for
-/// its statistics.
-pub fn writable_at(path: &Path) -> SysResult<bool> {
-    match rustix::fs::accessat(cwd(), path, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS) {
-        Ok(()) => Ok(true),
-        Err(Errno::ROFS) => Ok(false),
-        Err(e) => Err(fail("faccessat2", || {
-            format!("AT_FDCWD, {}, W_OK, AT_EACCESS", path_arg(path))
-        })(e)),
-    }
 }
 
 /// `fstatvfs(fd)`: whether the mount (or its superblock) is read-only.

@@ -423,13 +423,35 @@ pub fn unmount(target: &Path, lazy: bool) -> SysResult<()> {
     }))
 }
 
-/// `statmount(mnt_id, STATMOUNT_MNT_ROOT)` (6.8+): which directory of its
-/// filesystem the mount with this unique id shows at its root (`/` unless
-/// it is a bind mount of a subdirectory). `None` when the kernel has no
-/// statmount or the mount is not in this namespace.
-pub fn statmount_root(unique_mnt_id: u64) -> Option<std::path::PathBuf> {
+/// What `statmount` (6.8+) says of one mount of this mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountStatus {
+    /// Its unique id (`STATX_MNT_ID_UNIQUE`).
+    pub id: u64,
+    /// The unique id of the mount it is attached to (itself at the top).
+    pub parent_id: u64,
+    /// Its `MOUNT_ATTR_*` flags.
+    pub attr: u64,
+    /// Which directory of its filesystem it shows at its root (`/` unless
+    /// it is a bind mount of a subdirectory).
+    pub root: std::path::PathBuf,
+    /// Where it is mounted, relative to the caller's root.
+    pub point: std::path::PathBuf,
+}
+
+/// `MOUNT_ATTR_IDMAP` in [`MountStatus::attr`].
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `statmount(mnt_id, STATMOUNT_MNT_BASIC|STATMOUNT_MNT_ROOT|
+/// STATMOUNT_MNT_POINT)` (6.8+) of the mount with this unique id. `None`
+/// when the kernel has no statmount or the mount is not in this mount
+/// namespace (detached, another namespace's, or gone).
+pub fn statmount(unique_mnt_id: u64) -> Option<MountStatus> {
     const SYS_STATMOUNT: libc::c_long = 457;
+    const STATMOUNT_MNT_BASIC: u64 = 0x2;
     const STATMOUNT_MNT_ROOT: u64 = 0x8;
+    const STATMOUNT_MNT_POINT: u64 = 0x10;
+    const WANTED: u64 = STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT;
     /// `struct mnt_id_req`, first published size.
     #[repr(C)]
     struct MntIdReq {
@@ -438,17 +460,22 @@ pub fn statmount_root(unique_mnt_id: u64) -> Option<std::path::PathBuf> {
         mnt_id: u64,
         param: u64,
     }
-    /// `struct statmount` is 512 bytes before its strings.
+    // `struct statmount`: 512 bytes before its strings; the offsets of the
+    // fields read (include/uapi/linux/mount.h).
     const HEADER: usize = 512;
     const MASK_AT: usize = 8;
+    const MNT_ID_AT: usize = 40;
+    const MNT_PARENT_ID_AT: usize = 48;
+    const MNT_ATTR_AT: usize = 64;
     const MNT_ROOT_AT: usize = 104;
+    const MNT_POINT_AT: usize = 108;
     let req = MntIdReq {
         size: std::mem::size_of::<MntIdReq>() as u32,
         spare: 0,
         mnt_id: unique_mnt_id,
-        param: STATMOUNT_MNT_ROOT,
+        param: WANTED,
     };
-    let mut buf = vec![0u64; (HEADER + libc::PATH_MAX as usize) / 8];
+    let mut buf = vec![0u64; (HEADER + 2 * libc::PATH_MAX as usize) / 8];
     let len = buf.len() * 8;
     // SAFETY: `req` is a live, correctly sized `struct mnt_id_req`; `buf`
     // is writable for `len` bytes and 8-byte aligned, as the kernel's
@@ -468,11 +495,50 @@ pub fn statmount_root(unique_mnt_id: u64) -> Option<std::path::PathBuf> {
     let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if word(MASK_AT) & STATMOUNT_MNT_ROOT == 0 {
+    if word(MASK_AT) & WANTED != WANTED {
         return None;
     }
-    let start = HEADER + u32_at(MNT_ROOT_AT) as usize;
-    let rest = bytes.get(start..)?;
-    let end = rest.iter().position(|b| *b == 0)?;
-    Some(std::path::PathBuf::from(OsStr::from_bytes(&rest[..end])))
+    let string = |at: usize| -> Option<std::path::PathBuf> {
+        let rest = bytes.get(HEADER + u32_at(at) as usize..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        Some(std::path::PathBuf::from(OsStr::from_bytes(&rest[..end])))
+    };
+    Some(MountStatus {
+        id: word(MNT_ID_AT),
+        parent_id: word(MNT_PARENT_ID_AT),
+        attr: word(MNT_ATTR_AT),
+        root: string(MNT_ROOT_AT)?,
+        point: string(MNT_POINT_AT)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{open_dir_path, stat_fd_unique_mnt_id};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn statmount_reads_the_fields_at_their_offsets() {
+        let proc_fd = open_dir_path(crate::sys::cwd(), Path::new("/proc")).unwrap();
+        let Some(id) = stat_fd_unique_mnt_id(proc_fd.as_fd()) else {
+            return; // before 6.8
+        };
+        let Some(status) = statmount(id) else { return };
+        assert_eq!(status.id, id);
+        assert_eq!(status.point, Path::new("/proc"));
+        assert_eq!(status.root, Path::new("/"));
+        assert_eq!(status.attr & MOUNT_ATTR_IDMAP, 0);
+        let root_fd = open_dir_path(crate::sys::cwd(), Path::new("/")).unwrap();
+        let root_id = stat_fd_unique_mnt_id(root_fd.as_fd()).unwrap();
+        let mut parent = statmount(id).unwrap().parent_id;
+        // /proc hangs below / (perhaps through mounts in between).
+        for _ in 0..16 {
+            if parent == root_id {
+                return;
+            }
+            parent = statmount(parent).unwrap().parent_id;
+        }
+        panic!("/proc's parents never reach /");
+    }
 }

@@ -14,6 +14,8 @@ pub struct MountEntry {
     pub root: PathBuf,
     pub mount_point: PathBuf,
     pub mount_options: String,
+    /// The optional fields (`shared:N`, `master:N`, …), space-separated.
+    pub optional: String,
     pub fs_type: String,
     pub source: String,
     pub super_options: String,
@@ -40,6 +42,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 root: PathBuf::from(octal(f.get(3)?)),
                 mount_point: PathBuf::from(octal(f.get(4)?)),
                 mount_options: f.get(5)?.to_string(),
+                optional: f.get(6..).unwrap_or(&[]).join(" "),
                 fs_type: t.first()?.to_string(),
                 source: octal(t.get(1)?).to_string_lossy().into_owned(),
                 super_options: t.get(2).unwrap_or(&"").to_string(),

@@ -111,14 +111,17 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         )
         .into()
     };
-    let (lowers, data_lowers) = match (args.lowers.is_empty(), spec.lowers.is_empty()) {
+    // Each kind of layer from one place, flags or -o (lower layers from -o
+    // with data layers from --data-lower is fine).
+    let lowers = match (args.lowers.is_empty(), spec.lowers.is_empty()) {
         (false, false) => return Err(twice("lower layers")),
-        (true, _) => (spec.lowers.clone(), spec.data_lowers.clone()),
-        (false, true) => {
-            let mut data = args.data_lowers.clone();
-            data.extend(spec.data_lowers.iter().cloned());
-            (args.lowers.clone(), data)
-        }
+        (true, _) => spec.lowers.clone(),
+        (false, true) => args.lowers.clone(),
+    };
+    let data_lowers = match (args.data_lowers.is_empty(), spec.data_lowers.is_empty()) {
+        (false, false) => return Err(twice("data layers")),
+        (true, _) => spec.data_lowers.clone(),
+        (false, true) => args.data_lowers.clone(),
     };
     let upper = match (&args.upper, &spec.upper) {
         (Some(_), Some(_)) => return Err(twice("upper dir")),

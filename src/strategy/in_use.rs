@@ -1,0 +1,248 @@
+//! Whether an upper and work dir already serve another overlay: two
+//! overlays writing one upper corrupt each other, and overlay itself only
+//! logs "is in-use … undefined behavior" unless `index=on`.
+//!
+//! Two ways to know, neither touching any filesystem but the pair's own
+//! (a path in the mount table may lead into a hung FUSE mount):
+//!
+//! * idoverlay's own overlays *claim* their pair once mounted: an xattr
+//!   `trusted.idoverlay.mount` on the upper and the work dir names the
+//!   boot and the overlay's mount id (the unique one, 6.8+). A claim counts
+//!   while that mount lives in this mount namespace (`statmount`, or the
+//!   mount table before 6.8). The claim is made with `XATTR_CREATE`, so of
+//!   two overlays mounted at once on one pair, the second sees the first's
+//!   claim and is taken down again.
+//! * any other overlay shows its `upperdir=` and `workdir=` in the mount
+//!   table: each is located through the table (device and path on its
+//!   filesystem, no lookup), and compared with where ours are. Paths that
+//!   were renamed since, and names through `/proc/…/fd`, cannot be told.
+//!
+//! Overlays in other mount namespaces are not seen.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::{display_path, Error, Result};
+use crate::layer::{FsLocation, OpenedDir};
+use crate::mountinfo::MountEntry;
+use crate::sys::{self, XattrSet};
+
+/// The xattr of a claim.
+const CLAIM: &CStr = c"trusted.idoverlay.mount";
+/// The most bytes a claim takes.
+const CLAIM_MAX: usize = 128;
+
+/// Which mount claimed a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MountId {
+    /// `STATX_MNT_ID_UNIQUE`, never reused (6.8+).
+    Unique(u64),
+    /// `STATX_MNT_ID`, reused once the mount is gone.
+    Reusable(u64),
+}
+
+/// A claim's text: `idoverlay1 BOOT_ID u123` (or `m45`).
+fn claim_text(id: MountId) -> Option<Vec<u8>> {
+    let boot = boot_id()?;
+    Some(
+        match id {
+            MountId::Unique(n) => format!("idoverlay1 {boot} u{n}"),
+            MountId::Reusable(n) => format!("idoverlay1 {boot} m{n}"),
+        }
+        .into_bytes(),
+    )
+}
+
+/// The mount a claim names, if it was made in this boot.
+fn parse_claim(bytes: &[u8]) -> Option<MountId> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut words = text.split(' ');
+    if words.next()? != "idoverlay1" || words.next()? != boot_id()? {
+        return None;
+    }
+    let id = words.next()?;
+    let parsed = match id.split_at_checked(1)? {
+        ("u", n) => MountId::Unique(n.parse().ok()?),
+        ("m", n) => MountId::Reusable(n.parse().ok()?),
+        _ => return None,
+    };
+    words.next().is_none().then_some(parsed)
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
+fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let bytes = crate::file::read_small(
+                sys::cwd(),
+                Path::new("/proc/sys/kernel/random/boot_id"),
+                64,
+                true,
+            )
+            .ok()?;
+            let id = String::from_utf8(bytes).ok()?.trim().to_string();
+            (!id.is_empty() && !id.contains(' ')).then_some(id)
+        })
+        .as_deref()
+}
+
+/// Where a live overlay that claimed a pair is mounted, or `None` when the
+/// mount is gone (or elsewhere).
+fn live_mount_point(id: MountId) -> Option<PathBuf> {
+    match id {
+        MountId::Unique(n) => sys::statmount(n).map(|s| s.point),
+        MountId::Reusable(n) => crate::mountinfo::read_self()
+            .ok()?
+            .into_iter()
+            .find(|m| m.mount_id == n && m.fs_type == "overlay")
+            .map(|m| m.mount_point),
+    }
+}
+
+/// The mount id a new claim records for the overlay whose root `root` is.
+fn mount_id_of(root: BorrowedFd<'_>) -> Option<MountId> {
+    if let Some(n) = sys::stat_fd_unique_mnt_id(root) {
+        return Some(MountId::Unique(n));
+    }
+    sys::stat_fd(root).ok()?.mnt_id.map(MountId::Reusable)
+}
+
+fn in_use_error(dir: &OpenedDir, their_role: &str, at: &Path) -> Error {
+    Error::invalid_path(
+        dir.role.noun(),
+        &dir.path,
+        format!(
+            "is in use as the {their_role} dir of the overlay mounted at {}; an upper and work \
+             pair serves one overlay at a time: unmount that one first, or give this overlay \
+             its own",
+            display_path(at)
+        ),
+    )
+}
+
+/// Refuses an upper or work dir that another overlay in this mount
+/// namespace uses now. A fresh pair (no claim, no trace of an earlier
+/// overlay: `work/` or `index/` in the work dir, `trusted.overlay.uuid` on
+/// the upper, 6.6+) costs two `getxattr` calls.
+pub(crate) fn check_not_in_use(upper: &OpenedDir, work: &OpenedDir, work_used: bool) -> Result<()> {
+    check_claims(upper, work)?;
+    let upper_used = || sys::has_xattr(upper.fd.as_fd(), c"trusted.overlay.uuid").unwrap_or(true);
+    if !work_used && !upper_used() {
+        return Ok(());
+    }
+    let Ok(table) = crate::mountinfo::read_self() else {
+        return Ok(());
+    };
+    check_against_table(upper, work, &table)
+}
+
+/// Refuses an upper or work dir that a live overlay of idoverlay's, in
+/// this thread's mount namespace, claimed. (In a namespace of its own, as
+/// private-ns runs, the caller's mounts are not seen: that strategy checks
+/// the claims before it enters one, on the very same directories.)
+pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
+    for dir in [upper, work] {
+        let claim = sys::get_xattr(dir.fd.as_fd(), CLAIM, CLAIM_MAX)
+            .ok()
+            .flatten()
+            .and_then(|bytes| parse_claim(&bytes));
+        if let Some(at) = claim.and_then(live_mount_point) {
+            return Err(in_use_error(
+                dir,
+                dir.role.noun().trim_end_matches(" dir"),
+                &at,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The overlays of `table` against our pair, by location.
+fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]) -> Result<()> {
+    let locate = |d: &OpenedDir| -> Option<FsLocation> {
+        let canonical = d.canonical.clone().or_else(|| sys::fd_path(d.fd.as_fd()))?;
+        match d.stat.mnt_id {
+            Some(id) => FsLocation::on_mount(&canonical, id, table).ok(),
+            None => FsLocation::of(&canonical, table),
+        }
+    };
+    let ours: Vec<(&OpenedDir, FsLocation)> = [upper, work]
+        .into_iter()
+        .filter_map(|d| Some((d, locate(d)?)))
+        .collect();
+    for entry in table.iter().filter(|m| m.fs_type == "overlay") {
+        let (their_upper, their_work) = crate::mountinfo::overlay_upper_work(entry);
+        for (theirs, their_role) in [(their_upper, "upper"), (their_work, "work")] {
+            let Some(theirs) = theirs.filter(|p| p.is_absolute() && !p.starts_with("/proc")) else {
+                continue;
+            };
+            let Some(at) = FsLocation::of(&theirs, table) else {
+                continue;
+            };
+            if let Some((dir, _)) = ours.iter().find(|(_, loc)| *loc == at) {
+                return Err(in_use_error(dir, their_role, &entry.mount_point));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims `upper` and `work` for the overlay whose root is `root`, just
+/// mounted. `Err` when another live overlay claimed either meanwhile: the
+/// caller takes its overlay down again. A pair whose filesystem takes no
+/// such xattr, or a kernel that gives no mount id, is not claimed.
+pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -> Result<()> {
+    let Some(text) = mount_id_of(root).and_then(claim_text) else {
+        return Ok(());
+    };
+    for dir in [upper, work] {
+        let fd = dir.fd.as_fd();
+        match sys::set_xattr(fd, CLAIM, &text, XattrSet::Create) {
+            Ok(()) => continue,
+            Err(e) if e.errno == libc::EEXIST => {}
+            Err(_) => return Ok(()),
+        }
+        let previous = sys::get_xattr(fd, CLAIM, CLAIM_MAX).ok().flatten();
+        if let Some(at) = previous
+            .as_deref()
+            .and_then(parse_claim)
+            .filter(|id| Some(*id) != mount_id_of(root))
+            .and_then(live_mount_point)
+        {
+            return Err(in_use_error(
+                dir,
+                dir.role.noun().trim_end_matches(" dir"),
+                &at,
+            ));
+        }
+        // A claim of a mount that is gone: ours replaces it.
+        let _ = sys::set_xattr(fd, CLAIM, &text, XattrSet::Replace);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_parse_only_for_this_boot_and_in_their_format() {
+        let Some(boot) = boot_id() else { return };
+        let text = claim_text(MountId::Unique(42)).unwrap();
+        assert_eq!(parse_claim(&text), Some(MountId::Unique(42)));
+        let old = claim_text(MountId::Reusable(7)).unwrap();
+        assert_eq!(parse_claim(&old), Some(MountId::Reusable(7)));
+        for bad in [
+            "idoverlay1 00000000-0000-0000-0000-000000000000 u42".to_string(),
+            format!("idoverlay2 {boot} u42"),
+            format!("idoverlay1 {boot} x42"),
+            format!("idoverlay1 {boot} u42 extra"),
+            format!("idoverlay1 {boot} u-1"),
+            String::new(),
+        ] {
+            assert_eq!(parse_claim(bad.as_bytes()), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Where directories are, when names do not tell: a layer reached through
+//! a mount no table shows (`/proc/self/fd/N` of a detached clone), btrfs
+//! subvolumes (each with its own device number, one inside another), and
+//! a target given only when an assembled overlay is attached — here or in
+//! another mount namespace. In each case an upper or target inside a layer
+//! must be refused, and the layer's bytes stay as they were.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use idoverlay::{IdMap, Overlay, Strategy};
+
+fn map() -> IdMap {
+    "0:100000:65536".parse().unwrap()
+}
+
+/// Nothing of `dir` mounted beyond what `before` had (the state tmpfs aside).
+fn nothing_new_mounted(before: &[mountinfo::MountEntry]) {
+    let new = new_mounts(before, &mounts());
+    assert!(
+        new.iter().all(|m| m.source == "idoverlay-state"),
+        "mounted: {new:?}"
+    );
+}
+
+#[test]
+fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
+    in_private_ns("locate::detached_fd", |s| {
+        let dir = s.tmpfs_dir("d");
+        let img = dir.join("img");
+        write_file(&img.join("l1/a"), "a", 0o644, 0, 0);
+        mkdir(&img.join("l1/up"), 0o755, 0, 0);
+        mkdir(&img.join("l1/wk"), 0o755, 0, 0);
+        write_file(&dir.join("l2/b"), "b", 0o644, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let print = fingerprint(&img);
+        let clone = raw::clone_detached(&img).unwrap();
+        let via_fd = format!("/proc/self/fd/{}/l1", clone.as_raw_fd());
+        for strategy in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            for (upper, work) in [
+                (img.join("l1/up"), img.join("l1/wk")),
+                (dir.join("u"), dir.join("w")),
+            ] {
+                mkdir(&upper, 0o755, 0, 0);
+                mkdir(&work, 0o755, 0, 0);
+                let before = mounts();
+                let result = Overlay::new()
+                    .lower(dir.join("l2"))
+                    .lower(&via_fd)
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(dir.join("state"))
+                    .mount(&target);
+                if upper.starts_with(&img) {
+                    let e = result.expect_err("upper inside the layer").to_string();
+                    assert!(
+                        e.contains("does not show") || e.contains("lies inside"),
+                        "{strategy}: {e}"
+                    );
+                    assert!(!e.contains('\n'));
+                    nothing_new_mounted(&before);
+                } else if let Ok(m) = result {
+                    // Beside the layer: fine, if the strategy can take it.
+                    idoverlay::unmount_overlay(&m.target, false).unwrap();
+                }
+            }
+        }
+        assert_eq!(
+            fingerprint_diff(&print, &fingerprint(&img)),
+            Vec::<String>::new()
+        );
+    });
+}
+
+#[test]
+fn btrfs_subvolumes_inside_a_layer_are_seen_inside_it() {
+    in_private_ns("locate::btrfs", |s| {
+        let image = s.path("btrfs.img");
+        let mnt = s.tmpfs_dir("btrfs");
+        run(Command::new("truncate").args(["-s", "160M"]).arg(&image));
+        run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt));
+        // A layer that is a subvolume, holding another subvolume in which
+        // the upper and work dirs are: other device numbers, same tree.
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(mnt.join("l1")));
+        write_file(&mnt.join("l1/a"), "a", 0o644, 0, 0);
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(mnt.join("l1/nested")));
+        mkdir(&mnt.join("l1/nested/up"), 0o755, 0, 0);
+        mkdir(&mnt.join("l1/nested/wk"), 0o755, 0, 0);
+        write_file(&mnt.join("l2/b"), "b", 0o644, 0, 0);
+        let target = mnt.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let l1_dev =
+            std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(mnt.join("l1")).unwrap());
+        let up_dev = std::os::unix::fs::MetadataExt::dev(
+            &std::fs::metadata(mnt.join("l1/nested/up")).unwrap(),
+        );
+        assert_ne!(
+            l1_dev, up_dev,
+            "the nested subvolume shows a device of its own"
+        );
+        let print = fingerprint(&mnt.join("l1"));
+        for strategy in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            let before = mounts();
+            let e = Overlay::new()
+                .lower(mnt.join("l2"))
+                .lower(mnt.join("l1"))
+                .upper(mnt.join("l1/nested/up"))
+                .work(mnt.join("l1/nested/wk"))
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(s.path("state"))
+                .mount(&target)
+                .expect_err("upper inside a layer")
+                .to_string();
+            assert!(e.contains("lies inside layer 2"), "{strategy}: {e}");
+            nothing_new_mounted(&before);
+            // The target inside the layer's nested subvolume, too.
+            let e = Overlay::new()
+                .lower(mnt.join("l2"))
+                .lower(mnt.join("l1"))
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(s.path("state"))
+                .mount(mnt.join("l1/nested/up"))
+                .expect_err("target inside a layer")
+                .to_string();
+            assert!(
+                e.contains("target") && e.contains("layer 2"),
+                "{strategy}: {e}"
+            );
+        }
+        assert_eq!(
+            fingerprint_diff(&print, &fingerprint(&mnt.join("l1"))),
+            Vec::<String>::new()
+        );
+        run(Command::new("umount").arg(&mnt));
+    });
+}
+
+#[test]
+fn an_assembled_overlay_is_not_attached_inside_its_own_directories() {
+    in_private_ns("locate::attach", |s| {
+        let dir = s.tmpfs_dir("d");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let (upper, work) = (dir.join("c/upper"), dir.join("c/work"));
+        mkdir(&upper.join("sub"), 0o755, 0, 0);
+        mkdir(&work, 0o755, 0, 0);
+        let state = dir.join("state");
+        mkdir(&state.join("sub"), 0o700, 0, 0);
+        mkdir(&state, 0o700, 0, 0);
+        // Also through a bind mount of the upper's parent: by location.
+        let alias = dir.join("alias");
+        mkdir(&alias, 0o755, 0, 0);
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(dir.join("c"))
+            .arg(&alias));
+        let fine = dir.join("t");
+        mkdir(&fine, 0o755, 0, 0);
+        for strategy in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            // host-staged takes an empty state dir for its tmpfs.
+            let staged = strategy == Strategy::HostStaged;
+            if staged {
+                std::fs::remove_dir(state.join("sub")).unwrap();
+            }
+            let assemble = || {
+                Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(&state)
+                    .assemble()
+                    .unwrap()
+            };
+            for (target, says) in [
+                (layers[2].join("etc"), "layer 3"),
+                (upper.join("sub"), "upper dir"),
+                (alias.join("upper/sub"), "upper dir"),
+                (work.clone(), "work dir"),
+                (state.join("sub"), "state dir"),
+            ] {
+                for in_namespace in [false, true] {
+                    if (in_namespace || staged) && says == "state dir" {
+                        continue;
+                    }
+                    let before = mounts();
+                    let mount = assemble();
+                    let result = match in_namespace {
+                        false => mount.attach(&target),
+                        true => mount.attach_in_namespace("/proc/thread-self/ns/mnt", &target),
+                    };
+                    let e = result.expect_err("refused").to_string();
+                    assert!(
+                        e.contains("target") && e.contains(says),
+                        "{strategy} {} (-N {in_namespace}): {e}",
+                        target.display()
+                    );
+                    assert!(!e.contains('\n'));
+                    nothing_new_mounted(&before);
+                }
+            }
+            // Beside them, both ways, it attaches.
+            for in_namespace in [false, true] {
+                let mount = assemble();
+                let m = match in_namespace {
+                    false => mount.attach(&fine),
+                    true => mount.attach_in_namespace("/proc/thread-self/ns/mnt", &fine),
+                }
+                .unwrap();
+                assert!(Path::new(&m.target).join("etc").exists());
+                idoverlay::unmount_overlay(&fine, false).unwrap();
+            }
+        }
+        run(Command::new("umount").arg(&alias));
+    });
+}
