@@ -28,6 +28,16 @@ struct Args {
     /// Say more: -v each request, -vv details.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// With the snapshotter stopped: report, as JSON, whether the store, the
+    /// snapshot directories and the overlays under --root agree (exit 1 if
+    /// not). Changes nothing; the next start cleans what it reports.
+    Check,
 }
 
 /// Removes a socket left by a previous run, and only that: the path must
@@ -57,6 +67,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log::set_verbosity(args.verbose);
     idoverlay::raise_fd_limit();
+    if let Some(Command::Check) = args.command {
+        let report = idoverlay_snapshotter::snapshots::check(&args.root).with_context(|| {
+            format!(
+                "checking {} (is the snapshotter stopped?)",
+                args.root.display()
+            )
+        })?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        std::process::exit(if report.problems.is_empty() { 0 } else { 1 });
+    }
     let (snapshots, report) =
         Snapshots::open(&args.root).with_context(|| format!("opening {}", args.root.display()))?;
     log::notice(&format!(

@@ -462,3 +462,84 @@ impl Snapshots {
         Ok(report)
     }
 }
+
+/// What `idoverlay-snapshotter check` finds: the store, the directories
+/// and the mounts side by side, without changing anything.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// Snapshots in the store: key, directory id, kind.
+    pub snapshots: Vec<(String, u64, String)>,
+    /// Overlays attached at `mounts/ID`.
+    pub attached: Vec<u64>,
+    /// Every way the three disagree (empty when consistent).
+    pub problems: Vec<String>,
+}
+
+/// Opens `root` without cleaning anything and reports whether the store,
+/// `snapshots/` and `mounts/` agree. Needs the snapshotter stopped (the
+/// store is locked while it runs).
+pub fn check(root: &std::path::Path) -> Result<CheckReport> {
+    let storage = Storage::open(root)?;
+    let store = Store::open(&storage.root().join("metadata.redb"))?;
+    let mut report = CheckReport::default();
+    let all = store.all()?;
+    let mut ids = HashSet::new();
+    let mut overlays = HashSet::new();
+    for (key, record) in &all {
+        ids.insert(record.id);
+        report
+            .snapshots
+            .push((key.clone(), record.id, format!("{:?}", record.kind)));
+        match store.with_parents(key) {
+            Ok((_, parents)) => {
+                if matches!(idmapped(record, &parents), Ok(Some(_))) {
+                    overlays.insert(record.id);
+                }
+            }
+            Err(e) => report.problems.push(format!("{key}: {e}")),
+        }
+    }
+    let mut dirs = HashSet::new();
+    for name in storage.snapshot_entries()? {
+        let s = name.to_string_lossy().to_string();
+        match s.parse::<u64>() {
+            Ok(id) if ids.contains(&id) => {
+                dirs.insert(id);
+            }
+            Ok(_) => report
+                .problems
+                .push(format!("snapshots/{s}: no snapshot has this directory")),
+            Err(_) => report.problems.push(format!("snapshots/{s}: leftover")),
+        }
+    }
+    for (key, record) in &all {
+        if !dirs.contains(&record.id) {
+            report.problems.push(format!(
+                "{key}: its directory snapshots/{} is missing",
+                record.id
+            ));
+        }
+    }
+    for name in storage.mount_entries()? {
+        let s = name.to_string_lossy().to_string();
+        let Ok(id) = s.parse::<u64>() else {
+            report.problems.push(format!("mounts/{s}: leftover"));
+            continue;
+        };
+        let attached = mounts::attached(&storage, id)?;
+        if attached {
+            report.attached.push(id);
+        }
+        if !overlays.contains(&id) {
+            report.problems.push(format!(
+                "mounts/{s}: no active idmapped snapshot has this id{}",
+                if attached {
+                    " (an overlay is attached)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(report)
+}
