@@ -69,10 +69,17 @@ wait_for() { # what, command...
     die "$what did not come up"
 }
 
+serving_count() { grep -c '^idoverlay-snapshotter: serving on' "$W/logs/snapshotter.log" 2>/dev/null || true; }
+
+serving_more_than() { [[ $(serving_count) -gt $1 ]]; }
+
+# Started when it says it serves (a killed one leaves its socket file).
 start_snapshotter() {
+    local before
+    before=$(serving_count)
     "$SNAP_BIN" --root "$W/snap" --address "$SNAP_SOCK" -v >>"$W/logs/snapshotter.log" 2>&1 &
     SNAP_PID=$!
-    wait_for "idoverlay-snapshotter" test -S "$SNAP_SOCK"
+    wait_for "idoverlay-snapshotter" serving_more_than "${before:-0}"
 }
 
 start_containerd() {
@@ -131,3 +138,18 @@ snapshot_id() { # key
 check_store() {
     "$SNAP_BIN" --root "$W/snap" check
 }
+
+# Waits (up to 20 s) until a shell condition holds; containerd removes a
+# snapshot from its backend in its garbage collection, a moment after the
+# container is gone. Not a timing assertion: what is checked comes after.
+wait_until() { # condition
+    local _
+    for _ in $(seq 1 400); do
+        eval "$1" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# Only the image's two layers left in the snapshotter's directories.
+only_layers_left() { [[ $(ls "$W/snap/snapshots" | tr '\n' ' ')$(ls "$W/snap/mounts") == "1 2 " ]]; }
