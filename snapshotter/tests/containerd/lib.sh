@@ -124,9 +124,16 @@ mounts_under() { # dir
     awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo
 }
 
-# Every idmapped mount, and every mount under containerd's tmpmounts dir.
+# Temporary mounts containerd makes to idmap: its idmapped layer clones
+# (2.1.5+: /tmp/ovl-idmapped*, attached for the time of one overlay mount;
+# 2.4: ROOT/tmpmounts) and any idmapped mount at all (per-mount option
+# "idmapped"). Not counted: ctr's read-only temp mount of the finished
+# rootfs (/tmp/containerd-mount*) to read /etc/group, which it makes for
+# every container whatever the snapshotter, and which idmaps nothing.
 temp_or_idmapped_mounts() {
-    awk -v d="$W/ctd/root/tmpmounts" '$6 ~ /idmapped/ || index($5, d) == 1 { print $5, $6 }' /proc/self/mountinfo
+    awk -v d="$W/ctd/root/tmpmounts" '
+        $6 ~ /idmapped/ || index($5, d) == 1 || $5 ~ "^/tmp/ovl-idmapped" { print $5, $6 }
+    ' /proc/self/mountinfo
 }
 
 # The idoverlay snapshot id of a container's snapshot (from its bind mount).
