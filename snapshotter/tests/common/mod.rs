@@ -108,7 +108,7 @@ impl Snapshotter {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
             .arg("--root")
             .arg(&root)
             .arg("--address")
