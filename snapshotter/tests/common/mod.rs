@@ -129,6 +129,8 @@ impl Snapshotter {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "snapshotter did not start:\n{}",
             fs::read_to_string(&log).unwrap_or_default()
