@@ -94,6 +94,13 @@ enum Step {
 pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
     let parent = parent.as_fd();
     let top = name;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(RemoveError::Io {
+            path: PathBuf::from(name),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
     let root = open(parent, name, PathBuf::from(name))?;
     let pending = read(&root, || PathBuf::from(name))?;
     let mut stack = vec![Frame {
