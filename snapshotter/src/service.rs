@@ -34,11 +34,18 @@ impl Service {
     ) -> Result<T, Error> {
         let inner = self.inner.clone();
         log::info(&what);
+        let start = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || f(&inner))
             .await
             .unwrap_or_else(|e| Err(Error::Store(format!("operation panicked: {e}"))));
         if let Err(e) = &result {
             log::info(&format!("{what}: {e}"));
+        }
+        if log::enabled(2) {
+            log::info(&format!(
+                "{what}: {:.2} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            ));
         }
         result
     }

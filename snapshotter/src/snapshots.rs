@@ -1,22 +1,27 @@
 //! The snapshotter's operations, blocking, on the store and the
 //! directories together.
 //!
-//! Every change takes one lock, so the store and `snapshots/` never move
-//! apart under concurrent requests (containerd's own snapshotters hold
-//! their bolt write transaction the same way). Reads take no lock: redb
-//! gives each read a consistent snapshot.
+//! Two kinds of lock. The store lock is held for every step that changes the
+//! store and `snapshots/` together (short: a transaction, a mkdir, a
+//! rename), so they never move apart under concurrent requests (containerd's
+//! own snapshotters hold their bolt write transaction the same way). The
+//! slow steps that concern one snapshot only — assembling or taking down its
+//! overlay, deleting its tree — run outside it, under that snapshot's busy
+//! mark, which Remove, Commit and a re-assembly wait for. Lock order: a busy
+//! mark, then the store lock. Reads take no lock: redb gives each read a
+//! consistent snapshot.
 //!
-//! Crash consistency comes from the order of steps, each durable before the
-//! next: an id is taken (durably) → `snapshots/new-…` is made → renamed to
-//! `snapshots/ID` → the record is committed. Removal goes the other way:
-//! the record is deleted (durably) → `snapshots/ID` is renamed to `rm-ID` →
-//! removed. A kill between any two steps leaves a directory that no record
-//! names; [`Snapshots::cleanup`], run at every start, removes exactly those
-//! (and only directories of the names the snapshotter itself makes).
+//! Crash consistency comes from the order of steps: `snapshots/new-…` is
+//! made → renamed to `snapshots/ID` → the record is committed (durably).
+//! Removal goes the other way: the record is deleted (durably) →
+//! `snapshots/ID` is renamed to `rm-ID` → removed. A kill between any two
+//! steps leaves a directory that no record names; [`Snapshots::cleanup`],
+//! run at every start, removes exactly those (and only directories of the
+//! names the snapshotter itself makes).
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
 
 use containerd_snapshots::api::types::Mount;
@@ -36,6 +41,27 @@ pub struct Snapshots {
     store: Store,
     lock: Mutex<()>,
     opts: OverlayOptions,
+    /// Ids whose overlay or tree is being worked on outside the store lock.
+    busy: Mutex<HashSet<u64>>,
+    idle: Condvar,
+}
+
+/// A snapshot's busy mark, cleared when dropped.
+struct Busy<'a> {
+    snapshots: &'a Snapshots,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .snapshots
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.id);
+        self.snapshots.idle.notify_all();
+    }
 }
 
 /// What a cleanup did.
@@ -72,6 +98,8 @@ impl Snapshots {
             store,
             lock: Mutex::new(()),
             opts: OverlayOptions::detect(),
+            busy: Mutex::new(HashSet::new()),
+            idle: Condvar::new(),
         };
         let report = snapshots.cleanup()?;
         Ok((snapshots, report))
@@ -86,6 +114,39 @@ impl Snapshots {
         // A panic while holding the lock left nothing half-done that the
         // next start's cleanup would not also handle.
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `id` busy, waiting while someone else has it marked.
+    fn mark_busy(&self, id: u64) -> Busy<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(&id) {
+            busy = self.idle.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(id);
+        Busy {
+            snapshots: self,
+            id,
+        }
+    }
+
+    fn is_busy(&self, id: u64) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    /// The record of `key` with its busy mark held, read again once the
+    /// mark is ours (the key may have gone, or been reused, meanwhile).
+    fn claim(&self, key: &str) -> Result<(Record, Vec<u64>, Busy<'_>)> {
+        loop {
+            let (record, _) = self.store.with_parents(key)?;
+            let busy = self.mark_busy(record.id);
+            let (again, parents) = self.store.with_parents(key)?;
+            if again.id == record.id {
+                return Ok((again, parents, busy));
+            }
+        }
     }
 
     /// Prepare (`kind` Active) or View: a new snapshot on `parent`, and the
@@ -109,10 +170,10 @@ impl Snapshots {
             inodes: 0,
         };
         let maps = labels::maps(&record.labels)?;
-        let _guard = self.locked();
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
+        let guard = self.locked();
         if self.store.get(key)?.is_some() {
             return Err(Error::AlreadyExists(key.to_string()));
         }
@@ -132,7 +193,8 @@ impl Snapshots {
             ids
         };
         let overlay = maps.is_some() && !parents.is_empty();
-        record.id = self.store.allocate_id()?;
+        let txn = self.store.write()?;
+        record.id = txn.allocate_id()?;
         let id = record.id;
         let temp = self.storage.new_dir(kind == Kind::Active || overlay)?;
         let made = (|| -> Result<()> {
@@ -154,10 +216,7 @@ impl Snapshots {
             self.discard(&temp);
             return Err(e);
         }
-        let committed = self.store.write().and_then(|txn| {
-            txn.create(key, &record)?;
-            txn.commit()
-        });
+        let committed = txn.create(key, &record).and_then(|()| txn.commit());
         if let Err(e) = committed {
             self.discard(OsStr::new(&id.to_string()));
             return Err(e);
@@ -165,6 +224,11 @@ impl Snapshots {
         if !overlay {
             return Ok(mounts::plain(&self.storage, id, kind, &parents, &self.opts));
         }
+        // The overlay is assembled outside the store lock, under the new
+        // snapshot's busy mark (free: the id is new), so other snapshots'
+        // requests go on meanwhile.
+        let busy = self.mark_busy(id);
+        drop(guard);
         let maps = maps.expect("overlay implies maps");
         match mounts::assemble(&self.storage, id, kind, &parents, &maps, &self.opts) {
             Ok(strategy) => {
@@ -173,10 +237,12 @@ impl Snapshots {
                     parents.len(),
                     self.storage.mount_path(id).display()
                 ));
+                drop(busy);
                 Ok(mounts::idmapped_bind(&self.storage, id, kind))
             }
             Err(e) => {
                 // Undo: nothing of a failed Prepare stays.
+                let _guard = self.locked();
                 let undo = self.store.write().and_then(|txn| {
                     txn.remove(key)?;
                     txn.commit()
@@ -223,11 +289,11 @@ impl Snapshots {
             ));
         };
         if !mounts::attached(&self.storage, record.id)? {
-            let _guard = self.locked();
-            // Looked at again under the lock: removed or attached meanwhile?
-            match self.store.get(key)? {
-                Some(r) if r.id == record.id => {}
-                _ => return Err(Error::NotFound(key.to_string())),
+            // Under its busy mark: a Remove or Commit waits, and what it
+            // reads again says whether the snapshot is still there.
+            let (again, parents, _busy) = self.claim(key)?;
+            if again.id != record.id {
+                return Err(Error::NotFound(key.to_string()));
             }
             if !mounts::attached(&self.storage, record.id)? {
                 let strategy = mounts::assemble(
@@ -249,8 +315,7 @@ impl Snapshots {
     /// Commits active snapshot `key` as `name`. An idmapped snapshot's
     /// overlay is taken down first: a committed snapshot is never mounted.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
-        let _guard = self.locked();
-        let (record, parents) = self.store.with_parents(key)?;
+        let (record, parents, _busy) = self.claim(key)?;
         if record.kind != Kind::Active {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot {key} is not active; only active snapshots can be committed"
@@ -262,11 +327,16 @@ impl Snapshots {
         if self.store.get(name)?.is_some() {
             return Err(Error::AlreadyExists(name.to_string()));
         }
+        // Under the busy mark only: the overlay goes, the tree is counted.
         if idmapped(&record, &parents)?.is_some() {
             mounts::take_down(&self.storage, record.id)?;
         }
         let (size, inodes) = self.storage.usage(record.id)?;
+        let _guard = self.locked();
         let txn = self.store.write()?;
+        if txn.get(name)?.is_some() {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
         txn.remove(key)?;
         let now = SystemTime::now();
         txn.create(
@@ -289,35 +359,37 @@ impl Snapshots {
     /// Refused while it has children or anything is mounted inside its
     /// directory (that mount is reported, and nothing is deleted).
     pub fn remove(&self, key: &str) -> Result<()> {
-        let _guard = self.locked();
-        let (record, parents) = self.store.with_parents(key)?;
-        let txn = self.store.write()?;
-        txn.remove(key)?; // NotFound, or children left: nothing changed yet
+        let (record, parents, _busy) = self.claim(key)?;
         let dir = self.storage.snapshot_path(record.id);
-        let beneath = self.storage.mounts_beneath(&dir)?;
-        if !beneath.is_empty() {
-            let list: Vec<String> = beneath.iter().map(|p| p.display().to_string()).collect();
-            log::warn(&format!(
-                "refusing to remove snapshot {key}: mounted inside it: {}",
-                list.join(", ")
-            ));
-            return Err(Error::FailedPrecondition(format!(
-                "snapshot {key} not removed: something is mounted inside {}: {}; unmount it first",
-                dir.display(),
-                list.join(", ")
-            )));
+        let name = OsStr::new(&record.id.to_string()).to_os_string();
+        {
+            let _guard = self.locked();
+            let txn = self.store.write()?;
+            txn.remove(key)?; // NotFound, or children left: nothing changed yet
+            let beneath = self.storage.mounts_beneath(&dir)?;
+            if !beneath.is_empty() {
+                let list: Vec<String> = beneath.iter().map(|p| p.display().to_string()).collect();
+                log::warn(&format!(
+                    "refusing to remove snapshot {key}: mounted inside it: {}",
+                    list.join(", ")
+                ));
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key} not removed: something is mounted inside {}: {}; unmount it first",
+                    dir.display(),
+                    list.join(", ")
+                )));
+            }
+            if idmapped(&record, &parents)?.is_some() {
+                mounts::take_down(&self.storage, record.id)?;
+            }
+            txn.commit()?;
         }
-        if idmapped(&record, &parents)?.is_some() {
-            mounts::take_down(&self.storage, record.id)?;
-        }
-        txn.commit()?;
         // The record is gone: from here a failure only leaves a directory
-        // for the next cleanup, which the error reports.
-        self.storage
-            .remove_dir(OsStr::new(&record.id.to_string()))
-            .inspect_err(|e| {
-                log::warn(&format!("snapshot {key} removed, its directory not: {e}"));
-            })
+        // for the next cleanup, which the error reports. The tree is deleted
+        // outside the store lock, under the busy mark (cleanup skips it).
+        self.storage.remove_dir(&name).inspect_err(|e| {
+            log::warn(&format!("snapshot {key} removed, its directory not: {e}"));
+        })
     }
 
     /// The record of `key`.
@@ -405,6 +477,17 @@ impl Snapshots {
         let ids: HashSet<u64> = all.iter().map(|(_, r)| r.id).collect();
         for name in self.storage.snapshot_entries()? {
             let s = name.to_string_lossy().to_string();
+            // ID, rm-ID or rm-ID.N of a snapshot a Remove is deleting right
+            // now (its record already gone): that Remove finishes it.
+            let removing = s
+                .strip_prefix(RM_PREFIX)
+                .unwrap_or(&s)
+                .split('.')
+                .next()
+                .and_then(|r| r.parse::<u64>().ok());
+            if removing.is_some_and(|id| !ids.contains(&id) && self.is_busy(id)) {
+                continue;
+            }
             let ours = match s.parse::<u64>() {
                 Ok(id) if ids.contains(&id) => continue,
                 Ok(_) => true,
@@ -425,16 +508,16 @@ impl Snapshots {
                 }
             }
         }
-        let mut keep = HashSet::new();
-        for (key, record) in &all {
-            let parents = match self.store.with_parents(key) {
-                Ok((_, p)) => p,
-                Err(_) => continue,
-            };
-            if matches!(idmapped(record, &parents), Ok(Some(_))) {
-                keep.insert(record.id);
-            }
-        }
+        // Which snapshots own an overlay: only whether they have a parent
+        // matters, not the whole chain.
+        let keep: HashSet<u64> = all
+            .iter()
+            .filter(|(_, r)| {
+                let parents: &[u64] = if r.parent.is_empty() { &[] } else { &[0] };
+                matches!(idmapped(r, parents), Ok(Some(_)))
+            })
+            .map(|(_, r)| r.id)
+            .collect();
         for name in self.storage.mount_entries()? {
             let Ok(id) = name.to_string_lossy().parse::<u64>() else {
                 log::warn(&format!(

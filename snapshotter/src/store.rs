@@ -3,10 +3,10 @@
 //! One table maps a snapshot's key (containerd's name for it) to its
 //! [`Record`] as JSON; another holds the next directory id. Each change is
 //! one redb write transaction, durable when `commit` returns, so a crash
-//! leaves either the old or the new state. Directory ids are taken from
-//! the counter in a transaction of their own, before the directory is
-//! made, so an id is never handed out twice even when a crash loses the
-//! snapshot it was for (the directory is then an orphan, cleaned at start).
+//! leaves either the old or the new state. A directory id is taken from the
+//! counter in the transaction that adds the snapshot: when that commit is
+//! lost to a crash, the id may be handed out again, and its directory (an
+//! orphan) is removed at the next start, before anything is served.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -152,6 +152,15 @@ impl Txn {
         let table = self.txn.open_table(SNAPSHOTS)?;
         let value = table.get(key)?;
         value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Takes the next directory id; it is used up once this transaction
+    /// commits, and free again if it does not.
+    pub fn allocate_id(&self) -> Result<u64> {
+        let mut meta = self.txn.open_table(META)?;
+        let id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
+        meta.insert(NEXT_ID, id + 1)?;
+        Ok(id)
     }
 
     /// Writes `record` under `key`.
