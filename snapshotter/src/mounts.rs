@@ -92,14 +92,11 @@ pub fn idmapped_bind(storage: &Storage, id: u64, kind: Kind) -> Vec<Mount> {
 }
 
 /// Whether an overlay is attached at `ROOT/mounts/ID` (in this process's
-/// mount namespace).
+/// mount namespace). The top-most mount there is the one a lookup reaches.
 pub fn attached(storage: &Storage, id: u64) -> Result<bool> {
-    let target = storage.mount_path(id);
-    let entries = idoverlay::mountinfo::read_self()
-        .map_err(|e| Error::io("reading", "/proc/self/mountinfo", e))?;
-    let at = idoverlay::mountinfo::mounted_at(&entries, &target);
-    // The top-most mount at the target is the one a lookup reaches.
-    Ok(at.last().is_some_and(|m| m.fs_type == "overlay"))
+    Ok(storage
+        .mount_point_state(id)?
+        .is_some_and(|(_, overlay)| overlay))
 }
 
 /// Assembles snapshot `id`'s idmapped overlay and attaches it at
@@ -138,33 +135,26 @@ pub fn take_down(storage: &Storage, id: u64) -> Result<()> {
     let target = storage.mount_path(id);
     // Mounts can be stacked (a crash between two attaches); bounded.
     for _ in 0..64 {
-        let entries = idoverlay::mountinfo::read_self()
-            .map_err(|e| Error::io("reading", "/proc/self/mountinfo", e))?;
-        let at = idoverlay::mountinfo::mounted_at(&entries, &target);
-        let Some(top) = at.last() else { break };
-        if top.fs_type == "overlay" {
-            if let Err(e) = idoverlay::unmount_overlay(&target, false) {
-                crate::log::warn(&format!(
-                    "unmounting {}: {e}; detaching it lazily",
-                    target.display()
-                ));
-                idoverlay::unmount_overlay(&target, true)?;
+        match storage.mount_point_state(id)? {
+            None | Some((false, _)) => {
+                return storage.remove_mount_point(std::ffi::OsStr::new(&id.to_string()))
             }
-        } else {
-            sys::detach(&target).map_err(|e| Error::io("detaching", &target, e))?;
+            Some((true, true)) => {
+                if let Err(e) = idoverlay::unmount_overlay(&target, false) {
+                    crate::log::warn(&format!(
+                        "unmounting {}: {e}; detaching it lazily",
+                        target.display()
+                    ));
+                    idoverlay::unmount_overlay(&target, true)?;
+                }
+            }
+            Some((true, false)) => {
+                sys::detach(&target).map_err(|e| Error::io("detaching", &target, e))?
+            }
         }
     }
-    if !idoverlay::mountinfo::mounted_at(
-        &idoverlay::mountinfo::read_self()
-            .map_err(|e| Error::io("reading", "/proc/self/mountinfo", e))?,
-        &target,
-    )
-    .is_empty()
-    {
-        return Err(Error::FailedPrecondition(format!(
-            "{} is still mounted after 64 unmounts",
-            target.display()
-        )));
-    }
-    storage.remove_mount_point(std::ffi::OsStr::new(&id.to_string()))
+    Err(Error::FailedPrecondition(format!(
+        "{} is still mounted after 64 unmounts",
+        target.display()
+    )))
 }

@@ -245,6 +245,21 @@ impl Storage {
         }
     }
 
+    /// What is at `mounts/ID`: `None` when nothing is there, else whether
+    /// a mount is (statx `STATX_ATTR_MOUNT_ROOT`) and whether it is an
+    /// overlay. Three syscalls instead of reading all of mountinfo.
+    pub fn mount_point_state(&self, id: u64) -> Result<Option<(bool, bool)>> {
+        let path = self.mount_path(id);
+        let fd = match sys::open_mount_point(self.mounts.as_fd(), OsStr::new(&id.to_string())) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::io("opening", path, e)),
+        };
+        let mounted = sys::is_mount_root(fd.as_fd()).map_err(|e| Error::io("statx", &path, e))?;
+        let overlay = sys::is_overlay(fd.as_fd()).map_err(|e| Error::io("statfs", &path, e))?;
+        Ok(Some((mounted, mounted && overlay)))
+    }
+
     /// Removes the empty directory `mounts/NAME` (never a mount point: the
     /// kernel refuses).
     pub fn remove_mount_point(&self, name: &OsStr) -> Result<()> {

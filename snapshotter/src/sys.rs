@@ -51,6 +51,31 @@ pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: impl AsRef<Path>) -> io::Resul
     .map_err(io_err)
 }
 
+/// Opens `name` (one component) in `dir` as an `O_PATH` fd, landing on the
+/// root of whatever is mounted there (the one lookup here that may cross
+/// into a mount: it is how a mount point's mount is inspected). No symlink
+/// is followed.
+pub fn open_mount_point(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(io_err)
+}
+
+/// overlayfs' `f_type` (`OVERLAYFS_SUPER_MAGIC`).
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// Whether an fd is on an overlay filesystem.
+pub fn is_overlay(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstatfs(fd).map_err(io_err)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    Ok(st.f_type as i64 == OVERLAYFS_SUPER_MAGIC)
+}
+
 /// What an entry of a directory is, without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
