@@ -93,6 +93,11 @@ fn main() -> anyhow::Result<()> {
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(|| {
+            if let Err(e) = idoverlay_snapshotter::sys::unshare_fs() {
+                log::warn(&format!("unshare(CLONE_FS) on a worker thread: {e}"));
+            }
+        })
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(Arc::new(snapshots), &args.address))
