@@ -200,6 +200,11 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
             Strategy::HostStaged,
         ] {
             overlay(&u1, &w1, first).mount(&t1).unwrap();
+            // What the first overlay has in flight in its work dir (a
+            // copy-up's temporary file): a second overlay on that work dir
+            // would empty work/ as it mounts, even if taken down at once.
+            let in_flight = w1.join("work/#99");
+            write_file(&in_flight, "copy-up in flight", 0o644, 0, 0);
             for second in [
                 Strategy::Detached,
                 Strategy::PrivateNs,
@@ -230,6 +235,8 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
                         .all(|m| m.source == "idoverlay-state"));
                 }
             }
+            assert!(in_flight.exists(), "{first}: the first overlay's work dir was emptied");
+            fs::remove_file(&in_flight).unwrap();
             idoverlay::unmount_overlay(&t1, false).unwrap();
             // Free again once that overlay is gone.
             overlay(&u1, &w2, first).mount(&t2).unwrap();

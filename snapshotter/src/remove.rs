@@ -1,0 +1,171 @@
+//! Deleting a snapshot's directory tree: the one recursive delete of the
+//! snapshotter.
+//!
+//! The tree is walked by fd only. Each directory is opened relative to its
+//! parent's fd with `openat2(RESOLVE_BENEATH | RESOLVE_NO_XDEV |
+//! RESOLVE_NO_SYMLINKS)`, so the walk never follows a symlink (a symlink is
+//! an entry, unlinked as itself) and never enters a mount: a directory that
+//! is a mount point (a bind mount someone planted, a still-mounted layer)
+//! makes the kernel answer `EXDEV`, and the removal stops there and reports
+//! it, leaving that directory and its parents in place. A mount placed on a
+//! directory after it was opened does not matter either: the fd keeps
+//! naming the directory underneath, and `rmdir` of a mount point fails.
+//! This is what containerd 2.0's `os.RemoveAll` of a temp dir lacked when
+//! an unmount had failed (containerd#10704).
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// Directories deeper than this are not descended into (each level holds
+/// one fd); the removal stops and reports instead.
+pub const MAX_DEPTH: usize = 4096;
+
+/// Entries read from one directory at a time; a directory with more is read
+/// again after these are gone.
+const BATCH: usize = 4096;
+
+/// Why a tree was not removed (entirely).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// Something is mounted inside the tree: it was not entered.
+    #[error("{} is a mount point inside a snapshot being removed; it was left alone (and so were its parents). Unmount it, then remove again", .0.display())]
+    MountBeneath(PathBuf),
+    /// The tree is deeper than [`MAX_DEPTH`].
+    #[error("{} is more than {MAX_DEPTH} directories deep; left in place", .0.display())]
+    TooDeep(PathBuf),
+    /// A syscall failed.
+    #[error("removing {}: {source}", path.display())]
+    Io {
+        /// The entry, relative to the directory the removal started in.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+struct Frame {
+    fd: OwnedFd,
+    /// Name of this directory in its parent.
+    name: OsString,
+    /// Entries still to handle.
+    pending: Vec<OsString>,
+}
+
+fn path_of(stack: &[Frame], top: &OsStr, leaf: Option<&OsStr>) -> PathBuf {
+    let mut p = PathBuf::from(top);
+    for f in stack.iter().skip(1) {
+        p.push(&f.name);
+    }
+    if let Some(leaf) = leaf {
+        p.push(leaf);
+    }
+    p
+}
+
+fn open(dir: BorrowedFd<'_>, rel: &OsStr, path: PathBuf) -> Result<OwnedFd, RemoveError> {
+    match sys::open_dir_beneath(dir, rel) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(RemoveError::MountBeneath(path)),
+        Err(source) => Err(RemoveError::Io { path, source }),
+    }
+}
+
+fn read(fd: &OwnedFd, path: impl FnOnce() -> PathBuf) -> Result<Vec<OsString>, RemoveError> {
+    sys::read_names(fd.as_fd(), BATCH).map_err(|source| RemoveError::Io {
+        path: path(),
+        source,
+    })
+}
+
+/// What to do after looking at one entry.
+enum Step {
+    Next,
+    Retry(OsString),
+    Descend(Frame),
+}
+
+/// Removes the directory `name` (one component) inside `parent`, with
+/// everything in it. Fails, leaving what it could not remove, when a
+/// mount point or anything else stops it.
+pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
+    let parent = parent.as_fd();
+    let top = name;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(RemoveError::Io {
+            path: PathBuf::from(name),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    let root = open(parent, name, PathBuf::from(name))?;
+    let pending = read(&root, || PathBuf::from(name))?;
+    let mut stack = vec![Frame {
+        fd: root,
+        name: name.to_os_string(),
+        pending,
+    }];
+    while let Some(last) = stack.len().checked_sub(1) {
+        let Some(entry) = stack[last].pending.pop() else {
+            // Read again: a directory longer than one batch, or entries
+            // created meanwhile. Only an empty directory is removed.
+            let again = read(&stack[last].fd, || path_of(&stack, top, None))?;
+            if !again.is_empty() {
+                stack[last].pending = again;
+                continue;
+            }
+            let done = stack.pop().expect("non-empty stack");
+            let path = path_of(&stack, top, Some(&done.name));
+            drop(done.fd);
+            let dir = stack.last().map_or(parent, |f| f.fd.as_fd());
+            match sys::rmdir(dir, &done.name) {
+                Ok(()) => {}
+                // The kernel refuses to remove a mount point.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(RemoveError::MountBeneath(path))
+                }
+                Err(source) => return Err(RemoveError::Io { path, source }),
+            }
+            continue;
+        };
+        let path = path_of(&stack, top, Some(&entry));
+        let step = {
+            let dir = stack[last].fd.as_fd();
+            match sys::entry_kind(dir, &entry) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Step::Next,
+                Err(source) => return Err(RemoveError::Io { path, source }),
+                Ok(sys::Kind::Other) => match sys::unlink(dir, &entry) {
+                    Ok(()) => Step::Next,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Step::Next,
+                    // Swapped for a directory between stat and unlink.
+                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Step::Retry(entry),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        return Err(RemoveError::MountBeneath(path))
+                    }
+                    Err(source) => return Err(RemoveError::Io { path, source }),
+                },
+                Ok(sys::Kind::Dir) => {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(RemoveError::TooDeep(path));
+                    }
+                    let fd = open(dir, &entry, path.clone())?;
+                    let pending = read(&fd, || path)?;
+                    Step::Descend(Frame {
+                        fd,
+                        name: entry,
+                        pending,
+                    })
+                }
+            }
+        };
+        match step {
+            Step::Next => {}
+            Step::Retry(entry) => stack[last].pending.push(entry),
+            Step::Descend(frame) => stack.push(frame),
+        }
+    }
+    Ok(())
+}

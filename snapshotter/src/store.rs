@@ -1,0 +1,295 @@
+//! Snapshot metadata in redb, an embedded transactional store.
+//!
+//! One table maps a snapshot's key (containerd's name for it) to its
+//! [`Record`] as JSON; another holds the next directory id. Each change is
+//! one redb write transaction, durable when `commit` returns, so a crash
+//! leaves either the old or the new state. A directory id is taken from the
+//! counter in the transaction that adds the snapshot: when that commit is
+//! lost to a crash, the id may be handed out again, and its directory (an
+//! orphan) is removed at the next start, before anything is served.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_id";
+
+/// A snapshot's kind, as in containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Writable, from Prepare.
+    Active,
+    /// Read-only, from View.
+    View,
+    /// Committed: a parent for others, never mounted itself.
+    Committed,
+}
+
+/// What the store keeps for one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Directory id: the snapshot lives in `snapshots/<id>`.
+    pub id: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// Key of the parent (a committed snapshot), or empty.
+    pub parent: String,
+    /// containerd's labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was made.
+    pub created: SystemTime,
+    /// When it last changed.
+    pub updated: SystemTime,
+    /// Bytes used, as counted at Commit (committed snapshots only).
+    pub size: i64,
+    /// Inodes used, as counted at Commit.
+    pub inodes: i64,
+}
+
+/// The metadata store.
+pub struct Store {
+    db: Database,
+}
+
+fn decode(bytes: &[u8]) -> Result<Record> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// A write transaction: every change in it lands together at
+/// [`Txn::commit`], or not at all when it is dropped.
+pub struct Txn {
+    txn: redb::WriteTransaction,
+}
+
+impl Store {
+    /// Opens (or creates) the store file. redb checks and, after a crash,
+    /// repairs it here.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOTS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// The record of `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Record>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let value = table.get(key)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every snapshot, ordered by key.
+    pub fn all(&self) -> Result<Vec<(String, Record)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The record of `key` and the directory ids of its ancestors, nearest
+    /// first (overlay's `lowerdir` order), read in one snapshot of the store.
+    pub fn with_parents(&self, key: &str) -> Result<(Record, Vec<u64>)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS)?;
+        let get = |k: &str| -> Result<Option<Record>> {
+            table.get(k)?.map(|v| decode(v.value())).transpose()
+        };
+        let record = get(key)?.ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mut ids = Vec::new();
+        let mut parent = record.parent.clone();
+        while !parent.is_empty() {
+            let p = get(&parent)?.ok_or_else(|| {
+                Error::Store(format!("snapshot {key}: ancestor {parent} is missing"))
+            })?;
+            ids.push(p.id);
+            // Overlay stacks at most 500 layers; a longer chain is a loop.
+            if ids.len() > 500 {
+                return Err(Error::Store(format!("snapshot {key}: parent chain loops")));
+            }
+            parent = p.parent;
+        }
+        Ok((record, ids))
+    }
+
+    /// Takes the next directory id, durably.
+    pub fn allocate_id(&self) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
+            meta.insert(NEXT_ID, id + 1)?;
+            id
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Starts a write transaction.
+    pub fn write(&self) -> Result<Txn> {
+        Ok(Txn {
+            txn: self.db.begin_write()?,
+        })
+    }
+}
+
+impl Txn {
+    /// The record of `key`, as this transaction sees it.
+    pub fn get(&self, key: &str) -> Result<Option<Record>> {
+        let table = self.txn.open_table(SNAPSHOTS)?;
+        let value = table.get(key)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Takes the next directory id; it is used up once this transaction
+    /// commits, and free again if it does not.
+    pub fn allocate_id(&self) -> Result<u64> {
+        let mut meta = self.txn.open_table(META)?;
+        let id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
+        meta.insert(NEXT_ID, id + 1)?;
+        Ok(id)
+    }
+
+    /// Writes `record` under `key`.
+    pub fn put(&self, key: &str, record: &Record) -> Result<()> {
+        let bytes = serde_json::to_vec(record)?;
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        table.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Adds a new snapshot: `key` must be free and `parent` empty or a
+    /// committed snapshot.
+    pub fn create(&self, key: &str, record: &Record) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("snapshot key is empty".into()));
+        }
+        if self.get(key)?.is_some() {
+            return Err(Error::AlreadyExists(key.to_string()));
+        }
+        if !record.parent.is_empty() {
+            match self.get(&record.parent)? {
+                None => return Err(Error::NotFound(format!("parent {}", record.parent))),
+                Some(p) if p.kind != Kind::Committed => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "parent {} is not a committed snapshot",
+                        record.parent
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        self.put(key, record)
+    }
+
+    /// Deletes `key`, refusing while another snapshot has it as parent.
+    pub fn remove(&self, key: &str) -> Result<Record> {
+        let record = self
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        {
+            let table = self.txn.open_table(SNAPSHOTS)?;
+            for item in table.iter()? {
+                let (k, v) = item?;
+                if decode(v.value())?.parent == key {
+                    return Err(Error::FailedPrecondition(format!(
+                        "cannot remove snapshot {key}: {} has it as parent",
+                        k.value()
+                    )));
+                }
+            }
+        }
+        let mut table = self.txn.open_table(SNAPSHOTS)?;
+        table.remove(key)?;
+        Ok(record)
+    }
+
+    /// Makes it all durable.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, kind: Kind, parent: &str) -> Record {
+        let now = SystemTime::now();
+        Record {
+            id,
+            kind,
+            parent: parent.into(),
+            labels: BTreeMap::new(),
+            created: now,
+            updated: now,
+            size: 0,
+            inodes: 0,
+        }
+    }
+
+    fn store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "idoverlay-snapshotter-store-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metadata.redb");
+        let _ = std::fs::remove_file(&path);
+        (Store::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn ids_rules_and_durability() {
+        let (s, path) = store();
+        assert_eq!(s.allocate_id().unwrap(), 1);
+        assert_eq!(s.allocate_id().unwrap(), 2);
+        let t = s.write().unwrap();
+        t.create("c1", &record(1, Kind::Committed, "")).unwrap();
+        t.create("a1", &record(2, Kind::Active, "c1")).unwrap();
+        assert!(matches!(
+            t.create("a1", &record(3, Kind::Active, "")),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            t.create("a2", &record(3, Kind::Active, "a1")),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            t.create("a3", &record(3, Kind::Active, "nope")),
+            Err(Error::NotFound(_))
+        ));
+        t.commit().unwrap();
+        let t = s.write().unwrap();
+        assert!(matches!(t.remove("c1"), Err(Error::FailedPrecondition(_))));
+        drop(t);
+        assert_eq!(s.with_parents("a1").unwrap().1, vec![1]);
+        // A transaction dropped without commit changes nothing.
+        let t = s.write().unwrap();
+        t.remove("a1").unwrap();
+        drop(t);
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert!(s.get("a1").unwrap().is_some());
+        assert_eq!(s.allocate_id().unwrap(), 3, "the counter survives a reopen");
+        assert_eq!(s.all().unwrap().len(), 2);
+        drop(s);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_dir(path.parent().unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,551 @@
+//! The snapshotter binary driven over its unix socket with containerd's
+//! own snapshots API (the generated client), in a private mount namespace:
+//! what containerd would see, and what is on disk and in mountinfo.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{chown, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use common::{block_on, in_private_ns, mounted_type, owner, run, Snapshotter};
+use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
+use containerd_snapshots::api::snapshots::v1::*;
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::tonic::{transport::Channel, Code};
+
+type Client = SnapshotsClient<Channel>;
+
+const UIDMAP: &str = "containerd.io/snapshot/uidmapping";
+const GIDMAP: &str = "containerd.io/snapshot/gidmapping";
+
+fn maps(uid: &str, gid: &str) -> HashMap<String, String> {
+    [(UIDMAP, uid), (GIDMAP, gid)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn prepare(
+    c: &mut Client,
+    key: &str,
+    parent: &str,
+    labels: HashMap<String, String>,
+) -> Result<Vec<Mount>, Code> {
+    c.prepare(PrepareSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels,
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
+    .map_err(|s| s.code())
+}
+
+async fn view(c: &mut Client, key: &str, parent: &str) -> Result<Vec<Mount>, Code> {
+    c.view(ViewSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
+    .map_err(|s| s.code())
+}
+
+async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), Code> {
+    c.commit(CommitSnapshotRequest {
+        snapshotter: String::new(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    })
+    .await
+    .map(|_| ())
+    .map_err(|s| s.code())
+}
+
+async fn remove(c: &mut Client, key: &str) -> Result<(), (Code, String)> {
+    c.remove(RemoveSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|_| ())
+    .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+async fn stat(c: &mut Client, key: &str) -> Result<Info, Code> {
+    c.stat(StatSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| r.into_inner().info.unwrap())
+    .map_err(|s| s.code())
+}
+
+async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, Code> {
+    c.mounts(MountsRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+    })
+    .await
+    .map(|r| r.into_inner().mounts)
+    .map_err(|s| s.code())
+}
+
+async fn list(c: &mut Client, filters: &[&str]) -> Vec<String> {
+    let mut stream = c
+        .list(ListSnapshotsRequest {
+            snapshotter: String::new(),
+            filters: filters.iter().map(|s| s.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(batch) = stream.message().await.unwrap() {
+        names.extend(batch.info.into_iter().map(|i| i.name));
+    }
+    names.sort();
+    names
+}
+
+fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+    Mount {
+        r#type: kind.into(),
+        source: source.into(),
+        target: String::new(),
+        options: options.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn index_off() -> bool {
+    Path::new("/sys/module/overlay/parameters/index").exists()
+}
+
+/// Two committed layers like an image's: busybox-ish files owned by 0, and
+/// files owned by 0 and 1000. Returns the top layer's name.
+async fn two_layers(c: &mut Client, root: &Path) -> String {
+    prepare(c, "l1-extract", "", HashMap::new()).await.unwrap();
+    let fs1 = root.join("snapshots/1/fs");
+    fs::create_dir(fs1.join("bin")).unwrap();
+    fs::write(fs1.join("bin/tool"), b"tool").unwrap();
+    commit(c, "l1", "l1-extract").await.unwrap();
+    prepare(c, "l2-extract", "l1", HashMap::new())
+        .await
+        .unwrap();
+    let fs2 = root.join("snapshots/2/fs");
+    fs::create_dir(fs2.join("data")).unwrap();
+    fs::write(fs2.join("data/root-file"), b"root").unwrap();
+    fs::write(fs2.join("data/user-file"), b"user").unwrap();
+    chown(fs2.join("data/user-file"), Some(1000), Some(1000)).unwrap();
+    commit(c, "l2", "l2-extract").await.unwrap();
+    "l2".into()
+}
+
+#[test]
+fn plain_lifecycle_as_containerd_overlayfs() {
+    in_private_ns("plain_lifecycle_as_containerd_overlayfs", |scratch| {
+        let snap = Snapshotter::start(scratch);
+        let root = snap.root.clone();
+        let r = |p: &str| root.join(p).display().to_string();
+        block_on(async {
+            let mut c = snap.client().await;
+            // A snapshot without parents: a bind of its fs, as containerd does.
+            let m = prepare(&mut c, "a", "", HashMap::new()).await.unwrap();
+            assert_eq!(
+                m,
+                vec![mount("bind", &r("snapshots/1/fs"), &["rw", "rbind"])]
+            );
+            fs::write(root.join("snapshots/1/fs/file"), b"hello").unwrap();
+            commit(&mut c, "c1", "a").await.unwrap();
+            assert_eq!(
+                stat(&mut c, "c1").await.unwrap().kind,
+                Kind::Committed as i32
+            );
+            assert_eq!(stat(&mut c, "a").await, Err(Code::NotFound));
+            // On one parent: overlay, in containerd's option order.
+            let mut want = vec![
+                format!("workdir={}", r("snapshots/2/work")),
+                format!("upperdir={}", r("snapshots/2/fs")),
+                format!("lowerdir={}", r("snapshots/1/fs")),
+            ];
+            if index_off() {
+                want.push("index=off".into());
+            }
+            let want_ref: Vec<&str> = want.iter().map(String::as_str).collect();
+            let m = prepare(&mut c, "b", "c1", HashMap::new()).await.unwrap();
+            assert_eq!(m, vec![mount("overlay", "overlay", &want_ref)]);
+            assert_eq!(mounts(&mut c, "b").await.unwrap(), m);
+            // A view of one layer: a read-only bind of that layer.
+            let v = view(&mut c, "v", "c1").await.unwrap();
+            assert_eq!(
+                v,
+                vec![mount("bind", &r("snapshots/1/fs"), &["ro", "rbind"])]
+            );
+            // The codes containerd relies on.
+            assert_eq!(
+                prepare(&mut c, "b", "c1", HashMap::new()).await,
+                Err(Code::AlreadyExists)
+            );
+            assert_eq!(
+                prepare(&mut c, "x", "b", HashMap::new()).await,
+                Err(Code::FailedPrecondition)
+            );
+            assert_eq!(
+                prepare(&mut c, "x", "nope", HashMap::new()).await,
+                Err(Code::NotFound)
+            );
+            assert_eq!(commit(&mut c, "c1", "b").await, Err(Code::AlreadyExists));
+            assert_eq!(
+                commit(&mut c, "c2", "v").await,
+                Err(Code::FailedPrecondition)
+            );
+            assert_eq!(
+                remove(&mut c, "c1").await.unwrap_err().0,
+                Code::FailedPrecondition
+            );
+            assert_eq!(
+                prepare(&mut c, "y", "", maps("0:1:1", "nonsense")).await,
+                Err(Code::InvalidArgument)
+            );
+            // Update, List with filters, Usage.
+            let mut info = stat(&mut c, "c1").await.unwrap();
+            info.labels
+                .insert("containerd.io/gc.root".into(), "x".into());
+            c.update(UpdateSnapshotRequest {
+                snapshotter: String::new(),
+                info: Some(info),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels.containerd.io/gc.root".into()],
+                }),
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                stat(&mut c, "c1").await.unwrap().labels["containerd.io/gc.root"],
+                "x"
+            );
+            assert_eq!(list(&mut c, &[]).await, vec!["b", "c1", "v"]);
+            assert_eq!(
+                list(&mut c, &["kind==active", "kind==view"]).await,
+                vec!["b", "v"]
+            );
+            assert_eq!(
+                list(&mut c, &[r#"labels."containerd.io/gc.root""#]).await,
+                vec!["c1"]
+            );
+            let usage = c
+                .usage(UsageRequest {
+                    snapshotter: String::new(),
+                    key: "c1".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(usage.inodes, 2, "fs and its one file");
+            // Removal, children first; the directories go with them.
+            remove(&mut c, "b").await.unwrap();
+            remove(&mut c, "v").await.unwrap();
+            remove(&mut c, "c1").await.unwrap();
+            assert_eq!(remove(&mut c, "c1").await.unwrap_err().0, Code::NotFound);
+            c.cleanup(CleanupRequest {
+                snapshotter: String::new(),
+            })
+            .await
+            .unwrap();
+        });
+        assert_eq!(fs::read_dir(root.join("snapshots")).unwrap().count(), 0);
+        snap.stop();
+    });
+}
+
+#[test]
+fn idmapped_overlay_attached_and_taken_down() {
+    in_private_ns("idmapped_overlay_attached_and_taken_down", |scratch| {
+        let snap = Snapshotter::start(scratch);
+        let root = snap.root.clone();
+        block_on(async {
+            let mut c = snap.client().await;
+            let top = two_layers(&mut c, &root).await;
+            let before = layers(&root);
+            // Several ranges, as containerd 2.x writes them.
+            let m = prepare(
+                &mut c,
+                "ctr",
+                &top,
+                maps("0:100000:1000,1000:201000:64536", "0:100000:65536"),
+            )
+            .await
+            .unwrap();
+            let target = root.join("mounts/3");
+            assert_eq!(
+                m,
+                vec![mount(
+                    "bind",
+                    &target.display().to_string(),
+                    &["rw", "rbind"]
+                )]
+            );
+            assert_eq!(mounted_type(&target).as_deref(), Some("overlay"));
+            assert_eq!(owner(&target.join("data/root-file")), "100000:100000");
+            assert_eq!(owner(&target.join("data/user-file")), "201000:101000");
+            assert_eq!(owner(&target.join("bin/tool")), "100000:100000");
+            assert_eq!(
+                owner(&root.join("snapshots/3/fs")),
+                "100000:100000",
+                "upper root"
+            );
+            // No idmapped mount is attached anywhere: the layers' clones
+            // were handed to overlay as fds (or, on older kernels, lived in
+            // a private namespace only).
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(
+                !mountinfo
+                    .lines()
+                    .any(|l| l.split(' ').nth(5).unwrap().contains("idmapped")),
+                "{mountinfo}"
+            );
+            // Writes land in the upper, in host ids; the layers are untouched.
+            fs::write(target.join("data/new"), b"new").unwrap();
+            assert_eq!(
+                fs::read(root.join("snapshots/3/fs/data/new")).unwrap(),
+                b"new"
+            );
+            assert_eq!(layers(&root), before, "the layers changed");
+            assert_eq!(mounts(&mut c, "ctr").await.unwrap(), m);
+            // Commit takes the overlay down first.
+            commit(&mut c, "committed", "ctr").await.unwrap();
+            assert_eq!(mounted_type(&target), None);
+            assert!(!target.exists());
+            // A view with maps is a read-only idmapped overlay.
+            let v = view_with_maps(&mut c, "ro", &top).await;
+            let vt = root.join("mounts/4");
+            assert_eq!(
+                v,
+                vec![mount("bind", &vt.display().to_string(), &["ro", "rbind"])]
+            );
+            assert_eq!(owner(&vt.join("data/user-file")), "101000:101000");
+            assert!(fs::write(vt.join("data/x"), b"x").is_err(), "read-only");
+            // Remove takes the overlay down and deletes the directories.
+            remove(&mut c, "ro").await.unwrap();
+            assert_eq!(mounted_type(&vt), None);
+            assert!(!root.join("snapshots/4").exists());
+            assert!(!vt.exists());
+        });
+        snap.stop();
+    });
+}
+
+/// Paths, owners, modes, sizes and contents of the two layers, sorted.
+fn layers(root: &Path) -> Vec<String> {
+    let out = run(Command::new("find")
+        .arg(root.join("snapshots/1"))
+        .arg(root.join("snapshots/2"))
+        .args(["-printf", "%p %U:%G %m %s\n"]));
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let path = l.split(' ').next().unwrap();
+            match fs::read(path) {
+                Ok(bytes) => format!("{l} {bytes:?}"),
+                Err(_) => l.to_string(),
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+async fn view_with_maps(c: &mut Client, key: &str, parent: &str) -> Vec<Mount> {
+    c.view(ViewSnapshotRequest {
+        snapshotter: String::new(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: maps("0:100000:65536", "0:100000:65536"),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .mounts
+}
+
+#[test]
+fn planted_bind_mount_is_refused_and_nothing_deleted() {
+    in_private_ns(
+        "planted_bind_mount_is_refused_and_nothing_deleted",
+        |scratch| {
+            let precious = scratch.join("precious");
+            fs::create_dir_all(precious.join("deep")).unwrap();
+            fs::write(precious.join("file"), b"precious").unwrap();
+            fs::write(precious.join("deep/file"), b"deep").unwrap();
+            let snap = Snapshotter::start(scratch);
+            let root = snap.root.clone();
+            block_on(async {
+                let mut c = snap.client().await;
+                prepare(&mut c, "p", "", HashMap::new()).await.unwrap();
+                let fs_dir = root.join("snapshots/1/fs");
+                fs::create_dir(fs_dir.join("hostpath")).unwrap();
+                fs::write(fs_dir.join("mine"), b"mine").unwrap();
+                run(Command::new("mount")
+                    .arg("--bind")
+                    .arg(&precious)
+                    .arg(fs_dir.join("hostpath")));
+                let (code, msg) = remove(&mut c, "p").await.unwrap_err();
+                assert_eq!(code, Code::FailedPrecondition);
+                assert!(
+                    msg.contains(&fs_dir.join("hostpath").display().to_string()),
+                    "{msg}"
+                );
+                assert_eq!(fs::read(precious.join("deep/file")).unwrap(), b"deep");
+                assert_eq!(fs::read(precious.join("file")).unwrap(), b"precious");
+                assert_eq!(
+                    fs::read(fs_dir.join("mine")).unwrap(),
+                    b"mine",
+                    "nothing removed at all"
+                );
+                assert_eq!(
+                    stat(&mut c, "p").await.unwrap().name,
+                    "p",
+                    "still a snapshot"
+                );
+                run(Command::new("umount").arg(fs_dir.join("hostpath")));
+                remove(&mut c, "p").await.unwrap();
+                assert!(!root.join("snapshots/1").exists());
+            });
+            assert_eq!(fs::read(precious.join("deep/file")).unwrap(), b"deep");
+            assert!(snap
+                .log_text()
+                .contains("refusing to remove snapshot p: mounted inside it"));
+            snap.stop();
+        },
+    );
+}
+
+#[test]
+fn restart_after_kill_finds_its_overlays_and_cleans_the_rest() {
+    in_private_ns(
+        "restart_after_kill_finds_its_overlays_and_cleans_the_rest",
+        |scratch| {
+            let snap = Snapshotter::start(scratch);
+            let root = snap.root.clone();
+            let target = root.join("mounts/3");
+            block_on(async {
+                let mut c = snap.client().await;
+                let top = two_layers(&mut c, &root).await;
+                prepare(
+                    &mut c,
+                    "live",
+                    &top,
+                    maps("0:100000:65536", "0:100000:65536"),
+                )
+                .await
+                .unwrap();
+                fs::write(target.join("data/written"), b"before the crash").unwrap();
+            });
+            snap.kill9();
+            // What a kill at other points leaves: a directory being made, one
+            // renamed into place whose record was never committed, one being
+            // removed, and a mount where no snapshot's overlay goes. Plus a name
+            // the snapshotter never makes, and a symlink out of a leftover.
+            let outside = scratch.join("outside");
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("keep"), b"keep").unwrap();
+            for d in [
+                "snapshots/new-1-2-3/fs/a/b",
+                "snapshots/999/fs/x",
+                "snapshots/rm-7/fs",
+                "mounts/77",
+                "snapshots/keepme",
+            ] {
+                fs::create_dir_all(root.join(d)).unwrap();
+            }
+            fs::write(root.join("snapshots/999/fs/x/file"), b"orphan").unwrap();
+            symlink(&outside, root.join("snapshots/new-1-2-3/fs/a/link")).unwrap();
+            run(Command::new("mount")
+                .args(["-t", "tmpfs", "stray"])
+                .arg(root.join("mounts/77")));
+            let snap = Snapshotter::start(scratch);
+            assert!(
+                snap.log_text().contains(
+                    "found 1 idmapped overlay(s) again; cleaned 3 director(ies) and 1 mount(s)"
+                ),
+                "{}",
+                snap.log_text()
+            );
+            for gone in [
+                "snapshots/new-1-2-3",
+                "snapshots/999",
+                "snapshots/rm-7",
+                "mounts/77",
+            ] {
+                assert!(!root.join(gone).exists(), "{gone} left");
+            }
+            assert!(
+                root.join("snapshots/keepme").exists(),
+                "not a name it makes: left alone"
+            );
+            assert_eq!(
+                fs::read(outside.join("keep")).unwrap(),
+                b"keep",
+                "symlink not followed"
+            );
+            assert_eq!(mounted_type(&target).as_deref(), Some("overlay"));
+            assert_eq!(
+                fs::read(target.join("data/written")).unwrap(),
+                b"before the crash"
+            );
+            block_on(async {
+                let mut c = snap.client().await;
+                let m = mounts(&mut c, "live").await.unwrap();
+                assert_eq!(m[0].source, target.display().to_string());
+            });
+            snap.stop();
+            // The offline check agrees, naming the one thing left (keepme).
+            let out = Command::new(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
+                .arg("--root")
+                .arg(&root)
+                .arg("check")
+                .output()
+                .unwrap();
+            let report = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(1), "{report}");
+            assert!(report.contains("snapshots/keepme: leftover"), "{report}");
+            assert_eq!(
+                report.matches("leftover").count() + report.matches("no snapshot").count(),
+                1,
+                "{report}"
+            );
+            fs::remove_dir(root.join("snapshots/keepme")).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
+                .arg("--root")
+                .arg(&root)
+                .arg("check")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            // After a reboot (the overlay gone), Mounts assembles it again.
+            idoverlay::unmount_overlay(&target, false).unwrap();
+            let snap = Snapshotter::start(scratch);
+            block_on(async {
+                let mut c = snap.client().await;
+                mounts(&mut c, "live").await.unwrap();
+            });
+            assert_eq!(
+                fs::read(target.join("data/written")).unwrap(),
+                b"before the crash"
+            );
+            snap.stop();
+        },
+    );
+}
