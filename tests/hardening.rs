@@ -235,7 +235,10 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
                         .all(|m| m.source == "idoverlay-state"));
                 }
             }
-            assert!(in_flight.exists(), "{first}: the first overlay's work dir was emptied");
+            assert!(
+                in_flight.exists(),
+                "{first}: the first overlay's work dir was emptied"
+            );
             fs::remove_file(&in_flight).unwrap();
             idoverlay::unmount_overlay(&t1, false).unwrap();
             // Free again once that overlay is gone.
