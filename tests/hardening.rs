@@ -690,9 +690,19 @@ fn the_state_tmpfs_is_private_and_its_lock_is_idoverlays_alone() {
         };
         // Anyone may open the parent and hold a lock on it: no matter.
         let mut holder = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
+            // --no-fork: the process started here is the one holding the
+            // lock (so killing it lets go), and nothing else keeps stdout.
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "flock",
+                "--no-fork",
+            ])
             .arg(&parent)
             .args(["sleep", "600"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
