@@ -17,7 +17,10 @@
 //!   filesystem, no lookup), and compared with where ours are. Paths that
 //!   were renamed since, and names through `/proc/…/fd`, cannot be told.
 //!
-//! Overlays in other mount namespaces are not seen.
+//! Overlays in other mount namespaces are not seen; nor is a foreign
+//! overlay on a pair whose last idoverlay overlay (of this boot) is gone:
+//! then the table is not searched, so that a pair used again and again
+//! costs two `getxattr` calls however many mounts the node has.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -127,7 +130,12 @@ fn in_use_error(dir: &OpenedDir, their_role: &str, at: &Path) -> Error {
 /// overlay: `work/` or `index/` in the work dir, `trusted.overlay.uuid` on
 /// the upper, 6.6+) costs two `getxattr` calls.
 pub(crate) fn check_not_in_use(upper: &OpenedDir, work: &OpenedDir, work_used: bool) -> Result<()> {
-    check_claims(upper, work)?;
+    if check_claims(upper, work)? {
+        // Last used by an overlay of idoverlay's in this boot, gone now:
+        // the traces of earlier use are its own, and the mount table (whose
+        // reading grows with the node's mounts) need not be searched.
+        return Ok(());
+    }
     let upper_used = || sys::has_xattr(upper.fd.as_fd(), c"trusted.overlay.uuid").unwrap_or(true);
     if !work_used && !upper_used() {
         return Ok(());
@@ -141,13 +149,16 @@ pub(crate) fn check_not_in_use(upper: &OpenedDir, work: &OpenedDir, work_used: b
 /// Refuses an upper or work dir that a live overlay of idoverlay's, in
 /// this thread's mount namespace, claimed. (In a namespace of its own, as
 /// private-ns runs, the caller's mounts are not seen: that strategy checks
-/// the claims before it enters one, on the very same directories.)
-pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
+/// the claims before it enters one, on the very same directories.) Returns
+/// whether both carry a claim of this boot (of mounts gone now).
+pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<bool> {
+    let mut both = true;
     for dir in [upper, work] {
         let claim = sys::get_xattr(dir.fd.as_fd(), CLAIM, CLAIM_MAX)
             .ok()
             .flatten()
             .and_then(|bytes| parse_claim(&bytes));
+        both &= claim.is_some();
         if let Some(at) = claim.and_then(live_mount_point) {
             return Err(in_use_error(
                 dir,
@@ -156,7 +167,7 @@ pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<()> {
             ));
         }
     }
-    Ok(())
+    Ok(both)
 }
 
 /// The overlays of `table` against our pair, by location.
