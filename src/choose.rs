@@ -44,7 +44,14 @@ pub(crate) fn refuses(report: &ProbeReport, strategy: Strategy) -> Option<(Featu
         Strategy::PrivateNs => &[PrivateMountNs, OverlayIdmappedLayers],
         Strategy::HostStaged => &[OverlayIdmappedLayers],
     };
-    needs.iter().find(|f| !report.observed(**f)).map(|f| {
+    // A private namespace is not probed where detached layers work (that
+    // would copy the mount table): then private-ns is tried, and says so
+    // if unshare is refused.
+    let missing = |f: Feature| match report.feature(f).observed {
+        Some(seen) => !seen,
+        None => f != PrivateMountNs || !report.observed(OverlayDetachedLayers),
+    };
+    needs.iter().find(|f| missing(**f)).map(|f| {
         let r = report.feature(*f);
         let how = match (r.observed, r.errno.as_deref(), &r.note) {
             (Some(false), Some(e), _) => format!("the kernel refused it ({e})"),
@@ -191,7 +198,9 @@ fn auto(report: &ProbeReport, version: Option<&KernelVersion>) -> (Option<Strate
         );
     }
     if report.observed(OverlayIdmappedLayers) {
-        if report.observed(PrivateMountNs) {
+        // Not probed where detached layers work (seen here only when those
+        // are pretended missing): tried, like a forced private-ns.
+        if report.feature(PrivateMountNs).observed != Some(false) {
             return (
                 Some(Strategy::PrivateNs),
                 "no detached layer fds (6.15), but idmapped layers attached in a thread's private mount namespace work".into(),

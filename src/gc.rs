@@ -85,7 +85,10 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
     let mut table = None;
     let mut ids = Vec::new();
     for name in &names {
-        if name == state::MARKER.as_bytes() {
+        if name == state::MARKER.as_bytes()
+            || name == crate::probe_cache::DIR.as_bytes()
+            || name == crate::strategy::staging_ns::FILE.as_bytes()
+        {
             continue;
         }
         if let Some(id) = name

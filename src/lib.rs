@@ -41,11 +41,13 @@
 //!   ends after 1 s without work (closing one waits for an RCU grace
 //!   period the caller need not wait for: at 500 layers the mount's median
 //!   was 1.11–1.19x a plain overlay's with it, 1.26–1.41x without);
-//! * the staged strategies and [`probe::probe`] work on a thread in a
-//!   private mount namespace that ends with the call.
+//! * the staged strategies and [`probe::probe`] work on a thread of their
+//!   own that ends with the call; private-ns keeps one fd open from its
+//!   first assembly on: its staging mount namespace, made once per process
+//!   (copying the mount table once, not per mount).
 //!
 //! Call [`settle`] before anything that needs a single-threaded process
-//! again (`unshare(CLONE_NEWUSER)`).
+//! again (`unshare(CLONE_NEWUSER)`); it also closes that fd.
 #![deny(missing_docs)]
 // `unsafe` lives in the syscall module alone (`sys`), which is allowed it.
 #![deny(unsafe_code)]
@@ -63,6 +65,7 @@ mod options;
 mod overlayfs;
 mod path;
 pub mod probe;
+mod probe_cache;
 mod reaper;
 mod report;
 mod state;
@@ -112,6 +115,7 @@ pub struct Overlay {
     state_dir: Option<PathBuf>,
     per_layer_clones: bool,
     probe_report: Option<Arc<probe::ProbeReport>>,
+    probe_for_boot: bool,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -276,6 +280,19 @@ impl Overlay {
         self
     }
 
+    /// Keeps the probe's report in the state dir for the rest of the boot
+    /// (see [`Overlay::state_dir`]), and uses the one kept there: for a
+    /// program that is a new process for every mount, as the command line
+    /// tool is (in one process, the report is kept anyway). The first
+    /// successful assembly of a boot probes and writes it, creating the
+    /// state dir's tmpfs; a report of another kernel or boot, or one that
+    /// does not parse whole, is probed again.
+    #[must_use = "the builder returns the changed Overlay"]
+    pub fn keep_probe_for_boot(mut self, on: bool) -> Self {
+        self.probe_for_boot = on;
+        self
+    }
+
     /// Treats `feature` as missing even if the kernel has it: forces the
     /// code paths of older kernels (as libpathrs forces ENOSYS), for tests
     /// and for comparing strategies on one machine.
@@ -416,10 +433,21 @@ impl Overlay {
         }
         let first_layer = &self.lowers[0];
         let layer_fs = fs_type::of_path(first_layer).unwrap_or_default();
-        let report = match &self.probe_report {
-            Some(report) => report.clone(),
-            None => probe::cached(first_layer, &layer_fs, Some(userns)),
+        let for_boot = (self.probe_for_boot && self.probe_report.is_none())
+            .then(|| probe_cache::load(self.state_dir_or_default(), &layer_fs))
+            .flatten();
+        let keep_after = self.probe_for_boot && self.probe_report.is_none() && for_boot.is_none();
+        let report = match (&self.probe_report, for_boot) {
+            (Some(report), _) => report.clone(),
+            (None, Some(kept)) => {
+                req_trace(self.trace.as_ref(), || {
+                    format!("probe report of this boot, from the state dir ({layer_fs})")
+                });
+                Arc::new(kept)
+            }
+            (None, None) => probe::cached(first_layer, &layer_fs, Some(userns)),
         };
+        let to_keep = keep_after.then(|| report.clone());
         let report = if self.pretend_missing.is_empty() {
             report
         } else {
@@ -447,14 +475,25 @@ impl Overlay {
                 self.strategy, report.kernel
             )
         });
-        run(&req, chosen)
+        let result = run(&req, chosen)?;
+        // Kept once something was mounted with it: bad input changes
+        // nothing, the state dir included.
+        if let Some(report) = to_keep {
+            if let Err(e) = probe_cache::store(self.state_dir_or_default(), &report) {
+                req.trace(|| format!("probe report not kept: {e}"));
+            }
+        }
+        Ok(result)
     }
 
     fn assemble_with(&self, req: &Request<'_>, chosen: Strategy) -> Result<DetachedMount> {
         let mut warnings = Vec::new();
         let fd = match chosen {
             Strategy::Detached => strategy::detached::assemble(req)?,
-            Strategy::PrivateNs => strategy::private_ns::assemble(req)?,
+            Strategy::PrivateNs => strategy::private_ns::assemble(
+                req,
+                self.probe_for_boot.then(|| self.state_dir_or_default()),
+            )?,
             Strategy::HostStaged => {
                 let (fd, left) = strategy::host_staged::assemble(req, self.state_dir_or_default())?;
                 warnings = left;
@@ -508,6 +547,13 @@ impl Overlay {
 
     fn check_target_outside_state_dir(&self, target: &layer::OpenedDir) -> Result<()> {
         check_target_outside_state_dir(self.state_dir_or_default(), target)
+    }
+}
+
+/// One trace line, when the caller asked for a trace.
+fn req_trace(trace: Option<&Trace>, line: impl FnOnce() -> String) {
+    if let Some(trace) = trace {
+        trace(&line());
     }
 }
 

@@ -1,13 +1,18 @@
 //! Asking the running kernel what it can do, by trying each operation for
 //! real on scratch directories nobody else can see.
 //!
-//! Everything happens on a short-lived thread that first unshares its mount
-//! namespace and makes `/` recursively private there; the scratch area is
-//! a tmpfs created with `fsmount` and attached only in that namespace. A
-//! directory the user names (`--path`) is only cloned and idmapped, never
-//! written. When the thread ends, its namespace, the tmpfs and every mount
-//! made there go with it; the user namespace helper is reaped before the
-//! probe returns. Nothing is left behind: no mount, file, process or fd.
+//! Everything happens on a short-lived thread of its own (own fs struct).
+//! The scratch area is a tmpfs created with `fsmount`, attached nowhere.
+//! Where overlay takes detached layers (6.15+), every feature is tried on
+//! detached mounts only — clones of the scratch tmpfs, overlays from
+//! `fsopen` — and nothing is unshared, so the probe costs the same however
+//! many mounts the node has. Elsewhere the thread unshares its mount
+//! namespace (a copy of the whole table), makes `/` recursively private and
+//! attaches the scratch tmpfs there. A directory the user names (`--path`)
+//! is only cloned and idmapped, never written. When the thread ends, its
+//! namespace, the tmpfs and every mount made go with it; the user namespace
+//! helper is reaped before the probe returns. Nothing is left behind: no
+//! mount, file, process or fd.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -18,6 +23,15 @@ use kernel_compat::{idmap_expected, Feature, KernelVersion};
 
 use crate::idmap::IdMap;
 pub use crate::report::{FeatureResult, PathResult, ProbeReport};
+
+/// Keeps `report` in the state dir for the rest of the boot, where
+/// [`crate::Overlay::keep_probe_for_boot`] finds it, for each filesystem
+/// type of the paths it probed (a report without paths, or a guess made
+/// without privileges, is not kept). Creates the state dir's tmpfs when
+/// needed.
+pub fn keep_for_boot(state_dir: &Path, report: &ProbeReport) -> crate::Result<()> {
+    crate::probe_cache::store(state_dir, report)
+}
 use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
 
@@ -173,6 +187,100 @@ const SCRATCH_DIRS: [&str; 4] = ["l0", "l1", "a0", "a1"];
 
 impl Live {
     fn run(paths: &[PathBuf], userns: Option<&UserNamespace>) -> Live {
+        let mut live = Live::run_all(paths, userns);
+        live.apply_prerequisites();
+        live
+    }
+
+    /// A feature left unprobed because what it builds on was observed
+    /// missing is observed missing too, with that errno: on a kernel
+    /// without `mount_setattr`, no overlay over idmapped layers either.
+    fn apply_prerequisites(&mut self) {
+        use Feature::*;
+        const NEEDS: [(Feature, Feature); 7] = [
+            (MountSetattrIdmap, NewMountApi),
+            (OverlayIdmappedLayers, MountSetattrIdmap),
+            (OverlayDetachedLayers, MountSetattrIdmap),
+            (OverlayMergedIdmap, MountSetattrIdmap),
+            (OverlayLowerdirPlus, OverlayNewMountApi),
+            (OverlayFdLayers, OverlayNewMountApi),
+            (OverlayDetachedLayers, OverlayFdLayers),
+        ];
+        for _ in 0..NEEDS.len() {
+            for (feature, needs) in NEEDS {
+                let failed = match self.features.get(&needs) {
+                    Some(Observation::Fails(e)) => Some(*e),
+                    _ => None,
+                };
+                if let (Some(e), Some(Observation::NotProbed(_)) | None) =
+                    (failed, self.features.get(&feature))
+                {
+                    self.features.insert(feature, Observation::Fails(e));
+                }
+            }
+        }
+    }
+
+    /// The probe on detached mounts only (6.15+): `None` when overlay does
+    /// not take detached idmapped layers here (then the caller probes the
+    /// older ways, in a private namespace).
+    fn detached_only(paths: &[PathBuf], userns: BorrowedFd<'_>) -> Option<Live> {
+        use Feature::*;
+        let scratch = scratch_tmpfs().ok()?;
+        for dir in SCRATCH_DIRS {
+            sys::mkdir(scratch.as_fd(), Path::new(dir), 0o755).ok()?;
+        }
+        let overlay = overlay_by_detached_clones(&scratch, Some(userns)).ok()?;
+        let mut live = Live {
+            idmap_fs: "tmpfs".into(),
+            ..Live::default()
+        };
+        let f = &mut live.features;
+        let seen = "observed through detached layers";
+        f.insert(NewMountApi, Observation::Works);
+        f.insert(MountSetattrIdmap, Observation::Works);
+        f.insert(OverlayDetachedLayers, Observation::Works);
+        f.insert(OverlayIdmappedLayers, Observation::Works);
+        f.insert(
+            PrivateMountNs,
+            Observation::NotProbed(format!(
+                "not probed: not needed where overlay takes detached layers ({seen}); \
+                 unsharing would copy the whole mount table"
+            )),
+        );
+        f.insert(OverlayNewMountApi, overlay_new_mount_api());
+        f.insert(
+            OverlayMergedIdmap,
+            sys::mount_setattr(overlay.as_fd(), Some(userns), MountAttrs::default()).into(),
+        );
+        // The string and plain-fd interfaces, from a working directory in
+        // the detached scratch tmpfs (this thread's own fs struct).
+        let from_scratch = sys::unshare_fs().and_then(|()| sys::fchdir(scratch.as_fd()));
+        match from_scratch {
+            Ok(()) => {
+                f.insert(
+                    OverlayLowerdirPlus,
+                    overlay_by_plus_strings(&["l0", "l1"]).into(),
+                );
+                f.insert(OverlayFdLayers, overlay_by_dir_fds(&["l0", "l1"]).into());
+            }
+            Err(e) => {
+                for feature in [OverlayLowerdirPlus, OverlayFdLayers] {
+                    f.insert(
+                        feature,
+                        Observation::NotProbed(format!(
+                            "not probed: no working directory in the scratch tmpfs ({})",
+                            e.errno_name()
+                        )),
+                    );
+                }
+            }
+        }
+        live.paths = paths.iter().map(|p| probe_path(p, Ok(userns)).1).collect();
+        Some(live)
+    }
+
+    fn run_all(paths: &[PathBuf], userns: Option<&UserNamespace>) -> Live {
         use Feature::*;
         let mut live = Live {
             idmap_fs: "tmpfs".into(),
@@ -192,6 +300,15 @@ impl Live {
                     .map_err(|e| e.errno().unwrap_or(libc::EPERM))
             }
         };
+
+        // Where detached layers work, nothing needs attaching, and no copy
+        // of the mount table is made.
+        if let Ok(ns) = &userns {
+            if let Some(mut detached) = Live::detached_only(paths, ns.as_fd()) {
+                detached.apply_prerequisites();
+                return detached;
+            }
+        }
 
         // A private mount namespace for this thread; without one, the
         // probes that must attach something are skipped.
@@ -239,26 +356,10 @@ impl Live {
         // Per path: does a clone take an idmap? (Never written to.)
         let mut idmap_paths: Vec<&Path> = Vec::new();
         for path in paths {
-            let entry = match sys::open_dir_path(sys::cwd(), path) {
-                Err(e) => (
-                    "unknown".into(),
-                    Observation::NotProbed(format!("cannot open: {}", e.errno_name())),
-                ),
-                Ok(fd) => {
-                    let fs = crate::fs_type::of_fd(fd.as_fd());
-                    let outcome = match &userns {
-                        Err(errno) => Observation::NotProbed(format!(
-                            "no user namespace ({})",
-                            sys::errno_name(*errno)
-                        )),
-                        Ok(ns) => idmapped_clone(fd.as_fd(), Path::new(""), ns.as_fd()).into(),
-                    };
-                    if matches!(outcome, Observation::Works) {
-                        idmap_paths.push(path);
-                    }
-                    (fs, outcome)
-                }
-            };
+            let (idmapped, entry) = probe_path(path, userns.map(|ns| ns.as_fd()));
+            if idmapped {
+                idmap_paths.push(path);
+            }
             live.paths.push(entry);
         }
 
@@ -321,8 +422,7 @@ impl Live {
             _ => "not probed: no idmapped mount possible".into(),
         };
 
-        // overlay's own parameter parsing (6.5): an unknown key is refused
-        // at fsconfig time, where the legacy fallback accepts anything.
+        // An overlay filesystem at all?
         let overlay_ctx = sys::fsopen(c"overlay");
         let overlay_missing = match &overlay_ctx {
             Err(e) => Some(format!(
@@ -344,19 +444,9 @@ impl Live {
             }
             return live;
         }
-        let ctx = overlay_ctx.expect("checked");
-        let unknown = sys::fsconfig_set_flag(ctx.as_fd(), c"idoverlay_probe_unknown_key");
-        live.features.insert(
-            OverlayNewMountApi,
-            match unknown {
-                Err(e) if e.errno == libc::EINVAL => Observation::Works,
-                Err(e) => Observation::Fails(e.errno),
-                Ok(()) => Observation::Absent(
-                    "legacy option parsing: an unknown key is accepted at fsconfig time".into(),
-                ),
-            },
-        );
-        drop(ctx);
+        drop(overlay_ctx);
+        live.features
+            .insert(OverlayNewMountApi, overlay_new_mount_api());
 
         // Layers attached in this namespace, by path (5.19), and the
         // string and fd interfaces that need attached layers.
@@ -412,6 +502,47 @@ impl Live {
             },
         );
         live
+    }
+}
+
+/// Whether a clone of `path` takes an idmap (it is never written to):
+/// whether it did, and the path's filesystem type and outcome.
+fn probe_path(path: &Path, userns: Result<BorrowedFd<'_>, i32>) -> (bool, (String, Observation)) {
+    match sys::open_dir_path(sys::cwd(), path) {
+        Err(e) => (
+            false,
+            (
+                "unknown".into(),
+                Observation::NotProbed(format!("cannot open: {}", e.errno_name())),
+            ),
+        ),
+        Ok(fd) => {
+            let fs = crate::fs_type::of_fd(fd.as_fd());
+            let outcome = match userns {
+                Err(errno) => Observation::NotProbed(format!(
+                    "no user namespace ({})",
+                    sys::errno_name(errno)
+                )),
+                Ok(ns) => idmapped_clone(fd.as_fd(), Path::new(""), ns).into(),
+            };
+            (matches!(outcome, Observation::Works), (fs, outcome))
+        }
+    }
+}
+
+/// overlay's own parameter parsing (6.5): an unknown key is refused at
+/// fsconfig time, where the legacy fallback accepts anything.
+fn overlay_new_mount_api() -> Observation {
+    let ctx = match sys::fsopen(c"overlay") {
+        Ok(ctx) => ctx,
+        Err(e) => return Observation::Fails(e.errno),
+    };
+    match sys::fsconfig_set_flag(ctx.as_fd(), c"idoverlay_probe_unknown_key") {
+        Err(e) if e.errno == libc::EINVAL => Observation::Works,
+        Err(e) => Observation::Fails(e.errno),
+        Ok(()) => Observation::Absent(
+            "legacy option parsing: an unknown key is accepted at fsconfig time".into(),
+        ),
     }
 }
 

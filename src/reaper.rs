@@ -126,8 +126,9 @@ fn run() {
     }
 }
 
-/// Closes every layer clone idoverlay still holds from earlier mounts and
-/// waits until none of its threads is left in the process (the reaper, and
+/// Closes every layer clone idoverlay still holds from earlier mounts (and
+/// private-ns' staging namespace, made once per process) and waits until
+/// none of its threads is left in the process (the reaper, and
 /// the mounting and private-namespace threads, which finish their teardown
 /// a moment after answering): about 10 ms at most. Call it before
 /// anything that needs a single-threaded process again, such as
@@ -143,6 +144,7 @@ fn run() {
 /// # Ok::<(), idoverlay::Error>(())
 /// ```
 pub fn settle() {
+    crate::strategy::staging_ns::release();
     let owner = OWNER.load(Ordering::Acquire) == std::process::id();
     if owner {
         STATE.lock().unwrap_or_else(|e| e.into_inner()).stopping = true;

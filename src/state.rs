@@ -505,6 +505,24 @@ fn publish(state: &StateDir, record: &Record) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let bytes = crate::file::read_small(
+                sys::cwd(),
+                Path::new("/proc/sys/kernel/random/boot_id"),
+                64,
+                true,
+            )
+            .ok()?;
+            let id = String::from_utf8(bytes).ok()?.trim().to_string();
+            (!id.is_empty() && !id.contains(' ')).then_some(id)
+        })
+        .as_deref()
+}
+
 /// A process's start time (clock ticks since boot), to tell a pid's
 /// current process from an earlier one in reports.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {

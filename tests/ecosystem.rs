@@ -201,7 +201,7 @@ fn install_helper_privately(dir: &Path) {
     for d in [&up, &work] {
         mkdir(d, 0o755, 0, 0);
     }
-    run(Command::new("mount")
+    run(mount8()
         .args(["-t", "overlay", "overlay", "-o"])
         .arg(format!(
             "lowerdir=/usr/sbin,upperdir={},workdir={}",
@@ -213,6 +213,14 @@ fn install_helper_privately(dir: &Path) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("mount.idoverlay"));
     // Idempotent.
     run(idoverlay().args(["install-helper", "--dir", "/usr/sbin"]));
+}
+
+/// mount(8), whose helper must not keep a probe report in the default
+/// state dir (that would create /run/idoverlay).
+fn mount8() -> Command {
+    let mut cmd = Command::new("mount");
+    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
+    cmd
 }
 
 #[test]
@@ -229,7 +237,7 @@ fn mount_helper_fstab_and_namespaces() {
         );
         // The real mount(8) through the helper.
         let before = mounts();
-        run(Command::new("mount")
+        run(mount8()
             .args(["-t", "idoverlay", "overlay"])
             .arg(&st.target)
             .args(["-o", &options]));
@@ -248,12 +256,12 @@ fn mount_helper_fstab_and_namespaces() {
             format!("overlay {} idoverlay {options} 0 0\n", st.target.display()),
         )
         .unwrap();
-        run(Command::new("mount").arg("-T").arg(&fstab).arg(&st.target));
+        run(mount8().arg("-T").arg(&fstab).arg(&st.target));
         assert_eq!(owner(&st.target.join("home/app")), (101000, 101000));
         run(Command::new("umount").arg(&st.target));
 
         // Bad options through mount(8): the helper's one line and mount's status.
-        let out = Command::new("mount")
+        let out = mount8()
             .args(["-t", "idoverlay", "overlay"])
             .arg(&st.target)
             .args([

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -365,4 +366,145 @@ odd_name_tests! {
     odd_names_host_staged => Strategy::HostStaged, &[];
     odd_names_private_ns_legacy => Strategy::PrivateNs, &[Feature::OverlayLowerdirPlus];
     odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
+}
+
+#[test]
+fn private_ns_stages_in_a_namespace_of_its_own_kept_for_the_boot_and_swept() {
+    in_private_ns("fallbacks::staging_ns", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let parent = dir.join("run");
+        mkdir(&parent, 0o755, 0, 0);
+        let state = parent.join("idoverlay");
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let mount = || {
+            let mut c = idoverlay();
+            c.env_remove("IDOVERLAY_PROBE_CACHE")
+                .args(["mount", "--strategy", "private-ns", "--state-dir"])
+                .arg(&state);
+            for l in &layers {
+                c.arg("--lower").arg(l);
+            }
+            let out = c
+                .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+                .arg(&target)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+            run(idoverlay().arg("umount").arg(&target));
+        };
+        let before = mounts();
+        mount();
+        // Kept in the state tmpfs: the namespace's nsfs file, bound there.
+        let ns = state.join("staging-ns");
+        let ns_id = || fs::metadata(&ns).unwrap().ino();
+        let first = ns_id();
+        let added = new_mounts(&before, &mounts());
+        assert!(
+            added
+                .iter()
+                .all(|m| m.source == "idoverlay-state" || m.mount_point == ns),
+            "only the state tmpfs and the namespace's file: {added:?}"
+        );
+        // Inside it (a thread of ours enters it): one tmpfs root, no stage
+        // left, nothing of the host's mounts.
+        let in_ns = |f: &(dyn Fn() -> String + Sync)| -> String {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let proc = fs::File::open("/proc").unwrap();
+                        let nsfd = fs::File::open(&ns).unwrap();
+                        // SAFETY: CLONE_FS does not touch the fd table.
+                        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                            .unwrap();
+                        rustix::thread::move_into_link_name_space(
+                            std::os::fd::AsFd::as_fd(&nsfd),
+                            Some(rustix::thread::LinkNameSpaceType::Mount),
+                        )
+                        .unwrap();
+                        let table = rustix::fs::openat(
+                            &proc,
+                            "thread-self/mountinfo",
+                            rustix::fs::OFlags::RDONLY,
+                            rustix::fs::Mode::empty(),
+                        )
+                        .map(|fd| {
+                            let mut text = String::new();
+                            std::io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
+                                .unwrap();
+                            text
+                        })
+                        .unwrap();
+                        format!("{}\n{}", table.lines().count(), f())
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let ls = || {
+            let mut names: Vec<String> = fs::read_dir("/")
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(" ")
+        };
+        assert_eq!(
+            in_ns(&ls),
+            "1\n",
+            "the staging namespace holds more than its root"
+        );
+        // The next process uses the same namespace.
+        mount();
+        assert_eq!(ns_id(), first);
+        // What a killed assembly leaves (a stage with a tmpfs, its lock
+        // free) is removed by the next one; a live one's (locked) is not.
+        let plant = |name: &'static str| {
+            move || {
+                fs::create_dir(format!("/{name}")).unwrap();
+                rustix::mount::mount(
+                    "leftover",
+                    format!("/{name}").as_str(),
+                    "tmpfs",
+                    rustix::mount::MountFlags::empty(),
+                    None,
+                )
+                .unwrap();
+                fs::write(format!("/{name}/x"), "x").unwrap();
+                fs::write(format!("/{name}.lock"), "").unwrap();
+                String::new()
+            }
+        };
+        in_ns(&plant("dead"));
+        in_ns(&plant("live"));
+        let live_lock = std::sync::Mutex::new(None);
+        in_ns(&|| {
+            let f = fs::File::open("/live.lock").unwrap();
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+            *live_lock.lock().unwrap() = Some(f);
+            String::new()
+        });
+        mount();
+        let left = in_ns(&ls);
+        assert!(!left.contains("dead"), "the dead stage stayed: {left}");
+        assert!(left.contains("live live.lock"), "{left}");
+        assert!(
+            left.starts_with("2\n"),
+            "the live stage's tmpfs is still there: {left}"
+        );
+        // Its lock let go: swept by the next.
+        drop(live_lock.lock().unwrap().take());
+        mount();
+        assert_eq!(in_ns(&ls), "1\n");
+        // gc knows the namespace's file for idoverlay's own.
+        let out = idoverlay()
+            .arg("gc")
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    });
 }

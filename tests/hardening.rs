@@ -462,6 +462,7 @@ fn inside_a_user_namespace_own_filesystems_work_and_host_ones_are_refused_clearl
             own = dir.join("own").display(),
         );
         let out = Command::new("unshare")
+            .env("IDOVERLAY_PROBE_CACHE", "off")
             .args(["-Urm", "sh", "-c", &script])
             .output()
             .unwrap();

@@ -4,10 +4,14 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use idoverlay::probe::probe;
 use idoverlay::{Feature, KernelVersion, Strategy};
+
+const MAP: &str = "0:100000:65536";
 
 #[test]
 fn live_probe_agrees_with_the_table_and_leaves_nothing() {
@@ -37,12 +41,22 @@ fn live_probe_agrees_with_the_table_and_leaves_nothing() {
         for f in Feature::ALL {
             let r = report.feature(f);
             assert_eq!(r.expected, f.expected_on(&kernel), "{f}: {r:?}");
+            // Where detached layers work, no namespace is unshared (that
+            // copies the whole mount table): that one feature is not probed.
+            if f == Feature::PrivateMountNs && report.observed(Feature::OverlayDetachedLayers) {
+                assert_eq!(r.observed, None, "{r:?}");
+                assert!(
+                    r.note.as_deref().unwrap_or("").contains("not needed"),
+                    "{r:?}"
+                );
+                continue;
+            }
             assert!(r.observed.is_some(), "{f} must be probed here: {r:?}");
         }
         // This machine (6.15+, below 7.3): everything through detached layers.
         if kernel.at_least(6, 15) && !kernel.at_least(7, 3) {
             for f in Feature::ALL {
-                let want = f != Feature::OverlayMergedIdmap;
+                let want = f != Feature::OverlayMergedIdmap && f != Feature::PrivateMountNs;
                 assert_eq!(report.observed(f), want, "{f}: {:?}", report.feature(f));
             }
             assert_eq!(
@@ -218,5 +232,106 @@ fn a_saved_report_missing_or_inventing_a_feature_is_refused_in_one_line() {
             assert!(err.contains(says), "{name}: {err}");
             assert!(mounts().iter().all(|m| m.mount_point != target));
         }
+    });
+}
+
+#[test]
+fn the_cli_keeps_the_probe_report_for_the_boot_in_the_state_dir() {
+    in_private_ns("probe::boot_cache", |s| {
+        let dir = s.tmpfs_dir("p");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let parent = dir.join("run");
+        mkdir(&parent, 0o755, 0, 0);
+        let state = parent.join("idoverlay");
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let cli = |args: &[&std::ffi::OsStr]| {
+            let mut c = idoverlay();
+            c.env_remove("IDOVERLAY_PROBE_CACHE").args(args);
+            c.output().unwrap()
+        };
+        let mount = |lowers: &[PathBuf]| {
+            let mut args: Vec<std::ffi::OsString> = vec!["-v".into(), "mount".into()];
+            for l in lowers {
+                args.push("--lower".into());
+                args.push(l.into());
+            }
+            args.extend(["--uidmap", MAP, "--gidmap", MAP, "--state-dir"].map(Into::into));
+            args.push(state.clone().into());
+            args.push(target.clone().into());
+            let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            cli(&refs)
+        };
+        let umount = || {
+            assert!(cli(&["umount".as_ref(), target.as_os_str()])
+                .status
+                .success())
+        };
+        let from_cache = |out: &std::process::Output| stderr(out).contains("of this boot");
+        let kept = state.join("probe/tmpfs.json");
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+
+        // Bad input keeps nothing: not even the state dir is made.
+        let out = mount(&[layers[0].clone(), dir.join("no-such-layer")]);
+        assert!(!out.status.success());
+        assert!(!state.exists(), "bad input created the state dir");
+
+        // The first mount probes and keeps the report; the next uses it.
+        let out = mount(&layers);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!from_cache(&out), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+        assert_eq!(v["boot_id"], boot.trim());
+        assert_eq!(v["kernel"], release.trim());
+        assert_eq!(v["report"]["paths"][0]["fs_type"], "tmpfs");
+        let id = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.ino(), m.mtime_nsec(), m.mode() & 0o7777, m.uid())
+        };
+        let first = id(&kept);
+        assert_eq!((first.2, first.3), (0o600, 0), "root's alone");
+        umount();
+        let out = mount(&layers);
+        assert!(out.status.success() && from_cache(&out), "{}", stderr(&out));
+        assert_eq!(id(&kept), first, "rewritten although it was good");
+        umount();
+
+        // Another boot's report, or one that does not parse: probed again.
+        let other_boot = serde_json::to_vec(&{
+            let mut v = v.clone();
+            v["boot_id"] = "00000000-0000-0000-0000-000000000000".into();
+            v
+        })
+        .unwrap();
+        for stale in [other_boot, b"{\"format\":".to_vec()] {
+            fs::write(&kept, &stale).unwrap();
+            let out = mount(&layers);
+            assert!(
+                out.status.success() && !from_cache(&out),
+                "{}",
+                stderr(&out)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+            assert_eq!(v["boot_id"], boot.trim());
+            umount();
+        }
+
+        // `idoverlay probe` always probes live, and refreshes what is kept.
+        let before = id(&kept);
+        let out = cli(&[
+            "probe".as_ref(),
+            "--path".as_ref(),
+            layers[0].as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_ne!(id(&kept), before, "idoverlay probe did not refresh it");
+
+        // gc knows it for idoverlay's own.
+        let out = cli(&["gc".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(kept.exists());
     });
 }

@@ -12,7 +12,9 @@
 //!
 //! Environment (all optional):
 //! * `IDOVERLAY_BENCH_QUICK=1` (or `-- --quick`): few iterations, a smoke run.
-//! * `IDOVERLAY_BENCH_SECTIONS=serial,concurrent,userns,probe,cli`
+//! * `IDOVERLAY_BENCH_SECTIONS=serial,concurrent,userns,probe,cli,hostmounts`
+//! * `IDOVERLAY_BENCH_HOST_MOUNTS=0,1000,10000`: extra mounts for the
+//!   hostmounts section (ext4 only).
 //! * `IDOVERLAY_BENCH_FS=ext4,tmpfs`, `IDOVERLAY_BENCH_LAYERS=1,8,...`,
 //!   `IDOVERLAY_BENCH_VARIANTS=floor,auto,...`: run a subset (for strace/perf).
 //! * `IDOVERLAY_BENCH_ITERATIONS=N`: N timed iterations per serial row
@@ -45,6 +47,7 @@ pub(crate) const MAPPED_ROOT: u32 = 100_000;
 
 mod config;
 mod fixtures;
+mod hostmounts;
 #[path = "../../tests/common/raw.rs"]
 mod raw;
 mod reference;
@@ -55,6 +58,7 @@ mod variants;
 
 pub(crate) use config::*;
 pub(crate) use fixtures::*;
+pub(crate) use hostmounts::*;
 pub(crate) use reference::*;
 pub(crate) use report::*;
 pub(crate) use runs::*;
@@ -79,6 +83,7 @@ pub(crate) fn run_all(cfg: &Config, scratch: &Scratch, report: &mut Report) {
     let map: IdMap = MAP.parse().expect("valid map");
     let userns = Arc::new(UserNamespace::from_maps(&map, &map).expect("create user namespace"));
     let state_dir = host_staged_state_dir(scratch);
+    let _ = CLI_STATE_DIR.set(state_dir.clone());
     let variants: Vec<Variant> = Variant::ALL
         .into_iter()
         .filter(|v| cfg.variants.allows(v.name()))
@@ -123,6 +128,11 @@ pub(crate) fn run_all(cfg: &Config, scratch: &Scratch, report: &mut Report) {
                 report.cli.extend(run_cli(cfg, &set, n));
             }
         }
+        // Last on ext4; the extra mounts are taken down after it.
+        if fs == "ext4" && cfg.sections.allows("hostmounts") {
+            eprintln!("bench: host mounts");
+            report.host_mounts = run_host_mounts(cfg, scratch, &env);
+        }
     }
     if cfg.sections.allows("userns") {
         eprintln!("bench: userns from maps");
@@ -159,6 +169,7 @@ fn main() {
         concurrent: vec![],
         single: vec![],
         cli: vec![],
+        host_mounts: vec![],
         targets: vec![],
     };
     {

@@ -169,6 +169,9 @@ pub(crate) fn print_report(r: &Report) {
     println!("{}", concurrent_table(&r.concurrent));
     println!("{}", single_table(&r.single));
     println!("{}", cli_table(&r.cli));
+    if !r.host_mounts.is_empty() {
+        println!("{}", host_mounts_table(&r.host_mounts));
+    }
     for t in &r.targets {
         let verdict = match t.ok {
             Some(true) => "TARGET ok    ",

@@ -298,6 +298,10 @@ pub(crate) fn run_probe(cfg: &Config) -> SingleResult {
 // Command line end to end
 // ---------------------------------------------------------------------------
 
+/// The state dir the bench's CLI runs keep their probe report in (set
+/// once by `run_all`), as the tool does in production.
+pub(crate) static CLI_STATE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// The release binary cargo built for this bench.
 pub(crate) const IDOVERLAY_BIN: &str = env!("CARGO_BIN_EXE_idoverlay");
 
@@ -314,10 +318,22 @@ pub(crate) struct CliRow {
 /// util-linux and idoverlay alternately (interleaved, as in `run_serial`):
 /// spawn + mount, then spawn + umount, each timed to the child's exit.
 pub(crate) fn run_cli(cfg: &Config, set: &LayerSet, n: usize) -> Vec<CliResult> {
+    run_cli_tools(cfg, set, n, &["util-linux", "idoverlay"])
+}
+
+/// [`run_cli`] with these tools: `util-linux`, `idoverlay`, `minimal` (one
+/// mount(2) or umount2(2) per process, see minimal.c).
+pub(crate) fn run_cli_tools(
+    cfg: &Config,
+    set: &LayerSet,
+    n: usize,
+    tools: &[&'static str],
+) -> Vec<CliResult> {
     let slot = set.slot(0);
     let iterations = cfg.single_iterations(if n <= 8 { 100 } else { 50 });
-    let mut rows: Vec<CliRow> = ["util-linux", "idoverlay"]
-        .into_iter()
+    let mut rows: Vec<CliRow> = tools
+        .iter()
+        .copied()
         .map(|tool| CliRow {
             tool,
             commands: cli_commands(set, &slot, n, tool),
@@ -377,6 +393,31 @@ pub(crate) fn cli_commands(set: &LayerSet, slot: &Slot, n: usize, tool: &str) ->
     let upper = slot.upper.display().to_string();
     let work = slot.work.display().to_string();
     let cwd = set.parent.clone();
+    if tool == "minimal" {
+        let data = format!(
+            "lowerdir={},upperdir={upper},workdir={work}",
+            LayerSet::relative_lowerdir(n)
+        );
+        let bin = minimal_binary().display().to_string();
+        return (
+            (
+                bin.clone(),
+                vec!["mount".into(), target.clone(), data],
+                cwd.clone(),
+            ),
+            (bin, vec!["umount".into(), target], cwd),
+        );
+    }
+    if tool == "idoverlay-static" {
+        let (mut mount, mut umount) = cli_commands(set, slot, n, "idoverlay");
+        let bin = match static_cli() {
+            Some(bin) => bin.display().to_string(),
+            None => "/nonexistent/idoverlay-static".into(),
+        };
+        mount.0 = bin.clone();
+        umount.0 = bin;
+        return (mount, umount);
+    }
     if tool == "util-linux" {
         // Relative lowerdir from the layers' parent: util-linux 2.38 uses
         // mount(2), whose options are cut at one page.
@@ -394,6 +435,10 @@ pub(crate) fn cli_commands(set: &LayerSet, slot: &Slot, n: usize, tool: &str) ->
         for p in set.paths(n) {
             args.push("--lower".into());
             args.push(p.display().to_string());
+        }
+        if let Some(state) = CLI_STATE_DIR.get() {
+            args.push("--state-dir".into());
+            args.push(state.display().to_string());
         }
         for a in [
             "--upper", &upper, "--work", &work, "--uidmap", MAP, "--gidmap", MAP, &target,
@@ -438,4 +483,50 @@ pub(crate) fn fill_cli_ratios(rows: &mut [CliResult]) {
             row.ratio = Some(row.total.median_ms / median);
         }
     }
+}
+
+/// minimal.c, compiled once per run into the target dir.
+pub(crate) fn minimal_binary() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = results_path().with_file_name("idoverlay-bench-minimal");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/assemble/minimal.c");
+        let built = Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .status()
+            .expect("run cc for benches/assemble/minimal.c");
+        assert!(built.success(), "cc benches/assemble/minimal.c failed");
+        out
+    })
+}
+
+/// The command line tool as it is shipped (packages and the VM tests):
+/// statically linked (`crt-static`, no dynamic loader at start), built once
+/// per run with the same command vm-tests/run uses. `None` if that fails.
+pub(crate) fn static_cli() -> Option<&'static Path> {
+    static BIN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(repo)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--locked",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--bin",
+                "idoverlay",
+            ])
+            .status()
+            .ok()?;
+        built
+            .success()
+            .then(|| repo.join("target/x86_64-unknown-linux-gnu/release/idoverlay"))
+    })
+    .as_deref()
 }

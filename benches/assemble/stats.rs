@@ -126,5 +126,6 @@ pub(crate) struct Report {
     pub(crate) concurrent: Vec<ConcurrentResult>,
     pub(crate) single: Vec<SingleResult>,
     pub(crate) cli: Vec<CliResult>,
+    pub(crate) host_mounts: Vec<HostMountsResult>,
     pub(crate) targets: Vec<TargetResult>,
 }

@@ -399,13 +399,17 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__probe)
-            opts="-v -h --path --json --verbose --help"
+            opts="-v -h --path --json --state-dir --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

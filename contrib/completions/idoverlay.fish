@@ -47,8 +47,8 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l oci-config
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s o -l options -d 'Mount options, comma separated: overlay parameters (index=off, redirect_dir=on, metacopy=on, userxattr, xino=auto, volatile, …), mount flags (ro, nosuid, nodev, noexec, noatime, …), and in the mount(8) form lowerdir=, upperdir=, workdir=, uidmap=, gidmap=, X-mount.idmap=' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s t -l type -d 'Filesystem type, for the mount(8) form: overlay (or idoverlay)' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l strategy -d 'How to assemble: auto, detached, private-ns or host-staged' -r
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l state-dir -d 'Where host-staged keeps its staging (root-owned 0700; default /run/idoverlay)' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l probe-report -d 'Use a report saved by `idoverlay probe --json` (same kernel) instead of probing: saves a few milliseconds per mount' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l state-dir -d 'idoverlay\'s own directory: host-staged\'s staging and the probe report of this boot (root-owned 0700; default /run/idoverlay)' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l probe-report -d 'Use a report saved by `idoverlay probe --json` (same kernel) instead of the one kept in the state dir for this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s N -l namespace -d 'Attach the overlay inside this mount namespace (/proc/PID/ns/mnt)' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l pretend-missing -d 'Treat a kernel feature as missing, to force an older kernel\'s code path (for testing fallbacks); see `idoverlay probe` for the names' -r
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l idmap-upper -d 'Idmap the upper and work dirs too, so writes land in container ids on disk'
@@ -65,6 +65,7 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l json -d 'Prin
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l path -d 'Also check whether this directory\'s filesystem takes idmapped mounts (it is only cloned, never written); repeat as needed' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l state-dir -d 'Where the report is kept for this boot, for the filesystems of the --path directories (default /run/idoverlay)' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l json -d 'Print one JSON object (schema in docs/cli.md)'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -s h -l help -d 'Print help'

@@ -92,7 +92,7 @@ impl Clones {
         }
         let upper_work = match (&prepared.upper, &prepared.work) {
             (Some(upper), Some(work)) if req.idmap_upper => {
-                Some(upper_work_clone(upper, work, userns)?)
+                Some(upper_work_clone(upper, work, Some(userns))?)
             }
             _ => None,
         };

@@ -37,7 +37,7 @@ pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, 
     // Parameters first, then the layers, upper and work: bad input is
     // refused before the state dir is touched.
     let ctx = OverlayContext::new(req.params)?;
-    let prepared = staged::prepare_for_staging(req)?;
+    let (prepared, clones) = staged::prepare_for_staging(req, false)?;
     let state = StateDir::open_or_create(state_dir)?;
     let id = state::new_staging_id();
     let mut record = LiveRecord::create(&state, &id, planned_mounts(req, &prepared))?;
@@ -52,12 +52,15 @@ pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, 
             .and_then(|()| sys::fchdir(staging.as_fd()))
             .map_err(|e| Error::os("change into the staging dir", Some(&state.join(&id)), e))?;
         let mut before_attach = |name: &str| record.ensure(&state, name);
+        // The stage is in this (the caller's) mount namespace.
+        let at_home = |clone: &mut dyn FnMut() -> Result<OwnedFd>| clone();
         let mut stage = Stage {
             dir: staging.as_fd(),
             attached: Vec::new(),
             before_attach: &mut before_attach,
+            at_home: &at_home,
         };
-        let built = staged::build(req, ctx, &mut stage, &prepared);
+        let built = staged::build(req, ctx, &mut stage, &prepared, clones);
         Ok((built, std::mem::take(&mut stage.attached)))
     })?;
     let count = attached.len();

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{display_path, Error, Result};
 use crate::layer::{FsLocation, OpenedDir};
 use crate::mountinfo::MountEntry;
+use crate::state::boot_id;
 use crate::sys::{self, XattrSet};
 
 /// The xattr of a claim.
@@ -71,24 +72,6 @@ fn parse_claim(bytes: &[u8]) -> Option<MountId> {
         _ => return None,
     };
     words.next().is_none().then_some(parsed)
-}
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
-fn boot_id() -> Option<&'static str> {
-    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    BOOT_ID
-        .get_or_init(|| {
-            let bytes = crate::file::read_small(
-                sys::cwd(),
-                Path::new("/proc/sys/kernel/random/boot_id"),
-                64,
-                true,
-            )
-            .ok()?;
-            let id = String::from_utf8(bytes).ok()?.trim().to_string();
-            (!id.is_empty() && !id.contains(' ')).then_some(id)
-        })
-        .as_deref()
 }
 
 /// Where a live overlay that claimed a pair is mounted, or `None` when the

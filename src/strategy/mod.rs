@@ -22,6 +22,7 @@ pub(crate) mod in_use;
 mod kind;
 pub(crate) mod private_ns;
 pub(crate) mod staged;
+pub(crate) mod staging_ns;
 pub(crate) mod upper_work;
 
 pub use kind::Strategy;

@@ -41,6 +41,26 @@ pub(crate) struct Stage<'a> {
     pub attached: Vec<(String, OwnedFd)>,
     /// Told before each name is attached (host-staged records it first).
     pub before_attach: &'a mut dyn FnMut(&str) -> Result<()>,
+    /// Runs a clone of a layer the plan did not foresee (the kernel refused
+    /// it beneath its shared root) where the layers are: in the caller's
+    /// mount namespace, whatever namespace the stage is in.
+    pub at_home: &'a AtHome<'a>,
+}
+
+/// Runs a clone (the closure) in the caller's mount namespace.
+pub(crate) type AtHome<'a> = dyn Fn(&mut dyn FnMut() -> Result<OwnedFd>) -> Result<OwnedFd> + 'a;
+
+/// Every clone staging needs, made in the caller's mount namespace before
+/// anything is staged (before 6.15 only a mount of the caller's namespace
+/// can be cloned).
+pub(crate) struct Clones {
+    /// Per shared root, its idmapped clone.
+    pub roots: Vec<OwnedFd>,
+    /// Per layer planned on its own, its idmapped clone.
+    pub singles: Vec<Option<OwnedFd>>,
+    /// Upper and work through one clone (idmapped for an idmapped upper),
+    /// when they are staged too.
+    pub upper_work: Option<super::upper_work::UpperWork>,
 }
 
 impl Stage<'_> {
@@ -80,9 +100,94 @@ pub(crate) fn plain_rel(rel: &Path) -> bool {
         })
 }
 
-/// Plans the layers and opens and checks upper and work, as staging needs
-/// them: before anything is staged, so bad input changes nothing.
-pub(crate) fn prepare_for_staging<'a>(req: &Request<'a>) -> Result<Prepared<'a>> {
+/// Plans the layers, opens and checks them with upper and work, and makes
+/// every clone staging needs ([`Clones`]): before anything is staged, so bad
+/// input changes nothing. The layers share one root cloned recursively,
+/// without reading the mount table (whose size is the node's), when the
+/// kernel idmaps every mount below it; else they are grouped by mount.
+/// `stage_upper_work`: upper and work go through a clone too (staging in
+/// another namespace).
+pub(crate) fn prepare_for_staging<'a>(
+    req: &Request<'a>,
+    stage_upper_work: bool,
+) -> Result<(Prepared<'a>, Clones)> {
+    let prepared = plan_for_staging(req, true)?;
+    let prepared = match clone_roots(req, &prepared) {
+        Ok(roots) => return finish_clones(req, prepared, roots, stage_upper_work),
+        Err(e) if prepared.plan.groups.iter().any(|g| g.recursive) => {
+            req.trace(|| {
+                format!("the layers' shared root, cloned with its submounts: {e}; by mount instead")
+            });
+            plan_for_staging(req, false)?
+        }
+        Err(e) => return Err(e),
+    };
+    let roots = clone_roots(req, &prepared)?;
+    finish_clones(req, prepared, roots, stage_upper_work)
+}
+
+/// Per shared root, its idmapped clone (with the mounts below it, when
+/// the plan was lexical).
+fn clone_roots(req: &Request<'_>, prepared: &Prepared<'_>) -> Result<Vec<OwnedFd>> {
+    prepared
+        .plan
+        .groups
+        .iter()
+        .map(|root| {
+            idmapped_clone(
+                root.fd.as_fd(),
+                root.recursive,
+                Some(req.userns.as_fd()),
+                LAYER_ATTRS,
+                &root.path,
+                "the layers' parent",
+            )
+        })
+        .collect()
+}
+
+fn finish_clones<'a>(
+    req: &Request<'a>,
+    prepared: Prepared<'a>,
+    roots: Vec<OwnedFd>,
+    stage_upper_work: bool,
+) -> Result<(Prepared<'a>, Clones)> {
+    let singles = prepared
+        .singles
+        .iter()
+        .map(|d| d.as_ref().map(|d| clone_alone(req, d)).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let upper_work = match (&prepared.upper, &prepared.work) {
+        (Some(u), Some(w)) if req.idmap_upper || stage_upper_work => {
+            let userns = req.idmap_upper.then(|| req.userns.as_fd());
+            Some(super::upper_work::upper_work_clone(u, w, userns)?)
+        }
+        _ => None,
+    };
+    Ok((
+        prepared,
+        Clones {
+            roots,
+            singles,
+            upper_work,
+        },
+    ))
+}
+
+/// A layer on its own: its idmapped clone.
+fn clone_alone(req: &Request<'_>, dir: &OpenedDir) -> Result<OwnedFd> {
+    idmapped_clone(
+        dir.fd.as_fd(),
+        false,
+        Some(req.userns.as_fd()),
+        LAYER_ATTRS,
+        &dir.path,
+        dir.role.noun(),
+    )
+}
+
+/// The plan and the opened directories, lexical (one shared root) or by mount.
+fn plan_for_staging<'a>(req: &Request<'a>, lexical: bool) -> Result<Prepared<'a>> {
     let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
     if !plus && !req.data_lowers.is_empty() {
         return Err(Error::from(crate::error::Repr::Unsupported {
@@ -95,7 +200,11 @@ pub(crate) fn prepare_for_staging<'a>(req: &Request<'a>) -> Result<Prepared<'a>>
     }
     // With lowerdir+ each layer is its own string and shared-root names fit;
     // the one-string interface needs the shortest names: a clone per layer.
-    let share = if plus { Share::ByMount } else { Share::No };
+    let share = match (plus, lexical) {
+        (true, true) => Share::Lexical,
+        (true, false) => Share::ByMount,
+        (false, _) => Share::No,
+    };
     prepare(req, share, plain_rel)
 }
 
@@ -107,26 +216,23 @@ pub(crate) fn build(
     ctx: OverlayContext,
     stage: &mut Stage<'_>,
     prepared: &Prepared<'_>,
+    clones: Clones,
 ) -> Result<OwnedFd> {
     let plus = req.caps.observed(Feature::OverlayLowerdirPlus);
-    let userns = req.userns.as_fd();
+    let Clones {
+        roots: root_clones,
+        mut singles,
+        upper_work: upper_work_clone,
+    } = clones;
     let mut next = 0usize;
     let mut new_name = || {
         next += 1;
         (next - 1).to_string()
     };
     let mut roots = Vec::with_capacity(prepared.plan.groups.len());
-    for root in &prepared.plan.groups {
-        let clone = idmapped_clone(
-            root.fd.as_fd(),
-            false,
-            Some(userns),
-            LAYER_ATTRS,
-            &root.path,
-            "the layers' parent",
-        )?;
+    for (root, clone) in prepared.plan.groups.iter().zip(&root_clones) {
         let name = new_name();
-        stage.attach(&clone, &name)?;
+        stage.attach(clone, &name)?;
         req.trace(|| {
             format!(
                 "clone + idmap of shared root {} staged as {name}",
@@ -136,28 +242,21 @@ pub(crate) fn build(
         roots.push(name);
     }
     // A layer on its own: opened once (O_NOFOLLOW), cloned, staged.
-    let mut stage_alone = |dir: &OpenedDir, stage: &mut Stage<'_>| -> Result<PathBuf> {
-        let clone = idmapped_clone(
-            dir.fd.as_fd(),
-            false,
-            Some(userns),
-            LAYER_ATTRS,
-            &dir.path,
-            dir.role.noun(),
-        )?;
-        let name = new_name();
-        stage.attach(&clone, &name)?;
-        req.trace(|| format!("clone + idmap of {} staged as {name}", dir.path.display()));
-        Ok(staged_name(&name, Path::new("")))
-    };
+    let mut stage_alone =
+        |dir: &OpenedDir, clone: OwnedFd, stage: &mut Stage<'_>| -> Result<PathBuf> {
+            let name = new_name();
+            stage.attach(&clone, &name)?;
+            req.trace(|| format!("clone + idmap of {} staged as {name}", dir.path.display()));
+            Ok(staged_name(&name, Path::new("")))
+        };
 
     // Upper and work: the very directories opened and checked. An
     // idmapped pair's clone is attached too: before 6.15 overlay takes
     // only mounts of the caller's namespace.
     let upper_work = match (&prepared.upper, &prepared.work) {
         (Some(upper), Some(work)) => {
-            let refs = UpperWorkRefs::new(req, upper, work)?;
-            if let Some(pair) = &refs.idmapped {
+            let refs = UpperWorkRefs::new(upper, work, upper_work_clone);
+            if let Some(pair) = &refs.cloned {
                 stage.attach(&pair.clone, "u")?;
             }
             Some(refs)
@@ -185,14 +284,25 @@ pub(crate) fn build(
                     }
                 }
             }
-            let dir = match prepared.single(i) {
-                Some(dir) => dir,
-                None => {
-                    retried = Some(retry_on_its_own(path, role)?);
-                    retried.as_ref().expect("just opened")
+            let (dir, clone) = match (
+                prepared.single(i),
+                singles.get_mut(i).and_then(Option::take),
+            ) {
+                (Some(dir), Some(clone)) => (dir, clone),
+                _ => {
+                    // Opened and cloned where the layers are.
+                    let mut opened = None;
+                    let clone = (stage.at_home)(&mut || {
+                        let dir = retry_on_its_own(path, role)?;
+                        let clone = clone_alone(req, &dir);
+                        opened = Some(dir);
+                        clone
+                    })?;
+                    retried = opened;
+                    (retried.as_ref().expect("just opened"), clone)
                 }
             };
-            let name = stage_alone(dir, stage)?;
+            let name = stage_alone(dir, clone, stage)?;
             let value = CString::new(name.as_os_str().as_bytes()).expect("plain names");
             ctx.set_string(role_key(role), &value)
                 .map_err(|e| e.with_path(path))?;
@@ -204,9 +314,10 @@ pub(crate) fn build(
     }
 
     let mut names = Vec::with_capacity(prepared.plan.layers.len());
-    for dir in &prepared.singles {
+    for (dir, clone) in prepared.singles.iter().zip(singles) {
         names.push(stage_alone(
             dir.as_ref().expect("no shared roots without lowerdir+"),
+            clone.expect("cloned with its layer"),
             stage,
         )?);
     }

@@ -159,8 +159,9 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
     Ok(())
 }
 
-/// Upper and work reached through one idmapped clone of a directory above
-/// both (overlay needs them on one vfsmount), for an idmapped upper.
+/// Upper and work reached through one clone of a directory above both
+/// (overlay needs them on one vfsmount): idmapped for an idmapped upper, or
+/// plain, to stage them in another mount namespace.
 pub(crate) struct UpperWork {
     /// The clone; keep it open until the overlay is created.
     pub clone: OwnedFd,
@@ -173,14 +174,14 @@ pub(crate) struct UpperWork {
 pub(crate) fn upper_work_clone(
     upper: &OpenedDir,
     work: &OpenedDir,
-    userns: BorrowedFd<'_>,
+    userns: Option<BorrowedFd<'_>>,
 ) -> Result<UpperWork> {
     let refuse = || {
         Error::invalid_path(
             "upper dir",
             &upper.path,
             "and the work dir must sit below one directory on one mount, reachable from it \
-             without a symlink, to be idmapped",
+             without a symlink, to be idmapped or staged",
         )
     };
     let normal = |p: &Path| -> PathBuf { p.components().collect() };
@@ -197,7 +198,7 @@ pub(crate) fn upper_work_clone(
     let clone = idmapped_clone(
         root.as_fd(),
         false,
-        Some(userns),
+        userns,
         MountAttrs::NOSYMFOLLOW,
         &parent,
         "the upper/work parent",
@@ -228,33 +229,28 @@ pub(crate) fn upper_work_clone(
 /// The upper and work dirs as overlay is given them: exactly the
 /// directories that were opened and checked, never by a name that could
 /// lead elsewhere by the time overlay looks it up (overlay empties `work/`
-/// of whatever directory its work dir name leads to). With an idmapped
-/// upper, the two beneath their idmapped clone.
+/// of whatever directory its work dir name leads to). Through their clone
+/// when there is one (an idmapped upper, or staging in another namespace).
 pub(crate) struct UpperWorkRefs<'a> {
     upper: &'a OpenedDir,
     work: &'a OpenedDir,
-    /// With an idmapped upper: the clone and the two beneath it.
-    pub idmapped: Option<UpperWork>,
+    /// The clone and the two beneath it, when they go through one.
+    pub cloned: Option<UpperWork>,
 }
 
 impl<'a> UpperWorkRefs<'a> {
-    /// For `upper` and `work` as opened; with `req.idmap_upper`, through a
-    /// fresh idmapped clone.
-    pub fn new(req: &Request<'_>, upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Self> {
-        let idmapped = match req.idmap_upper {
-            true => Some(upper_work_clone(upper, work, req.userns.as_fd())?),
-            false => None,
-        };
-        Ok(UpperWorkRefs {
+    /// For `upper` and `work` as opened, or through `cloned`.
+    pub fn new(upper: &'a OpenedDir, work: &'a OpenedDir, cloned: Option<UpperWork>) -> Self {
+        UpperWorkRefs {
             upper,
             work,
-            idmapped,
-        })
+            cloned,
+        }
     }
 
     /// The two fds, for `FSCONFIG_SET_FD`.
     pub fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
-        match &self.idmapped {
+        match &self.cloned {
             Some(pair) => (pair.upper.as_fd(), pair.work.as_fd()),
             None => (self.upper.fd.as_fd(), self.work.fd.as_fd()),
         }
@@ -263,7 +259,7 @@ impl<'a> UpperWorkRefs<'a> {
     /// The two names for overlay's string interfaces (see
     /// [`upper_work_names`]).
     pub fn names(&self) -> (Vec<u8>, Vec<u8>) {
-        upper_work_names(self.upper, self.work, self.idmapped.as_ref())
+        upper_work_names(self.upper, self.work, self.cloned.as_ref())
     }
 
     /// Hands both to `ctx`: by fd where the kernel takes them (6.13+; then

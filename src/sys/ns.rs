@@ -26,6 +26,21 @@ pub fn enter_mount_ns(ns: BorrowedFd<'_>) -> SysResult<()> {
         .map_err(fail("setns", || format!("{}, CLONE_NEWNS", fd_arg(ns))))
 }
 
+/// `setns(fd, CLONE_NEWNS)` for a thread that already has its own fs
+/// struct ([`enter_mount_ns`] made it): moves between mount namespaces;
+/// root and working directory become the namespace's root.
+pub fn set_mount_ns(ns: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Mount))
+        .map_err(fail("setns", || format!("{}, CLONE_NEWNS", fd_arg(ns))))
+}
+
+/// `pivot_root(".", ".")`: the mount at the working directory becomes the
+/// calling thread's root (and its namespace's), the old root stacked
+/// beneath it at "." (then detached by the caller).
+pub fn pivot_root_here() -> SysResult<()> {
+    rustix::process::pivot_root(".", ".").map_err(fail("pivot_root", || "\".\", \".\"".into()))
+}
+
 /// `unshare(CLONE_FS)`: gives the calling thread its own root and working
 /// directory. Only call it on a thread that ends afterwards.
 pub fn unshare_fs() -> SysResult<()> {

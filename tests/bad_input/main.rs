@@ -250,6 +250,7 @@ fn fixtures(s: &Scratch) -> Fixtures {
     let mounted_overlay = d.join("mounted");
     mkdir(&mounted_overlay, 0o755, 0, 0);
     run(Command::new(&public_binary)
+        .env("IDOVERLAY_PROBE_CACHE", "off")
         .args(Argv::mount().lowers(&tmpfs_layers[..2]).maps().0)
         .arg(&mounted_overlay));
 
@@ -491,6 +492,8 @@ fn captured(mut cmd: Command, scratch: &Path) -> Output {
     let dir = scratch.join(format!("out-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir(&dir).unwrap();
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    // No probe report kept in the default state dir (/run/idoverlay).
+    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
     cmd.stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap());

@@ -245,9 +245,13 @@ pub fn new_mounts(
         .collect()
 }
 
-/// The idoverlay binary built for these tests.
+/// The idoverlay binary built for these tests. It keeps no probe report
+/// in the default state dir (that would create /run/idoverlay): tests of
+/// that pass their own `--state-dir` and turn it back on.
 pub fn idoverlay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_idoverlay"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idoverlay"));
+    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
+    cmd
 }
 
 /// This process's open fds, by number.
@@ -434,6 +438,7 @@ pub fn cli_under_strace(
         fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
     }
     let mut cmd = Command::new("strace");
+    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
     cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
         .arg(format!("inject={inject}"))
         .arg("--")

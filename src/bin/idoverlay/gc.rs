@@ -13,7 +13,12 @@ use crate::output::{AlreadyReported, Output};
   idoverlay gc --state-dir /run/idoverlay --json")]
 pub struct GcArgs {
     /// The state directory host-staged used.
-    #[arg(long, value_name = "DIR", default_value = idoverlay::gc::DEFAULT_STATE_DIR)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
+        env = "IDOVERLAY_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
     /// Print the report as JSON on stdout.
     #[arg(long)]

@@ -63,11 +63,12 @@ pub struct MountArgs {
     /// How to assemble: auto, detached, private-ns or host-staged.
     #[arg(long, value_name = "STRATEGY", default_value = "auto")]
     pub strategy: String,
-    /// Where host-staged keeps its staging (root-owned 0700; default /run/idoverlay).
-    #[arg(long, value_name = "DIR")]
+    /// idoverlay's own directory: host-staged's staging and the probe report
+    /// of this boot (root-owned 0700; default /run/idoverlay).
+    #[arg(long, value_name = "DIR", env = "IDOVERLAY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Use a report saved by `idoverlay probe --json` (same kernel) instead
-    /// of probing: saves a few milliseconds per mount.
+    /// of the one kept in the state dir for this boot.
     #[arg(long, value_name = "FILE")]
     pub probe_report: Option<PathBuf>,
     /// Attach the overlay inside this mount namespace (/proc/PID/ns/mnt).
@@ -166,6 +167,8 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         overlay = overlay.probe_report(std::sync::Arc::new(idoverlay::probe::ProbeReport::load(
             path,
         )?));
+    } else if crate::probe::keep_for_boot_enabled() {
+        overlay = overlay.keep_probe_for_boot(true);
     }
 
     // The maps: exactly one source.

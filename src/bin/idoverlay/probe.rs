@@ -23,6 +23,20 @@ pub struct ProbeArgs {
     /// Print one JSON object (schema in docs/cli.md).
     #[arg(long)]
     pub json: bool,
+    /// Where the report is kept for this boot, for the filesystems of the
+    /// --path directories (default /run/idoverlay).
+    #[arg(long, value_name = "DIR", env = "IDOVERLAY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Whether mounts keep (and use) the probe report of this boot in the state
+/// dir; `IDOVERLAY_PROBE_CACHE=off` turns it off (tests do, so as not to
+/// create /run/idoverlay).
+pub fn keep_for_boot_enabled() -> bool {
+    !matches!(
+        std::env::var("IDOVERLAY_PROBE_CACHE").as_deref(),
+        Ok("off" | "0" | "no")
+    )
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -43,7 +57,17 @@ fn observed(r: &FeatureResult) -> String {
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
+    // Always live; what it finds replaces the report kept for this boot.
     let report = probe(&args.paths, None);
+    if keep_for_boot_enabled() && !report.paths.is_empty() {
+        let state_dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(idoverlay::gc::DEFAULT_STATE_DIR));
+        if let Err(e) = idoverlay::probe::keep_for_boot(&state_dir, &report) {
+            eprintln!("idoverlay: warning: {}", crate::output::message(&e));
+        }
+    }
     let disagreements: Vec<&str> = report.disagreements().iter().map(|f| f.name()).collect();
     if args.json {
         let mut value = serde_json::to_value(&report)?;

@@ -1,0 +1,145 @@
+//! The probe report kept for the rest of the boot, in the state dir: so
+//! that a command line tool, which is a new process each time, does not
+//! probe the kernel on every mount (a probe that must unshare copies the
+//! whole mount table).
+//!
+//! One file per filesystem type of the layers (`probe/<fs>.json` in the
+//! state tmpfs: root-only, idoverlay's own, see state.rs), holding the
+//! kernel release and the boot id it was made under. It counts only while
+//! both are the running ones, and only when it parses in full (every
+//! feature, a path of that filesystem type); otherwise the kernel is probed
+//! again and the file replaced (written to a temporary name, renamed over).
+//! Read with a bound, never followed through a symlink.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::report::ProbeReport;
+use crate::state::{boot_id, StateDir};
+use crate::sys;
+
+/// The subdirectory of the state tmpfs that holds the reports.
+pub(crate) const DIR: &str = "probe";
+const FORMAT: &str = "idoverlay-probe-cache";
+const VERSION: u32 = 1;
+/// A report is a few KiB.
+const MAX: usize = 256 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    format: String,
+    version: u32,
+    kernel: String,
+    boot_id: String,
+    report: ProbeReport,
+}
+
+/// The file name for a filesystem type (`ext4.json`); odd names (an
+/// unknown magic) are kept to letters and digits.
+fn file_name(fs_type: &str) -> String {
+    let name: String = fs_type
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(64)
+        .collect();
+    format!("{name}.json")
+}
+
+fn running_kernel() -> Option<String> {
+    let bytes = crate::file::read_small(
+        sys::cwd(),
+        Path::new("/proc/sys/kernel/osrelease"),
+        256,
+        true,
+    )
+    .ok()?;
+    Some(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// The report kept for layers on `fs_type`, if one of this kernel and
+/// boot is there and whole. Changes nothing (the state dir is not created).
+pub(crate) fn load(state_dir: &Path, fs_type: &str) -> Option<ProbeReport> {
+    let state = StateDir::open_existing(state_dir).ok()??;
+    let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).ok()?;
+    let bytes =
+        crate::file::read_small(dir.as_fd(), Path::new(&file_name(fs_type)), MAX, false).ok()?;
+    let cached: Cached = serde_json::from_slice(&bytes).ok()?;
+    let whole = cached.format == FORMAT
+        && cached.version == VERSION
+        && Some(cached.kernel.as_str()) == running_kernel().as_deref()
+        && cached.report.kernel == cached.kernel
+        && Some(cached.boot_id.as_str()) == boot_id()
+        && !cached.report.guess
+        && kernel_compat::Feature::ALL
+            .iter()
+            .all(|f| cached.report.features.contains_key(f))
+        && cached.report.path_of_type(fs_type).is_some();
+    whole.then_some(cached.report)
+}
+
+/// Keeps `report` for the rest of the boot, for each filesystem type of
+/// the paths it probed (creating the state dir, idoverlay's tmpfs, when
+/// needed). A report made without privileges (a guess) is not kept.
+pub(crate) fn store(state_dir: &Path, report: &ProbeReport) -> Result<()> {
+    let (Some(kernel), Some(boot)) = (running_kernel(), boot_id()) else {
+        return Ok(());
+    };
+    if report.guess || report.kernel != kernel {
+        return Ok(());
+    }
+    let mut types: Vec<&str> = report
+        .paths
+        .iter()
+        .map(|p| p.fs_type.as_str())
+        .filter(|t| *t != "unknown")
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    if types.is_empty() {
+        return Ok(());
+    }
+    let state = StateDir::open_or_create(state_dir)?;
+    let failed = |e| Error::os("keep the probe report in", Some(state_dir), e);
+    match sys::mkdir(state.fd.as_fd(), Path::new(DIR), 0o700) {
+        Ok(()) => {}
+        Err(e) if e.errno == libc::EEXIST => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).map_err(failed)?;
+    let bytes = serde_json::to_vec(&Cached {
+        format: FORMAT.into(),
+        version: VERSION,
+        kernel,
+        boot_id: boot.to_string(),
+        report: report.clone(),
+    })
+    .expect("serializable");
+    for fs_type in types {
+        let name = file_name(fs_type);
+        let temp = format!(".{name}.{:x}.tmp", sys::random_u64() & 0xffff_ffff);
+        let written = sys::create_file(dir.as_fd(), Path::new(&temp), 0o600)
+            .and_then(|fd| sys::write_all(fd.as_fd(), &bytes))
+            .and_then(|()| sys::rename(dir.as_fd(), Path::new(&temp), Path::new(&name)));
+        if let Err(e) = written {
+            let _ = sys::unlink(dir.as_fd(), Path::new(&temp));
+            return Err(failed(e));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_stay_plain() {
+        assert_eq!(super::file_name("ext4"), "ext4.json");
+        assert_eq!(
+            super::file_name("unknown (magic 0x1234)"),
+            "unknown__magic_0x1234_.json"
+        );
+        assert_eq!(super::file_name("../x"), "___x.json");
+    }
+}

@@ -1,0 +1,260 @@
+//! The staging mount namespace of `private-ns`: nearly empty — one tmpfs
+//! as its root, nothing of the host's mounts — made once and entered with
+//! `setns` for every assembly. `unshare(CLONE_NEWNS)` copies the caller's
+//! whole mount table (some 30 ms with 10,000 mounts, here); `setns` into a
+//! namespace that holds one mount costs the same on any node.
+//!
+//! Made once per process, kept by an fd: it dies with the process, and
+//! everything staged in it with it. With the state dir in use for the boot
+//! ([`crate::Overlay::keep_probe_for_boot`], as the command line tool does),
+//! it is made once per boot instead and kept as a bind mount of its nsfs
+//! file in the state tmpfs (`staging-ns`), so a new process does not copy
+//! the table either.
+//!
+//! Each assembly stages in a tmpfs of its own, attached at a random name in
+//! the namespace's root, beside a lock file the assembling thread holds
+//! (`flock`) until it has detached that tmpfs again. What a killed process
+//! leaves there (only in a namespace kept for the boot) is found by the
+//! next assembly: a stage whose lock nobody holds is detached, its name
+//! removed. Nothing of it is ever visible in the host's mount namespace.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::state::StateDir;
+use crate::sys::{self, MountAttrs};
+
+/// The name of the namespace's nsfs bind mount in the state tmpfs.
+pub(crate) const FILE: &str = "staging-ns";
+
+/// The namespace made for this process, when one was.
+static PER_PROCESS: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Lets go of this process's staging namespace (it goes when its last
+/// assembly ends); the next private-ns assembly makes a new one. For
+/// [`crate::settle`].
+pub(crate) fn release() {
+    PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// The staging namespace: per boot in `state_dir` when given, else this
+/// process's. Made on first use.
+pub(crate) fn get(state_dir: Option<&Path>) -> Result<OwnedFd> {
+    if let Some(dir) = state_dir {
+        return per_boot(dir);
+    }
+    let mut kept = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fd) = kept.as_ref() {
+        return sys::dup(fd.as_fd()).map_err(|e| Error::os("keep the staging namespace", None, e));
+    }
+    let made = make()?;
+    let copy =
+        sys::dup(made.as_fd()).map_err(|e| Error::os("keep the staging namespace", None, e))?;
+    *kept = Some(made);
+    Ok(copy)
+}
+
+/// The boot's staging namespace, from the state tmpfs (made there when
+/// missing). A file there that is not a mount namespace is refused.
+fn per_boot(state_dir: &Path) -> Result<OwnedFd> {
+    let state = StateDir::open_or_create(state_dir)?;
+    let path = state_dir.join(FILE);
+    let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
+    let fd = match open() {
+        Ok(fd) => fd,
+        Err(e) if e.errno == libc::ENOENT => {
+            // Made by one assembly at a time: the lock of the state tmpfs'
+            // marker (root's alone) is held meanwhile.
+            let marker = sys::open_read(state.fd.as_fd(), Path::new(crate::state::MARKER))
+                .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+                .map_err(|e| Error::os("lock the state dir", Some(state_dir), e))?;
+            let fd = match open() {
+                Ok(fd) => fd,
+                Err(_) => {
+                    let made = make()?;
+                    let bind = sys::clone_mount(made.as_fd(), Path::new(""))
+                        .map_err(|e| Error::os("keep the staging namespace in", Some(&path), e))?;
+                    let _ = sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600);
+                    sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE))
+                        .map_err(|e| Error::os("keep the staging namespace in", Some(&path), e))?;
+                    drop(marker);
+                    made
+                }
+            };
+            fd
+        }
+        Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
+    };
+    match sys::namespace_type(fd.as_fd()) {
+        Ok(t) if t == libc::CLONE_NEWNS => Ok(fd),
+        _ => Err(Error::invalid_path(
+            "state dir",
+            state_dir,
+            format!("holds a {FILE} that is not a mount namespace; idoverlay did not put it there"),
+        )),
+    }
+}
+
+/// Makes the namespace, on a thread that ends with it made: unshare (one
+/// copy of the table, once), everything private, a fresh tmpfs made the
+/// root (`pivot_root(".", ".")`), the old root detached.
+fn make() -> Result<OwnedFd> {
+    crate::threads::run_on_thread("staging-ns", || {
+        let failed = |what: &str| {
+            let what = what.to_string();
+            move |e| {
+                Error::os(what.clone(), None, e)
+                    .with_hint("a seccomp policy may forbid unshare")
+                    .with_advice(crate::Advice::UseHostStaged)
+            }
+        };
+        sys::unshare_mount_ns().map_err(failed("give the staging namespace its own mounts"))?;
+        let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+            .map_err(failed("open the staging namespace"))?;
+        sys::make_private_recursive(Path::new("/"))
+            .map_err(failed("make the staging namespace's mounts private"))?;
+        let root = tmpfs("idoverlay-staging-root", "64k").map_err(failed("create its root"))?;
+        sys::move_mount(root.as_fd(), sys::cwd(), Path::new("/"))
+            .and_then(|()| sys::fchdir(root.as_fd()))
+            .and_then(|()| sys::pivot_root_here())
+            .and_then(|()| sys::unmount(Path::new("."), true))
+            .map_err(failed("make a tmpfs the staging namespace's root"))?;
+        Ok(ns)
+    })
+}
+
+/// A fresh tmpfs (0700), detached.
+fn tmpfs(source: &str, size: &str) -> sys::SysResult<OwnedFd> {
+    let ctx = sys::fsopen(c"tmpfs")?;
+    let source = std::ffi::CString::new(source).expect("no NUL");
+    let size = std::ffi::CString::new(size).expect("no NUL");
+    sys::fsconfig_set_string(ctx.as_fd(), c"source", &source)?;
+    sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0700")?;
+    sys::fsconfig_set_string(ctx.as_fd(), c"size", &size)?;
+    sys::fsconfig_create(ctx.as_fd())?;
+    sys::fsmount(
+        ctx.as_fd(),
+        MountAttrs::NOSUID | MountAttrs::NODEV | MountAttrs::NOEXEC,
+    )
+}
+
+/// One assembly's stage in the staging namespace, entered by the calling
+/// thread (which must be one of idoverlay's, ending afterwards): its
+/// working directory is the stage, a tmpfs of its own.
+pub(crate) struct Stage {
+    name: String,
+    /// The staging namespace's root.
+    root: OwnedFd,
+    /// Held (`flock`) until the stage is gone.
+    lock: OwnedFd,
+    /// The stage tmpfs' root.
+    pub dir: OwnedFd,
+    /// The caller's mount namespace, to make clones there.
+    home: OwnedFd,
+    /// The staging namespace.
+    ns: OwnedFd,
+}
+
+impl Stage {
+    /// Enters `ns` from the calling thread (`home` is where it was),
+    /// clears what dead assemblies left, and makes a stage.
+    pub fn enter(ns: OwnedFd) -> Result<Stage> {
+        let home = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+            .map_err(|e| Error::os("open this thread's mount namespace", None, e))?;
+        sys::enter_mount_ns(ns.as_fd())
+            .map_err(|e| Error::os("enter the staging namespace", None, e))?;
+        let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
+            .map_err(|e| Error::os("open the staging namespace's root", None, e))?;
+        // The working directory is the root here (setns put it there).
+        sweep(root.as_fd());
+        let name = format!("{:016x}", sys::random_u64());
+        let failed = |e| Error::os("make a stage in the staging namespace", None, e);
+        // The lock file appears locked (made under another name, locked,
+        // renamed): a sweep never takes a live stage for a dead one.
+        let temp = format!(".{name}.tmp");
+        let lock = sys::create_file(root.as_fd(), Path::new(&temp), 0o600)
+            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+            .and_then(|fd| {
+                sys::rename(
+                    root.as_fd(),
+                    Path::new(&temp),
+                    Path::new(&format!("{name}.lock")),
+                )
+                .map(|()| fd)
+            })
+            .map_err(failed)?;
+        sys::mkdir(root.as_fd(), Path::new(&name), 0o700).map_err(failed)?;
+        let dir = tmpfs("idoverlay-staging", "64k").map_err(failed)?;
+        sys::move_mount(dir.as_fd(), root.as_fd(), Path::new(&name))
+            .and_then(|()| sys::fchdir(dir.as_fd()))
+            .map_err(failed)?;
+        Ok(Stage {
+            name,
+            root,
+            lock,
+            dir,
+            home,
+            ns,
+        })
+    }
+
+    /// Runs `f` in the caller's mount namespace (to clone what only it
+    /// shows), then comes back into the stage.
+    pub fn at_home<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        sys::set_mount_ns(self.home.as_fd())
+            .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
+        let result = f();
+        sys::set_mount_ns(self.ns.as_fd())
+            .and_then(|()| sys::fchdir(self.dir.as_fd()))
+            .map_err(|e| Error::os("enter the staging namespace", None, e))?;
+        result
+    }
+}
+
+impl Drop for Stage {
+    /// Detaches the stage tmpfs (and every clone staged on it), removes its
+    /// name, lets go of the lock.
+    fn drop(&mut self) {
+        // Out of the stage first: the name below is removed through the
+        // namespace root's fd, whichever namespace this thread is in.
+        let _ = sys::fchdir(self.root.as_fd());
+        remove_stage(self.root.as_fd(), &self.name);
+        let _ = &self.lock;
+    }
+}
+
+/// Detaches stage `name` (with every clone staged on it) and removes its
+/// names, the lock file last. The namespace has no /proc: the stage is
+/// named relative to the working directory, which must be `root` (only
+/// idoverlay's threads ever enter this namespace).
+fn remove_stage(root: BorrowedFd<'_>, name: &str) {
+    let mounted = sys::stat_nofollow(root, Path::new(name))
+        .ok()
+        .and_then(|st| st.mount_root)
+        == Some(true);
+    if mounted {
+        let _ = sys::unmount(Path::new(name), true);
+    }
+    let _ = sys::rmdir(root, Path::new(name));
+    let _ = sys::unlink(root, Path::new(&format!("{name}.lock")));
+}
+
+/// Removes the stages of assemblies that are gone: their lock is free.
+fn sweep(root: BorrowedFd<'_>) {
+    let Ok(names) = sys::dir_entries(root) else {
+        return;
+    };
+    for name in names {
+        let Some(stage) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let Ok(lock) = sys::open_read(root, Path::new(&name)) else {
+            continue;
+        };
+        if sys::try_lock_exclusive(lock.as_fd()) == Ok(true) {
+            remove_stage(root, stage);
+        }
+    }
+}
