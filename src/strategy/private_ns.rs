@@ -35,7 +35,10 @@ pub(crate) fn assemble(req: &Request<'_>, boot_state_dir: Option<&Path>) -> Resu
     let (prepared, clones) = staged::prepare_for_staging(req, true)?;
     let ns = staging_ns::get(boot_state_dir)?;
     crate::threads::run_on_thread("private-ns", || {
-        let ns_stage = staging_ns::Stage::enter(ns)?;
+        let ns_stage = match ns {
+            Some(ns) => staging_ns::Stage::enter(ns)?,
+            None => staging_ns::Stage::fresh()?,
+        };
         req.trace(|| "private-ns: in the staging namespace, on a stage of its own".to_string());
         // Nothing needs recording: the stage is detached when this ends,
         // and a dead assembly's stage is found by its free lock.

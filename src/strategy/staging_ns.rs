@@ -4,12 +4,20 @@
 //! whole mount table (some 30 ms with 10,000 mounts, here); `setns` into a
 //! namespace that holds one mount costs the same on any node.
 //!
+//! Besides its root it holds a /proc of its own (pids only), for the magic
+//! links that name the upper and work dirs by fd.
+//!
 //! Made once per process, kept by an fd: it dies with the process, and
 //! everything staged in it with it. With the state dir in use for the boot
 //! ([`crate::Overlay::keep_probe_for_boot`], as the command line tool does),
 //! it is made once per boot instead and kept as a bind mount of its nsfs
 //! file in the state tmpfs (`staging-ns`), so a new process does not copy
 //! the table either.
+//!
+//! Where the root is the initramfs itself, which `pivot_root` cannot leave,
+//! no such namespace can be made: each assembly then stages in a private
+//! copy of the caller's namespace that dies with its thread
+//! ([`Stage::fresh`]), at the cost of the copy.
 //!
 //! Each assembly stages in a tmpfs of its own, attached at a random name in
 //! the namespace's root, beside a lock file the assembling thread holds
@@ -31,6 +39,8 @@ pub(crate) const FILE: &str = "staging-ns";
 
 /// The namespace made for this process, when one was.
 static PER_PROCESS: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// No staging namespace can be made here (the root is the initramfs).
+static UNAVAILABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Lets go of this process's staging namespace (it goes when its last
 /// assembly ends); the next private-ns assembly makes a new one. For
@@ -40,25 +50,36 @@ pub(crate) fn release() {
 }
 
 /// The staging namespace: per boot in `state_dir` when given, else this
-/// process's. Made on first use.
-pub(crate) fn get(state_dir: Option<&Path>) -> Result<OwnedFd> {
+/// process's. Made on first use. `None` where none can be made (a system
+/// whose root is the initramfs itself, which `pivot_root` cannot leave):
+/// then each assembly stages in a private copy of the caller's namespace
+/// ([`Stage::fresh`]), as before, at the cost of copying the table.
+pub(crate) fn get(state_dir: Option<&Path>) -> Result<Option<OwnedFd>> {
+    use std::sync::atomic::Ordering;
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     if let Some(dir) = state_dir {
         return per_boot(dir);
     }
     let mut kept = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(fd) = kept.as_ref() {
-        return sys::dup(fd.as_fd()).map_err(|e| Error::os("keep the staging namespace", None, e));
+        return sys::dup(fd.as_fd())
+            .map(Some)
+            .map_err(|e| Error::os("keep the staging namespace", None, e));
     }
-    let made = make()?;
+    let Some(made) = make()? else {
+        return Ok(None);
+    };
     let copy =
         sys::dup(made.as_fd()).map_err(|e| Error::os("keep the staging namespace", None, e))?;
     *kept = Some(made);
-    Ok(copy)
+    Ok(Some(copy))
 }
 
 /// The boot's staging namespace, from the state tmpfs (made there when
 /// missing). A file there that is not a mount namespace is refused.
-fn per_boot(state_dir: &Path) -> Result<OwnedFd> {
+fn per_boot(state_dir: &Path) -> Result<Option<OwnedFd>> {
     let state = StateDir::open_or_create(state_dir)?;
     let path = state_dir.join(FILE);
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
@@ -73,7 +94,9 @@ fn per_boot(state_dir: &Path) -> Result<OwnedFd> {
             let fd = match open() {
                 Ok(fd) => fd,
                 Err(_) => {
-                    let made = make()?;
+                    let Some(made) = make()? else {
+                        return Ok(None);
+                    };
                     let bind = sys::clone_mount(made.as_fd(), Path::new(""))
                         .map_err(|e| Error::os("keep the staging namespace in", Some(&path), e))?;
                     let _ = sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600);
@@ -88,7 +111,7 @@ fn per_boot(state_dir: &Path) -> Result<OwnedFd> {
         Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
     };
     match sys::namespace_type(fd.as_fd()) {
-        Ok(t) if t == libc::CLONE_NEWNS => Ok(fd),
+        Ok(t) if t == libc::CLONE_NEWNS => Ok(Some(fd)),
         _ => Err(Error::invalid_path(
             "state dir",
             state_dir,
@@ -99,8 +122,9 @@ fn per_boot(state_dir: &Path) -> Result<OwnedFd> {
 
 /// Makes the namespace, on a thread that ends with it made: unshare (one
 /// copy of the table, once), everything private, a fresh tmpfs made the
-/// root (`pivot_root(".", ".")`), the old root detached.
-fn make() -> Result<OwnedFd> {
+/// root (`pivot_root(".", ".")`), the old root detached. `None` when the
+/// root cannot be replaced (`pivot_root` refuses to leave the initramfs).
+fn make() -> Result<Option<OwnedFd>> {
     crate::threads::run_on_thread("staging-ns", || {
         let failed = |what: &str| {
             let what = what.to_string();
@@ -118,11 +142,39 @@ fn make() -> Result<OwnedFd> {
         let root = tmpfs("idoverlay-staging-root", "64k").map_err(failed("create its root"))?;
         sys::move_mount(root.as_fd(), sys::cwd(), Path::new("/"))
             .and_then(|()| sys::fchdir(root.as_fd()))
-            .and_then(|()| sys::pivot_root_here())
-            .and_then(|()| sys::unmount(Path::new("."), true))
             .map_err(failed("make a tmpfs the staging namespace's root"))?;
-        Ok(ns)
+        match sys::pivot_root_here() {
+            Ok(()) => {}
+            Err(e) if e.errno == libc::EINVAL => {
+                UNAVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(failed("make a tmpfs the staging namespace's root")(e)),
+        }
+        sys::unmount(Path::new("."), true)
+            .map_err(failed("detach the staging namespace's old root"))?;
+        // A /proc of its own (pids only): the upper and work dirs, and a
+        // layer by fd, are named by their fds' magic links
+        // (/proc/thread-self/fd/N), which need one.
+        proc_pids()
+            .and_then(|proc| {
+                sys::mkdir(sys::cwd(), Path::new("proc"), 0o555)?;
+                sys::move_mount(proc.as_fd(), sys::cwd(), Path::new("proc"))
+            })
+            .map_err(failed("mount a /proc in the staging namespace"))?;
+        Ok(Some(ns))
     })
+}
+
+/// A procfs showing only processes (`subset=pid`), detached.
+fn proc_pids() -> sys::SysResult<OwnedFd> {
+    let ctx = sys::fsopen(c"proc")?;
+    sys::fsconfig_set_string(ctx.as_fd(), c"subset", c"pid")?;
+    sys::fsconfig_create(ctx.as_fd())?;
+    sys::fsmount(
+        ctx.as_fd(),
+        MountAttrs::NOSUID | MountAttrs::NODEV | MountAttrs::NOEXEC,
+    )
 }
 
 /// A fresh tmpfs (0700), detached.
@@ -147,8 +199,9 @@ pub(crate) struct Stage {
     name: String,
     /// The staging namespace's root.
     root: OwnedFd,
-    /// Held (`flock`) until the stage is gone.
-    lock: OwnedFd,
+    /// Held (`flock`) until the stage is gone; `None` for a fresh
+    /// namespace, which goes with the thread.
+    lock: Option<OwnedFd>,
     /// The stage tmpfs' root.
     pub dir: OwnedFd,
     /// The caller's mount namespace, to make clones there.
@@ -193,7 +246,42 @@ impl Stage {
         Ok(Stage {
             name,
             root,
-            lock,
+            lock: Some(lock),
+            dir,
+            home,
+            ns,
+        })
+    }
+
+    /// A stage in a private copy of the caller's mount namespace, made by
+    /// the calling thread (which must be one of idoverlay's, ending
+    /// afterwards: the namespace, with everything staged in it, goes with
+    /// it): `/` made recursively private first, a tmpfs over it, the
+    /// working directory there. Where no staging namespace can be made.
+    pub fn fresh() -> Result<Stage> {
+        let failed = |what: &'static str| {
+            move |e| {
+                Error::os(what, None, e)
+                    .with_hint("a seccomp policy may forbid unshare")
+                    .with_advice(crate::Advice::UseHostStaged)
+            }
+        };
+        let home = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+            .map_err(failed("open this thread's mount namespace"))?;
+        sys::unshare_mount_ns().map_err(failed("give a helper thread its own mount namespace"))?;
+        let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+            .map_err(failed("open the helper thread's mount namespace"))?;
+        sys::make_private_recursive(Path::new("/"))
+            .map_err(failed("make the private namespace's mounts private"))?;
+        let dir = tmpfs("idoverlay-staging", "64k").map_err(failed("create a staging tmpfs"))?;
+        sys::move_mount(dir.as_fd(), sys::cwd(), Path::new("/"))
+            .and_then(|()| sys::fchdir(dir.as_fd()))
+            .map_err(failed("attach the staging tmpfs in the private namespace"))?;
+        let root = sys::dup(dir.as_fd()).map_err(failed("keep the staging tmpfs"))?;
+        Ok(Stage {
+            name: String::new(),
+            root,
+            lock: None,
             dir,
             home,
             ns,
@@ -217,11 +305,13 @@ impl Drop for Stage {
     /// Detaches the stage tmpfs (and every clone staged on it), removes its
     /// name, lets go of the lock.
     fn drop(&mut self) {
+        if self.lock.is_none() {
+            return;
+        }
         // Out of the stage first: the name below is removed through the
         // namespace root's fd, whichever namespace this thread is in.
         let _ = sys::fchdir(self.root.as_fd());
         remove_stage(self.root.as_fd(), &self.name);
-        let _ = &self.lock;
     }
 }
 

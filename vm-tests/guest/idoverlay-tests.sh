@@ -38,6 +38,7 @@ record() { # name strategy fs expect result detail
 
 # Whether the probe observed a feature.
 observed() { grep -o "\"$1\":{[^}]*}" /tmp/probe.json | grep -q '"observed":true'; }
+unprobed() { grep -o "\"$1\":{[^}]*}" /tmp/probe.json | grep -q '"observed":null'; }
 # Whether the probe found that a --path (by index) takes idmapped mounts.
 # (serde_json sorts keys: each entry of "paths" is {"errno":…,"idmap":…,…}.)
 path_idmap() {
@@ -57,7 +58,9 @@ tree_hash() {
 
 # Mount entries that are temporary idmapped clones (not the final overlay).
 idmapped_mounts() { grep -c ' idmapped' /proc/self/mountinfo || true; }
-mount_count() { grep -vc 'idoverlay-state' /proc/self/mountinfo; }
+# idoverlay's state tmpfs and the staging namespace kept in it (per boot)
+# are not counted.
+mount_count() { grep -v 'idoverlay-state' /proc/self/mountinfo | grep -vc ' /run/idoverlay/staging-ns '; }
 
 # Layers on tmpfs, as simple as possible (tmpfs idmaps only from 6.3).
 mkdir -p "$IDO_TMPFS/layers/t1/home/user" "$IDO_TMPFS/layers/t2" "$IDO_TMPFS/layers/t3"
@@ -82,7 +85,10 @@ can() { # strategy fs -> 0 when the probe says this should work
     case $1 in
         auto) [ -n "$AUTO" ] ;;
         detached) observed overlay_detached_layers ;;
-        private-ns) observed private_mount_ns && observed overlay_idmapped_layers ;;
+        # Where detached layers work the probe unshares nothing (it would copy
+        # the whole mount table): private_mount_ns is then not probed.
+        private-ns) { observed private_mount_ns || { unprobed private_mount_ns && observed overlay_detached_layers; }; } &&
+            observed overlay_idmapped_layers ;;
         host-staged) observed overlay_idmapped_layers ;;
     esac
 }
@@ -151,8 +157,9 @@ scenario() { # strategy fs
         "$B" umount "$target" 2>/tmp/err || problems="$problems umount: $(cat /tmp/err);"
         check "$(mount_count)" "$mounts_before" mounts-after
         check "$(idmapped_mounts)" 0 idmapped-mounts-after
-        # Nothing left but the marker of idoverlay's own state tmpfs.
-        check "$(ls -A /run/idoverlay 2>/dev/null | grep -vxc .idoverlay-state)" 0 staging-left
+        # Nothing left but what idoverlay keeps for the boot in its state
+        # tmpfs: the marker, the probe report, private-ns' staging namespace.
+        check "$(ls -A /run/idoverlay 2>/dev/null | grep -vxEc '\.idoverlay-state|probe|staging-ns')" 0 staging-left
         check "$(tree_hash "$root")" "$hash_before" layers-unchanged
         if [ -z "$problems" ]; then record "$name" "$s" "$fs" $expect pass "ok"; else record "$name" "$s" "$fs" $expect fail "$problems"; fi
     else
@@ -178,6 +185,56 @@ for s in auto detached private-ns host-staged; do
         scenario "$s" "$fs"
     done
 done
+
+# private-ns where the root is not the initramfs (as on an installed
+# system; this guest's own root is the initramfs, which pivot_root cannot
+# leave, so the scenarios above stage in a copy of the namespace per
+# assembly): its staging namespace is made once, kept for the boot in the
+# state dir, and entered by the next process instead of copying the table.
+if can private-ns ext4; then
+    # Runs inside the new root.
+    cat >/tmp/staging-inner.sh <<EOF_INNER
+export PATH=/bin
+L=/disk/layers
+mkdir -p /disk/c-staging/upper /disk/c-staging/work /tmp/t
+for i in 1 2; do
+    idoverlay mount --strategy private-ns --lower \$L/l3 --lower \$L/l2 --lower \$L/l1 \\
+        --upper /disk/c-staging/upper --work /disk/c-staging/work \\
+        --uidmap $MAP --gidmap $MAP /tmp/t || exit 1
+    echo "owner\$i \$(stat -c %u:%g /tmp/t/home/user/notes.txt)"
+    echo "ns\$i \$(stat -c %i /run/idoverlay/staging-ns)"
+    idoverlay umount /tmp/t
+done
+EOF_INNER
+    out=$(IDO_B=$B IDO_D=$IDO_DISK unshare -m /bin/sh -c '
+        set -e
+        mount --make-rprivate /
+        nr=/tmp/newroot
+        mkdir -p $nr
+        mount -t tmpfs newroot $nr
+        mkdir -p $nr/bin $nr/proc $nr/dev $nr/tmp $nr/run $nr/disk
+        cp /bin/busybox $nr/bin/
+        cp "$IDO_B" $nr/bin/idoverlay
+        cp /tmp/staging-inner.sh $nr/inner.sh
+        for a in sh stat cat ls mkdir; do ln -s busybox $nr/bin/$a; done
+        mount --rbind "$IDO_D" $nr/disk
+        mount -t proc proc $nr/proc
+        # As switch_root does (pivot_root cannot leave the initramfs): the
+        # new root moved over /, then entered with chroot.
+        cd $nr
+        mount --move . /
+        exec chroot . /bin/sh /inner.sh
+    ' 2>&1)
+    o1=$(printf '%s\n' "$out" | sed -n 's/^owner1 //p')
+    o2=$(printf '%s\n' "$out" | sed -n 's/^owner2 //p')
+    n1=$(printf '%s\n' "$out" | sed -n 's/^ns1 //p')
+    n2=$(printf '%s\n' "$out" | sed -n 's/^ns2 //p')
+    if [ "$o1" = 101000:101000 ] && [ "$o2" = 101000:101000 ] && [ -n "$n1" ] && [ "$n1" = "$n2" ]; then
+        record "staging-ns/ext4" private-ns ext4 works pass "staging namespace kept for the boot and entered again"
+    else
+        record "staging-ns/ext4" private-ns ext4 works fail "$(printf '%s' "$out" | tail -n 3)"
+    fi
+fi
 
 # Many layers on ext4 with whatever auto chooses.
 if can auto ext4; then
