@@ -12,7 +12,16 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use idoverlay::{IdMap, Overlay, Strategy};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    // Errors as their one line (Display), as a runtime would log them; a
+    // `main` returning `Result` would print their Debug form.
+    if let Err(e) = run() {
+        eprintln!("assemble: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut map = "0:100000:65536".to_string();
     if let Some(i) = args.iter().position(|a| a == "--map") {
@@ -49,6 +58,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "attached at {} ({} strategy)",
         mounted.target.display(),
         mounted.strategy
+    );
+    let d = &mounted.description;
+    println!(
+        "layers {:?}, mount id {:?}",
+        d.layers
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>(),
+        d.mount_id
     );
     Ok(())
 }

@@ -123,6 +123,9 @@ pub enum Advice {
     RunGc,
     /// Without data-only layers.
     NoDataLayers,
+    /// Have idoverlay give an empty upper to container root (in a
+    /// warning: [`crate::Overlay::chown_upper`]).
+    ChownUpper,
 }
 
 impl Advice {
@@ -153,6 +156,7 @@ impl Advice {
             Advice::ProbeAgain => "",
             Advice::RunGc => ", gc finishes it",
             Advice::NoDataLayers => "mount without data layers, or on a newer kernel",
+            Advice::ChownUpper => "or have idoverlay chown the upper (an empty one)",
         }
     }
 }

@@ -87,6 +87,7 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
     for name in &names {
         if name == state::MARKER.as_bytes()
             || name == crate::probe_cache::DIR.as_bytes()
+            || name == crate::records::DIR.as_bytes()
             || name == crate::strategy::staging_ns::FILE.as_bytes()
         {
             continue;

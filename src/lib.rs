@@ -60,6 +60,7 @@ mod fs_type;
 pub mod gc;
 pub mod idmap;
 mod layer;
+mod mistakes;
 mod mountinfo;
 mod options;
 mod overlayfs;
@@ -67,6 +68,7 @@ mod path;
 pub mod probe;
 mod probe_cache;
 mod reaper;
+pub mod records;
 mod report;
 mod state;
 mod strategy;
@@ -116,6 +118,8 @@ pub struct Overlay {
     per_layer_clones: bool,
     probe_report: Option<Arc<probe::ProbeReport>>,
     probe_for_boot: bool,
+    chown_upper: bool,
+    keep_record: bool,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -185,6 +189,31 @@ impl Overlay {
     #[must_use = "the builder returns the changed Overlay"]
     pub fn idmap_upper(mut self, on: bool) -> Self {
         self.idmap_upper = on;
+        self
+    }
+
+    /// Gives an empty upper dir's root to container root (the host ids
+    /// container root maps to, or on-disk 0 with [`Overlay::idmap_upper`])
+    /// before the overlay is made, as containerd's snapshotter does: else
+    /// an upper made by host root shows as nobody inside the container,
+    /// where even root cannot create a file in `/`. An upper owned so
+    /// already is left as it is; one that holds anything is refused rather
+    /// than changed. Off by default; when off, such an upper gets a
+    /// warning ([`Mounted::warnings`]).
+    #[must_use = "the builder returns the changed Overlay"]
+    pub fn chown_upper(mut self, on: bool) -> Self {
+        self.chown_upper = on;
+        self
+    }
+
+    /// Keeps a record of the mount in the state dir once it is attached
+    /// (see [`records`]), for `idoverlay show` and `idoverlay list`: the
+    /// real paths of its layers, upper and work, its maps and strategy,
+    /// keyed by the kernel's id for the mount. Creates the state dir's
+    /// tmpfs when needed. Off by default; the command line tool turns it on.
+    #[must_use = "the builder returns the changed Overlay"]
+    pub fn keep_record(mut self, on: bool) -> Self {
+        self.keep_record = on;
         self
     }
 
@@ -460,6 +489,7 @@ impl Overlay {
             upper: self.upper.as_deref(),
             work: self.work.as_deref(),
             idmap_upper: self.idmap_upper,
+            chown_upper: self.chown_upper,
             per_layer_clones: self.per_layer_clones,
             params: &self.params,
             attrs: self.attrs,
@@ -502,13 +532,17 @@ impl Overlay {
             Strategy::Auto => unreachable!("choose::for_request resolves auto"),
         };
         let kept = std::mem::take(&mut *req.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut all_warnings = kept.warnings;
+        all_warnings.extend(warnings);
         Ok(DetachedMount {
             fd,
             strategy: chosen,
-            warnings,
+            warnings: all_warnings,
             footprint: kept.footprint,
             pair: kept.pair,
             state_dir: self.state_dir_or_default().to_path_buf(),
+            description: self.describe(req, &kept.paths, chosen),
+            keep_record: self.keep_record,
         })
     }
 
@@ -522,20 +556,86 @@ impl Overlay {
         let opened = open_target(target)?;
         self.check_target_outside_state_dir(&opened)?;
         self.with_request(Some(&opened), |req, chosen| {
-            if chosen == Strategy::Detached && !self.per_layer_clones {
-                if let Some(warnings) =
+            // With an upper, a kernel that takes layer fds shows the upper
+            // and work dirs' real paths in the mount table only when given
+            // them by fd (fsconfig); mount(2)'s string would name their
+            // /proc/thread-self/fd links. The two paths cost the same.
+            let fd_upper =
+                self.upper.is_some() && req.caps.observed(kernel_compat::Feature::OverlayFdLayers);
+            if chosen == Strategy::Detached && !self.per_layer_clones && !fd_upper {
+                if let Some(mut warnings) =
                     strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
                 {
-                    return Ok(Mounted {
+                    let kept =
+                        std::mem::take(&mut *req.kept.lock().unwrap_or_else(|e| e.into_inner()));
+                    let mut all = kept.warnings;
+                    all.append(&mut warnings);
+                    let mut description = self.describe(req, &kept.paths, chosen);
+                    description.target = target_path_of(&opened);
+                    let mut mounted = Mounted {
                         target: target.to_path_buf(),
                         strategy: chosen,
-                        warnings,
-                    });
+                        warnings: all,
+                        description,
+                    };
+                    let root = sys::open_dir_path(sys::cwd(), &mounted.description.target).ok();
+                    if let Some(root) = root.filter(|root| {
+                        strategy::detached::is_the_overlay_just_mounted(
+                            root.as_fd(),
+                            opened.fd.as_fd(),
+                        )
+                    }) {
+                        self.record(root.as_fd(), &mut mounted);
+                    } else if self.keep_record {
+                        mounted.warnings.push(format!(
+                            "no record of the mount was kept: {} no longer leads to it",
+                            error::display_path(target)
+                        ));
+                    }
+                    return Ok(mounted);
                 }
             }
             self.assemble_with(req, chosen)?
                 .attach_to_fd(opened.fd.as_fd(), target)
         })
+    }
+
+    /// The description of an overlay this request assembled (the target
+    /// and mount id are filled in when it is attached).
+    fn describe(
+        &self,
+        req: &Request<'_>,
+        paths: &layer::RealPaths,
+        chosen: Strategy,
+    ) -> records::MountDescription {
+        let of = |role| {
+            paths
+                .layers
+                .iter()
+                .filter(move |(r, _)| *r == role)
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        records::MountDescription {
+            target: PathBuf::new(),
+            layers: of(layer::Role::Lower),
+            data_layers: of(layer::Role::Data),
+            upper: paths.upper.clone(),
+            work: paths.work.clone(),
+            uidmap: req.userns.uid_map().cloned(),
+            gidmap: req.userns.gid_map().cloned(),
+            userns: req.userns.file().map(Path::to_path_buf),
+            idmap_upper: self.idmap_upper,
+            strategy: chosen,
+            mount_id: None,
+            unique_mount_id: false,
+        }
+    }
+
+    /// Fills in the mount id of the overlay whose root `root` is, and keeps
+    /// its record when asked; a record that cannot be written is a warning.
+    fn record(&self, root: BorrowedFd<'_>, mounted: &mut Mounted) {
+        record_mount(self.keep_record, self.state_dir_or_default(), root, mounted);
     }
 
     /// The state dir host-staged uses and `gc` cleans.
@@ -584,16 +684,45 @@ fn check_target_outside_state_dir(state_dir: &Path, target: &layer::OpenedDir) -
     Ok(())
 }
 
+/// The mount id of the overlay whose root `root` is, into the description;
+/// then its record when `keep`.
+fn record_mount(keep: bool, state_dir: &Path, root: BorrowedFd<'_>, mounted: &mut Mounted) {
+    if let Some((id, unique)) = records::mount_id_of(root) {
+        mounted.description.mount_id = Some(id);
+        mounted.description.unique_mount_id = unique;
+    }
+    if keep {
+        if let Err(e) = records::write(state_dir, &mounted.description) {
+            mounted
+                .warnings
+                .push(format!("no record of the mount was kept: {e}"));
+        }
+    }
+}
+
+/// Where a target really is: its canonical path when reached without a
+/// symlink, else the kernel's name for it.
+fn target_path_of(target: &layer::OpenedDir) -> PathBuf {
+    target
+        .canonical
+        .clone()
+        .or_else(|| sys::fd_path(target.fd.as_fd()))
+        .unwrap_or_else(|| target.path.clone())
+}
+
 /// An overlay attached at its target. Holds no fd: the mount stays until
 /// unmounted (see [`unmount_overlay`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mounted {
-    /// Where it is attached.
+    /// Where it is attached, as given.
     pub target: PathBuf,
     /// The strategy that assembled it (never [`Strategy::Auto`]).
     pub strategy: Strategy,
     /// See [`DetachedMount::warnings`].
     pub warnings: Vec<String>,
+    /// What it is made of, with real paths and the kernel's id for the
+    /// mount: what `idoverlay show` reports.
+    pub description: records::MountDescription,
 }
 
 /// An assembled overlay, held by its mount fd.
@@ -610,10 +739,66 @@ pub struct DetachedMount {
     /// Its upper and work dirs, claimed once it is attached.
     pair: Option<(layer::OpenedDir, layer::OpenedDir)>,
     state_dir: PathBuf,
+    /// What it is made of (the target and mount id once attached).
+    description: records::MountDescription,
+    keep_record: bool,
 }
 
 impl DetachedMount {
-    /// The strategy that assembled it (never [`Strategy::Auto`]).
+    /// An overlay received as a mount fd (e.g. over a unix socket, from the
+    /// process that assembled it), checked to be the root of a whole
+    /// overlay mount that is attached nowhere in this mount namespace.
+    /// What it is made of is not known here, so [`DetachedMount::attach`]
+    /// cannot refuse a target among its layers as it does for an overlay
+    /// this process assembled; its strategy reads [`Strategy::Auto`].
+    pub fn from_fd(fd: OwnedFd) -> Result<DetachedMount> {
+        let refuse = |why: String| Error::invalid("mount fd", fd.as_raw_fd().to_string(), why);
+        let stat =
+            sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect the mount fd", None, e))?;
+        let fs = fs_type::of_fd(fd.as_fd());
+        if fs != "overlay" {
+            return Err(refuse(format!("is of a {fs} filesystem, not an overlay")));
+        }
+        if stat.mount_root != Some(true)
+            || mount_root_within_fs(fd.as_fd()).is_some_and(|r| r != Path::new("/"))
+        {
+            return Err(refuse(
+                "is not the root of a whole overlay mount (a directory inside one, or a bind \
+                 mount of one); give the fd fsmount or open_tree returned"
+                    .into(),
+            ));
+        }
+        let attached_here = match sys::stat_fd_unique_mnt_id(fd.as_fd()) {
+            Some(id) => sys::statmount(id).is_some(),
+            // Unknown counts as attached: moving an attached mount would
+            // take it from where it is.
+            None => sys::open_dir_path(sys::cwd(), Path::new("/proc"))
+                .and_then(|proc| mountinfo::read_via(proc.as_fd()))
+                .map_or(true, |table| {
+                    table.iter().any(|m| Some(m.mount_id) == stat.mnt_id)
+                }),
+        };
+        if attached_here {
+            return Err(refuse(
+                "is a mount attached in this mount namespace, not a detached one; give a \
+                 detached overlay (from assemble or fsmount)"
+                    .into(),
+            ));
+        }
+        Ok(DetachedMount {
+            fd,
+            strategy: Strategy::Auto,
+            warnings: Vec::new(),
+            footprint: None,
+            pair: None,
+            state_dir: PathBuf::from(gc::DEFAULT_STATE_DIR),
+            description: records::MountDescription::default(),
+            keep_record: false,
+        })
+    }
+
+    /// The strategy that assembled it (never [`Strategy::Auto`], except for
+    /// an overlay received with [`DetachedMount::from_fd`]).
     pub fn strategy(&self) -> Strategy {
         self.strategy
     }
@@ -639,32 +824,18 @@ impl DetachedMount {
     /// Attaches the overlay at `target` inside another mount namespace (a
     /// file such as `/proc/PID/ns/mnt`), as `mount -N` does: a short-lived
     /// thread enters that namespace, resolves `target` there and attaches.
+    ///
+    /// No record is kept of a mount in another namespace (see
+    /// [`Overlay::keep_record`]): the state dir is this namespace's, whose
+    /// `idoverlay list` cannot see that mount.
     pub fn attach_in_namespace(
-        self,
+        mut self,
         mount_ns: impl AsRef<Path>,
         target: impl AsRef<Path>,
     ) -> Result<Mounted> {
         let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
-        // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
-        let ns = sys::open_read_nonblocking(sys::cwd(), mount_ns, true).map_err(|e| {
-            Error::from(crate::error::Repr::InvalidInput {
-                what: "mount namespace".into(),
-                input: error::display_path(mount_ns),
-                reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
-                path: Some(mount_ns.to_path_buf()),
-                source: Some(e),
-            })
-        })?;
-        match sys::namespace_type(ns.as_fd()) {
-            Ok(t) if t == libc::CLONE_NEWNS => {}
-            _ => {
-                return Err(Error::invalid_path(
-                    "mount namespace",
-                    mount_ns,
-                    "is not a mount namespace; give /proc/PID/ns/mnt",
-                ))
-            }
-        }
+        self.keep_record = false;
+        let ns = open_mount_namespace(mount_ns)?;
         // The overlay's directories located here, by device and path on
         // their filesystem, which mean the same in every mount namespace;
         // the target located there, through a /proc that shows this
@@ -724,11 +895,21 @@ impl DetachedMount {
                 return Err(taken);
             }
         }
-        Ok(Mounted {
+        let mut description = self.description;
+        description.target = sys::fd_path(target_fd).unwrap_or_else(|| target.to_path_buf());
+        let mut mounted = Mounted {
             target: target.to_path_buf(),
             strategy: self.strategy,
             warnings: self.warnings,
-        })
+            description,
+        };
+        record_mount(
+            self.keep_record,
+            &self.state_dir,
+            self.fd.as_fd(),
+            &mut mounted,
+        );
+        Ok(mounted)
     }
 
     /// Things that went wrong without spoiling the overlay, e.g. host-staged
@@ -748,6 +929,31 @@ impl AsFd for DetachedMount {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Opens a mount namespace file (`/proc/PID/ns/mnt`), checked to be one.
+fn open_mount_namespace(mount_ns: &Path) -> Result<OwnedFd> {
+    // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
+    let ns = sys::open_read_nonblocking(sys::cwd(), mount_ns, true).map_err(|e| {
+        Error::from(crate::error::Repr::InvalidInput {
+            what: "mount namespace".into(),
+            input: error::display_path(mount_ns),
+            reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
+            path: Some(mount_ns.to_path_buf()),
+            source: Some(e),
+        })
+    })?;
+    match sys::namespace_type(ns.as_fd()) {
+        Ok(t) if t == libc::CLONE_NEWNS => {}
+        _ => {
+            return Err(Error::invalid_path(
+                "mount namespace",
+                mount_ns,
+                "is not a mount namespace; give /proc/PID/ns/mnt",
+            ))
+        }
+    }
+    Ok(ns)
 }
 
 /// Opens a mount target: absolute, normalized (a trailing `/` cannot make
@@ -812,6 +1018,32 @@ fn explain_target(target: &Path, normal: &Path, e: sys::SysError) -> Error {
 /// so renaming directories on the way cannot bring another mount there.
 pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
+    may_unmount(target)?;
+    unmount_checked(target, lazy, Naming::Proc)
+}
+
+/// Unmounts the overlay mounted at `target` inside another mount namespace
+/// (a file such as `/proc/PID/ns/mnt`), with the checks and guarantees of
+/// [`unmount_overlay`]: a short-lived thread enters that namespace and
+/// reaches the mount through fds it opened there (its working directory,
+/// not `/proc`, which that namespace may not have, or have of another pid
+/// namespace).
+pub fn unmount_overlay_in_namespace(
+    mount_ns: impl AsRef<Path>,
+    target: impl AsRef<Path>,
+    lazy: bool,
+) -> Result<()> {
+    let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
+    may_unmount(target)?;
+    let ns = open_mount_namespace(mount_ns)?;
+    threads::run_on_thread("unmount", || {
+        sys::enter_mount_ns(ns.as_fd())
+            .map_err(|e| Error::os("enter mount namespace", Some(mount_ns), e))?;
+        unmount_checked(target, lazy, Naming::OwnCwd)
+    })
+}
+
+fn may_unmount(target: &Path) -> Result<()> {
     if !crate::creds::has_cap_sys_admin() {
         return Err(Error::permission(
             format!("unmounting {}", error::display_path(target)),
@@ -819,6 +1051,20 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
             userns::CAP_SYS_ADMIN_HINT,
         ));
     }
+    Ok(())
+}
+
+/// How umount(2), which takes a path, is pointed at a mount held by fd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Naming {
+    /// `/proc/thread-self/fd/N[/NAME]`: from any thread.
+    Proc,
+    /// Relative to the working directory, moved there with `fchdir`: only
+    /// on a thread with an fs struct of its own.
+    OwnCwd,
+}
+
+fn unmount_checked(target: &Path, lazy: bool, naming: Naming) -> Result<()> {
     let normal =
         path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;
     let Some((parent, name)) = path::split_last(&normal) else {
@@ -863,7 +1109,12 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         };
         if lazy {
             // The checked mount itself, through its own fd.
-            return Ok(sys::detach_root_of(fd.as_fd()));
+            return Ok(match naming {
+                Naming::Proc => sys::detach_root_of(fd.as_fd()),
+                Naming::OwnCwd => sys::fchdir(fd.as_fd())
+                    .and_then(|()| sys::unmount(Path::new("."), true))
+                    .and_then(|()| sys::fchdir(parent_fd.as_fd())),
+            });
         }
         let id = sys::stat_fd(fd.as_fd()).ok().and_then(|st| st.mnt_id);
         drop(fd);
@@ -878,7 +1129,12 @@ pub fn unmount_overlay(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
                  was unmounted",
             ));
         }
-        Ok(sys::unmount(&in_parent, false))
+        Ok(match naming {
+            Naming::Proc => sys::unmount(&in_parent, false),
+            Naming::OwnCwd => {
+                sys::fchdir(parent_fd.as_fd()).and_then(|()| sys::unmount(name, false))
+            }
+        })
     };
     // EBUSY can be transient: a fork elsewhere in this process briefly holds
     // a copy of every fd (until its exec closes them), pinning the mount.

@@ -103,12 +103,7 @@ pub(crate) fn store(state_dir: &Path, report: &ProbeReport) -> Result<()> {
     }
     let state = StateDir::open_or_create(state_dir)?;
     let failed = |e| Error::os("keep the probe report in", Some(state_dir), e);
-    match sys::mkdir(state.fd.as_fd(), Path::new(DIR), 0o700) {
-        Ok(()) => {}
-        Err(e) if e.errno == libc::EEXIST => {}
-        Err(e) => return Err(failed(e)),
-    }
-    let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).map_err(failed)?;
+    let dir = crate::state::subdir(&state, DIR).map_err(failed)?;
     let bytes = serde_json::to_vec(&Cached {
         format: FORMAT.into(),
         version: VERSION,
@@ -118,15 +113,7 @@ pub(crate) fn store(state_dir: &Path, report: &ProbeReport) -> Result<()> {
     })
     .expect("serializable");
     for fs_type in types {
-        let name = file_name(fs_type);
-        let temp = format!(".{name}.{:x}.tmp", sys::random_u64() & 0xffff_ffff);
-        let written = sys::create_file(dir.as_fd(), Path::new(&temp), 0o600)
-            .and_then(|fd| sys::write_all(fd.as_fd(), &bytes))
-            .and_then(|()| sys::rename(dir.as_fd(), Path::new(&temp), Path::new(&name)));
-        if let Err(e) = written {
-            let _ = sys::unlink(dir.as_fd(), Path::new(&temp));
-            return Err(failed(e));
-        }
+        crate::state::write_atomically(dir.as_fd(), &file_name(fs_type), &bytes).map_err(failed)?;
     }
     Ok(())
 }

@@ -505,6 +505,35 @@ fn publish(state: &StateDir, record: &Record) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The subdirectory `name` of the state tmpfs (root-only), made when
+/// missing; opened beneath the state dir, never through a symlink.
+pub(crate) fn subdir(state: &StateDir, name: &str) -> sys::SysResult<OwnedFd> {
+    match sys::mkdir(state.fd.as_fd(), Path::new(name), 0o700) {
+        Ok(()) => {}
+        Err(e) if e.errno == libc::EEXIST => {}
+        Err(e) => return Err(e),
+    }
+    sys::open_dir_beneath(state.fd.as_fd(), Path::new(name))
+}
+
+/// Writes `bytes` as `name` in `dir` all at once: to a temporary name
+/// (root-only), renamed over `name`, so a reader sees the old file or the
+/// new one, never half of one.
+pub(crate) fn write_atomically(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    bytes: &[u8],
+) -> sys::SysResult<()> {
+    let temp = format!(".{name}.{:x}.tmp", sys::random_u64() & 0xffff_ffff);
+    let written = sys::create_file(dir, Path::new(&temp), 0o600)
+        .and_then(|fd| sys::write_all(fd.as_fd(), bytes))
+        .and_then(|()| sys::rename(dir, Path::new(&temp), Path::new(name)));
+    if written.is_err() {
+        let _ = sys::unlink(dir, Path::new(&temp));
+    }
+    written
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
 pub(crate) fn boot_id() -> Option<&'static str> {
     static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

@@ -44,8 +44,16 @@ pub struct UserNamespace {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
-    Maps { uid: IdMap, gid: IdMap },
-    File(PathBuf),
+    Maps {
+        uid: IdMap,
+        gid: IdMap,
+    },
+    /// Opened from a file; its maps when they could be read (a
+    /// `/proc/PID/ns/user` whose process's maps name this namespace).
+    File {
+        path: PathBuf,
+        maps: Option<(IdMap, IdMap)>,
+    },
 }
 
 impl UserNamespace {
@@ -177,9 +185,13 @@ impl UserNamespace {
                 .with_advice(crate::Advice::GiveContainerUserns));
             }
         }
+        let maps = maps_of_proc_ns_file(path, fd.as_fd());
         Ok(UserNamespace {
             fd,
-            origin: Origin::File(path.to_path_buf()),
+            origin: Origin::File {
+                path: path.to_path_buf(),
+                maps,
+            },
         })
     }
 
@@ -199,26 +211,27 @@ impl UserNamespace {
         Ok(ns)
     }
 
-    /// The uid map, when this namespace was made from maps.
+    /// The uid map, when known: made from maps, or opened as
+    /// `/proc/PID/ns/user` of a process whose maps could be read.
     pub fn uid_map(&self) -> Option<&IdMap> {
         match &self.origin {
             Origin::Maps { uid, .. } => Some(uid),
-            Origin::File(_) => None,
+            Origin::File { maps, .. } => maps.as_ref().map(|(uid, _)| uid),
         }
     }
 
-    /// The gid map, when this namespace was made from maps.
+    /// The gid map, when known (see [`Self::uid_map`]).
     pub fn gid_map(&self) -> Option<&IdMap> {
         match &self.origin {
             Origin::Maps { gid, .. } => Some(gid),
-            Origin::File(_) => None,
+            Origin::File { maps, .. } => maps.as_ref().map(|(_, gid)| gid),
         }
     }
 
     /// The namespace file it was opened from, when it was.
     pub fn file(&self) -> Option<&Path> {
         match &self.origin {
-            Origin::File(path) => Some(path),
+            Origin::File { path, .. } => Some(path),
             Origin::Maps { .. } => None,
         }
     }
@@ -227,7 +240,7 @@ impl UserNamespace {
     pub fn describe(&self) -> String {
         match &self.origin {
             Origin::Maps { uid, gid } => format!("uidmap {uid}, gidmap {gid}"),
-            Origin::File(path) => format!("user namespace {}", path.display()),
+            Origin::File { path, .. } => format!("user namespace {}", path.display()),
         }
     }
 }
@@ -236,6 +249,56 @@ impl AsFd for UserNamespace {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The maps of the namespace `ns` opened from `path`, when `path` is
+/// `/proc/PID/ns/user` and that process's maps are of this very namespace
+/// (checked by inode after reading them: a process that exits meanwhile,
+/// its pid taken by another, reads as unknown).
+fn maps_of_proc_ns_file(path: &Path, ns: BorrowedFd<'_>) -> Option<(IdMap, IdMap)> {
+    let pid = path
+        .to_str()?
+        .strip_prefix("/proc/")?
+        .strip_suffix("/ns/user")?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let read = |name: &str| -> Option<IdMap> {
+        let bytes = crate::file::read_small(
+            sys::cwd(),
+            Path::new(&format!("/proc/{pid}/{name}")),
+            64 * 1024,
+            true,
+        )
+        .ok()?;
+        parse_proc_map(std::str::from_utf8(&bytes).ok()?)
+    };
+    let maps = (read("uid_map")?, read("gid_map")?);
+    let same = sys::open_read(sys::cwd(), path)
+        .and_then(|again| sys::stat_fd(again.as_fd()))
+        .ok()
+        .zip(sys::stat_fd(ns).ok())
+        .is_some_and(|(again, ns)| again.same_inode(&ns));
+    same.then_some(maps)
+}
+
+/// `/proc/PID/uid_map` text (`inside outside count` lines) as a map.
+fn parse_proc_map(text: &str) -> Option<IdMap> {
+    let mut ranges = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_ascii_whitespace().map(str::parse::<u32>);
+        let (Some(Ok(container)), Some(Ok(host)), Some(Ok(size)), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return None;
+        };
+        ranges.push(crate::idmap::IdRange {
+            container,
+            host,
+            size,
+        });
+    }
+    IdMap::new(ranges).ok()
 }
 
 fn write_map(file: &Path, map: &IdMap, what: &str) -> Result<()> {

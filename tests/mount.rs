@@ -82,7 +82,9 @@ fn full_check(dir: &Path, v: Variant) {
     let upper = dir.join("upper");
     let work = dir.join("work");
     let merged = dir.join("merged");
-    for d in [&upper, &work, &merged] {
+    // The upper owned by container root's host ids: a correct call.
+    mkdir(&upper, 0o755, 100000, 100000);
+    for d in [&work, &merged] {
         mkdir(d, 0o755, 0, 0);
     }
     let before = mounts();
@@ -573,8 +575,17 @@ mod features {
             assert_eq!(owner(&merged.join("etc/hostname")), (200000, 200000));
             assert_eq!(owner(&merged.join("home/app")), (201000, 201000));
             idoverlay::unmount_overlay(&merged, false).unwrap();
+            // Opened as /proc/PID/ns/user, its maps are read from that
+            // process (for the record of the mount).
             let again = UserNamespace::open(&ns_file).unwrap();
-            assert!(again.uid_map().is_none());
+            assert_eq!(
+                again.uid_map().map(ToString::to_string).as_deref(),
+                Some("0:200000:65536")
+            );
+            assert_eq!(
+                again.gid_map().map(ToString::to_string).as_deref(),
+                Some("0:200000:65536")
+            );
             child.kill().unwrap();
             child.wait().unwrap();
             // Not a user namespace: a clear refusal.

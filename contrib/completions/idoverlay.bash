@@ -31,6 +31,9 @@ _idoverlay() {
             idoverlay,install-helper)
                 cmd="idoverlay__subcmd__install__subcmd__helper"
                 ;;
+            idoverlay,list)
+                cmd="idoverlay__subcmd__list"
+                ;;
             idoverlay,manpages)
                 cmd="idoverlay__subcmd__manpages"
                 ;;
@@ -39,6 +42,9 @@ _idoverlay() {
                 ;;
             idoverlay,probe)
                 cmd="idoverlay__subcmd__probe"
+                ;;
+            idoverlay,show)
+                cmd="idoverlay__subcmd__show"
                 ;;
             idoverlay,umount)
                 cmd="idoverlay__subcmd__umount"
@@ -58,6 +64,9 @@ _idoverlay() {
             idoverlay__subcmd__help,install-helper)
                 cmd="idoverlay__subcmd__help__subcmd__install__subcmd__helper"
                 ;;
+            idoverlay__subcmd__help,list)
+                cmd="idoverlay__subcmd__help__subcmd__list"
+                ;;
             idoverlay__subcmd__help,manpages)
                 cmd="idoverlay__subcmd__help__subcmd__manpages"
                 ;;
@@ -66,6 +75,9 @@ _idoverlay() {
                 ;;
             idoverlay__subcmd__help,probe)
                 cmd="idoverlay__subcmd__help__subcmd__probe"
+                ;;
+            idoverlay__subcmd__help,show)
+                cmd="idoverlay__subcmd__help__subcmd__show"
                 ;;
             idoverlay__subcmd__help,umount)
                 cmd="idoverlay__subcmd__help__subcmd__umount"
@@ -77,7 +89,7 @@ _idoverlay() {
 
     case "${cmd}" in
         idoverlay)
-            opts="-v -h -V --verbose --help --version mount umount gc probe demo install-helper completions manpages help"
+            opts="-v -h -V --verbose --help --version mount umount show list gc probe demo install-helper completions manpages help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,7 +153,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__help)
-            opts="mount umount gc probe demo install-helper completions manpages help"
+            opts="mount umount show list gc probe demo install-helper completions manpages help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -224,6 +236,20 @@ _idoverlay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        idoverlay__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         idoverlay__subcmd__help__subcmd__manpages)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -253,6 +279,20 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__help__subcmd__probe)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idoverlay__subcmd__help__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -298,6 +338,24 @@ _idoverlay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        idoverlay__subcmd__list)
+            opts="-v -h --state-dir --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         idoverlay__subcmd__manpages)
             opts="-v -h --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -313,7 +371,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__mount)
-            opts="-o -t -N -v -h --lower --data-lower --upper --work --idmap-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --probe-report --namespace --pretend-missing --json --verbose --help"
+            opts="-o -t -N -v -h --lower --data-lower --upper --work --idmap-upper --chown-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --probe-report --namespace --pretend-missing --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -420,13 +478,35 @@ _idoverlay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        idoverlay__subcmd__umount)
-            opts="-l -v -h --lazy --json --verbose --help"
+        idoverlay__subcmd__show)
+            opts="-v -h --state-dir --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idoverlay__subcmd__umount)
+            opts="-l -v -h --lazy --json --state-dir --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -26,6 +26,60 @@ use crate::error::{display_path, Error, Result};
 use crate::mountinfo::MountEntry;
 use crate::sys;
 
+/// Where the overlay's directories really are, as this mount namespace
+/// names them (the kernel's names for the fds opened, or the paths that
+/// were reached without a symlink), for the record of the mount.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RealPaths {
+    /// Every layer, top-most first, data-only layers last.
+    pub layers: Vec<(Role, PathBuf)>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+}
+
+/// The real paths of an assembly's directories.
+pub(crate) fn real_paths(
+    plan: &Plan<'_>,
+    singles: &[Option<OpenedDir>],
+    upper: Option<&OpenedDir>,
+    work: Option<&OpenedDir>,
+) -> RealPaths {
+    let of = |d: &OpenedDir| {
+        d.canonical
+            .clone()
+            .or_else(|| sys::fd_path(d.fd.as_fd()))
+            .unwrap_or_else(|| d.path.clone())
+    };
+    let roots: Vec<Option<PathBuf>> = plan
+        .groups
+        .iter()
+        .map(|g| g.canonical.clone().or_else(|| sys::fd_path(g.fd.as_fd())))
+        .collect();
+    let layers = plan
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, (path, role))| {
+            let real = match plan.rel(i) {
+                Some((g, rel)) => roots[g].as_ref().map(|root| {
+                    if rel.as_os_str().is_empty() {
+                        root.clone()
+                    } else {
+                        root.join(rel)
+                    }
+                }),
+                None => singles.get(i).and_then(Option::as_ref).map(of),
+            };
+            (role, real.unwrap_or_else(|| path.to_path_buf()))
+        })
+        .collect();
+    RealPaths {
+        layers,
+        upper: upper.map(of),
+        work: work.map(of),
+    }
+}
+
 /// One directory idoverlay opened (a shared root, a layer on its own, the
 /// upper or work dir) and the overlay's directories at or beneath it.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::sys::Stat;
 
-pub(crate) use footprint::{refuse_inside, Footprint};
+pub(crate) use footprint::{real_paths, refuse_inside, Footprint, RealPaths};
 pub(crate) use locate::{check_overlaps, not_in_table, FsLocation};
 pub(crate) use open::open_dir;
 pub(crate) use plan::{plan, Grouping, Layers, Placement, Plan};

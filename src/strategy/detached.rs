@@ -582,7 +582,7 @@ fn after_mount(
 /// `/proc/thread-self/fd/TARGET` just made, and not whatever a rename put
 /// at the target's path since. From `statmount` (6.8+), else the mount
 /// table.
-fn is_the_overlay_just_mounted(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> bool {
+pub(crate) fn is_the_overlay_just_mounted(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> bool {
     let Some(at) = sys::fd_path(target) else {
         return false;
     };

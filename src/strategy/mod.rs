@@ -37,6 +37,8 @@ pub(crate) struct Request<'a> {
     pub upper: Option<&'a Path>,
     pub work: Option<&'a Path>,
     pub idmap_upper: bool,
+    /// Give an empty upper's root to container root first.
+    pub chown_upper: bool,
     /// One clone per layer, no shared-parent groups.
     pub per_layer_clones: bool,
     pub params: &'a [OverlayParam],
@@ -61,6 +63,10 @@ pub(crate) struct Kept {
     /// The upper and work dirs as opened, to claim once attached
     /// ([`in_use::claim`]).
     pub pair: Option<(OpenedDir, OpenedDir)>,
+    /// Where the overlay's directories really are, for its description.
+    pub paths: layer::RealPaths,
+    /// The usual mistakes noticed (see `mistakes`).
+    pub warnings: Vec<String>,
 }
 
 impl Request<'_> {
@@ -167,8 +173,21 @@ pub(crate) fn prepare<'a>(
         req.target,
         &mut table,
     )?;
+    let mut warnings = Vec::new();
+    if let Some(upper) = &upper {
+        if req.chown_upper {
+            crate::mistakes::chown_upper(upper, req.userns, req.idmap_upper)?;
+        } else if let Some(w) = crate::mistakes::upper_owner(upper, req.userns, req.idmap_upper) {
+            warnings.push(w);
+        }
+    }
+    warnings.extend(crate::mistakes::layers_outside_maps(
+        &plan, &singles, req.userns,
+    ));
     {
         let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.paths = layer::real_paths(&plan, &singles, upper.as_ref(), work.as_ref());
+        kept.warnings = warnings;
         if req.target.is_none() {
             // In a mount namespace of its own (private-ns), the mounts seen
             // here are copies the caller's table will not show: located now.

@@ -491,6 +491,21 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: the file an fd refers to
+/// (an `O_PATH` fd too) given to `uid:gid`.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
+    rustix::fs::chownat(
+        fd,
+        "",
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::EMPTY_PATH,
+    )
+    .map_err(fail("fchownat", || {
+        format!("{}, \"\", {uid}, {gid}, AT_EMPTY_PATH", fd_arg(fd))
+    }))
+}
+
 /// `fchdir(fd)`: changes the calling thread's working directory. Only call it
 /// on a thread that has its own fs struct (after [`unshare_mount_ns`]).
 pub fn fchdir(fd: BorrowedFd<'_>) -> SysResult<()> {

@@ -761,7 +761,8 @@ fn odd_names_control(f: &Fixtures, control: &Control) -> Vec<String> {
     }
     let uw = base.join("u p:,");
     let (upper, work) = (uw.join("up,per"), uw.join("wo:rk"));
-    mkdir(&upper, 0o755, 0, 0);
+    // Owned by container root's host ids: a correct call, without warnings.
+    mkdir(&upper, 0o755, 100000, 100000);
     mkdir(&work, 0o755, 0, 0);
     let target = base.join("t:,=\\ x\ny");
     mkdir(&target, 0o755, 0, 0);

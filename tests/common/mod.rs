@@ -228,6 +228,29 @@ pub fn owner(path: &Path) -> (u32, u32) {
     (m.uid(), m.gid())
 }
 
+/// The overlay at `target` is a whole one, as `make_layers` built it under
+/// the map 0:100000:65536: the top mount there, its files idmapped, the
+/// top layer's contents winning.
+#[allow(dead_code)]
+pub fn assert_finished_overlay(target: &Path, what: &str) {
+    let top = mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == target)
+        .unwrap_or_else(|| panic!("{what}: nothing at the target"));
+    assert_eq!(top.fs_type, "overlay", "{what}: {top:?}");
+    assert_eq!(
+        owner(&target.join("etc/hostname")),
+        (100000, 100000),
+        "{what}"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("home/app/notes.txt")).unwrap(),
+        "v3\n",
+        "{what}"
+    );
+}
+
 /// This thread's mount table (its own namespace).
 pub fn mounts() -> Vec<mountinfo::MountEntry> {
     mountinfo::read_self().unwrap()

@@ -154,12 +154,17 @@ scenario() { # strategy fs
         during=$(sort -u /tmp/seen | grep -vc '/run/idoverlay/' || true)
         check "$during" 0 temporary-mounts-during
         check "$(idmapped_mounts)" 0 idmapped-mounts-while-mounted
+        # What the mount is made of, from its record (mountinfo's id before 6.8).
+        shown=$("$B" show --json "$target" 2>&1)
+        check "$(printf '%s' "$shown" | grep -o '"upper":"[^"]*"')" "\"upper\":\"$(realpath "$c/upper")\"" show-upper
+        check "$(printf '%s' "$shown" | grep -o '"layers":\["[^"]*"')" "\"layers\":[\"$(realpath "$l3")\"" show-top-layer
         "$B" umount "$target" 2>/tmp/err || problems="$problems umount: $(cat /tmp/err);"
+        check "$(ls -A /run/idoverlay/mounts 2>/dev/null | wc -l)" 0 record-after-umount
         check "$(mount_count)" "$mounts_before" mounts-after
         check "$(idmapped_mounts)" 0 idmapped-mounts-after
         # Nothing left but what idoverlay keeps for the boot in its state
         # tmpfs: the marker, the probe report, private-ns' staging namespace.
-        check "$(ls -A /run/idoverlay 2>/dev/null | grep -vxEc '\.idoverlay-state|probe|staging-ns')" 0 staging-left
+        check "$(ls -A /run/idoverlay 2>/dev/null | grep -vxEc '\.idoverlay-state|probe|staging-ns|mounts')" 0 staging-left
         check "$(tree_hash "$root")" "$hash_before" layers-unchanged
         if [ -z "$problems" ]; then record "$name" "$s" "$fs" $expect pass "ok"; else record "$name" "$s" "$fs" $expect fail "$problems"; fi
     else

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{gc, mount, probe, umount};
+use crate::{gc, mount, probe, show, umount};
 
 /// Assemble overlayfs mounts from idmapped layers, with no temporary mount
 /// ever visible and no layer ever at risk.
@@ -39,6 +39,10 @@ pub enum Command {
     Mount(Box<mount::MountArgs>),
     /// Unmount an overlay mounted at TARGET.
     Umount(umount::UmountArgs),
+    /// What the idoverlay mount at TARGET is made of: layers, upper, work, maps.
+    Show(show::ShowArgs),
+    /// Every idoverlay mount of this mount namespace.
+    List(show::ListArgs),
     /// Finish the cleanup of interrupted host-staged runs.
     Gc(gc::GcArgs),
     /// Tell what this kernel can do for idmapped overlays, by asking it.

@@ -9,6 +9,7 @@ mod helper;
 mod mount;
 mod output;
 mod probe;
+mod show;
 mod umount;
 
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ fn main() -> ExitCode {
     let (json, result) = match cli.command {
         Command::Mount(args) => (args.json, mount::run(*args, verbose)),
         Command::Umount(args) => (args.json, umount::run(args)),
+        Command::Show(args) => (args.json, show::show(args)),
+        Command::List(args) => (args.json, show::list(args)),
         Command::Probe(args) => (args.json, probe::run(args)),
         Command::Gc(args) => (args.json, gc::run(args)),
         Command::Demo(args) => (args.json, demo::run(args.base, args.json, verbose)),

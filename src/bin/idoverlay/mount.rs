@@ -35,6 +35,11 @@ pub struct MountArgs {
     /// Idmap the upper and work dirs too, so writes land in container ids on disk.
     #[arg(long)]
     pub idmap_upper: bool,
+    /// Give an empty upper's root to container root first (its host ids,
+    /// or 0:0 with --idmap-upper), as containerd does; else a root-owned
+    /// upper shows as nobody in the container.
+    #[arg(long)]
+    pub chown_upper: bool,
     /// uid map: CONTAINER:HOST:SIZE ranges separated by commas (on-disk id
     /// CONTAINER shows as HOST), e.g. 0:100000:65536.
     #[arg(long, value_name = "MAP")]
@@ -143,7 +148,8 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
     let mut overlay = Overlay::new()
         .lowers(lowers)
         .strategy(strategy)
-        .idmap_upper(args.idmap_upper);
+        .idmap_upper(args.idmap_upper)
+        .chown_upper(args.chown_upper);
     for d in data_lowers {
         overlay = overlay.data_lower(d);
     }
@@ -159,6 +165,11 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
     }
     if let Some(dir) = &args.state_dir {
         overlay = overlay.state_dir(dir);
+    }
+    // The record `idoverlay show` and `list` read: kept in a state dir
+    // given, or in the default one unless tests keep out of it.
+    if args.state_dir.is_some() || crate::probe::keep_for_boot_enabled() {
+        overlay = overlay.keep_record(true);
     }
     for f in &args.pretend_missing {
         overlay = overlay.pretend_missing(*f);
@@ -237,7 +248,12 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
         None => overlay.mount(&target)?,
         Some(ns) => overlay.assemble()?.attach_in_namespace(ns, &target)?,
     };
-    for warning in &mounted.warnings {
+    let warnings: Vec<String> = mounted
+        .warnings
+        .iter()
+        .map(|w| crate::output::warning(w))
+        .collect();
+    for warning in &warnings {
         eprintln!("idoverlay: warning: {warning}");
     }
     Output { json: args.json }.result(json!({
@@ -245,7 +261,8 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
         "strategy": mounted.strategy.name(),
         "layers": layers,
         "idmap": maps,
-        "warnings": mounted.warnings,
+        "warnings": warnings,
+        "mount": crate::show::description_json(&mounted.description),
     }));
     Ok(())
 }

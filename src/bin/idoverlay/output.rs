@@ -61,8 +61,21 @@ fn cli_phrase(advice: Advice) -> Option<&'static str> {
         Advice::RunGc => ", run `idoverlay gc` to finish",
         Advice::IdmapUpperNeedsUpperAndWork => " (--idmap-upper: give --upper and --work too)",
         Advice::GiveMapsOfRoot => " (--idmap-upper: give --uidmap/--gidmap mapping 0)",
+        Advice::ChownUpper => "or give --chown-upper (for an empty upper)",
         _ => return None,
     })
+}
+
+/// A library warning as this command says it: the remedies it names in
+/// the library's words, in this command's.
+pub fn warning(text: &str) -> String {
+    let mut text = text.to_string();
+    for advice in [Advice::ChownUpper] {
+        if let Some(phrase) = cli_phrase(advice) {
+            text = text.replace(advice.phrase(), phrase);
+        }
+    }
+    text
 }
 
 /// A library error as this command says it.

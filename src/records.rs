@@ -1,0 +1,334 @@
+//! What each idoverlay mount is made of, for people and tools: the overlay
+//! options in the mount table name the kernel's handles (`/proc/…/fd/N`,
+//! names inside clones), not the directories a rootfs uses. So when asked
+//! ([`crate::Overlay::keep_record`], which the CLI and the mount helper
+//! do), a small record of the mount is written into the state dir once the
+//! overlay is attached, and `idoverlay show` / `idoverlay list` read it.
+//!
+//! Invariants:
+//! * **One record per mount, named by the kernel's id for it**:
+//!   `mounts/u<id>.json` with the unique mount id (6.8+, never reused in a
+//!   boot), else `mounts/m<id>.json` with mountinfo's id, which the kernel
+//!   reuses: such a record counts only while that id is an overlay mounted
+//!   at the recorded target.
+//! * **Written atomically** (a temporary name, renamed into place) in the
+//!   state tmpfs (root-only, idoverlay's own, see `state`), read with a
+//!   bound, never through a symlink.
+//! * **Pruned only when provably stale**: a record whose mount is gone from
+//!   the mount namespace it was made in, looked at from that namespace, is
+//!   removed by `list`, and by `idoverlay umount` for the mount it took
+//!   down. A record of another mount namespace is left alone (its mounts
+//!   cannot be seen from here).
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::idmap::IdMap;
+use crate::state::{boot_id, StateDir};
+use crate::strategy::Strategy;
+use crate::sys;
+
+/// The subdirectory of the state tmpfs that holds the records.
+pub(crate) const DIR: &str = "mounts";
+const FORMAT: &str = "idoverlay-mount";
+const VERSION: u32 = 1;
+/// A record of 500 long layer paths stays well below this.
+const MAX: usize = 2 * 1024 * 1024;
+
+/// What an idoverlay mount is made of: as [`crate::Mounted`] carries it,
+/// and as `idoverlay show` prints it.
+///
+/// Paths are the real, absolute ones, as the mount namespace that made the
+/// mount named them when it was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountDescription {
+    /// Where the overlay is attached.
+    pub target: PathBuf,
+    /// The lower layers, top-most first.
+    pub layers: Vec<PathBuf>,
+    /// The data-only layers, in order.
+    #[serde(default)]
+    pub data_layers: Vec<PathBuf>,
+    /// The upper dir, for a writable overlay.
+    pub upper: Option<PathBuf>,
+    /// The work dir, with an upper dir.
+    pub work: Option<PathBuf>,
+    /// The uid map (`CONTAINER:HOST:SIZE`), when known: a user namespace
+    /// given as a file has no map idoverlay can read unless it is
+    /// `/proc/PID/ns/user`.
+    #[serde(with = "map_text")]
+    pub uidmap: Option<IdMap>,
+    /// The gid map, when known.
+    #[serde(with = "map_text")]
+    pub gidmap: Option<IdMap>,
+    /// The user namespace file the maps came from, when one was given.
+    pub userns: Option<PathBuf>,
+    /// Whether the upper dir is idmapped too.
+    pub idmap_upper: bool,
+    /// The strategy that assembled it.
+    pub strategy: Strategy,
+    /// The kernel's id for the mount: the unique mount id (6.8+) when
+    /// `unique_mount_id`, else mountinfo's (which the kernel reuses).
+    pub mount_id: Option<u64>,
+    /// Whether `mount_id` is the unique mount id.
+    pub unique_mount_id: bool,
+}
+
+/// Maps as text in the JSON: `"0:100000:65536"`, or null.
+mod map_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::idmap::IdMap;
+
+    pub fn serialize<S: Serializer>(map: &Option<IdMap>, s: S) -> Result<S::Ok, S::Error> {
+        match map {
+            Some(map) => s.serialize_str(&map.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IdMap>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    format: String,
+    version: u32,
+    boot_id: String,
+    /// The mount namespace the mount was made in (its inode).
+    mount_ns: u64,
+    mount: MountDescription,
+}
+
+/// The record's file name for a mount id.
+fn file_name(id: u64, unique: bool) -> String {
+    format!("{}{id}.json", if unique { 'u' } else { 'm' })
+}
+
+/// This thread's mount namespace (its nsfs inode).
+fn this_mount_ns() -> Option<u64> {
+    sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+        .and_then(|fd| sys::stat_fd(fd.as_fd()))
+        .ok()
+        .map(|st| st.ino)
+}
+
+/// The kernel's id for the mount whose root `fd` is: the unique one when
+/// the kernel has it.
+pub(crate) fn mount_id_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, bool)> {
+    if let Some(id) = sys::stat_fd_unique_mnt_id(fd) {
+        return Some((id, true));
+    }
+    sys::stat_fd(fd).ok()?.mnt_id.map(|id| (id, false))
+}
+
+/// Writes the record of `mount` (its `mount_id` set), replacing any record
+/// of that id, in the mount namespace of the calling thread.
+pub(crate) fn write(state_dir: &Path, mount: &MountDescription) -> Result<()> {
+    let (Some(id), Some(boot), Some(ns)) = (mount.mount_id, boot_id(), this_mount_ns()) else {
+        return Ok(());
+    };
+    let state = StateDir::open_or_create(state_dir)?;
+    let failed = |e| Error::os("keep the record of the mount in", Some(state_dir), e);
+    let dir = crate::state::subdir(&state, DIR).map_err(failed)?;
+    let bytes = serde_json::to_vec(&Record {
+        format: FORMAT.into(),
+        version: VERSION,
+        boot_id: boot.to_string(),
+        mount_ns: ns,
+        mount: mount.clone(),
+    })
+    .map_err(|e| {
+        Error::invalid_path("target", &mount.target, format!("cannot be recorded ({e})"))
+    })?;
+    crate::state::write_atomically(dir.as_fd(), &file_name(id, mount.unique_mount_id), &bytes)
+        .map_err(failed)
+}
+
+/// Whether the mount a record names is still there, seen from this mount
+/// namespace: the same id, an overlay, at the recorded target.
+fn is_live(
+    mount: &MountDescription,
+    table: &mut Option<Vec<crate::mountinfo::MountEntry>>,
+) -> bool {
+    let Some(id) = mount.mount_id else {
+        return false;
+    };
+    if mount.unique_mount_id {
+        if let Some(status) = sys::statmount(id) {
+            return status.point == mount.target;
+        }
+        // No statmount (before 6.8 there are no unique ids either): gone.
+        return false;
+    }
+    if table.is_none() {
+        *table = crate::mountinfo::read_self().ok();
+    }
+    table.as_ref().is_some_and(|t| {
+        t.iter()
+            .any(|m| m.mount_id == id && m.fs_type == "overlay" && m.mount_point == mount.target)
+    })
+}
+
+/// One record, read and checked (this boot's, whole).
+fn read(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> Option<Record> {
+    let bytes = crate::file::read_small(dir, Path::new(name), MAX, false).ok()?;
+    let record: Record = serde_json::from_slice(&bytes).ok()?;
+    let whole = record.format == FORMAT
+        && record.version == VERSION
+        && Some(record.boot_id.as_str()) == boot_id()
+        && record
+            .mount
+            .mount_id
+            .is_some_and(|id| name == file_name(id, record.mount.unique_mount_id));
+    whole.then_some(record)
+}
+
+/// The idoverlay mounts of the calling thread's mount namespace, by
+/// target; records of mounts that are gone are removed. Nothing is read or
+/// created when the state dir does not exist.
+///
+/// ```no_run
+/// for m in idoverlay::records::list(idoverlay::gc::DEFAULT_STATE_DIR)? {
+///     println!("{} ({} layers)", m.target.display(), m.layers.len());
+/// }
+/// # Ok::<(), idoverlay::Error>(())
+/// ```
+pub fn list(state_dir: impl AsRef<Path>) -> Result<Vec<MountDescription>> {
+    let state_dir = state_dir.as_ref();
+    let Some(state) = StateDir::open_existing(state_dir)? else {
+        return Ok(Vec::new());
+    };
+    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
+        return Ok(Vec::new());
+    };
+    let names = sys::dir_entries(dir.as_fd())
+        .map_err(|e| Error::os("read the records in", Some(state_dir), e))?;
+    let ns = this_mount_ns();
+    let mut table = None;
+    let mut mounts = Vec::new();
+    for name in names {
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
+            continue;
+        };
+        let Some(record) = read(dir.as_fd(), name) else {
+            continue;
+        };
+        if Some(record.mount_ns) != ns {
+            continue;
+        }
+        if is_live(&record.mount, &mut table) {
+            mounts.push(record.mount);
+        } else {
+            let _ = sys::unlink(dir.as_fd(), Path::new(name));
+        }
+    }
+    mounts.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(mounts)
+}
+
+/// The record of the overlay mounted at `target` (its root, not followed
+/// through a symlink), or `None` when idoverlay keeps none for it.
+pub fn find(
+    state_dir: impl AsRef<Path>,
+    target: impl AsRef<Path>,
+) -> Result<Option<MountDescription>> {
+    let (state_dir, target) = (state_dir.as_ref(), target.as_ref());
+    let normal = crate::path::normalize(target)
+        .map_err(|r| Error::invalid_path("target", target, r.reason()))?;
+    let fd = sys::open_dir_path(sys::cwd(), &normal)
+        .map_err(|e| Error::invalid_path("target", target, format!("cannot be opened ({e})")))?;
+    let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
+    if st.mount_root == Some(false) {
+        return Err(Error::invalid_path(
+            "target",
+            target,
+            "is not a mount point",
+        ));
+    }
+    let Some((id, unique)) = mount_id_of(fd.as_fd()) else {
+        return Ok(None);
+    };
+    let Some(state) = StateDir::open_existing(state_dir)? else {
+        return Ok(None);
+    };
+    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
+        return Ok(None);
+    };
+    let Some(record) = read(dir.as_fd(), &file_name(id, unique)) else {
+        return Ok(None);
+    };
+    let mut table = None;
+    Ok(
+        (Some(record.mount_ns) == this_mount_ns() && is_live(&record.mount, &mut table))
+            .then_some(record.mount),
+    )
+}
+
+/// Removes the record of `mount` if that mount is gone (e.g. after
+/// unmounting it); a mount still there keeps its record.
+pub fn forget_if_gone(state_dir: impl AsRef<Path>, mount: &MountDescription) -> Result<()> {
+    let state_dir = state_dir.as_ref();
+    let Some(id) = mount.mount_id else {
+        return Ok(());
+    };
+    let mut table = None;
+    if is_live(mount, &mut table) {
+        return Ok(());
+    }
+    let Some(state) = StateDir::open_existing(state_dir)? else {
+        return Ok(());
+    };
+    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
+        return Ok(());
+    };
+    match sys::unlink(
+        dir.as_fd(),
+        Path::new(&file_name(id, mount.unique_mount_id)),
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno == libc::ENOENT => Ok(()),
+        Err(e) => Err(Error::os(
+            "remove the record of the mount at",
+            Some(&mount.target),
+            e,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_round_trip_with_maps_as_text() {
+        let m = MountDescription {
+            target: "/c/rootfs".into(),
+            layers: vec!["/l/2".into(), "/l/1".into()],
+            data_layers: vec![],
+            upper: Some("/c/upper".into()),
+            work: Some("/c/work".into()),
+            uidmap: Some("0:100000:65536,65536:300000:1000".parse().unwrap()),
+            gidmap: Some("0:100000:65536".parse().unwrap()),
+            userns: None,
+            idmap_upper: false,
+            strategy: Strategy::Detached,
+            mount_id: Some(7),
+            unique_mount_id: true,
+        };
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["uidmap"], "0:100000:65536,65536:300000:1000");
+        assert_eq!(json["strategy"], "detached");
+        let back: MountDescription = serde_json::from_value(json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(file_name(7, true), "u7.json");
+        assert_eq!(file_name(7, false), "m7.json");
+    }
+}

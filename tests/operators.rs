@@ -1,0 +1,492 @@
+//! What operators see: the mount table, `idoverlay show` and `list`, and
+//! the warnings for the usual mistakes, as they would check them.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const MAP: &str = "0:100000:65536";
+
+struct Setup {
+    layers: Vec<PathBuf>,
+    upper: PathBuf,
+    work: PathBuf,
+    target: PathBuf,
+    state: PathBuf,
+}
+
+/// Three layers, an upper owned by container root's host ids (a correct
+/// call), a work dir and a target; a state dir of the test's own.
+fn setup(s: &Scratch, name: &str, upper_owner: u32) -> Setup {
+    let dir = s.tmpfs_dir(name);
+    let layers = make_layers(&dir).dirs;
+    let (upper, work, target) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+    mkdir(&upper, 0o755, upper_owner, upper_owner);
+    mkdir(&work, 0o755, 0, 0);
+    mkdir(&target, 0o755, 0, 0);
+    Setup {
+        layers,
+        upper,
+        work,
+        target,
+        state: s.path("state"),
+    }
+}
+
+fn mount_cmd(st: &Setup, extra: &[&str]) -> Command {
+    let mut cmd = idoverlay();
+    cmd.arg("mount").arg("--state-dir").arg(&st.state);
+    for l in &st.layers {
+        cmd.arg("--lower").arg(l);
+    }
+    cmd.arg("--upper")
+        .arg(&st.upper)
+        .arg("--work")
+        .arg(&st.work);
+    cmd.args(["--uidmap", MAP, "--gidmap", MAP]);
+    cmd.args(extra).arg(&st.target);
+    cmd
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn show(st: &Setup) -> Value {
+    json(&run(idoverlay()
+        .args(["show", "--json", "--state-dir"])
+        .arg(&st.state)
+        .arg(&st.target)))
+}
+
+fn list(state: &Path) -> Value {
+    json(&run(idoverlay()
+        .args(["list", "--json", "--state-dir"])
+        .arg(state)))
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn paths(p: &[PathBuf]) -> Vec<String> {
+    p.iter().map(|p| p.display().to_string()).collect()
+}
+
+/// `show` and `list` report the real layers (top-most first), upper,
+/// work, maps, strategy and mount id for mounts made by every strategy;
+/// `umount` takes the record with it.
+#[test]
+fn show_and_list_report_every_strategy() {
+    in_private_ns("operators::show_and_list_report_every_strategy", |s| {
+        for strategy in ["auto", "detached", "private-ns", "host-staged"] {
+            let st = setup(s, strategy, 100000);
+            let out = run(&mut mount_cmd(&st, &["--strategy", strategy, "--json"]));
+            let mounted = json(&out);
+            assert_eq!(mounted["warnings"], serde_json::json!([]), "{strategy}");
+            assert_eq!(
+                stderr(&out),
+                "",
+                "{strategy}: a correct call has no warning"
+            );
+            let m = show(&st);
+            assert_eq!(m["target"], st.target.display().to_string(), "{strategy}");
+            assert_eq!(strs(&m["layers"]), paths(&st.layers), "{strategy}");
+            assert_eq!(m["upper"], st.upper.display().to_string());
+            assert_eq!(m["work"], st.work.display().to_string());
+            assert_eq!(m["uidmap"], MAP);
+            assert_eq!(m["gidmap"], MAP);
+            let expected = if strategy == "auto" {
+                mounted["strategy"].as_str().unwrap().to_string()
+            } else {
+                strategy.to_string()
+            };
+            assert_eq!(m["strategy"], expected.as_str());
+            assert_eq!(
+                mounted["mount"], m,
+                "mount --json carries the same description"
+            );
+            // The id is the kernel's for the mount at the target.
+            let id = m["mount_id"].as_u64().unwrap();
+            let entry = mounts()
+                .into_iter()
+                .find(|e| e.mount_point == st.target)
+                .expect("the overlay in mountinfo");
+            assert_eq!(entry.fs_type, "overlay");
+            if !m["unique_mount_id"].as_bool().unwrap() {
+                assert_eq!(id, entry.mount_id);
+            }
+            let all = list(&st.state);
+            let listed = all["mounts"].as_array().unwrap();
+            assert_eq!(listed.len(), 1, "{all}");
+            assert_eq!(listed[0], m);
+            // Human output names the target and every layer.
+            let text = String::from_utf8(
+                run(idoverlay()
+                    .args(["show", "--state-dir"])
+                    .arg(&st.state)
+                    .arg(&st.target))
+                .stdout,
+            )
+            .unwrap();
+            for l in &st.layers {
+                assert!(text.contains(&l.display().to_string()), "{text}");
+            }
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&st.state)
+                .arg(&st.target));
+            let records = std::fs::read_dir(st.state.join("mounts")).unwrap().count();
+            assert_eq!(records, 0, "{strategy}: umount removed the record");
+            assert_eq!(list(&st.state)["mounts"], serde_json::json!([]));
+        }
+    });
+}
+
+/// On a kernel that takes layer fds (6.13+), the mount table names the
+/// real upper and work dirs, not /proc/thread-self/fd links.
+#[test]
+fn mountinfo_shows_the_real_upper_and_work() {
+    in_private_ns("operators::mountinfo_shows_the_real_upper_and_work", |s| {
+        let st = setup(s, "mi", 100000);
+        let probe = json(&run(idoverlay().args(["probe", "--json"])));
+        let fd_layers = probe["features"]["overlay_fd_layers"]["observed"] == true;
+        run(&mut mount_cmd(&st, &[]));
+        let entry = mounts()
+            .into_iter()
+            .find(|e| e.mount_point == st.target)
+            .expect("the overlay in mountinfo");
+        let opts = entry.super_options.clone();
+        if fd_layers {
+            assert!(
+                opts.contains(&format!("upperdir={}", st.upper.display())),
+                "{opts}"
+            );
+            assert!(
+                opts.contains(&format!("workdir={}", st.work.display())),
+                "{opts}"
+            );
+        } else {
+            eprintln!("note: this kernel takes no layer fds; mountinfo shows {opts}");
+        }
+        run(idoverlay()
+            .args(["umount", "--state-dir"])
+            .arg(&st.state)
+            .arg(&st.target));
+    });
+}
+
+/// A mount taken down behind idoverlay's back (umount(8)) drops out of
+/// `list`, and its record is pruned; one still there stays.
+#[test]
+fn list_prunes_records_of_mounts_that_are_gone() {
+    in_private_ns(
+        "operators::list_prunes_records_of_mounts_that_are_gone",
+        |s| {
+            let a = setup(s, "a", 100000);
+            let b = setup(s, "b", 100000);
+            run(&mut mount_cmd(&a, &[]));
+            run(&mut mount_cmd(&b, &[]));
+            assert_eq!(list(&a.state)["mounts"].as_array().unwrap().len(), 2);
+            run(Command::new("umount").arg(&a.target));
+            let left = list(&a.state);
+            let left = left["mounts"].as_array().unwrap();
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0]["target"], b.target.display().to_string());
+            assert_eq!(
+                std::fs::read_dir(a.state.join("mounts")).unwrap().count(),
+                1
+            );
+            // show refuses a target that has no record, in one line.
+            let out = idoverlay()
+                .args(["show", "--state-dir"])
+                .arg(&a.state)
+                .arg(&a.target)
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&b.state)
+                .arg(&b.target));
+        },
+    );
+}
+
+/// An upper made by host root: a warning saying what to do, and container
+/// root (host uid 100000) really cannot create a file in `/`; with
+/// --chown-upper the empty upper's root becomes 100000:100000 on disk, no
+/// warning, and the write works.
+#[test]
+fn root_owned_upper_warns_and_chown_upper_fixes_it() {
+    in_private_ns(
+        "operators::root_owned_upper_warns_and_chown_upper_fixes_it",
+        |s| {
+            let st = setup(s, "w", 0);
+            let as_container_root = |target: &Path| {
+                Command::new("setpriv")
+                    .args([
+                        "--reuid",
+                        "100000",
+                        "--regid",
+                        "100000",
+                        "--clear-groups",
+                        "touch",
+                    ])
+                    .arg(target.join("x"))
+                    .output()
+                    .unwrap()
+            };
+            let out = run(&mut mount_cmd(&st, &["--json"]));
+            let warnings = json(&out)["warnings"].clone();
+            let warnings = strs(&warnings);
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].contains("owned by 0:0"), "{}", warnings[0]);
+            assert!(warnings[0].contains("100000:100000"), "{}", warnings[0]);
+            assert!(
+                stderr(&out).contains("--chown-upper"),
+                "the CLI names its flag: {}",
+                stderr(&out)
+            );
+            let touch = as_container_root(&st.target);
+            assert!(
+                !touch.status.success(),
+                "container root wrote into a root-owned upper"
+            );
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&st.state)
+                .arg(&st.target));
+            assert_eq!(owner(&st.upper), (0, 0), "no flag, no change");
+
+            let out = run(&mut mount_cmd(&st, &["--chown-upper", "--json"]));
+            assert_eq!(json(&out)["warnings"], serde_json::json!([]));
+            assert_eq!(owner(&st.upper), (100000, 100000));
+            let touch = as_container_root(&st.target);
+            assert!(
+                touch.status.success(),
+                "{}",
+                String::from_utf8_lossy(&touch.stderr)
+            );
+            assert_eq!(owner(&st.upper.join("x")), (100000, 100000));
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&st.state)
+                .arg(&st.target));
+        },
+    );
+}
+
+/// --chown-upper never changes an upper that holds anything: refused in
+/// one line, the upper's owner and contents untouched, nothing mounted.
+#[test]
+fn chown_upper_refuses_a_non_empty_upper() {
+    in_private_ns("operators::chown_upper_refuses_a_non_empty_upper", |s| {
+        let st = setup(s, "n", 0);
+        write_file(&st.upper.join("kept"), "data\n", 0o644, 0, 0);
+        let before = mounts();
+        let out = mount_cmd(&st, &["--chown-upper"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+        assert_eq!(owner(&st.upper), (0, 0));
+        assert_eq!(
+            std::fs::read_to_string(st.upper.join("kept")).unwrap(),
+            "data\n"
+        );
+        assert!(new_mounts(&before, &mounts()).is_empty());
+    });
+}
+
+/// Container and host swapped (`100000:0:65536`): the layers' owners fall
+/// outside the map and show as nobody; a warning says so. The same layers
+/// with the map the right way round have none.
+#[test]
+fn swapped_maps_warn() {
+    in_private_ns("operators::swapped_maps_warn", |s| {
+        let dir = s.tmpfs_dir("swap");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("rootfs");
+        mkdir(&target, 0o755, 0, 0);
+        let mount = |map: &str| {
+            let mut cmd = idoverlay();
+            cmd.args(["mount", "--json", "--uidmap", map, "--gidmap", map]);
+            for l in &layers {
+                cmd.arg("--lower").arg(l);
+            }
+            run(cmd.arg(&target))
+        };
+        let out = mount("100000:0:65536");
+        let warnings = strs(&json(&out)["warnings"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("swapped"), "{}", warnings[0]);
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 65534);
+        run(idoverlay().arg("umount").arg(&target));
+
+        let out = mount(MAP);
+        assert_eq!(json(&out)["warnings"], serde_json::json!([]));
+        assert_eq!(stderr(&out), "");
+        run(idoverlay().arg("umount").arg(&target));
+    });
+}
+
+/// The library's `Mounted` carries the description: real paths even when
+/// the layers were given through a symlinked parent directory.
+#[test]
+fn mounted_carries_the_description_with_real_paths() {
+    in_private_ns(
+        "operators::mounted_carries_the_description_with_real_paths",
+        |s| {
+            let dir = s.tmpfs_dir("lib");
+            let layers = make_layers(&dir).dirs;
+            std::os::unix::fs::symlink(&dir, s.path("via")).unwrap();
+            let via: Vec<PathBuf> = layers
+                .iter()
+                .map(|l| s.path("via").join(l.file_name().unwrap()))
+                .collect();
+            let target = dir.join("rootfs");
+            mkdir(&target, 0o755, 0, 0);
+            let map: idoverlay::IdMap = MAP.parse().unwrap();
+            let mounted = idoverlay::Overlay::new()
+                .lowers(&via)
+                .idmap(map.clone(), map.clone())
+                .state_dir(s.path("state"))
+                .mount(&target)
+                .unwrap();
+            let d = &mounted.description;
+            assert_eq!(d.layers, layers, "real paths, not through the symlink");
+            assert_eq!(d.target, target);
+            assert_eq!(d.uidmap.as_ref(), Some(&map));
+            assert!(d.mount_id.is_some());
+            assert!(!s.path("state").exists(), "no record without keep_record");
+            idoverlay::unmount_overlay(&target, false).unwrap();
+        },
+    );
+}
+
+/// A detached overlay handed over as a bare fd (as over a unix socket)
+/// attaches like the original; fds that are not a detached overlay are
+/// refused, and nothing moves.
+#[test]
+fn detached_mount_from_fd() {
+    use std::os::fd::OwnedFd;
+    in_private_ns("operators::detached_mount_from_fd", |s| {
+        let dir = s.tmpfs_dir("fd");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("rootfs");
+        mkdir(&target, 0o755, 0, 0);
+        let map: idoverlay::IdMap = MAP.parse().unwrap();
+        let fd: OwnedFd = idoverlay::Overlay::new()
+            .lowers(&layers)
+            .idmap(map.clone(), map)
+            .assemble()
+            .unwrap()
+            .into_fd();
+        let received = idoverlay::DetachedMount::from_fd(fd).unwrap();
+        received.attach(&target).unwrap();
+        assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+
+        // The attached overlay's own mount, by fd: refused, left where it is.
+        let attached = OwnedFd::from(std::fs::File::open(&target).unwrap());
+        let err = idoverlay::DetachedMount::from_fd(attached).unwrap_err();
+        assert!(err.to_string().contains("attached"), "{err}");
+        assert!(mounts().iter().any(|m| m.mount_point == target));
+        // A detached clone of a tmpfs: no overlay.
+        let tmpfs = common::raw::clone_detached(&s.root).unwrap();
+        let err = idoverlay::DetachedMount::from_fd(tmpfs).unwrap_err();
+        assert!(err.to_string().contains("not an overlay"), "{err}");
+        // A directory inside the overlay: not a mount root.
+        let inside = std::fs::File::open(target.join("etc")).unwrap();
+        let err = idoverlay::DetachedMount::from_fd(OwnedFd::from(inside)).unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        idoverlay::unmount_overlay(&target, false).unwrap();
+    });
+}
+
+/// Unmounting inside another mount namespace whose /proc belongs to
+/// another pid namespace (as a container's does): the overlay attached
+/// there goes, this namespace never saw it.
+#[test]
+fn unmount_inside_another_mount_namespace() {
+    in_private_ns("operators::unmount_inside_another_mount_namespace", |s| {
+        let dir = s.tmpfs_dir("ns");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("rootfs");
+        mkdir(&target, 0o755, 0, 0);
+        let mut child = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "-p",
+                "-f",
+                "--mount-proc",
+                "sleep",
+                "60",
+            ])
+            .spawn()
+            .unwrap();
+        let ns = format!("/proc/{}/ns/mnt", child.id());
+        let theirs = || {
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(" - overlay "))
+                .count()
+        };
+        // Wait until unshare has made its namespace (and mounted /proc).
+        for _ in 0..200 {
+            let here = std::fs::read_link("/proc/thread-self/ns/mnt").unwrap();
+            let there = std::fs::read_link(&ns).unwrap();
+            let proc_mounted = std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(" /proc ") && l.contains(" - proc "))
+                .count()
+                >= 2;
+            if here != there && proc_mounted {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let map: idoverlay::IdMap = MAP.parse().unwrap();
+        let before_here = mounts().len();
+        idoverlay::Overlay::new()
+            .lowers(&layers)
+            .idmap(map.clone(), map)
+            .assemble()
+            .unwrap()
+            .attach_in_namespace(&ns, &target)
+            .unwrap();
+        assert_eq!(theirs(), 1);
+        let not_lazy = idoverlay::unmount_overlay_in_namespace(&ns, &target, false);
+        not_lazy.unwrap();
+        assert_eq!(theirs(), 0, "unmounted there");
+        // Lazily, the same.
+        let map: idoverlay::IdMap = MAP.parse().unwrap();
+        idoverlay::Overlay::new()
+            .lowers(&layers)
+            .idmap(map.clone(), map)
+            .assemble()
+            .unwrap()
+            .attach_in_namespace(&ns, &target)
+            .unwrap();
+        assert_eq!(theirs(), 1);
+        idoverlay::unmount_overlay_in_namespace(&ns, &target, true).unwrap();
+        assert_eq!(theirs(), 0);
+        assert_eq!(mounts().len(), before_here, "nothing here changed");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    });
+}
