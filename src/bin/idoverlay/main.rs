@@ -9,6 +9,7 @@ mod helper;
 mod mount;
 mod output;
 mod probe;
+mod relative;
 mod umount;
 
 use std::process::ExitCode;

@@ -25,9 +25,11 @@ pub struct UmountArgs {
 }
 
 pub fn run(args: UmountArgs) -> Result<()> {
-    idoverlay::unmount_overlay(&args.target, args.lazy)?;
+    // A relative TARGET from the working directory, as umount(8) takes it.
+    let target = crate::relative::absolute("target", &args.target)?;
+    idoverlay::unmount_overlay(&target, args.lazy)?;
     Output { json: args.json }.result(json!({
-        "target": args.target.to_string_lossy(),
+        "target": target.to_string_lossy(),
         "unmounted": true,
         "lazy": args.lazy,
     }));
