@@ -251,6 +251,14 @@ pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     // no working directory of ours says where a relative one is there.
     let target = match &args.namespace {
         None => absolute("target", given)?,
+        Some(_) if given.is_relative() && !given.as_os_str().is_empty() => {
+            bail!(idoverlay::Error::invalid_input(
+                "target",
+                given.to_string_lossy(),
+                "is a relative path; with -N it is a path in that mount namespace: give it \
+                 absolute"
+            ))
+        }
         Some(_) => given.clone(),
     };
     let layers = overlay.layers().count();
