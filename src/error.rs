@@ -457,6 +457,15 @@ impl Error {
     }
 }
 
+/// The indefinite article for `word` as it is said (`an` before a vowel,
+/// an opening quote skipped): "an ext4 mount", "an \"index\"", "a tmpfs mount".
+pub(crate) fn a_or_an(word: &str) -> &'static str {
+    match word.trim_start_matches('"').bytes().next() {
+        Some(b'a' | b'e' | b'i' | b'o' | b'u' | b'A' | b'E' | b'I' | b'O' | b'U') => "an",
+        _ => "a",
+    }
+}
+
 /// A path as shown to people: quoted, with non-UTF-8 bytes and control
 /// characters escaped so the message stays on one line.
 pub(crate) fn display_path(path: &Path) -> String {
@@ -500,4 +509,18 @@ fn fmt_os(
         write!(f, "; kernel says: {}", kernel_messages.join("; "))?;
     }
     write!(f, "{}", hint_suffix(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn articles_as_said() {
+        use super::a_or_an;
+        assert_eq!(a_or_an("ext4"), "an");
+        assert_eq!(a_or_an("overlay"), "an");
+        assert_eq!(a_or_an("\"index\""), "an");
+        assert_eq!(a_or_an("tmpfs"), "a");
+        assert_eq!(a_or_an("\"work\""), "a");
+        assert_eq!(a_or_an(""), "a");
+    }
 }

@@ -383,8 +383,10 @@ fn check_staged_mount(
     };
     if !ours {
         return Err(format!(
-            "a {} mount with options {}",
-            entry.fs_type, entry.mount_options
+            "{} {} mount with options {}",
+            crate::error::a_or_an(&entry.fs_type),
+            entry.fs_type,
+            entry.mount_options
         ));
     }
     Ok(())

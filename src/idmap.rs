@@ -244,9 +244,19 @@ impl fmt::Display for IdMap {
 /// assert_eq!(uid.to_string(), "0:100000:65536");
 /// assert_eq!(uid, gid);
 /// ```
+///
+/// The text has no name of its own: an error's `input` is `(OCI config)`,
+/// its `reason` says what is wrong where (`linux.uidMappings[0].size …`).
+/// [`maps_from_oci_config_file`] names the file it read.
+///
+/// ```
+/// let e = idoverlay::idmap::maps_from_oci_config("{}").unwrap_err();
+/// assert_eq!(e.input, "(OCI config)");
+/// assert!(e.reason.contains("linux.uidMappings"));
+/// ```
 pub fn maps_from_oci_config(config: &str) -> Result<(IdMap, IdMap), IdMapError> {
     let err = |reason: String| IdMapError {
-        input: "config.json".into(),
+        input: "(OCI config)".into(),
         reason,
     };
     let value: serde_json::Value =

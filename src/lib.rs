@@ -364,6 +364,10 @@ impl Overlay {
             .with_advice(Advice::AddLowerLayer));
         }
         if self.lowers.len() < 2 && self.upper.is_none() {
+            // A layer that is no directory at all is what is wrong, not
+            // their number: said first (the one open is only for the
+            // message; nothing is assembled from it).
+            layer::open_dir(&self.lowers[0], layer::Role::Lower)?;
             return Err(Error::invalid(
                 "layers",
                 self.lowers
@@ -1233,7 +1237,10 @@ fn check_overlay_root(
         return Err(Error::invalid_path(
             "target",
             target,
-            format!("is a {fs} mount, not an overlay; idoverlay only unmounts overlays"),
+            format!(
+                "is {} {fs} mount, not an overlay; idoverlay only unmounts overlays",
+                error::a_or_an(&fs)
+            ),
         ));
     }
     if mount_root_within_fs(fd.as_fd()).is_some_and(|root| root != Path::new("/")) {

@@ -298,7 +298,7 @@ fn verify_ours(path: &Path, root: OwnedFd) -> Result<StateDir> {
         )
     };
     if fs != "tmpfs" {
-        return Err(refuse(format!("a {fs} mount")));
+        return Err(refuse(format!("{} {fs} mount", crate::error::a_or_an(&fs))));
     }
     let marker_st = sys::stat_nofollow(root.as_fd(), Path::new(MARKER))
         .map_err(|_| refuse(format!("a tmpfs without {MARKER}")))?;

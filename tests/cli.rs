@@ -243,3 +243,91 @@ fn data_layers_from_flags_join_lower_layers_from_o() {
         assert!(mounts().iter().all(|m| m.mount_point != target));
     });
 }
+
+/// Relative paths as mount(8) and umount(8) take them: from the working
+/// directory, read once (runc's `root.path` defaults to the relative
+/// `rootfs`). The target, layers, upper and work in the flag form and in
+/// `-o lowerdir=…`; what is reported (JSON `target`, the mount table)
+/// shows the absolute path.
+#[test]
+fn relative_paths_from_the_working_directory() {
+    in_private_ns("cli::relative_paths", |s| {
+        let (layers, upper, work, target) = three_ext4_layers(s);
+        let dir = target.parent().unwrap().to_path_buf();
+        let rel = |p: &Path| p.strip_prefix(&dir).unwrap().to_path_buf();
+        let before = mounts();
+        let mut args = mount_args(
+            &layers.iter().map(|l| rel(l)).collect::<Vec<_>>(),
+            &rel(&upper),
+            &rel(&work),
+            Path::new("rootfs/"),
+        );
+        args.insert(1, "--json".into());
+        let out = run(idoverlay().current_dir(&dir).args(&args));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["target"], target.display().to_string());
+        let added = new_mounts(&before, &mounts());
+        assert_eq!(added.len(), 1, "{added:#?}");
+        assert_eq!(added[0].mount_point, target);
+        assert_eq!(added[0].fs_type, "overlay");
+        assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+        std::fs::write(target.join("written"), "x").unwrap();
+        assert!(upper.join("written").exists());
+        let out = run(idoverlay()
+            .current_dir(&dir)
+            .args(["umount", "--json", "rootfs"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["target"], target.display().to_string());
+        assert!(new_mounts(&before, &mounts()).is_empty());
+
+        // The mount(8) form, from a directory below: `..` is the kernel's.
+        let inner = dir.join("inner");
+        mkdir(&inner, 0o755, 0, 0);
+        let lowerdir = layers
+            .iter()
+            .map(|l| format!("../{}", rel(l).display()))
+            .collect::<Vec<_>>()
+            .join(":");
+        run(idoverlay().current_dir(&inner).args([
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!(
+                "lowerdir={lowerdir},upperdir=../{},workdir=../{},uidmap=0:100000:65536,\
+                 gidmap=0:100000:65536",
+                rel(&upper).display(),
+                rel(&work).display()
+            ),
+            "../rootfs",
+        ]));
+        let added = new_mounts(&before, &mounts());
+        assert_eq!(added.len(), 1, "{added:#?}");
+        assert_eq!(added[0].mount_point, target);
+        assert!(target.join("written").exists(), "the same upper dir");
+        run(idoverlay().current_dir(&dir).args(["umount", "./rootfs/."]));
+        assert!(new_mounts(&before, &mounts()).is_empty());
+
+        // A relative target that is a symlink is refused as an absolute
+        // one is, however spelled.
+        std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+        for spelling in ["link", "link/", "link/.", "link//"] {
+            let mut args = mount_args(&layers, &upper, &work, Path::new(spelling));
+            args.remove(0);
+            let out = idoverlay()
+                .current_dir(&dir)
+                .arg("mount")
+                .args(&args)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{spelling}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("{:?}", dir.join("link"))) && err.contains("symlink"),
+                "{spelling}: {err}"
+            );
+            assert!(new_mounts(&before, &mounts()).is_empty(), "{spelling}");
+        }
+    });
+}

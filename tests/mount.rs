@@ -285,6 +285,57 @@ fn nested_layers_refused(dir: &Path, v: Variant) {
     assert!(added(dir, &before).is_empty());
 }
 
+/// Refusals that once named the wrong problem say what is really wrong,
+/// whichever way the strategy reaches the layers: a lone layer that does
+/// not exist (not "needs at least two lower layers"), a regular file inside
+/// another layer (not "lies inside layer 1"), an upper dir that is one of
+/// the layers (not "lies inside"). Nothing is mounted.
+fn misleading_refusals_say_what_is_wrong(dir: &Path, v: Variant) {
+    let layers = make_layers(dir);
+    let (upper, work, merged) = (dir.join("u"), dir.join("w"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        mkdir(d, 0o755, 0, 0);
+    }
+    let file = layers.dirs[1].join("in-l2");
+    write_file(&file, "x", 0o644, 0, 0);
+    let before = mounts();
+
+    let missing = dir.join("missing");
+    let err = overlay(dir, std::slice::from_ref(&missing), v)
+        .mount(&merged)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, format!("layer {missing:?}: does not exist"), "{v:?}");
+
+    let with_file = [layers.dirs[0].clone(), layers.dirs[1].clone(), file.clone()];
+    let err = overlay(dir, &with_file, v)
+        .mount(&merged)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!("layer {file:?}: is a regular file, not a directory"),
+        "{v:?}"
+    );
+
+    let with_upper = [layers.dirs[0].clone(), upper.clone()];
+    let err = overlay(dir, &with_upper, v)
+        .upper(&upper)
+        .work(&work)
+        .mount(&merged)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "upper dir {upper:?}: is the same directory as layer 2 ({upper:?}): writes would land \
+             in the image layer; give a fresh, empty upper dir outside every layer"
+        ),
+        "{v:?}"
+    );
+    assert!(added(dir, &before).is_empty(), "{:?}", added(dir, &before));
+}
+
 /// A work dir overlay cannot write in (immutable) makes overlay mount
 /// read-only; a writable overlay was asked for, so it is refused, and
 /// nothing stays mounted whichever step noticed.
@@ -352,6 +403,13 @@ macro_rules! suite {
             fn nested_layers() {
                 in_private_ns(concat!(stringify!($strategy_mod), "::nested"), |s| {
                     nested_layers_refused(&s.tmpfs_dir("t"), $variant)
+                });
+            }
+
+            #[test]
+            fn misleading_refusals() {
+                in_private_ns(concat!(stringify!($strategy_mod), "::misleading_refusals"), |s| {
+                    misleading_refusals_say_what_is_wrong(&s.tmpfs_dir("t"), $variant)
                 });
             }
 

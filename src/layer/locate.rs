@@ -273,13 +273,18 @@ fn check_located(
     }
     // The writable directories against every layer.
     for w in upper.into_iter().chain(work) {
-        let inside = |what: String| {
+        let inside = |what: String, overlap: Overlap| {
+            let noun = w.role.noun();
+            let (is, give) = match overlap {
+                Overlap::Same => ("is the same directory as", "a fresh, empty"),
+                _ => ("lies inside", crate::error::a_or_an(noun)),
+            };
             Error::invalid_path(
-                w.role.noun(),
+                noun,
                 w.path,
                 format!(
-                    "lies inside {what}: writes would land in the image layer; give a {} outside every layer",
-                    w.role.noun()
+                    "{is} {what}: writes would land in the image layer; give {give} {noun} \
+                     outside every layer"
                 ),
             )
         };
@@ -295,14 +300,16 @@ fn check_located(
         };
         for l in singles {
             match relation(&w.at, &l.at) {
-                Some(Overlap::Same | Overlap::Inside) => return Err(inside(name(l))),
+                Some(o @ (Overlap::Same | Overlap::Inside)) => return Err(inside(name(l), o)),
                 Some(Overlap::Contains) => return Err(holds(l.path, l.role)),
                 None => {}
             }
         }
         for g in groups.iter() {
             match g.find(&w.at) {
-                Some((k, Overlap::Same | Overlap::Inside)) => return Err(inside(member(g, k).0)),
+                Some((k, o @ (Overlap::Same | Overlap::Inside))) => {
+                    return Err(inside(member(g, k).0, o))
+                }
                 Some((k, Overlap::Contains)) => {
                     let (_, path, role) = member(g, k);
                     return Err(holds(path, role));

@@ -141,7 +141,7 @@ pub(crate) fn prepare<'a>(
         (Share::ByMount, Some(t)) => layer::Grouping::ByMount(t),
         _ => layer::Grouping::None,
     };
-    let plan = layer::plan(layers, shareable, grouping)?;
+    let plan = layer::plan(layers, shareable, grouping).map_err(|e| explain_layer(e, layers))?;
     // Most stacks share one root: then no per-layer slots at all (500 of
     // them would be 40 KiB to fill and walk on every mount).
     let mut singles = Vec::new();
@@ -172,7 +172,8 @@ pub(crate) fn prepare<'a>(
         work.as_ref(),
         req.target,
         &mut table,
-    )?;
+    )
+    .map_err(|e| explain_layer(e, layers))?;
     let mut warnings = Vec::new();
     if let Some(upper) = &upper {
         if req.chown_upper {
@@ -228,6 +229,26 @@ pub(crate) fn prepare<'a>(
         upper,
         work,
     })
+}
+
+/// An overlap refused by name (`plan`'s clash check, `check_overlaps` on
+/// layers reached beneath a shared clone) is about layers not opened yet:
+/// when the layer the refusal names is no usable directory (missing, a
+/// file, a symlink…), that is what is wrong, and its own explanation is
+/// given instead of "lies inside layer N". The open is only for the
+/// message; nothing is assembled from it.
+fn explain_layer(e: Error, layers: layer::Layers<'_>) -> Error {
+    if e.kind() != crate::ErrorKind::InvalidInput {
+        return e;
+    }
+    let Some(named) = e.path() else { return e };
+    match layers.iter().find(|(path, _)| *path == named) {
+        Some((path, role)) => match layer::open_dir(path, role) {
+            Err(better) => better,
+            Ok(_) => e,
+        },
+        None => e,
+    }
 }
 
 /// After the kernel refused a layer reached beneath a shared clone: the

@@ -124,9 +124,10 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
         Err(e) if e.errno == libc::EXDEV => Err(refuse(format!(
             "{shown}, a mount point (overlay would empty the directory beneath the mount)"
         ))),
-        Err(e) if matches!(e.errno, libc::ENOTDIR | libc::ELOOP) => {
-            Err(refuse(format!("a {shown:?} that is not a directory")))
-        }
+        Err(e) if matches!(e.errno, libc::ENOTDIR | libc::ELOOP) => Err(refuse(format!(
+            "{} {shown:?} that is not a directory",
+            crate::error::a_or_an(shown)
+        ))),
         Err(e) => Err(failed(e)),
     };
     let sub = open(work.fd.as_fd(), Path::new(dir), dir)?;

@@ -18,17 +18,20 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names_path(&missing)
         .says("does not exist"),
     );
+    // Relative layers are taken from the working directory, as mount(8)
+    // takes them; the message names the absolute path.
     v.push(
         case(
-            "layer/relative",
+            "layer/relative-missing",
             Argv::mount()
                 .lower("relative/l1")
                 .lower(&good[0])
                 .maps()
                 .a(t),
         )
-        .names("\"relative/l1\"")
-        .says("relative"),
+        .run_in(d)
+        .names_path(d.join("relative/l1"))
+        .says("does not exist"),
     );
     v.push(
         case(
@@ -43,6 +46,16 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
     mkdir(&links, 0o755, 0, 0);
     let dangling = links.join("dangling");
     symlink(d.join("nowhere"), &dangling).unwrap();
+    // Once said "needs at least two lower layers".
+    v.push(
+        case(
+            "layer/lone-missing",
+            Argv::mount().lower(&missing).maps().a(t),
+        )
+        .names_path(&missing)
+        .says("does not exist")
+        .never_says("two lower layers"),
+    );
     v.push(
         case(
             "layer/dangling-symlink",
@@ -70,6 +83,33 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names_path(&file)
         .says("regular file")
         .says("not a directory"),
+    );
+    // Below another layer given too: refused by name before anything is
+    // opened, and once said to "lie inside layer 2".
+    v.push(
+        case(
+            "layer/regular-file-inside-another-layer",
+            Argv::mount()
+                .lower(&good[0])
+                .lower(&good[2])
+                .lower(&file)
+                .maps()
+                .a(t),
+        )
+        .names_path(&file)
+        .says("regular file")
+        .says("not a directory")
+        .never_says("inside"),
+    );
+    v.push(
+        case(
+            "layer/lone-regular-file",
+            Argv::mount().lower(&file).maps().a(t),
+        )
+        .names_path(&file)
+        .says("regular file")
+        .says("not a directory")
+        .never_says("two lower layers"),
     );
     let fifo = good[2].join("home/app/fifo");
     v.push(
@@ -241,7 +281,30 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
                 .a(t),
         )
         .names_path(&u)
-        .says("upper"),
+        .says("upper")
+        // Once "lies inside layer 2 … give a upper dir outside every layer".
+        .says("is the same directory as layer 2")
+        .says("a fresh, empty upper dir")
+        .never_says("lies inside")
+        .never_says("a upper"),
+    );
+    let (u, w) = upper_work(d, "layer-file-in-upper");
+    let file_in_upper = u.join("file");
+    write_file(&file_in_upper, "x", 0o644, 0, 0);
+    v.push(
+        case(
+            "layer/regular-file-inside-the-upper-dir",
+            Argv::mount()
+                .lower(&good[0])
+                .lower(&file_in_upper)
+                .upper_work(&u, &w)
+                .maps()
+                .a(t),
+        )
+        .names_path(&file_in_upper)
+        .says("regular file")
+        .says("not a directory")
+        .never_says("inside"),
     );
     let (u, w) = upper_work(d, "layer-in-upper");
     let in_upper = u.join("inner");

@@ -121,6 +121,12 @@ struct Case {
     names: Vec<Vec<String>>,
     /// Each entry: one of these must appear, case-insensitively (what is wrong).
     says: Vec<Vec<String>>,
+    /// None of these may appear, case-insensitively (what a misleading
+    /// message used to say instead).
+    never_says: Vec<String>,
+    /// The working directory of the runs (relative paths are resolved
+    /// from it); the scratch root when not given, never the test's own.
+    cwd: Option<PathBuf>,
     /// Where host-staged may leave its private state tmpfs.
     state_dir: Option<PathBuf>,
     /// Also run with `-v` and check that nothing was cloned or staged
@@ -141,6 +147,8 @@ fn case(name: &str, args: Argv) -> Case {
         usage: false,
         names: Vec::new(),
         says: Vec::new(),
+        never_says: Vec::new(),
+        cwd: None,
         state_dir: None,
         refused_before_any_clone: false,
         extra_roots: Vec::new(),
@@ -172,6 +180,17 @@ impl Case {
     fn says_any(mut self, texts: &[&str]) -> Self {
         self.says
             .push(texts.iter().map(|t| t.to_string()).collect());
+        self
+    }
+
+    fn never_says(mut self, text: impl Into<String>) -> Self {
+        self.never_says.push(text.into());
+        self
+    }
+
+    /// Runs from `dir`: relative paths in the case are resolved from it.
+    fn run_in(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
         self
     }
 
@@ -480,6 +499,8 @@ fn invoke(case: &Case, mode: Mode) -> Output {
         }
     };
     cmd.args(&args);
+    // Relative paths never reach the worktree the tests run from.
+    cmd.current_dir(case.cwd.as_ref().unwrap_or(&case.scratch));
     captured(cmd, &case.scratch)
 }
 
@@ -643,6 +664,13 @@ fn check_contents(case: &Case, line: &str, msg: &mut impl FnMut(String)) {
         {
             msg(format!(
                 "message does not say what is wrong (one of {alternatives:?}): {line:?}"
+            ));
+        }
+    }
+    for wrong in &case.never_says {
+        if lower.contains(&wrong.to_lowercase()) {
+            msg(format!(
+                "message says {wrong:?}, which is not what is wrong: {line:?}"
             ));
         }
     }

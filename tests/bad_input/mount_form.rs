@@ -30,9 +30,11 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names("\"ext4\"")
         .says("overlay"),
     );
+    // Relative lowerdir= entries from the working directory, as mount(8)
+    // and overlay take them (and as --lower takes them).
     v.push(
         case(
-            "mount8/relative-lowerdir",
+            "mount8/relative-lowerdir-missing",
             m8(
                 "overlay",
                 &format!(
@@ -41,8 +43,29 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
                 ),
             ),
         )
-        .names("\"rel/l3\"")
-        .says("relative"),
+        .run_in(d)
+        .names_path(d.join("rel/l3"))
+        .says("does not exist"),
+    );
+    let (u, w) = upper_work(d, "mount8-upper-is-lower");
+    v.push(
+        case(
+            "mount8/upperdir-is-a-lowerdir",
+            m8(
+                "overlay",
+                &format!(
+                    "lowerdir={}:{},upperdir={},workdir={},uidmap={MAP},gidmap={MAP}",
+                    good[0].display(),
+                    u.display(),
+                    u.display(),
+                    w.display()
+                ),
+            ),
+        )
+        .names_path(&u)
+        .says("is the same directory as layer 2")
+        .says("a fresh, empty upper dir")
+        .never_says("lies inside"),
     );
     let twice = format!(
         "lowerdir={},lowerdir={}",

@@ -41,4 +41,15 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names_path(&no_target_in_ns)
         .says("does not exist"),
     );
+    // Not taken from our working directory: the path is that namespace's.
+    v.push(
+        case(
+            "namespace/relative-target",
+            ns(OsStr::new("/proc/self/ns/mnt"), Path::new("rootfs")),
+        )
+        .names("\"rootfs\"")
+        .says("relative")
+        .says("-N")
+        .never_says("$PWD"),
+    );
 }

@@ -26,6 +26,34 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
             .names(not_json.display().to_string())
             .says("JSON"),
     );
+    // Named as given, not as "config.json" (the library's own text
+    // parser has no file name to give).
+    let spec_dir = d.join("bundle");
+    let bad_range = spec_dir.join("runtime-spec.json");
+    write_file(
+        &bad_range,
+        r#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 0}],
+            "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}"#,
+        0o644,
+        0,
+        0,
+    );
+    v.push(
+        case("oci-config/bad-range-names-the-file", oci(&bad_range))
+            .names_path(&bad_range)
+            .says("linux.uidMappings")
+            .says("size 0")
+            .never_says("\"config.json\""),
+    );
+    v.push(
+        case(
+            "oci-config/relative-missing",
+            oci(Path::new("no-such-config.json")),
+        )
+        .run_in(&spec_dir)
+        .names_path(spec_dir.join("no-such-config.json"))
+        .says("does not exist"),
+    );
     let no_maps = d.join("no-mappings.json");
     write_file(&no_maps, "{}\n", 0o644, 0, 0);
     v.push(

@@ -39,12 +39,31 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names_path(&target_link)
         .says("symlink"),
     );
+    // A relative target is taken from the working directory (runc's
+    // `root.path` defaults to the relative `rootfs`), and refused as the
+    // absolute one is: the message names the absolute path.
     v.push(
         case(
-            "target/relative",
+            "target/relative-missing",
             Argv::mount().lowers(two).maps().a("relative/target"),
         )
-        .names("\"relative/target\"")
-        .says("relative"),
+        .run_in(d)
+        .names_path(d.join("relative/target"))
+        .says("does not exist"),
     );
+    // A symlink as the last component is never followed, however spelled.
+    for (name, spelling) in [
+        ("target/relative-symlink", "target"),
+        ("target/relative-symlink-trailing-slash", "target/"),
+        ("target/relative-symlink-slash-dot", "target/."),
+        ("target/relative-symlink-double-slash", "target//"),
+        ("target/relative-symlink-dot-slash", "./target"),
+    ] {
+        v.push(
+            case(name, Argv::mount().lowers(two).maps().a(spelling))
+                .run_in(&links)
+                .names_path(&target_link)
+                .says("symlink"),
+        );
+    }
 }

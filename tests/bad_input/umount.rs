@@ -30,10 +30,18 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
             .names_path(&gone)
             .says("does not exist"),
     );
+    // A relative TARGET from the working directory, as umount(8) takes it.
     v.push(
-        case("umount/relative", Argv::umount().a("relative/mnt"))
-            .names("\"relative/mnt\"")
-            .says("relative"),
+        case("umount/relative-missing", Argv::umount().a("relative/mnt"))
+            .run_in(d)
+            .names_path(d.join("relative/mnt"))
+            .says("does not exist"),
+    );
+    v.push(
+        case("umount/relative-symlink", Argv::umount().a("target/."))
+            .run_in(&links)
+            .names_path(links.join("target"))
+            .says("symlink"),
     );
     v.push(
         case("umount/regular-file", Argv::umount().a(&file))

@@ -214,7 +214,8 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
             )
             .names_path(&nested)
             .names_path(&own_layers[0])
-            .says_any(&["inside", "below", "nested", "within"]),
+            .says_any(&["inside", "below", "nested", "within"])
+            .never_says("a upper"),
         );
     }
     // The same through a symlink on the way, on either side: the overlap

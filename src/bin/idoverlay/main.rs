@@ -9,6 +9,7 @@ mod helper;
 mod mount;
 mod output;
 mod probe;
+mod relative;
 mod show;
 mod umount;
 

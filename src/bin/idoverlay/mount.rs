@@ -9,6 +9,7 @@ use serde_json::json;
 use idoverlay::{IdMap, MountOptions, Overlay, Strategy, UserNamespace};
 
 use crate::output::{stderr_trace, Output};
+use crate::relative::{absolute, absolute_opt};
 
 #[derive(Args, Debug, Default)]
 #[command(after_help = "Examples:
@@ -137,6 +138,18 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         (Some(_), Some(_)) => return Err(twice("work dir")),
         (a, b) => a.clone().or_else(|| b.clone()),
     };
+    // Relative paths, in either form, from the working directory (as
+    // mount(8) and overlay itself take them), made absolute once here.
+    let lowers = lowers
+        .iter()
+        .map(|p| absolute("layer", p))
+        .collect::<Result<Vec<_>>>()?;
+    let data_lowers = data_lowers
+        .iter()
+        .map(|p| absolute("data layer", p))
+        .collect::<Result<Vec<_>>>()?;
+    let upper = absolute_opt("upper dir", upper.as_ref())?;
+    let work = absolute_opt("work dir", work.as_ref())?;
     if upper.is_some() != work.is_some() {
         bail!(idoverlay::Error::invalid_input(
             if upper.is_some() { "upper dir" } else { "work dir" },
@@ -163,6 +176,8 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
     if args.read_only {
         overlay = overlay.read_only(true);
     }
+    // The state dir stays absolute-only: one directory per node, which the
+    // working directory must not change from call to call (gc finds it).
     if let Some(dir) = &args.state_dir {
         overlay = overlay.state_dir(dir);
     }
@@ -174,9 +189,9 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
     for f in &args.pretend_missing {
         overlay = overlay.pretend_missing(*f);
     }
-    if let Some(path) = &args.probe_report {
+    if let Some(path) = absolute_opt("probe report", args.probe_report.as_ref())? {
         overlay = overlay.probe_report(std::sync::Arc::new(idoverlay::probe::ProbeReport::load(
-            path,
+            &path,
         )?));
     } else if crate::probe::keep_for_boot_enabled() {
         overlay = overlay.keep_probe_for_boot(true);
@@ -216,6 +231,7 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         described = json!({ "userns": path.to_string_lossy() });
     } else {
         let (uid, gid) = if let Some(config) = &args.oci_config {
+            let config = absolute("OCI config", config)?;
             idoverlay::idmap::maps_from_oci_config_file(config).map(|(u, g)| (Some(u), Some(g)))?
         } else if !args.uidmap.is_empty() || !args.gidmap.is_empty() {
             (
@@ -241,7 +257,21 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
 
 pub fn run(args: MountArgs, verbose: bool) -> Result<()> {
     let (overlay, maps) = build(&args, verbose)?;
-    let target = args.paths.last().expect("clap requires a target").clone();
+    let given = args.paths.last().expect("clap requires a target");
+    // In another mount namespace (-N) the target is that namespace's path:
+    // no working directory of ours says where a relative one is there.
+    let target = match &args.namespace {
+        None => absolute("target", given)?,
+        Some(_) if given.is_relative() && !given.as_os_str().is_empty() => {
+            bail!(idoverlay::Error::invalid_input(
+                "target",
+                given.to_string_lossy(),
+                "is a relative path; with -N it is a path in that mount namespace: give it \
+                 absolute"
+            ))
+        }
+        Some(_) => given.clone(),
+    };
     let layers = overlay.layers().count();
     idoverlay::raise_fd_limit();
     let mounted = match &args.namespace {

@@ -71,15 +71,16 @@ pub fn description_json(m: &MountDescription) -> Value {
 }
 
 pub fn show(args: ShowArgs) -> Result<()> {
-    let Some(m) = idoverlay::records::find(&args.state_dir, &args.target)? else {
+    let target = crate::relative::absolute("target", &args.target)?;
+    let Some(m) = idoverlay::records::find(&args.state_dir, &target)? else {
         anyhow::bail!(idoverlay::Error::invalid_input(
             "target",
-            args.target.display().to_string(),
+            target.display().to_string(),
             format!(
                 "has no record in {}: it is not an overlay `idoverlay mount` (or the helper) \
                  attached in this mount namespace; `findmnt {}` shows what is mounted there",
                 args.state_dir.display(),
-                args.target.display()
+                target.display()
             )
         ));
     };

@@ -33,19 +33,21 @@ pub struct UmountArgs {
 }
 
 pub fn run(args: UmountArgs) -> Result<()> {
+    // A relative TARGET from the working directory, as umount(8) takes it.
+    let target = crate::relative::absolute("target", &args.target)?;
     // The record is looked up before (by the mount's id) and removed after,
     // only once its mount is gone.
-    let record = idoverlay::records::find(&args.state_dir, &args.target)
+    let record = idoverlay::records::find(&args.state_dir, &target)
         .ok()
         .flatten();
-    idoverlay::unmount_overlay(&args.target, args.lazy)?;
+    idoverlay::unmount_overlay(&target, args.lazy)?;
     if let Some(record) = record {
         if let Err(e) = idoverlay::records::forget_if_gone(&args.state_dir, &record) {
             eprintln!("idoverlay: warning: {}", crate::output::message(&e));
         }
     }
     Output { json: args.json }.result(json!({
-        "target": args.target.to_string_lossy(),
+        "target": target.to_string_lossy(),
         "unmounted": true,
         "lazy": args.lazy,
     }));
