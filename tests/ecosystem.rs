@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,7 +38,6 @@ fn view(root: &Path) -> Vec<(PathBuf, u32, u32, Option<String>)> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
         let m = fs::symlink_metadata(&p).unwrap();
-        use std::os::unix::fs::MetadataExt;
         let text = m
             .is_file()
             .then(|| fs::read_to_string(&p).unwrap_or_default());
@@ -194,25 +194,140 @@ fn oci_config_gives_the_maps() {
     });
 }
 
-/// mount(8) only looks for helpers in /sbin: in this private namespace,
-/// lay a writable overlay over /usr/sbin and install the helper there.
-fn install_helper_privately(dir: &Path) {
-    let (up, work) = (dir.join("sbin-upper"), dir.join("sbin-work"));
+/// In this private namespace, a writable overlay over `dir` (upper and work
+/// on the scratch tmpfs), so that what a test writes there stays here.
+fn private_overlay_over(scratch: &Path, dir: &str) {
+    let tag = dir.trim_start_matches('/').replace('/', "-");
+    let (up, work) = (
+        scratch.join(format!("{tag}-upper")),
+        scratch.join(format!("{tag}-work")),
+    );
     for d in [&up, &work] {
         mkdir(d, 0o755, 0, 0);
     }
     run(mount8()
         .args(["-t", "overlay", "overlay", "-o"])
         .arg(format!(
-            "lowerdir=/usr/sbin,upperdir={},workdir={}",
+            "lowerdir={dir},upperdir={},workdir={}",
             up.display(),
             work.display()
         ))
-        .arg("/usr/sbin"));
-    let out = run(idoverlay().args(["install-helper", "--dir", "/usr/sbin"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("mount.idoverlay"));
+        .arg(dir));
+}
+
+/// The binary under test as a source install has it, in this private
+/// namespace only: copied to /usr/local/bin/idoverlay (an overlay), out of
+/// the cargo target dir, which install-helper refuses.
+fn installed_copy(scratch: &Path) -> PathBuf {
+    private_overlay_over(scratch, "/usr/local/bin");
+    let installed = PathBuf::from("/usr/local/bin/idoverlay");
+    fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &installed).unwrap();
+    fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).unwrap();
+    installed
+}
+
+fn installed(binary: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
+    cmd
+}
+
+/// mount(8) only looks for helpers in /sbin (/usr/sbin here): in this
+/// private namespace, lay a writable overlay over /usr/sbin and install the
+/// helper there, linked to an installed copy of the binary.
+fn install_helper_privately(dir: &Path) {
+    private_overlay_over(dir, "/usr/sbin");
+    let binary = installed_copy(dir);
+    let out = run(installed(&binary).args(["install-helper", "--dir", "/usr/sbin"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/usr/sbin/mount.idoverlay -> /usr/local/bin/idoverlay\n"
+    );
     // Idempotent.
-    run(idoverlay().args(["install-helper", "--dir", "/usr/sbin"]));
+    run(installed(&binary).args(["install-helper", "--dir", "/usr/sbin"]));
+}
+
+#[test]
+fn install_helper_refuses_a_build_and_dirs_mount8_does_not_search() {
+    in_private_ns("ecosystem::install_helper_refusals", |s| {
+        let dir = s.tmpfs_dir("t");
+        // Whatever goes wrong, nothing reaches the host's /usr/sbin.
+        private_overlay_over(&dir, "/usr/sbin");
+        let helper = Path::new("/usr/sbin/mount.idoverlay");
+        let before = fs::symlink_metadata(helper).ok().map(|m| m.ino());
+        let refused = |out: &std::process::Output, what: &[&str]| {
+            let err = stderr(out);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            for w in what {
+                assert!(err.contains(w), "{w:?} in {err}");
+            }
+        };
+        let searched = "mount(8) looks for mount.idoverlay in /sbin, /sbin/fs.d, /sbin/fs only";
+
+        // The test binary itself lives in a cargo target dir.
+        for args in [
+            vec!["install-helper"],
+            vec!["install-helper", "--dir", "/usr/sbin"],
+        ] {
+            let out = idoverlay().args(&args).output().unwrap();
+            refused(
+                &out,
+                &[
+                    "is in a cargo target dir",
+                    "cargo install --path . --root /usr/local",
+                    "/usr/local/bin/idoverlay install-helper",
+                ],
+            );
+        }
+        // So does a copy in any tree cargo marked (here only CACHEDIR.TAG).
+        let tree = dir.join("elsewhere/target");
+        write_file(
+            &tree.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55\n",
+            0o644,
+            0,
+            0,
+        );
+        mkdir(&tree.join("release"), 0o755, 0, 0);
+        let copy = tree.join("release/idoverlay");
+        fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &copy).unwrap();
+        let out = installed(&copy).arg("install-helper").output().unwrap();
+        refused(&out, &["CACHEDIR.TAG is there"]);
+        assert_eq!(fs::symlink_metadata(helper).ok().map(|m| m.ino()), before);
+
+        // An installed binary, but directories mount(8) does not search
+        // (mount -t idoverlay would say "unknown filesystem type"); the
+        // host's /usr/local/sbin under an overlay too, whatever goes wrong.
+        let binary = installed_copy(&dir);
+        private_overlay_over(&dir, "/usr/local/sbin");
+        let elsewhere = dir.join("bin");
+        mkdir(&elsewhere, 0o755, 0, 0);
+        for d in [
+            Path::new("/usr/local/sbin"),
+            Path::new("/usr/local/bin"),
+            &elsewhere,
+        ] {
+            let out = installed(&binary)
+                .args(["install-helper", "--dir"])
+                .arg(d)
+                .output()
+                .unwrap();
+            refused(&out, &["is not a directory mount(8) searches", searched]);
+            assert!(fs::symlink_metadata(d.join("mount.idoverlay")).is_err());
+        }
+        let out = installed(&binary)
+            .args(["install-helper", "--dir", "/nonexistent"])
+            .output()
+            .unwrap();
+        refused(&out, &["does not exist", searched]);
+        assert_eq!(fs::symlink_metadata(helper).ok().map(|m| m.ino()), before);
+
+        // Help and completions offer the search path.
+        let help = run(idoverlay().args(["install-helper", "--help"]));
+        assert!(String::from_utf8_lossy(&help.stdout)
+            .contains("[possible values: /sbin, /sbin/fs.d, /sbin/fs]"));
+    });
 }
 
 /// mount(8), whose helper must not keep a probe report in the default

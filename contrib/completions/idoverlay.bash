@@ -328,7 +328,7 @@ _idoverlay() {
             fi
             case "${prev}" in
                 --dir)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "/sbin /sbin/fs.d /sbin/fs" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -34,7 +34,7 @@ complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "list" -d 'Every
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "gc" -d 'Finish the cleanup of interrupted host-staged runs'
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "probe" -d 'Tell what this kernel can do for idmapped overlays, by asking it'
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "demo" -d 'Build sample layers in a fresh private directory, mount them idmapped, show the owners on disk and through the mount, clean up'
-complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "install-helper" -d 'Link this binary as the mount helper /sbin/mount.idoverlay, so that `mount -t idoverlay`, fstab lines and systemd .mount units work'
+complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "install-helper" -d 'Link this installed binary as the mount helper /sbin/mount.idoverlay, so that `mount -t idoverlay`, fstab lines and systemd .mount units work'
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "manpages" -d 'Write the man pages (idoverlay.1, idoverlay-mount.1, …) into DIR'
 complete -c idoverlay -n "__fish_idoverlay_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -85,7 +85,9 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -l base -d 'Wh
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -s h -l help -d 'Print help'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l dir -d 'Where mount(8) looks for helpers' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l dir -d 'Where to put mount.idoverlay: one of the directories util-linux\'s mount(8) searches, /sbin, /sbin/fs.d or /sbin/fs (it must exist; /usr/sbin where /sbin links to it). Anything else is refused: mount(8) would report an unknown filesystem type' -r -f -a "/sbin\t''
+/sbin/fs.d\t''
+/sbin/fs\t''"
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -s h -l help -d 'Print help'
@@ -100,7 +102,7 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "gc" -d 'Finish the cleanup of interrupted host-staged runs'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "probe" -d 'Tell what this kernel can do for idmapped overlays, by asking it'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "demo" -d 'Build sample layers in a fresh private directory, mount them idmapped, show the owners on disk and through the mount, clean up'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "install-helper" -d 'Link this binary as the mount helper /sbin/mount.idoverlay, so that `mount -t idoverlay`, fstab lines and systemd .mount units work'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "install-helper" -d 'Link this installed binary as the mount helper /sbin/mount.idoverlay, so that `mount -t idoverlay`, fstab lines and systemd .mount units work'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "manpages" -d 'Write the man pages (idoverlay.1, idoverlay-mount.1, …) into DIR'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand help; and not __fish_seen_subcommand_from mount umount show list gc probe demo install-helper completions manpages help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

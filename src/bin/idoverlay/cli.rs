@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{gc, mount, probe, show, umount};
+use crate::{gc, helper, mount, probe, show, umount};
 
 /// Assemble overlayfs mounts from idmapped layers, with no temporary mount
 /// ever visible and no layer ever at risk.
@@ -21,7 +21,8 @@ use crate::{gc, mount, probe, show, umount};
 gidmap=0:100000:65536 /c1/rootfs
   idoverlay umount /c1/rootfs
 
-As a mount helper (`idoverlay install-helper` links /sbin/mount.idoverlay):
+As a mount helper (/sbin/mount.idoverlay: shipped by the Debian package; from a source
+install, `idoverlay install-helper` links it):
   mount -t idoverlay overlay /c1/rootfs -o lowerdir=/layers/2:/layers/1,uidmap=0:100000:65536,\\
 gidmap=0:100000:65536")]
 pub struct Cli {
@@ -50,8 +51,9 @@ pub enum Command {
     /// Build sample layers in a fresh private directory, mount them
     /// idmapped, show the owners on disk and through the mount, clean up.
     Demo(DemoArgs),
-    /// Link this binary as the mount helper /sbin/mount.idoverlay, so that
-    /// `mount -t idoverlay`, fstab lines and systemd .mount units work.
+    /// Link this installed binary as the mount helper /sbin/mount.idoverlay,
+    /// so that `mount -t idoverlay`, fstab lines and systemd .mount units
+    /// work.
     InstallHelper(InstallHelperArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
@@ -74,16 +76,57 @@ pub struct DemoArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  idoverlay install-helper
-  idoverlay install-helper --dir /usr/local/sbin")]
+#[command(
+    after_help = "The binary must be installed, not a build: one inside a cargo \
+target dir (.fingerprint, .rustc_info.json or CACHEDIR.TAG above it) is refused, since \
+`cargo clean` would break the helper and every fstab line and .mount unit using it. The \
+Debian package needs none of this: it ships /usr/sbin/mount.idoverlay.
+
+Examples:
+  cargo install --path . --root /usr/local
+  /usr/local/bin/idoverlay install-helper
+  /usr/local/bin/idoverlay install-helper --dir /sbin/fs.d"
+)]
 pub struct InstallHelperArgs {
-    /// Where mount(8) looks for helpers.
-    #[arg(long, value_name = "DIR", default_value = "/sbin")]
+    /// Where to put mount.idoverlay: one of the directories util-linux's
+    /// mount(8) searches, /sbin, /sbin/fs.d or /sbin/fs (it must exist;
+    /// /usr/sbin where /sbin links to it). Anything else is refused: mount(8)
+    /// would report an unknown filesystem type.
+    #[arg(long, value_name = "DIR", default_value = "/sbin", value_parser = HelperDirParser)]
     pub dir: PathBuf,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `install-helper --dir`: help and completions offer mount(8)'s search
+/// path; any path parses, and `helper::install` checks it after resolving
+/// symlinks (so /usr/sbin passes where /sbin links to it, and nothing else).
+#[derive(Clone)]
+struct HelperDirParser;
+
+impl clap::builder::TypedValueParser for HelperDirParser {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<PathBuf, clap::Error> {
+        clap::builder::PathBufValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            helper::SEARCH_PATH
+                .iter()
+                .copied()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,8 @@
 //! util-linux's mount helper interface: `mount -t idoverlay SPEC DIR -o …`
 //! runs `/sbin/mount.idoverlay SPEC DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`
-//! (mount(8), EXTERNAL HELPERS), which is this binary under that name.
+//! (mount(8), EXTERNAL HELPERS), which is this binary under that name: the
+//! Debian package ships /usr/sbin/mount.idoverlay -> ../bin/idoverlay, and
+//! `idoverlay install-helper` links an installed binary.
 //! fstab lines and systemd `.mount` units then work as for any filesystem.
 
 use std::ffi::OsString;
@@ -89,6 +91,8 @@ pub fn main() -> ExitCode {
         options,
         paths: vec![PathBuf::from(&positionals[0]), target.clone()],
         namespace,
+        // As the CLI takes it (mount(8) passes its environment on).
+        state_dir: std::env::var_os("IDOVERLAY_STATE_DIR").map(PathBuf::from),
         strategy: "auto".into(),
         ..MountArgs::default()
     };
@@ -120,12 +124,35 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The directories util-linux's mount(8) searches for `mount.<type>`, in
+/// order: libmount's `FS_SEARCH_PATH` (configure's default, unchanged in
+/// Debian 12's util-linux 2.38). On a merged-/usr system /sbin is /usr/sbin.
+pub const SEARCH_PATH: [&str; 3] = ["/sbin", "/sbin/fs.d", "/sbin/fs"];
+
 /// `idoverlay install-helper`: a symlink DIR/mount.idoverlay to this
-/// binary. Idempotent; never replaces anything else.
+/// binary. Idempotent; never replaces anything else. Refuses a DIR mount(8)
+/// does not search and a binary inside a cargo target dir (the link would
+/// break with the next `cargo clean`, and every fstab line and .mount unit
+/// with it).
 pub fn install(args: InstallHelperArgs) -> Result<()> {
     let exe = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("find this binary's path")?;
+    check_search_path(&args.dir)?;
+    if let Some(marker) = build_tree_marker(&exe) {
+        bail!(idoverlay::Error::invalid_input(
+            "binary",
+            exe.display().to_string(),
+            format!(
+                "is in a cargo target dir ({} is there), so the helper would break with the \
+                 next `cargo clean`; install the binary first \
+                 (`cargo install --path . --root /usr/local`, then `/usr/local/bin/idoverlay \
+                 install-helper`) or install the Debian package, which ships \
+                 /usr/sbin/{HELPER_NAME}",
+                marker.display()
+            )
+        ));
+    }
     let link = args.dir.join(HELPER_NAME);
     match std::fs::symlink_metadata(&link) {
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -159,6 +186,52 @@ pub fn install(args: InstallHelperArgs) -> Result<()> {
         println!("{} -> {}", link.display(), exe.display());
     }
     Ok(())
+}
+
+/// DIR must be one of the directories mount(8) searches (after resolving
+/// symlinks, so /usr/sbin is accepted where /sbin links to it).
+fn check_search_path(dir: &Path) -> Result<()> {
+    let refuse = |reason: &str| {
+        idoverlay::Error::invalid_input(
+            "--dir",
+            dir.display().to_string(),
+            format!(
+                "{reason}; mount(8) looks for {HELPER_NAME} in {} only",
+                SEARCH_PATH.join(", ")
+            ),
+        )
+    };
+    let real = match dir.canonicalize() {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(refuse("does not exist"))
+        }
+        Err(e) => return Err(e).with_context(|| format!("resolve {}", dir.display())),
+    };
+    let searched = SEARCH_PATH
+        .iter()
+        .filter_map(|d| Path::new(d).canonicalize().ok())
+        .any(|d| d == real);
+    if !searched {
+        bail!(refuse("is not a directory mount(8) searches for helpers"));
+    }
+    Ok(())
+}
+
+/// What marks a directory above `exe` as (part of) a cargo target dir:
+/// `.fingerprint` (cargo's build state, in every profile dir such as
+/// target/release), `.rustc_info.json` (its compiler cache at a target
+/// dir's root) or `CACHEDIR.TAG` (the Cache Directory Tagging spec, which
+/// cargo writes into the target dirs it creates). Any one of them, so that
+/// a CARGO_TARGET_DIR elsewhere or CARGO_CACHE_RUSTC_INFO=0 is found too;
+/// `cargo install` and the Debian package put the binary where none is.
+fn build_tree_marker(exe: &Path) -> Option<PathBuf> {
+    exe.ancestors().skip(1).find_map(|dir| {
+        [".fingerprint", ".rustc_info.json", "CACHEDIR.TAG"]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|marker| std::fs::symlink_metadata(marker).is_ok())
+    })
 }
 
 fn resolve(dir: &Path, target: &Path) -> PathBuf {
