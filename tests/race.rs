@@ -507,15 +507,19 @@ fn the_check_after_mounting_looks_only_at_the_overlay_it_mounted() {
         let (mut mounted, mut unchecked) = (0, 0);
         for round in 0..200 {
             let pair = dir.join(format!("pairs/{round}"));
-            mkdir(&pair.join("upper"), 0o755, 0, 0);
+            mkdir(&pair.join("upper"), 0o755, 100000, 100000);
             mkdir(&pair.join("work"), 0o755, 0, 0);
             swapper.resume();
+            // The mount(2) fast path with an upper, which a kernel without
+            // layer fds takes (with them, upper and work go by fd through
+            // fsconfig, and the overlay is attached by the target's fd).
             let result = Overlay::new()
                 .lowers(layers.iter().cloned())
                 .upper(pair.join("upper"))
                 .work(pair.join("work"))
                 .idmap(map(), map())
                 .strategy(Strategy::Detached)
+                .pretend_missing(idoverlay::Feature::OverlayFdLayers)
                 .mount(&x);
             while !swapper.pause() {
                 take_down_overlays_below(&dir);

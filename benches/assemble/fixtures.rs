@@ -148,6 +148,9 @@ impl LayerSet {
             for prefix in ["u", "w", "m", "s"] {
                 std::fs::create_dir(root.join(format!("{prefix}{k}"))).expect("create slot dir");
             }
+            // The upper owned by container root's host ids, as a correct
+            // call has it (no warning).
+            chown(root.join(format!("u{k}")), Some(100000), Some(100000)).expect("chown upper");
         }
         LayerSet { fs, root, parent }
     }

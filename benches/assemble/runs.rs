@@ -445,9 +445,16 @@ pub(crate) fn cli_commands(set: &LayerSet, slot: &Slot, n: usize, tool: &str) ->
         ] {
             args.push(a.to_string());
         }
+        // umount takes the mount's record (see `idoverlay show`) with it.
+        let mut umount = vec!["umount".to_string()];
+        if let Some(state) = CLI_STATE_DIR.get() {
+            umount.push("--state-dir".into());
+            umount.push(state.display().to_string());
+        }
+        umount.push(target);
         (
             (IDOVERLAY_BIN.into(), args, cwd.clone()),
-            (IDOVERLAY_BIN.into(), vec!["umount".into(), target], cwd),
+            (IDOVERLAY_BIN.into(), umount, cwd),
         )
     }
 }
