@@ -560,13 +560,7 @@ impl Overlay {
         let opened = open_target(target)?;
         self.check_target_outside_state_dir(&opened)?;
         self.with_request(Some(&opened), |req, chosen| {
-            // With an upper, a kernel that takes layer fds shows the upper
-            // and work dirs' real paths in the mount table only when given
-            // them by fd (fsconfig); mount(2)'s string would name their
-            // /proc/thread-self/fd links. The two paths cost the same.
-            let fd_upper =
-                self.upper.is_some() && req.caps.observed(kernel_compat::Feature::OverlayFdLayers);
-            if chosen == Strategy::Detached && !self.per_layer_clones && !fd_upper {
+            if chosen == Strategy::Detached && !self.per_layer_clones {
                 if let Some(mut warnings) =
                     strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
                 {

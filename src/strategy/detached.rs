@@ -470,6 +470,42 @@ pub(crate) fn mount_at(
             ),
         }
     }
+    // With an upper, where overlay takes layer fds (6.13+) and the layers
+    // fit one fsconfig value: the same lowerdir string through fsconfig,
+    // the upper and work by fd, so that the mount table shows their real
+    // paths (a name in mount(2)'s data shows as given: their
+    // /proc/thread-self/fd links). Longer stacks keep mount(2): one
+    // string of 500 layers costs one lookup pass, lowerdir+ 500 syscalls.
+    if let (Some(upper), Some(work), false) = (&prepared.upper, &prepared.work, with_creator) {
+        let lowers = &data[b"lowerdir=".len()..];
+        if req.caps.observed(kernel_compat::Feature::OverlayFdLayers)
+            && lowers.len() <= FSCONFIG_VALUE_MAX
+        {
+            let mounted = mount_by_fsconfig(req, lowers, upper, work, cwd, target);
+            let fs = match thread {
+                Some(_) => crate::cwd::FsStruct::Shared,
+                None => fs,
+            };
+            match fs {
+                crate::cwd::FsStruct::Alone => drop(clones),
+                _ => crate::reaper::hand_over(Box::new(clones)),
+            }
+            return match mounted {
+                Ok(()) => {
+                    req.trace(|| {
+                        "fsconfig(lowerdir, one string inside the clone) + upper and work by fd, \
+                         fsmount, move_mount to the target: ok"
+                            .to_string()
+                    });
+                    after_mount(req, &prepared, target, target_path).map(Some)
+                }
+                Err(e) => {
+                    req.trace(|| format!("fsconfig fast path refused ({e}); assembling instead"));
+                    Ok(None)
+                }
+            };
+        }
+    }
     if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
         data.push(b',');
         data.extend_from_slice(&upper_work_mount_data(upper_work_names(
@@ -527,6 +563,33 @@ pub(crate) fn mount_at(
         format!("mount(2) at the target, layers named inside their clone, {from}: ok")
     });
     after_mount(req, &prepared, target, target_path).map(Some)
+}
+
+/// The fsconfig form of the fast path: `lowerdir` as one string of names
+/// inside the layers' clone (resolved now, from a working directory at the
+/// clone's root, lent or on a thread of its own), the very upper and work
+/// dirs that were checked by fd, `fsmount`, and `move_mount` onto the
+/// target's fd. Any refusal means nothing was attached: the caller then
+/// assembles the careful way, which brings back the kernel's message.
+fn mount_by_fsconfig(
+    req: &Request<'_>,
+    lowers: &[u8],
+    upper: &OpenedDir,
+    work: &OpenedDir,
+    cwd: Option<&OwnedFd>,
+    target: BorrowedFd<'_>,
+) -> Result<()> {
+    let ctx = OverlayContext::new(req.params)?;
+    let lowers = CString::new(lowers)
+        .map_err(|_| Error::invalid_path("layer", &upper.path, "contains a NUL byte"))?;
+    let ctx = in_clone_cwd(cwd, move || {
+        ctx.set_string(c"lowerdir", &lowers)?;
+        Ok(ctx)
+    })?;
+    super::upper_work::UpperWorkRefs::new(upper, work, None).configure(&ctx, req)?;
+    let overlay = ctx.create_and_mount(req.attrs, true)?;
+    sys::move_mount(overlay.as_fd(), target, "".as_ref())
+        .map_err(|e| Error::os("attach the overlay at", Some(&upper.path), e))
 }
 
 /// After the mount(2) at the target: overlay falls back to a read-only
