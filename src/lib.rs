@@ -561,7 +561,7 @@ impl Overlay {
         self.check_target_outside_state_dir(&opened)?;
         self.with_request(Some(&opened), |req, chosen| {
             if chosen == Strategy::Detached && !self.per_layer_clones {
-                if let Some(mut warnings) =
+                if let Some((mut warnings, checked_root)) =
                     strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
                 {
                     let kept =
@@ -576,13 +576,23 @@ impl Overlay {
                         warnings: all,
                         description,
                     };
-                    let root = sys::open_dir_path(sys::cwd(), &mounted.description.target).ok();
-                    if let Some(root) = root.filter(|root| {
-                        strategy::detached::is_the_overlay_just_mounted(
-                            root.as_fd(),
-                            opened.fd.as_fd(),
-                        )
-                    }) {
+                    // The overlay just made, as the check after mounting
+                    // found it (with an upper), or found now when a record
+                    // is to be kept; else its id stays unknown.
+                    let root = checked_root.or_else(|| {
+                        self.keep_record
+                            .then(|| {
+                                sys::open_dir_path(sys::cwd(), &mounted.description.target).ok()
+                            })
+                            .flatten()
+                            .filter(|root| {
+                                strategy::detached::is_the_overlay_just_mounted(
+                                    root.as_fd(),
+                                    opened.fd.as_fd(),
+                                )
+                            })
+                    });
+                    if let Some(root) = root {
                         self.record(root.as_fd(), &mut mounted);
                     } else if self.keep_record {
                         mounted.warnings.push(format!(

@@ -72,6 +72,10 @@ pub struct MountDescription {
     pub strategy: Strategy,
     /// The kernel's id for the mount: the unique mount id (6.8+) when
     /// `unique_mount_id`, else mountinfo's (which the kernel reuses).
+    /// Known when the mount was attached by fd, checked after mounting
+    /// (with an upper) or recorded; `None` for a read-only overlay mounted
+    /// straight at its target without a record (finding it again would
+    /// cost the mount a few more syscalls).
     pub mount_id: Option<u64>,
     /// Whether `mount_id` is the unique mount id.
     pub unique_mount_id: bool,

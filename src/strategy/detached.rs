@@ -407,7 +407,7 @@ pub(crate) fn mount_at(
     req: &Request<'_>,
     target: BorrowedFd<'_>,
     target_path: &Path,
-) -> Result<Option<Vec<String>>> {
+) -> Result<Option<(Vec<String>, Option<OwnedFd>)>> {
     if req
         .params
         .iter()
@@ -606,9 +606,9 @@ fn after_mount(
     prepared: &Prepared<'_>,
     target: BorrowedFd<'_>,
     target_path: &Path,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Option<OwnedFd>)> {
     let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let unchecked = || {
         vec![format!(
@@ -619,10 +619,10 @@ fn after_mount(
         )]
     };
     let Ok(root) = sys::open_dir_path(sys::cwd(), target_path) else {
-        return Ok(unchecked());
+        return Ok((unchecked(), None));
     };
     if !is_the_overlay_just_mounted(root.as_fd(), target) {
-        return Ok(unchecked());
+        return Ok((unchecked(), None));
     }
     let refused = match req.attrs.contains(MountAttrs::READ_ONLY) {
         true => Ok(()),
@@ -636,7 +636,7 @@ fn after_mount(
             .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
         return Err(refusal);
     }
-    Ok(Vec::new())
+    Ok((Vec::new(), Some(root)))
 }
 
 /// Whether `root` is the root of a whole overlay mounted right on the

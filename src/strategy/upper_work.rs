@@ -268,9 +268,16 @@ impl<'a> UpperWorkRefs<'a> {
     pub fn configure(&self, ctx: &OverlayContext, req: &Request<'_>) -> Result<()> {
         if req.caps.observed(kernel_compat::Feature::OverlayFdLayers) {
             let (up, wk) = self.fds();
-            // Before 6.15 the fds must not be O_PATH: reopened through
-            // themselves (no name is looked up again).
+            // Before 6.15 (detached layers) the fds must not be O_PATH:
+            // reopened through themselves (no name is looked up again).
+            let o_path_ok = req
+                .caps
+                .observed(kernel_compat::Feature::OverlayDetachedLayers);
             for (fd, dir) in [(up, self.upper), (wk, self.work)] {
+                if o_path_ok {
+                    ctx.set_layer_fd(dir.role, fd, &dir.path)?;
+                    continue;
+                }
                 let readable = sys::open_dir_read(fd, Path::new(".")).map_err(|e| {
                     Error::os(format!("open {}", dir.role.noun()), Some(&dir.path), e)
                 })?;
