@@ -489,3 +489,51 @@ fn unmount_inside_another_mount_namespace() {
         child.wait().unwrap();
     });
 }
+
+/// `assemble()` clones the layers' common directory with the mounts below
+/// it and reads no mount table; a mount there that takes no idmap (an
+/// mqueue) makes that refused, and it groups the layers by mount instead:
+/// the overlay is the same.
+#[test]
+fn assemble_beneath_a_mount_that_takes_no_idmap() {
+    in_private_ns(
+        "operators::assemble_beneath_a_mount_that_takes_no_idmap",
+        |s| {
+            let dir = s.tmpfs_dir("mq");
+            let layers = make_layers(&dir).dirs;
+            let other = dir.join("other");
+            mkdir(&other, 0o755, 0, 0);
+            run(Command::new("mount")
+                .args(["-t", "mqueue", "mqueue"])
+                .arg(&other));
+            let target = s.tmpfs_dir("target");
+            let map: idoverlay::IdMap = MAP.parse().unwrap();
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let sink = lines.clone();
+            let trace: idoverlay::Trace =
+                std::sync::Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string()));
+            idoverlay::Overlay::new()
+                .lowers(&layers)
+                .idmap(map.clone(), map)
+                .trace(trace)
+                .assemble()
+                .unwrap()
+                .attach(&target)
+                .unwrap();
+            assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+            assert_eq!(
+                std::fs::read_to_string(target.join("home/app/notes.txt")).unwrap(),
+                "v3\n"
+            );
+            let lines = lines.lock().unwrap();
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("grouping by mount instead")),
+                "{lines:#?}"
+            );
+            idoverlay::unmount_overlay(&target, false).unwrap();
+            run(Command::new("umount").arg(&other));
+        },
+    );
+}

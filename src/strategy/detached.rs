@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use super::upper_work::{upper_work_clone, upper_work_mount_data, upper_work_names, UpperWork};
 use super::{prepare, retry_on_its_own, Prepared, Request, Share};
-use crate::error::{display_path, Error, Result};
+use crate::error::{display_path, Error, ErrorKind, Result};
 use crate::layer::{OpenedDir, Placement, Role};
 use crate::overlayfs::{
     escape_lower, idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
@@ -183,10 +183,29 @@ fn in_clone_cwd<T: Send>(
     })
 }
 
-/// Assembles the overlay and returns the detached overlay mount.
+/// Assembles the overlay and returns the detached overlay mount: first
+/// with the layers beneath their common directory, cloned recursively (no
+/// mount table read: its cost grows with the node's mounts); when that is
+/// refused (a layer on a mount below, a mount there that takes no idmap),
+/// grouped by the mount each layer is on, from the table. Bad input is
+/// refused the same either way, and answered at once.
 pub(crate) fn assemble(req: &Request<'_>) -> Result<OwnedFd> {
+    if req.per_layer_clones {
+        return assemble_sharing(req, Share::No);
+    }
+    match assemble_sharing(req, Share::Lexical) {
+        Ok(fd) => Ok(fd),
+        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Permission) => Err(e),
+        Err(e) => {
+            req.trace(|| format!("beneath one recursive clone: {e}; grouping by mount instead"));
+            assemble_sharing(req, Share::ByMount)
+        }
+    }
+}
+
+fn assemble_sharing(req: &Request<'_>, share: Share) -> Result<OwnedFd> {
     let ctx = OverlayContext::new(req.params)?;
-    let prepared = prepare(req, Share::ByMount, |_| true)?;
+    let prepared = prepare(req, share, |_| true)?;
     let mut clones = Clones::make(req, &prepared)?;
     let busiest = clones.busiest_group(&prepared);
     let shared_in_busiest = prepared
