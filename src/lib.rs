@@ -49,7 +49,7 @@
 //! Call [`settle`] before anything that needs a single-threaded process
 //! again (`unshare(CLONE_NEWUSER)`); it also closes that fd.
 #![deny(missing_docs)]
-// `unsafe` lives in the syscall module alone (`sys`), which is allowed it.
+// Unsafe code lives in the syscall module alone (`sys`), which is allowed it.
 #![deny(unsafe_code)]
 mod choose;
 mod creds;
