@@ -500,7 +500,7 @@ pub(crate) fn mount_at(
         if req.caps.observed(kernel_compat::Feature::OverlayFdLayers)
             && lowers.len() <= FSCONFIG_VALUE_MAX
         {
-            let mounted = mount_by_fsconfig(req, lowers, upper, work, cwd, target);
+            let mounted = mount_by_fsconfig(req, lowers, upper, work, cwd, target, target_path);
             let fs = match thread {
                 Some(_) => crate::cwd::FsStruct::Shared,
                 None => fs,
@@ -597,6 +597,7 @@ fn mount_by_fsconfig(
     work: &OpenedDir,
     cwd: Option<&OwnedFd>,
     target: BorrowedFd<'_>,
+    target_path: &Path,
 ) -> Result<()> {
     let ctx = OverlayContext::new(req.params)?;
     let lowers = CString::new(lowers)
@@ -608,7 +609,7 @@ fn mount_by_fsconfig(
     super::upper_work::UpperWorkRefs::new(upper, work, None).configure(&ctx, req)?;
     let overlay = ctx.create_and_mount(req.attrs, true)?;
     sys::move_mount(overlay.as_fd(), target, "".as_ref())
-        .map_err(|e| Error::os("attach the overlay at", Some(&upper.path), e))
+        .map_err(|e| Error::os("attach the overlay at", Some(target_path), e))
 }
 
 /// After the mount(2) at the target: overlay falls back to a read-only
