@@ -94,14 +94,45 @@ fn per_boot(state_dir: &Path) -> Result<Option<OwnedFd>> {
             let fd = match open() {
                 Ok(fd) => fd,
                 Err(_) => {
-                    let Some(made) = make()? else {
+                    // The empty file it is bound over is removed again when
+                    // the bind fails (the state tmpfs is root-only and the
+                    // marker's lock held: nobody else made it).
+                    let keep = |made: &OwnedFd| {
+                        let bind = sys::clone_mount(made.as_fd(), Path::new(""))?;
+                        sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600)?;
+                        sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE))
+                            .inspect_err(|_| {
+                                let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
+                            })
+                    };
+                    let Some(mut made) = make()? else {
                         return Ok(None);
                     };
-                    let bind = sys::clone_mount(made.as_fd(), Path::new(""))
-                        .map_err(|e| Error::os("keep the staging namespace in", Some(&path), e))?;
-                    let _ = sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600);
-                    sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE))
-                        .map_err(|e| Error::os("keep the staging namespace in", Some(&path), e))?;
+                    // The kernel refuses (ELOOP) to attach a namespace's
+                    // file in a namespace not older than it. Seen, rarely,
+                    // for a namespace made a moment ago from this one (not
+                    // understood yet): a second one is made and kept;
+                    // failing that, this process's namespace serves
+                    // without being kept.
+                    if let Err(e) = keep(&made) {
+                        if e.errno != libc::ELOOP {
+                            return Err(Error::os("keep the staging namespace in", Some(&path), e));
+                        }
+                        let Some(again) = make()? else {
+                            return Ok(Some(made));
+                        };
+                        made = again;
+                        if let Err(e) = keep(&made) {
+                            if e.errno != libc::ELOOP {
+                                return Err(Error::os(
+                                    "keep the staging namespace in",
+                                    Some(&path),
+                                    e,
+                                ));
+                            }
+                            return Ok(Some(made));
+                        }
+                    }
                     drop(marker);
                     made
                 }
