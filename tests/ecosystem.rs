@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -221,8 +221,7 @@ fn private_overlay_over(scratch: &Path, dir: &str) {
 fn installed_copy(scratch: &Path) -> PathBuf {
     private_overlay_over(scratch, "/usr/local/bin");
     let installed = PathBuf::from("/usr/local/bin/idoverlay");
-    fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &installed).unwrap();
-    fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).unwrap();
+    copy_of_the_binary(&installed);
     installed
 }
 
@@ -291,7 +290,7 @@ fn install_helper_refuses_a_build_and_dirs_mount8_does_not_search() {
         );
         mkdir(&tree.join("release"), 0o755, 0, 0);
         let copy = tree.join("release/idoverlay");
-        fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &copy).unwrap();
+        copy_of_the_binary(&copy);
         let out = installed(&copy).arg("install-helper").output().unwrap();
         refused(&out, &["CACHEDIR.TAG is there"]);
         assert_eq!(fs::symlink_metadata(helper).ok().map(|m| m.ino()), before);

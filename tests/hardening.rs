@@ -392,7 +392,7 @@ fn a_set_uid_copy_refuses_to_run() {
         let dir = s.tmpfs_dir("h");
         // The scratch tmpfs is mounted nosuid? No: a plain tmpfs honours it.
         let copy = dir.join("idoverlay-suid");
-        fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &copy).unwrap();
+        copy_of_the_binary(&copy);
         run(Command::new("chmod").arg("u+s,a+rx").arg(&copy));
         let helper = dir.join("mount.idoverlay");
         std::os::unix::fs::symlink(&copy, &helper).unwrap();

@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -263,8 +263,7 @@ fn fixtures(s: &Scratch) -> Fixtures {
     let bin = s.path("bin");
     mkdir(&bin, 0o755, 0, 0);
     let public_binary = bin.join("idoverlay");
-    fs::copy(env!("CARGO_BIN_EXE_idoverlay"), &public_binary).unwrap();
-    fs::set_permissions(&public_binary, fs::Permissions::from_mode(0o755)).unwrap();
+    copy_of_the_binary(&public_binary);
 
     let mounted_overlay = d.join("mounted");
     mkdir(&mounted_overlay, 0o755, 0, 0);

@@ -277,6 +277,18 @@ pub fn idoverlay() -> Command {
     cmd
 }
 
+/// A copy of the idoverlay binary at `to`, executable, made by `cp`: a
+/// copy written from this process would leave its write fd open for a
+/// moment, and a child another test thread forks meanwhile inherits it,
+/// making the copy's exec fail with ETXTBSY.
+#[allow(dead_code)]
+pub fn copy_of_the_binary(to: &Path) {
+    run(Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .arg(to));
+    run(Command::new("chmod").arg("0755").arg(to));
+}
+
 /// This process's open fds, by number.
 pub fn fds() -> std::collections::BTreeSet<i32> {
     fs::read_dir("/proc/self/fd")
