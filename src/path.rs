@@ -84,8 +84,13 @@ pub(crate) fn normalize(path: &Path) -> Result<Cow<'_, Path>, Refusal> {
     if already || bytes == b"/" {
         return Ok(Cow::Borrowed(path));
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    for c in bytes[1..]
+    Ok(Cow::Owned(OsStr::from_bytes(&rebuilt(bytes)).into()))
+}
+
+/// An absolute path rebuilt without empty and `.` components.
+fn rebuilt(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for c in path[1..]
         .split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
     {
@@ -95,7 +100,7 @@ pub(crate) fn normalize(path: &Path) -> Result<Cow<'_, Path>, Refusal> {
     if out.is_empty() {
         out.push(b'/');
     }
-    Ok(Cow::Owned(OsStr::from_bytes(&out).into()))
+    out
 }
 
 /// Whether a normalized path has a `..` component (then it is not known
@@ -153,18 +158,7 @@ pub(crate) fn normalize_from(path: &[u8], from: usize) -> Option<Cow<'_, [u8]>> 
     if normal || path == b"/" {
         return Some(Cow::Borrowed(path));
     }
-    let mut out = Vec::with_capacity(path.len());
-    for c in path[1..]
-        .split(|b| *b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-    {
-        out.push(b'/');
-        out.extend_from_slice(c);
-    }
-    if out.is_empty() {
-        out.push(b'/');
-    }
-    Some(Cow::Owned(out))
+    Some(Cow::Owned(rebuilt(path)))
 }
 
 /// The part of `path` below `dir` (empty when they are equal), when `path`

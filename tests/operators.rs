@@ -38,6 +38,16 @@ fn setup(s: &Scratch, name: &str, upper_owner: u32) -> Setup {
     }
 }
 
+/// The sample layers in a fresh directory of the scratch tmpfs, and an
+/// empty target beside them.
+fn layers_and_target(s: &Scratch, name: &str) -> (Vec<PathBuf>, PathBuf) {
+    let dir = s.tmpfs_dir(name);
+    let layers = make_layers(&dir).dirs;
+    let target = dir.join("rootfs");
+    mkdir(&target, 0o755, 0, 0);
+    (layers, target)
+}
+
 fn mount_cmd(st: &Setup, extra: &[&str]) -> Command {
     let mut cmd = idoverlay();
     cmd.arg("mount").arg("--state-dir").arg(&st.state);
@@ -315,10 +325,7 @@ fn chown_upper_refuses_a_non_empty_upper() {
 #[test]
 fn swapped_maps_warn() {
     in_private_ns("operators::swapped_maps_warn", |s| {
-        let dir = s.tmpfs_dir("swap");
-        let layers = make_layers(&dir).dirs;
-        let target = dir.join("rootfs");
-        mkdir(&target, 0o755, 0, 0);
+        let (layers, target) = layers_and_target(s, "swap");
         let mount = |map: &str| {
             let mut cmd = idoverlay();
             cmd.args(["mount", "--json", "--uidmap", map, "--gidmap", map]);
@@ -381,10 +388,7 @@ fn mounted_carries_the_description_with_real_paths() {
 fn detached_mount_from_fd() {
     use std::os::fd::OwnedFd;
     in_private_ns("operators::detached_mount_from_fd", |s| {
-        let dir = s.tmpfs_dir("fd");
-        let layers = make_layers(&dir).dirs;
-        let target = dir.join("rootfs");
-        mkdir(&target, 0o755, 0, 0);
+        let (layers, target) = layers_and_target(s, "fd");
         let map: idoverlay::IdMap = MAP.parse().unwrap();
         let fd: OwnedFd = idoverlay::Overlay::new()
             .lowers(&layers)
@@ -419,10 +423,7 @@ fn detached_mount_from_fd() {
 #[test]
 fn unmount_inside_another_mount_namespace() {
     in_private_ns("operators::unmount_inside_another_mount_namespace", |s| {
-        let dir = s.tmpfs_dir("ns");
-        let layers = make_layers(&dir).dirs;
-        let target = dir.join("rootfs");
-        mkdir(&target, 0o755, 0, 0);
+        let (layers, target) = layers_and_target(s, "ns");
         let mut child = Command::new("unshare")
             .args([
                 "-m",
@@ -461,26 +462,22 @@ fn unmount_inside_another_mount_namespace() {
         }
         let map: idoverlay::IdMap = MAP.parse().unwrap();
         let before_here = mounts().len();
-        idoverlay::Overlay::new()
-            .lowers(&layers)
-            .idmap(map.clone(), map)
-            .assemble()
-            .unwrap()
-            .attach_in_namespace(&ns, &target)
-            .unwrap();
+        let attach_there = || {
+            idoverlay::Overlay::new()
+                .lowers(&layers)
+                .idmap(map.clone(), map.clone())
+                .assemble()
+                .unwrap()
+                .attach_in_namespace(&ns, &target)
+                .unwrap();
+        };
+        attach_there();
         assert_eq!(theirs(), 1);
         let not_lazy = idoverlay::unmount_overlay_in_namespace(&ns, &target, false);
         not_lazy.unwrap();
         assert_eq!(theirs(), 0, "unmounted there");
         // Lazily, the same.
-        let map: idoverlay::IdMap = MAP.parse().unwrap();
-        idoverlay::Overlay::new()
-            .lowers(&layers)
-            .idmap(map.clone(), map)
-            .assemble()
-            .unwrap()
-            .attach_in_namespace(&ns, &target)
-            .unwrap();
+        attach_there();
         assert_eq!(theirs(), 1);
         idoverlay::unmount_overlay_in_namespace(&ns, &target, true).unwrap();
         assert_eq!(theirs(), 0);
