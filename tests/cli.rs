@@ -331,3 +331,31 @@ fn relative_paths_from_the_working_directory() {
         }
     });
 }
+
+/// `idoverlay list | head -1`: a reader that is gone ends the command with
+/// status 0 and nothing on stderr, for lines (probe, list) and for the
+/// completion script, where println! panicked before.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    for args in [
+        &["probe"][..],
+        &["probe", "--json"],
+        &["list", "--json"],
+        &["completions", "bash"],
+    ] {
+        // The read end is closed before the child starts: its first write
+        // gets EPIPE.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let out = idoverlay()
+            .args(args)
+            .env("IDOVERLAY_STATE_DIR", "/nonexistent-idoverlay-state")
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

@@ -164,35 +164,62 @@ fn show_and_list_report_every_strategy() {
 }
 
 /// On a kernel that takes layer fds (6.13+), the mount table names the
-/// real upper and work dirs, not /proc/thread-self/fd links.
+/// real upper and work dirs, not /proc/thread-self/fd links: for three
+/// layers (one `lowerdir` string) and for 60 (their names would not fit
+/// one fsconfig value of 255 bytes: one `lowerdir+` per layer).
 #[test]
 fn mountinfo_shows_the_real_upper_and_work() {
     in_private_ns("operators::mountinfo_shows_the_real_upper_and_work", |s| {
-        let st = setup(s, "mi", 100000);
         let probe = json(&run(idoverlay().args(["probe", "--json"])));
         let fd_layers = probe["features"]["overlay_fd_layers"]["observed"] == true;
-        run(&mut mount_cmd(&st, &[]));
-        let entry = mounts()
-            .into_iter()
-            .find(|e| e.mount_point == st.target)
-            .expect("the overlay in mountinfo");
-        let opts = entry.super_options.clone();
-        if fd_layers {
-            assert!(
-                opts.contains(&format!("upperdir={}", st.upper.display())),
-                "{opts}"
-            );
-            assert!(
-                opts.contains(&format!("workdir={}", st.work.display())),
-                "{opts}"
-            );
-        } else {
-            eprintln!("note: this kernel takes no layer fds; mountinfo shows {opts}");
+        let short = setup(s, "mi", 100000);
+        let mut long = setup(s, "long", 100000);
+        let stack = long.target.parent().unwrap().join("stack");
+        mkdir(&stack, 0o755, 0, 0);
+        long.layers = (0..60)
+            .rev()
+            .map(|i| {
+                let layer = stack.join(format!("layer-{i:02}")).join("fs");
+                std::fs::create_dir_all(&layer).unwrap();
+                std::fs::write(layer.join(format!("f{i}")), format!("{i}\n")).unwrap();
+                layer
+            })
+            .collect();
+        for st in [&short, &long] {
+            run(&mut mount_cmd(st, &[]));
+            let entry = mounts()
+                .into_iter()
+                .find(|e| e.mount_point == st.target)
+                .expect("the overlay in mountinfo");
+            let opts = entry.super_options.clone();
+            if fd_layers {
+                assert!(
+                    opts.contains(&format!("upperdir={},", st.upper.display())),
+                    "{} layers: {opts}",
+                    st.layers.len()
+                );
+                assert!(
+                    opts.contains(&format!("workdir={},", st.work.display())),
+                    "{} layers: {opts}",
+                    st.layers.len()
+                );
+                assert!(!opts.contains("/proc/"), "{opts}");
+            } else {
+                eprintln!("note: this kernel takes no layer fds; mountinfo shows {opts}");
+            }
+            // Every layer is there, idmapped: on-disk root shows as 100000.
+            for l in &st.layers {
+                for f in std::fs::read_dir(l).unwrap() {
+                    let name = f.unwrap().file_name();
+                    let seen = std::fs::metadata(st.target.join(&name)).unwrap();
+                    assert_eq!(seen.uid(), 100000, "{name:?}");
+                }
+            }
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&st.state)
+                .arg(&st.target));
         }
-        run(idoverlay()
-            .args(["umount", "--state-dir"])
-            .arg(&st.state)
-            .arg(&st.target));
     });
 }
 

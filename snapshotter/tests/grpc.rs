@@ -305,13 +305,31 @@ fn idmapped_overlay_attached_and_taken_down() {
             // No idmapped mount is attached anywhere: the layers' clones
             // were handed to overlay as fds (or, on older kernels, lived in
             // a private namespace only).
-            let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let mountinfo = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
             assert!(
                 !mountinfo
                     .lines()
                     .any(|l| l.split(' ').nth(5).unwrap().contains("idmapped")),
                 "{mountinfo}"
             );
+            // The overlay's entry names its upper and work dirs as they are
+            // (6.13+ takes them by fd and records their paths), so tools
+            // that read overlay options find the snapshot's upper.
+            let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+            let mut version = release
+                .split(['.', '-'])
+                .map(|n| n.parse::<u32>().unwrap_or(0));
+            if (version.next().unwrap(), version.next().unwrap()) >= (6, 13) {
+                let target_str = target.display().to_string();
+                let entry = mountinfo
+                    .lines()
+                    .find(|l| l.split(' ').nth(4) == Some(target_str.as_str()))
+                    .unwrap_or_else(|| panic!("no line for {target_str}: {mountinfo}"));
+                for dir in ["snapshots/3/fs", "snapshots/3/work"] {
+                    let shown = format!("={},", root.join(dir).display());
+                    assert!(entry.contains(&shown), "{dir}: {entry}");
+                }
+            }
             // Writes land in the upper, in host ids; the layers are untouched.
             fs::write(target.join("data/new"), b"new").unwrap();
             assert_eq!(

@@ -183,29 +183,29 @@ fn demo_in(root: &Path, created: &mut Created, json: bool, verbose: bool) -> Res
             "unmounted": !still_mounted,
         }));
     } else {
-        println!(
+        outln!(
             "idoverlay demo in {} (strategy {strategy}, map {MAP})",
             root.display()
         );
-        println!();
-        println!("  {:<22} {:>14} {:>18}", "path", "on disk", "through mount");
+        outln!();
+        outln!("  {:<22} {:>14} {:>18}", "path", "on disk", "through mount");
         for (rel, du, dg, su, sg) in &rows {
-            println!(
+            outln!(
                 "  {rel:<22} {:>14} {:>18}",
                 format!("{du}:{dg}"),
                 format!("{su}:{sg}")
             );
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "  home/app/notes.txt reads {:?} (the top layer wins)",
             notes.trim()
         );
-        println!(
+        outln!(
             "  a file written through the mount landed in upper/: {}",
             if landed { "yes" } else { "NO" }
         );
-        println!(
+        outln!(
             "  unmounted: {}; removing only what the demo created",
             if still_mounted { "NO" } else { "yes" }
         );

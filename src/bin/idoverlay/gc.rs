@@ -33,16 +33,16 @@ pub fn run(args: GcArgs) -> Result<()> {
         Output { json: true }.result(value);
     } else {
         if report.staging.is_empty() {
-            println!("{}: nothing to clean up", args.state_dir.display());
+            outln!("{}: nothing to clean up", args.state_dir.display());
         }
         for s in &report.staging {
             for d in &s.detached {
-                println!("detached {}", d.display());
+                outln!("detached {}", d.display());
             }
             match (&s.removed, &s.kept_because) {
-                (true, _) => println!("removed  {}", s.path.display()),
-                (false, Some(why)) => println!("kept     {}: {why}", s.path.display()),
-                (false, None) => println!("kept     {}", s.path.display()),
+                (true, _) => outln!("removed  {}", s.path.display()),
+                (false, Some(why)) => outln!("kept     {}: {why}", s.path.display()),
+                (false, None) => outln!("kept     {}", s.path.display()),
             }
         }
     }

@@ -10,7 +10,9 @@ use crate::cli::Cli;
 /// Prints the completion script for `shell` on stdout.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "idoverlay", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "idoverlay", &mut script);
+    crate::output::write_bytes(&script);
     Ok(())
 }
 

@@ -183,7 +183,7 @@ pub fn install(args: InstallHelperArgs) -> Result<()> {
         Output { json: true }
             .result(json!({ "helper": link.to_string_lossy(), "binary": exe.to_string_lossy() }));
     } else {
-        println!("{} -> {}", link.display(), exe.display());
+        outln!("{} -> {}", link.display(), exe.display());
     }
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! `idoverlay`: assemble, remove and inspect idmapped overlay mounts.
 //! Called as `mount.idoverlay` it is util-linux's mount helper instead.
 
+#[macro_use]
+mod output;
 mod cli;
 mod demo;
 mod gc;
 mod generate;
 mod helper;
 mod mount;
-mod output;
 mod probe;
 mod relative;
 mod show;
@@ -151,7 +152,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let message = format!("{message}; see `{help}`");
     eprintln!("idoverlay: {message}");
     if std::env::args().any(|a| a == "--json") {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "error": {
                 "kind": "invalid_input",

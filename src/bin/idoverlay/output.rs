@@ -1,10 +1,49 @@
 //! How results and errors reach the user: one line on stderr for people,
 //! a JSON object on stdout for programs (`--json`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use idoverlay::{Advice, ErrorKind};
 use serde_json::{json, Value};
+
+/// `println!` for what a command prints on stdout: a reader that went away
+/// (`idoverlay list | head -1`) ends the command quietly, with status 0,
+/// as in ripgrep, instead of a panic; any other write error ends it with
+/// one line on stderr.
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`outln!`].
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    end_on_write_error(written);
+}
+
+/// `bytes` on stdout, as [`outln!`] writes a line.
+pub fn write_bytes(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(bytes).and_then(|()| out.flush());
+    end_on_write_error(written);
+}
+
+fn end_on_write_error(written: std::io::Result<()>) {
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("idoverlay: cannot write to standard output: {e}");
+            std::process::exit(i32::from(EXIT_FAILURE));
+        }
+    }
+}
 
 /// Where and how to report.
 pub struct Output {
@@ -90,7 +129,7 @@ impl Output {
     /// Prints a success object on stdout when `--json` was given.
     pub fn result(&self, value: Value) {
         if self.json {
-            println!("{value}");
+            outln!("{value}");
         }
     }
 
@@ -120,7 +159,7 @@ impl Output {
                     "kernel_messages": [],
                 }),
             };
-            println!("{}", json!({ "error": error }));
+            outln!("{}", json!({ "error": error }));
         }
         ExitCode::from(lib.map_or(EXIT_FAILURE, |err| exit_status(err.kind())))
     }

@@ -75,11 +75,13 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         Output { json: true }.result(value);
         return Ok(());
     }
-    println!("kernel {}", report.kernel);
-    println!();
-    println!(
+    outln!("kernel {}", report.kernel);
+    outln!();
+    outln!(
         "  {:<25} {:<9} {:<12} note",
-        "feature", "expected", "observed"
+        "feature",
+        "expected",
+        "observed"
     );
     for feature in Feature::ALL {
         let r = report.feature(feature);
@@ -91,7 +93,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
                 feature.since().1
             );
         }
-        println!(
+        outln!(
             "  {:<25} {:<9} {:<12} {}",
             feature.name(),
             yes_no(r.expected),
@@ -100,8 +102,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         );
     }
     if !report.paths.is_empty() {
-        println!();
-        println!("  {:<30} {:<10} {:<12} expected", "path", "fs", "idmap");
+        outln!();
+        outln!("  {:<30} {:<10} {:<12} expected", "path", "fs", "idmap");
         for p in &report.paths {
             let idmap = match (p.idmap, p.errno.as_deref()) {
                 (Some(true), _) => "yes".to_string(),
@@ -109,7 +111,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
                 (Some(false), None) => "no".to_string(),
                 (None, _) => p.note.clone().unwrap_or_else(|| "-".into()),
             };
-            println!(
+            outln!(
                 "  {:<30} {:<10} {:<12} {}",
                 p.path.display(),
                 p.fs_type,
@@ -118,18 +120,18 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             );
         }
     }
-    println!();
+    outln!();
     match report.strategy {
-        Some(s) => println!(
+        Some(s) => outln!(
             "auto would use: {s}{}",
             if report.guess { " (a guess)" } else { "" }
         ),
-        None => println!("auto would use: nothing works here"),
+        None => outln!("auto would use: nothing works here"),
     }
-    println!("  {}", report.reason);
+    outln!("  {}", report.reason);
     if !disagreements.is_empty() {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "disagreements with the version table: {}",
             disagreements.join(", ")
         );

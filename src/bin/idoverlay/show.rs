@@ -89,7 +89,7 @@ pub fn show(args: ShowArgs) -> Result<()> {
         out.result(description_json(&m));
         return Ok(());
     }
-    let row = |key: &str, value: &str| println!("{key:<9} {value}");
+    let row = |key: &str, value: &str| outln!("{key:<9} {value}");
     row("target", &m.target.to_string_lossy());
     for (i, layer) in m.layers.iter().enumerate() {
         row(if i == 0 { "layers" } else { "" }, &layer.to_string_lossy());
@@ -145,7 +145,7 @@ pub fn list(args: ListArgs) -> Result<()> {
         return Ok(());
     }
     for m in &mounts {
-        println!(
+        outln!(
             "{}  {}  {} layer{}{}",
             m.target.display(),
             m.strategy,
