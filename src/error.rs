@@ -123,6 +123,8 @@ pub enum Advice {
     RunGc,
     /// Without data-only layers.
     NoDataLayers,
+    /// Give each layer on its own, not as one colon-separated list.
+    OneLayerEach,
     /// Have idoverlay give an empty upper to container root (in a
     /// warning: [`crate::Overlay::chown_upper`]).
     ChownUpper,
@@ -156,6 +158,7 @@ impl Advice {
             Advice::ProbeAgain => "",
             Advice::RunGc => ", gc finishes it",
             Advice::NoDataLayers => "mount without data layers, or on a newer kernel",
+            Advice::OneLayerEach => ": give each layer on its own, top-most first",
             Advice::ChownUpper => "or have idoverlay chown the upper (an empty one)",
         }
     }

@@ -3,6 +3,7 @@
 //! wrong with the path rather than which syscall failed.
 
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::{OpenedDir, Role};
@@ -43,6 +44,18 @@ pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     })
 }
 
+/// Whether a path that does not exist reads as `/a:/b`: a colon, and the
+/// part before it is a directory (a name with a colon is legal, so only
+/// the message changes).
+fn looks_like_a_list(normal: &Path) -> bool {
+    let bytes = normal.as_os_str().as_bytes();
+    let Some(colon) = bytes.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let first = Path::new(std::ffi::OsStr::from_bytes(&bytes[..colon]));
+    sys::stat_nofollow(sys::cwd(), first).is_ok_and(|st| st.is_dir())
+}
+
 /// Turns a failed open of `normal` (the normalized `path`) into a message
 /// about the path rather than the syscall.
 fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError) -> Error {
@@ -51,6 +64,18 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
         libc::ENOENT => match sys::stat_nofollow(sys::cwd(), normal) {
             Ok(st) if st.is_symlink() => {
                 "is a dangling symlink; give the directory itself".to_string()
+            }
+            _ if looks_like_a_list(normal) => {
+                return Error::from(crate::error::Repr::InvalidInput {
+                    what: noun.to_string(),
+                    input: display_path(path),
+                    reason: "does not exist; it looks like a colon-separated list \
+                             (overlay's lowerdir= spelling)"
+                        .into(),
+                    path: Some(path.to_path_buf()),
+                    source: Some(e),
+                })
+                .with_advice(crate::error::Advice::OneLayerEach);
             }
             _ => "does not exist".to_string(),
         },

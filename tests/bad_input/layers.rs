@@ -18,6 +18,17 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names_path(&missing)
         .says("does not exist"),
     );
+    // A pasted lowerdir= value given as one layer: said for what it is.
+    let list = format!("{}:{}", good[0].display(), good[1].display());
+    v.push(
+        case(
+            "layer/colon-list",
+            Argv::mount().lower(&list).lower(&good[2]).maps().a(t),
+        )
+        .names_path(&list)
+        .says("colon-separated list")
+        .says("--lower"),
+    );
     // Relative layers are taken from the working directory, as mount(8)
     // takes them; the message names the absolute path.
     v.push(

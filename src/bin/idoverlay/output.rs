@@ -78,6 +78,9 @@ pub fn exit_status(kind: ErrorKind) -> u8 {
 fn cli_phrase(advice: Advice) -> Option<&'static str> {
     Some(match advice {
         Advice::AddLowerLayer => "; give --lower DIR (top-most first)",
+        Advice::OneLayerEach => {
+            ": give each layer its own --lower (or --data-lower), top-most first"
+        }
         Advice::AddUpperAndWork => " (--upper/--work)",
         Advice::AddWorkDir => " (--work DIR, empty, on the same mount)",
         Advice::AddUpperDir => " (--upper DIR)",
