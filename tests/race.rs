@@ -558,17 +558,38 @@ fn the_check_after_mounting_looks_only_at_the_overlay_it_mounted() {
 
 #[test]
 fn of_two_overlays_mounted_at_once_on_one_upper_only_one_stays() {
-    in_private_ns("race::claims", |s| {
+    two_overlays_at_once_on_one_upper("race::claims", false, 100);
+}
+
+/// The same on a pair used before: its claims name a mount that is gone,
+/// and each of the two must not just replace them.
+#[test]
+fn of_two_overlays_mounted_at_once_on_a_used_upper_only_one_stays() {
+    two_overlays_at_once_on_one_upper("race::stale_claims", true, 500);
+}
+
+fn two_overlays_at_once_on_one_upper(name: &str, used_before: bool, rounds: usize) {
+    in_private_ns(name, move |s| {
         let dir = s.tmpfs_dir("r");
         let layers = make_layers(&dir.join("layers")).dirs;
         let (t1, t2) = (dir.join("t1"), dir.join("t2"));
         mkdir(&t1, 0o755, 0, 0);
         mkdir(&t2, 0o755, 0, 0);
         let (mut one, mut refused) = (0, 0);
-        for round in 0..100 {
+        for round in 0..rounds {
             let pair = dir.join(format!("pairs/{round}"));
             mkdir(&pair.join("upper"), 0o755, 0, 0);
             mkdir(&pair.join("work"), 0o755, 0, 0);
+            if used_before {
+                Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .upper(pair.join("upper"))
+                    .work(pair.join("work"))
+                    .idmap(map(), map())
+                    .mount(&t1)
+                    .unwrap();
+                idoverlay::unmount_overlay(&t1, false).unwrap();
+            }
             let start = std::sync::Barrier::new(2);
             let results: Vec<_> = std::thread::scope(|scope| {
                 let handles: Vec<_> = [(&t1, Strategy::Detached), (&t2, Strategy::Auto)]
@@ -614,7 +635,17 @@ fn of_two_overlays_mounted_at_once_on_one_upper_only_one_stays() {
                 }
             }
         }
-        eprintln!("claims race: {one} of 100 rounds with one overlay; {refused} refused as in use");
-        assert!(one > 50 && refused > 0, "the race must reach the claims");
+        eprintln!(
+            "claims race{}: {one} of {rounds} rounds with one overlay; {refused} refused as in use",
+            if used_before {
+                " (pairs used before)"
+            } else {
+                ""
+            }
+        );
+        assert!(
+            one > rounds / 2 && refused > 0,
+            "the race must reach the claims"
+        );
     });
 }

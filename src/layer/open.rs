@@ -18,8 +18,10 @@ pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     let noun = role.noun();
     let normal =
         crate::path::normalize(path).map_err(|r| Error::invalid_path(noun, path, r.reason()))?;
-    // The work dir's entries are read next: opened readable.
-    let readable = role == Role::Work;
+    // The work dir's entries are read next, and the pair's claims are
+    // read, written and locked through these fds (fgetxattr, fsetxattr,
+    // flock: none works on O_PATH): both opened readable.
+    let readable = matches!(role, Role::Work | Role::Upper);
     // Without a symlink on the way, the normalized path is the canonical
     // one; otherwise (or on any error, explained below) the usual open,
     // of the normalized spelling, never following its last component.

@@ -187,34 +187,99 @@ fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]
 /// mounted. `Err` when another live overlay claimed either meanwhile: the
 /// caller takes its overlay down again. A pair whose filesystem takes no
 /// such xattr, or a kernel that gives no mount id, is not claimed.
+///
+/// Reading a claim and writing ours is one step to every other claimer:
+/// both dirs are locked (`flock`) meanwhile. Without the lock, two
+/// overlays mounted at once on a pair used before both found the claim of
+/// a mount that is gone, both replaced it, and both stayed (seen in
+/// `race.rs`: about one round in fifty).
 pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -> Result<()> {
     let Some(text) = mount_id_of(root).and_then(claim_text) else {
         return Ok(());
     };
-    for dir in [upper, work] {
-        let fd = dir.fd.as_fd();
-        match sys::set_xattr(fd, CLAIM, &text, XattrSet::Create) {
-            Ok(()) => continue,
-            Err(e) if e.errno == libc::EEXIST => {}
-            Err(_) => return Ok(()),
+    let ours = mount_id_of(root);
+    let locked = lock_pair(upper, work)?;
+    let claimed = (|| {
+        for dir in [upper, work] {
+            let fd = dir.fd.as_fd();
+            let previous = match sys::get_xattr(fd, CLAIM, CLAIM_MAX) {
+                Ok(previous) => previous,
+                // No xattrs here (or a value no claim has): not claimed.
+                Err(_) => return Ok(()),
+            };
+            if let Some(at) = previous
+                .as_deref()
+                .and_then(parse_claim)
+                .filter(|id| Some(*id) != ours)
+                .and_then(live_mount_point)
+            {
+                return Err(in_use_error(
+                    dir,
+                    dir.role.noun().trim_end_matches(" dir"),
+                    &at,
+                ));
+            }
+            // None yet, or a claim of a mount that is gone: ours.
+            let how = match previous {
+                None => XattrSet::Create,
+                Some(_) => XattrSet::Replace,
+            };
+            if sys::set_xattr(fd, CLAIM, &text, how).is_err() {
+                return Ok(());
+            }
         }
-        let previous = sys::get_xattr(fd, CLAIM, CLAIM_MAX).ok().flatten();
-        if let Some(at) = previous
-            .as_deref()
-            .and_then(parse_claim)
-            .filter(|id| Some(*id) != mount_id_of(root))
-            .and_then(live_mount_point)
-        {
-            return Err(in_use_error(
-                dir,
-                dir.role.noun().trim_end_matches(" dir"),
-                &at,
-            ));
-        }
-        // A claim of a mount that is gone: ours replaces it.
-        let _ = sys::set_xattr(fd, CLAIM, &text, XattrSet::Replace);
+        Ok(())
+    })();
+    for fd in locked {
+        let _ = sys::unlock(fd);
     }
-    Ok(())
+    claimed
+}
+
+/// How long a claim waits for another one on the same dirs; a claim takes
+/// microseconds, so only a process that holds a lock on the dir for
+/// other reasons makes it wait this long.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Locks both dirs for a claim, in one order (device, inode) so that two
+/// claimers of crossed pairs cannot wait for each other. Returns the fds
+/// locked; a filesystem that takes no `flock` is claimed unlocked, as
+/// before. `Err` when another process holds a lock for over [`LOCK_WAIT`].
+fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Vec<BorrowedFd<'a>>> {
+    let mut dirs = [upper, work];
+    dirs.sort_by_key(|d| (d.stat.dev, d.stat.ino));
+    let mut locked = Vec::with_capacity(2);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    for dir in dirs {
+        loop {
+            match sys::try_lock_exclusive(dir.fd.as_fd()) {
+                Ok(true) => {
+                    locked.push(dir.fd.as_fd());
+                    break;
+                }
+                Ok(false) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Ok(false) => {
+                    for fd in locked {
+                        let _ = sys::unlock(fd);
+                    }
+                    return Err(Error::invalid_path(
+                        dir.role.noun(),
+                        &dir.path,
+                        format!(
+                            "is locked (flock) by another process for over {} s; find it with \
+                             `fuser -v {}` and let it finish",
+                            LOCK_WAIT.as_secs(),
+                            display_path(&dir.path)
+                        ),
+                    ));
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(locked)
 }
 
 #[cfg(test)]

@@ -205,6 +205,12 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
     }
 }
 
+/// `flock(fd, LOCK_UN)`: gives a lock back before the fd closes.
+pub fn unlock(fd: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::Unlock)
+        .map_err(fail("flock", || format!("{}, LOCK_UN", fd_arg(fd))))
+}
+
 /// `getrandom(8 bytes)`: a random number for names nobody can guess.
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
@@ -212,32 +218,32 @@ pub fn random_u64() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-/// `getxattr("/proc/thread-self/fd/N", name)`: whether the file `fd` is
-/// open on carries the extended attribute `name` (`Ok(false)` for
+/// `fgetxattr(fd, name)`: whether the file `fd` is open on (for reading:
+/// not `O_PATH`) carries the extended attribute `name` (`Ok(false)` for
 /// `ENODATA`, and for filesystems without xattrs).
 pub fn has_xattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<bool> {
-    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
     let mut value = [0u8; 0];
-    match rustix::fs::getxattr(link.as_str(), name, &mut value[..]) {
+    match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
         Ok(_) | Err(Errno::RANGE) => Ok(true),
         Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(false),
-        Err(e) => Err(fail("getxattr", || format!("{link:?}, {name:?}"))(e)),
+        Err(e) => Err(fail("fgetxattr", || format!("{}, {name:?}, 0", fd_arg(fd)))(e)),
     }
 }
 
-/// `getxattr("/proc/thread-self/fd/N", name)` of at most `max` bytes:
+/// `fgetxattr(fd, name)` of at most `max` bytes (`fd` open for reading):
 /// `Ok(None)` when there is no such attribute (or the filesystem has no
 /// xattrs); a longer value is an error (`ERANGE`).
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, max: usize) -> SysResult<Option<Vec<u8>>> {
-    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
     let mut value = vec![0u8; max];
-    match rustix::fs::getxattr(link.as_str(), name, &mut value[..]) {
+    match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
         Ok(len) => {
             value.truncate(len);
             Ok(Some(value))
         }
         Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(None),
-        Err(e) => Err(fail("getxattr", || format!("{link:?}, {name:?}, {max}"))(e)),
+        Err(e) => Err(fail("fgetxattr", || {
+            format!("{}, {name:?}, {max}", fd_arg(fd))
+        })(e)),
     }
 }
 
@@ -250,16 +256,17 @@ pub enum XattrSet {
     Replace,
 }
 
-/// `setxattr("/proc/thread-self/fd/N", name, value, XATTR_CREATE|XATTR_REPLACE)`.
+/// `fsetxattr(fd, name, value, XATTR_CREATE|XATTR_REPLACE)` (`fd` open for
+/// reading).
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], how: XattrSet) -> SysResult<()> {
-    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
     let flags = match how {
         XattrSet::Create => rustix::fs::XattrFlags::CREATE,
         XattrSet::Replace => rustix::fs::XattrFlags::REPLACE,
     };
-    rustix::fs::setxattr(link.as_str(), name, value, flags).map_err(fail("setxattr", || {
+    rustix::fs::fsetxattr(fd, name, value, flags).map_err(fail("fsetxattr", || {
         format!(
-            "{link:?}, {name:?}, {} bytes, {}",
+            "{}, {name:?}, {} bytes, {}",
+            fd_arg(fd),
             value.len(),
             match how {
                 XattrSet::Create => "XATTR_CREATE",
