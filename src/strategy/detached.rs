@@ -165,13 +165,18 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
 /// thread's, lent for the call, when no other thread shares it; else on a
 /// short-lived thread that unshares its fs struct first (the caller's
 /// working directory, and every other thread's, stay as they are). With
-/// `None`, runs `f` here.
+/// `None`, runs `f` here. `fs` is what [`crate::cwd::fs_struct_of_this_thread`]
+/// said, asked when this call needs it if `None` (an answer from earlier in
+/// this assembly holds: only this thread could have started a thread
+/// sharing its fs struct since, and idoverlay starts none that does).
 fn in_clone_cwd<T: Send>(
     clone: Option<&OwnedFd>,
+    fs: Option<crate::cwd::FsStruct>,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let Some(clone) = clone else { return f() };
-    if crate::cwd::fs_struct_of_this_thread() != crate::cwd::FsStruct::Shared {
+    let fs = fs.unwrap_or_else(crate::cwd::fs_struct_of_this_thread);
+    if fs != crate::cwd::FsStruct::Shared {
         return crate::cwd::with_cwd_in(clone.as_fd(), f)
             .map_err(|e| Error::os("change into the layers' clone", None, e))?;
     }
@@ -221,7 +226,7 @@ fn assemble_sharing(req: &Request<'_>, share: Share) -> Result<OwnedFd> {
     // Every layer handed over; the ones the kernel refused beneath their
     // shared clone (a symlink on the way, say) come back to be cloned on
     // their own.
-    let refused: Vec<usize> = in_clone_cwd(cwd, || {
+    let refused: Vec<usize> = in_clone_cwd(cwd, None, || {
         let mut refused = Vec::new();
         for (i, (path, role)) in prepared.plan.layers.iter().enumerate() {
             match prepared.plan.rel(i) {
@@ -444,9 +449,15 @@ pub(crate) fn mount_at(
         true => crate::cwd::FsStruct::Shared,
         false => crate::cwd::fs_struct_of_this_thread(),
     };
+    // With an upper where overlay takes layer fds, fsconfig (below) names
+    // the layers from the lent cwd or a thread of its own: no mount(2)
+    // thread is needed.
+    let by_fsconfig = req.upper.is_some()
+        && !with_creator
+        && req.caps.observed(kernel_compat::Feature::OverlayFdLayers);
     let thread = match fs {
-        crate::cwd::FsStruct::Shared => Some(MountThread::start()?),
-        crate::cwd::FsStruct::Alone | crate::cwd::FsStruct::Own => None,
+        crate::cwd::FsStruct::Shared if !by_fsconfig => Some(MountThread::start()?),
+        _ => None,
     };
     let prepared = prepare(req, Share::Lexical, |_| true)?;
     // The shared root is cloned with the mounts below it; a layer on one of
@@ -499,9 +510,9 @@ pub(crate) fn mount_at(
     // which costs the kernel about 4 us a layer more than one mount(2)
     // string (1.53x the floor at 500 layers instead of 1.27x, measured):
     // paid for a mount table people and tools can read.
-    if let (Some(upper), Some(work), false) = (&prepared.upper, &prepared.work, with_creator) {
+    if let (Some(upper), Some(work), true) = (&prepared.upper, &prepared.work, by_fsconfig) {
         let lowers = &data[b"lowerdir=".len()..];
-        if req.caps.observed(kernel_compat::Feature::OverlayFdLayers) {
+        {
             let lowers = match lowers.len() <= FSCONFIG_VALUE_MAX {
                 true => Lowers::One(lowers),
                 false => Lowers::Each(
@@ -514,24 +525,23 @@ pub(crate) fn mount_at(
                 Lowers::One(_) => "lowerdir, one string",
                 Lowers::Each(_) => "lowerdir+ per layer",
             };
-            let mounted = mount_by_fsconfig(req, lowers, upper, work, cwd, target, target_path);
-            let fs = match thread {
-                Some(_) => crate::cwd::FsStruct::Shared,
-                None => fs,
-            };
+            let mounted =
+                mount_by_fsconfig(req, lowers, upper, work, (cwd, fs), target, target_path);
             match fs {
                 crate::cwd::FsStruct::Alone => drop(clones),
                 _ => crate::reaper::hand_over(Box::new(clones)),
             }
             return match mounted {
-                Ok(()) => {
+                Ok(overlay) => {
                     req.trace(|| {
                         format!(
                             "fsconfig({form}, inside the clone) + upper and work by fd, \
                              fsmount, move_mount to the target: ok"
                         )
                     });
-                    after_mount(req, &prepared, target, target_path).map(Some)
+                    // The overlay's own fd: no path to check it by.
+                    claim_or_take_down(upper, work, overlay, target_path)
+                        .map(|root| Some((Vec::new(), Some(root))))
                 }
                 Err(e) => {
                     req.trace(|| format!("fsconfig fast path refused ({e}); assembling instead"));
@@ -576,6 +586,11 @@ pub(crate) fn mount_at(
         attrs: req.attrs,
         creator,
     };
+    // Never lend a cwd another thread shares.
+    let thread = match (thread, fs) {
+        (None, crate::cwd::FsStruct::Shared) => Some(MountThread::start()?),
+        (thread, _) => thread,
+    };
     let mounted = match thread {
         Some(thread) => thread.run(job)?,
         None => mount_here(job, fs),
@@ -610,16 +625,16 @@ fn mount_by_fsconfig(
     lowers: Lowers<'_>,
     upper: &OpenedDir,
     work: &OpenedDir,
-    cwd: Option<&OwnedFd>,
+    (cwd, fs): (Option<&OwnedFd>, crate::cwd::FsStruct),
     target: BorrowedFd<'_>,
     target_path: &Path,
-) -> Result<()> {
+) -> Result<OwnedFd> {
     let ctx = OverlayContext::new(req.params)?;
     let nul = |_| Error::invalid_path("layer", &upper.path, "contains a NUL byte");
     let ctx = match lowers {
         Lowers::One(lowers) => {
             let lowers = CString::new(lowers).map_err(nul)?;
-            in_clone_cwd(cwd, move || {
+            in_clone_cwd(cwd, Some(fs), move || {
                 ctx.set_string(c"lowerdir", &lowers)?;
                 Ok(ctx)
             })?
@@ -630,7 +645,7 @@ fn mount_by_fsconfig(
                 .map(|(role, name)| CString::new(name).map(|n| (role, n)))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(nul)?;
-            in_clone_cwd(cwd, move || {
+            in_clone_cwd(cwd, Some(fs), move || {
                 for (role, name) in &names {
                     ctx.set_string(role_key(*role), name)?;
                 }
@@ -641,7 +656,25 @@ fn mount_by_fsconfig(
     super::upper_work::UpperWorkRefs::new(upper, work, None).configure(&ctx, req)?;
     let overlay = ctx.create_and_mount(req.attrs, true)?;
     sys::move_mount(overlay.as_fd(), target, "".as_ref())
-        .map_err(|e| Error::os("attach the overlay at", Some(target_path), e))
+        .map_err(|e| Error::os("attach the overlay at", Some(target_path), e))?;
+    Ok(overlay)
+}
+
+/// Claims the pair for the overlay just attached whose root `root` is
+/// ([`super::in_use::claim`]); a refusal takes that overlay out again,
+/// through its own fd, before it returns. Returns `root`.
+fn claim_or_take_down(
+    upper: &OpenedDir,
+    work: &OpenedDir,
+    root: OwnedFd,
+    target_path: &Path,
+) -> Result<OwnedFd> {
+    if let Err(refusal) = super::in_use::claim(upper, work, root.as_fd()) {
+        sys::detach_root_of(root.as_fd())
+            .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
+        return Err(refusal);
+    }
+    Ok(root)
 }
 
 /// The lower and data layers for fsconfig: one `lowerdir` string when it
@@ -683,19 +716,16 @@ fn after_mount(
     if !is_the_overlay_just_mounted(root.as_fd(), target) {
         return Ok((unchecked(), None));
     }
-    let refused = match req.attrs.contains(MountAttrs::READ_ONLY) {
-        true => Ok(()),
-        false => crate::overlayfs::check_writable(&root),
+    if !req.attrs.contains(MountAttrs::READ_ONLY) {
+        if let Err(refusal) = crate::overlayfs::check_writable(&root) {
+            // Ours, made a moment ago: taken out again, through its own
+            // fd, before the refusal returns.
+            sys::detach_root_of(root.as_fd())
+                .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
+            return Err(refusal);
+        }
     }
-    .and_then(|()| super::in_use::claim(upper, work, root.as_fd()));
-    if let Err(refusal) = refused {
-        // Ours, made a moment ago: taken out again, through its own fd,
-        // before the refusal returns.
-        sys::detach_root_of(root.as_fd())
-            .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
-        return Err(refusal);
-    }
-    Ok((Vec::new(), Some(root)))
+    claim_or_take_down(upper, work, root, target_path).map(|root| (Vec::new(), Some(root)))
 }
 
 /// Whether `root` is the root of a whole overlay mounted right on the
