@@ -194,10 +194,10 @@ fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]
 /// a mount that is gone, both replaced it, and both stayed (seen in
 /// `race.rs`: about one round in fifty).
 pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -> Result<()> {
-    let Some(text) = mount_id_of(root).and_then(claim_text) else {
+    let ours = mount_id_of(root);
+    let Some(text) = ours.and_then(claim_text) else {
         return Ok(());
     };
-    let ours = mount_id_of(root);
     let locked = lock_pair(upper, work)?;
     let claimed = (|| {
         for dir in [upper, work] {
