@@ -59,20 +59,20 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l read-only 
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l json -d 'Print the result (or the error) as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s h -l help -d 'Print help'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -l state-dir -d 'The state directory whose record of the mount goes with it' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s l -l lazy -d 'Detach now even if busy; the kernel frees it when the last user goes'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -l json -d 'Print the result (or the error) as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s h -l help -d 'Print help'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l state-dir -d 'The state directory the record was kept in' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l json -d 'Print the mount as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -s h -l help -d 'Print help'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l state-dir -d 'The state directory the records were kept in' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l json -d 'Print `{"mounts": [...]}` on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -s h -l help -d 'Print help'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l state-dir -d 'The state directory host-staged used' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l json -d 'Print the report as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s h -l help -d 'Print help'

@@ -144,3 +144,18 @@ pub struct ManpagesArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 }
+
+/// `--state-dir DIR` of the commands that read idoverlay's own directory
+/// (`show`, `list`, `umount`, `gc`).
+#[derive(clap::Args, Debug)]
+pub struct StateDir {
+    /// idoverlay's own directory: the records of its mounts, host-staged's
+    /// staging and the probe report of this boot.
+    #[arg(
+        long = "state-dir",
+        value_name = "DIR",
+        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
+        env = "IDOVERLAY_STATE_DIR"
+    )]
+    pub dir: std::path::PathBuf,
+}

@@ -1,7 +1,5 @@
 //! `idoverlay gc`: finish what interrupted host-staged runs left behind.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Args;
 
@@ -12,28 +10,22 @@ use crate::output::{AlreadyReported, Output};
   idoverlay gc
   idoverlay gc --state-dir /run/idoverlay --json")]
 pub struct GcArgs {
-    /// The state directory host-staged used.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
-        env = "IDOVERLAY_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub state: crate::cli::StateDir,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: GcArgs) -> Result<()> {
-    let report = idoverlay::gc::collect(&args.state_dir)?;
+    let report = idoverlay::gc::collect(&args.state.dir)?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["clean"] = report.clean().into();
         Output { json: true }.result(value);
     } else {
         if report.staging.is_empty() {
-            outln!("{}: nothing to clean up", args.state_dir.display());
+            outln!("{}: nothing to clean up", args.state.dir.display());
         }
         for s in &report.staging {
             for d in &s.detached {
@@ -51,7 +43,7 @@ pub fn run(args: GcArgs) -> Result<()> {
             format!(
                 "some staging in {} could not be cleaned up (see the report); nothing in use was \
                  removed",
-                args.state_dir.display()
+                args.state.dir.display()
             ),
             crate::output::EXIT_CLEANUP,
         )

@@ -17,14 +17,8 @@ use crate::output::Output;
   idoverlay show /c1/rootfs
   idoverlay show --json /c1/rootfs")]
 pub struct ShowArgs {
-    /// The state directory the record was kept in.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
-        env = "IDOVERLAY_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub state: crate::cli::StateDir,
     /// Print the mount as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -38,14 +32,8 @@ pub struct ShowArgs {
   idoverlay list
   idoverlay list --json")]
 pub struct ListArgs {
-    /// The state directory the records were kept in.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
-        env = "IDOVERLAY_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub state: crate::cli::StateDir,
     /// Print `{"mounts": [...]}` on stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,14 +60,14 @@ pub fn description_json(m: &MountDescription) -> Value {
 
 pub fn show(args: ShowArgs) -> Result<()> {
     let target = crate::relative::absolute("target", &args.target)?;
-    let Some(m) = idoverlay::records::find(&args.state_dir, &target)? else {
+    let Some(m) = idoverlay::records::find(&args.state.dir, &target)? else {
         anyhow::bail!(idoverlay::Error::invalid_input(
             "target",
             target.display().to_string(),
             format!(
                 "has no record in {}: it is not an overlay `idoverlay mount` (or the helper) \
                  attached in this mount namespace; `findmnt {}` shows what is mounted there",
-                args.state_dir.display(),
+                args.state.dir.display(),
                 target.display()
             )
         ));
@@ -137,7 +125,7 @@ pub fn show(args: ShowArgs) -> Result<()> {
 }
 
 pub fn list(args: ListArgs) -> Result<()> {
-    let mounts = idoverlay::records::list(&args.state_dir)?;
+    let mounts = idoverlay::records::list(&args.state.dir)?;
     if args.json {
         Output { json: true }.result(json!({
             "mounts": mounts.iter().map(description_json).collect::<Vec<_>>(),

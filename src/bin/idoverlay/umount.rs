@@ -19,14 +19,8 @@ pub struct UmountArgs {
     /// Print the result (or the error) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The state directory whose record of the mount goes with it.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = idoverlay::gc::DEFAULT_STATE_DIR,
-        env = "IDOVERLAY_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub state: crate::cli::StateDir,
     /// The overlay's mount point.
     #[arg(value_name = "TARGET")]
     pub target: PathBuf,
@@ -37,12 +31,12 @@ pub fn run(args: UmountArgs) -> Result<()> {
     let target = crate::relative::absolute("target", &args.target)?;
     // The record is looked up before (by the mount's id) and removed after,
     // only once its mount is gone.
-    let record = idoverlay::records::find(&args.state_dir, &target)
+    let record = idoverlay::records::find(&args.state.dir, &target)
         .ok()
         .flatten();
     idoverlay::unmount_overlay(&target, args.lazy)?;
     if let Some(record) = record {
-        if let Err(e) = idoverlay::records::forget_if_gone(&args.state_dir, &record) {
+        if let Err(e) = idoverlay::records::forget_if_gone(&args.state.dir, &record) {
             eprintln!("idoverlay: warning: {}", crate::output::message(&e));
         }
     }
