@@ -204,7 +204,9 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
             let fd = dir.fd.as_fd();
             let previous = match sys::get_xattr(fd, CLAIM, CLAIM_MAX) {
                 Ok(previous) => previous,
-                // No xattrs here (or a value no claim has): not claimed.
+                // Longer than any claim: none, replaced by ours.
+                Err(e) if e.errno == libc::ERANGE => Some(Vec::new()),
+                // No xattrs to be had here: not claimed.
                 Err(_) => return Ok(()),
             };
             if let Some(at) = previous
