@@ -144,6 +144,23 @@ fn demo_runs_and_leaves_nothing() {
         assert_eq!(v["files"][0]["through_mount"]["uid"], 100000);
         assert_eq!(v["write_landed_in_upper"], true);
         assert_eq!(v["unmounted"], true);
+
+        // A reader that went away does not cut the demo short: it still
+        // removes all it made, and ends well.
+        for args in [&["demo"][..], &["demo", "--json"]] {
+            let (reader, writer) = rustix::pipe::pipe().unwrap();
+            drop(reader);
+            let out = idoverlay()
+                .args(args)
+                .arg("--base")
+                .arg(&base)
+                .stdout(std::process::Stdio::from(writer))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+            assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0, "{args:?}");
+            assert_eq!(mounts().len(), before.len(), "{args:?}");
+        }
     });
 }
 
@@ -358,4 +375,20 @@ fn a_closed_stdout_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: {err}");
     }
+    // A stdout that cannot be written for another reason fails the command
+    // in one line.
+    let out = idoverlay()
+        .args(["probe", "--json"])
+        .stdout(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
 }

@@ -63,7 +63,9 @@ pub(crate) struct OpenedDir {
     pub path: PathBuf,
     /// What it is used as.
     pub role: Role,
-    /// `O_PATH` handle from the one and only resolution of `path`.
+    /// Handle from the one and only resolution of `path`: `O_PATH` for a
+    /// layer, readable for the upper and work dirs (their entries, claims
+    /// and locks are read through it).
     pub fd: OwnedFd,
     /// Its identity and mount at that moment.
     pub stat: Stat,

@@ -46,16 +46,24 @@ pub fn open_dir(path: &Path, role: Role) -> Result<OpenedDir> {
     })
 }
 
-/// Whether a path that does not exist reads as `/a:/b`: a colon, and the
+/// Whether a layer that does not exist reads as `/a:/b`: a colon, and the
 /// part before it is a directory (a name with a colon is legal, so only
-/// the message changes).
-fn looks_like_a_list(normal: &Path) -> bool {
+/// the message changes). That part is looked at without following a
+/// symlink or mounting an automount point (`/net/host:/export`).
+fn looks_like_a_list(normal: &Path, role: Role) -> bool {
+    if !matches!(role, Role::Lower | Role::Data) {
+        return false;
+    }
     let bytes = normal.as_os_str().as_bytes();
     let Some(colon) = bytes.iter().position(|&b| b == b':') else {
         return false;
     };
-    let first = Path::new(std::ffi::OsStr::from_bytes(&bytes[..colon]));
-    sys::stat_nofollow(sys::cwd(), first).is_ok_and(|st| st.is_dir())
+    let first = &bytes[..colon];
+    if first.ends_with(b"/") {
+        return false;
+    }
+    let first = Path::new(std::ffi::OsStr::from_bytes(first));
+    sys::stat_nofollow_no_automount(sys::cwd(), first).is_ok_and(|st| st.is_dir())
 }
 
 /// Turns a failed open of `normal` (the normalized `path`) into a message
@@ -67,7 +75,7 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
             Ok(st) if st.is_symlink() => {
                 "is a dangling symlink; give the directory itself".to_string()
             }
-            _ if looks_like_a_list(normal) => {
+            _ if looks_like_a_list(normal, role) => {
                 return Error::from(crate::error::Repr::InvalidInput {
                     what: noun.to_string(),
                     input: display_path(path),

@@ -168,7 +168,8 @@ fn inside(clone: &OwnedFd, rel: &Path, cwd_clone: Option<&OwnedFd>) -> Vec<u8> {
 /// `None`, runs `f` here. `fs` is what [`crate::cwd::fs_struct_of_this_thread`]
 /// said, asked when this call needs it if `None` (an answer from earlier in
 /// this assembly holds: only this thread could have started a thread
-/// sharing its fs struct since, and idoverlay starts none that does).
+/// sharing its fs struct since, idoverlay starts none that does, and with a
+/// trace callback it is asked again: see [`again_if_traced`]).
 fn in_clone_cwd<T: Send>(
     clone: Option<&OwnedFd>,
     fs: Option<crate::cwd::FsStruct>,
@@ -525,6 +526,7 @@ pub(crate) fn mount_at(
                 Lowers::One(_) => "lowerdir, one string",
                 Lowers::Each(_) => "lowerdir+ per layer",
             };
+            let fs = again_if_traced(req, fs);
             let mounted =
                 mount_by_fsconfig(req, lowers, upper, work, (cwd, fs), target, target_path);
             match fs {
@@ -587,6 +589,10 @@ pub(crate) fn mount_at(
         creator,
     };
     // Never lend a cwd another thread shares.
+    let fs = match thread {
+        Some(_) => fs,
+        None => again_if_traced(req, fs),
+    };
     let thread = match (thread, fs) {
         (None, crate::cwd::FsStruct::Shared) => Some(MountThread::start()?),
         (thread, _) => thread,
@@ -612,6 +618,18 @@ pub(crate) fn mount_at(
         format!("mount(2) at the target, layers named inside their clone, {from}: ok")
     });
     after_mount(req, &prepared, target, target_path).map(Some)
+}
+
+/// `fs` as asked at the start of this mount, or asked again when a trace
+/// is set: the caller's trace callback ran in between, and it could have
+/// started a thread that shares this thread's fs struct.
+fn again_if_traced(req: &Request<'_>, fs: crate::cwd::FsStruct) -> crate::cwd::FsStruct {
+    match (req.trace, fs) {
+        (Some(_), crate::cwd::FsStruct::Alone | crate::cwd::FsStruct::Own) => {
+            crate::cwd::fs_struct_of_this_thread()
+        }
+        _ => fs,
+    }
 }
 
 /// The fsconfig form of the fast path: the layers as names inside their

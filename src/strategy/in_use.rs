@@ -201,34 +201,7 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
     let locked = lock_pair(upper, work)?;
     let claimed = (|| {
         for dir in [upper, work] {
-            let fd = dir.fd.as_fd();
-            let previous = match sys::get_xattr(fd, CLAIM, CLAIM_MAX) {
-                Ok(previous) => previous,
-                // Longer than any claim: none, replaced by ours.
-                Err(e) if e.errno == libc::ERANGE => Some(Vec::new()),
-                // No xattrs to be had here: not claimed.
-                Err(_) => return Ok(()),
-            };
-            if let Some(at) = previous
-                .as_deref()
-                .and_then(parse_claim)
-                .filter(|id| Some(*id) != ours)
-                .and_then(live_mount_point)
-            {
-                return Err(in_use_error(
-                    dir,
-                    dir.role.noun().trim_end_matches(" dir"),
-                    &at,
-                ));
-            }
-            // None yet, or a claim of a mount that is gone: ours.
-            let how = match previous {
-                None => XattrSet::Create,
-                Some(_) => XattrSet::Replace,
-            };
-            if sys::set_xattr(fd, CLAIM, &text, how).is_err() {
-                return Ok(());
-            }
+            claim_one(dir, &text, ours)?;
         }
         Ok(())
     })();
@@ -236,6 +209,53 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
         let _ = sys::unlock(fd);
     }
     claimed
+}
+
+/// Claims `dir` (locked) unless a live overlay other than `ours` has. The
+/// write is conditional (`XATTR_CREATE` where there was none, else
+/// `XATTR_REPLACE`): should a claimer that does not lock (a filesystem
+/// without `flock`, an older idoverlay) have written or removed one
+/// meanwhile, the claim is read again, a few times, then refused.
+fn claim_one(dir: &OpenedDir, text: &[u8], ours: Option<MountId>) -> Result<()> {
+    let fd = dir.fd.as_fd();
+    for _ in 0..3 {
+        let previous = match sys::get_xattr(fd, CLAIM, CLAIM_MAX) {
+            Ok(previous) => previous,
+            // Longer than any claim: none, replaced by ours.
+            Err(e) if e.errno == libc::ERANGE => Some(Vec::new()),
+            // No xattrs to be had here: not claimed.
+            Err(_) => return Ok(()),
+        };
+        if let Some(at) = previous
+            .as_deref()
+            .and_then(parse_claim)
+            .filter(|id| Some(*id) != ours)
+            .and_then(live_mount_point)
+        {
+            return Err(in_use_error(
+                dir,
+                dir.role.noun().trim_end_matches(" dir"),
+                &at,
+            ));
+        }
+        // None yet, or a claim of a mount that is gone: ours.
+        let how = match previous {
+            None => XattrSet::Create,
+            Some(_) => XattrSet::Replace,
+        };
+        match sys::set_xattr(fd, CLAIM, text, how) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.errno, libc::EEXIST | libc::ENODATA) => continue,
+            // No xattrs to be had here: not claimed.
+            Err(_) => return Ok(()),
+        }
+    }
+    Err(Error::invalid_path(
+        dir.role.noun(),
+        &dir.path,
+        "its claim (trusted.idoverlay.mount) changed under us three times: another process \
+         is claiming it without locking; give this overlay a pair of its own",
+    ))
 }
 
 /// How long a claim waits for another one on the same dirs; a claim takes
@@ -276,6 +296,14 @@ fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Vec<Borrow
                             display_path(&dir.path)
                         ),
                     ));
+                }
+                // Only an fd opened without read access (O_PATH) makes
+                // this EBADF: a bug here, not a filesystem without locks.
+                Err(e) if e.errno == libc::EBADF => {
+                    for fd in locked {
+                        let _ = sys::unlock(fd);
+                    }
+                    return Err(Error::os("lock for its claim", Some(&dir.path), e));
                 }
                 Err(_) => break,
             }

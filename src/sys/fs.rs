@@ -398,6 +398,18 @@ pub fn stat_nofollow(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Stat> {
     )
 }
 
+/// `statx(dirfd, path, AT_SYMLINK_NOFOLLOW|AT_NO_AUTOMOUNT, …)`: as
+/// [`stat_nofollow`], and a last component that is an automount point is
+/// not mounted (for looking at a name only to word a message).
+pub fn stat_nofollow_no_automount(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Stat> {
+    statx_inner(
+        dirfd,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        "AT_SYMLINK_NOFOLLOW|AT_NO_AUTOMOUNT",
+    )
+}
+
 /// `statx(fd, "", AT_EMPTY_PATH, …)`: the file an fd refers to.
 pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     statx_inner(fd, Path::new(""), AtFlags::EMPTY_PATH, "AT_EMPTY_PATH")

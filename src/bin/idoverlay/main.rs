@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     };
     let out = Output { json };
     match result {
+        Ok(()) if output::write_failed() => ExitCode::from(output::EXIT_FAILURE),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => out.fail(&e),
     }

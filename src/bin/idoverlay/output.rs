@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use idoverlay::{Advice, ErrorKind};
 use serde_json::{json, Value};
 
-/// `println!` for what a command prints on stdout: a reader that went away
-/// (`idoverlay list | head -1`) ends the command quietly, with status 0,
-/// as in ripgrep, instead of a panic; any other write error ends it with
-/// one line on stderr.
+/// `println!` for what a command prints on stdout. A reader that went away
+/// (`idoverlay list | head -1`) is no error and no panic: the rest of the
+/// output is dropped and the command finishes its work (a demo still
+/// removes what it made) with its own status. Any other write error is
+/// said once on stderr and makes a successful command fail
+/// ([`write_failed`]).
 macro_rules! outln {
     () => {
         $crate::output::write_line(format_args!(""))
@@ -20,29 +22,44 @@ macro_rules! outln {
     };
 }
 
+/// Set when stdout could not be written (the reader gone, or an error).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set when a write to stdout failed for another reason than a gone reader.
+static WRITE_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The body of [`outln!`].
 pub fn write_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let written = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
-    end_on_write_error(written);
+    note_write_error(written);
 }
 
 /// `bytes` on stdout, as [`outln!`] writes a line.
 pub fn write_bytes(bytes: &[u8]) {
+    if STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let written = out.write_all(bytes).and_then(|()| out.flush());
-    end_on_write_error(written);
+    note_write_error(written);
 }
 
-fn end_on_write_error(written: std::io::Result<()>) {
-    match written {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("idoverlay: cannot write to standard output: {e}");
-            std::process::exit(i32::from(EXIT_FAILURE));
-        }
+fn note_write_error(written: std::io::Result<()>) {
+    let Err(e) = written else { return };
+    STDOUT_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        WRITE_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("idoverlay: cannot write to standard output: {e}");
     }
+}
+
+/// Whether writing to stdout failed (not counting a reader that went away):
+/// a command that otherwise succeeded then exits with [`EXIT_FAILURE`].
+pub fn write_failed() -> bool {
+    WRITE_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Where and how to report.
