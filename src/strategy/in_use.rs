@@ -198,17 +198,22 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
     let Some(text) = ours.and_then(claim_text) else {
         return Ok(());
     };
-    let locked = lock_pair(upper, work)?;
-    let claimed = (|| {
-        for dir in [upper, work] {
-            claim_one(dir, &text, ours)?;
-        }
-        Ok(())
-    })();
-    for fd in locked {
-        let _ = sys::unlock(fd);
+    let _locked = lock_pair(upper, work)?;
+    for dir in [upper, work] {
+        claim_one(dir, &text, ours)?;
     }
-    claimed
+    Ok(())
+}
+
+/// Locks taken by [`lock_pair`], given back when dropped.
+struct Locks<'a>(Vec<BorrowedFd<'a>>);
+
+impl Drop for Locks<'_> {
+    fn drop(&mut self) {
+        for fd in &self.0 {
+            let _ = sys::unlock(*fd);
+        }
+    }
 }
 
 /// Claims `dir` (locked) unless a live overlay other than `ours` has. The
@@ -264,28 +269,25 @@ fn claim_one(dir: &OpenedDir, text: &[u8], ours: Option<MountId>) -> Result<()> 
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Locks both dirs for a claim, in one order (device, inode) so that two
-/// claimers of crossed pairs cannot wait for each other. Returns the fds
-/// locked; a filesystem that takes no `flock` is claimed unlocked, as
+/// claimers of crossed pairs cannot wait for each other. Returns the locks
+/// taken; a filesystem that takes no `flock` is claimed unlocked, as
 /// before. `Err` when another process holds a lock for over [`LOCK_WAIT`].
-fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Vec<BorrowedFd<'a>>> {
+fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Locks<'a>> {
     let mut dirs = [upper, work];
     dirs.sort_by_key(|d| (d.stat.dev, d.stat.ino));
-    let mut locked = Vec::with_capacity(2);
+    let mut locked = Locks(Vec::with_capacity(2));
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     for dir in dirs {
         loop {
             match sys::try_lock_exclusive(dir.fd.as_fd()) {
                 Ok(true) => {
-                    locked.push(dir.fd.as_fd());
+                    locked.0.push(dir.fd.as_fd());
                     break;
                 }
                 Ok(false) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Ok(false) => {
-                    for fd in locked {
-                        let _ = sys::unlock(fd);
-                    }
                     return Err(Error::invalid_path(
                         dir.role.noun(),
                         &dir.path,
@@ -300,9 +302,6 @@ fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Vec<Borrow
                 // Only an fd opened without read access (O_PATH) makes
                 // this EBADF: a bug here, not a filesystem without locks.
                 Err(e) if e.errno == libc::EBADF => {
-                    for fd in locked {
-                        let _ = sys::unlock(fd);
-                    }
                     return Err(Error::os("lock for its claim", Some(&dir.path), e));
                 }
                 Err(_) => break,
