@@ -70,22 +70,17 @@ fn looks_like_a_list(normal: &Path, role: Role) -> bool {
 /// about the path rather than the syscall.
 fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError) -> Error {
     let noun = role.noun();
+    let mut advice = None;
     let reason = match e.errno {
         libc::ENOENT => match sys::stat_nofollow(sys::cwd(), normal) {
             Ok(st) if st.is_symlink() => {
                 "is a dangling symlink; give the directory itself".to_string()
             }
             _ if looks_like_a_list(normal, role) => {
-                return Error::from(crate::error::Repr::InvalidInput {
-                    what: noun.to_string(),
-                    input: display_path(path),
-                    reason: "does not exist; it looks like a colon-separated list \
-                             (overlay's lowerdir= spelling)"
-                        .into(),
-                    path: Some(path.to_path_buf()),
-                    source: Some(e),
-                })
-                .with_advice(crate::error::Advice::OneLayerEach);
+                advice = Some(crate::error::Advice::OneLayerEach);
+                "does not exist; it looks like a colon-separated list (overlay's lowerdir= \
+                 spelling)"
+                    .to_string()
             }
             _ => "does not exist".to_string(),
         },
@@ -111,11 +106,15 @@ fn explain_open_failure(path: &Path, normal: &Path, role: Role, e: sys::SysError
         libc::ENAMETOOLONG => "is too long".to_string(),
         _ => return Error::os(format!("open {noun}"), Some(path), e),
     };
-    Error::from(crate::error::Repr::InvalidInput {
+    let error = Error::from(crate::error::Repr::InvalidInput {
         what: noun.to_string(),
         input: display_path(path),
         reason,
         path: Some(path.to_path_buf()),
         source: Some(e),
-    })
+    });
+    match advice {
+        Some(advice) => error.with_advice(advice),
+        None => error,
+    }
 }

@@ -513,44 +513,41 @@ pub(crate) fn mount_at(
     // paid for a mount table people and tools can read.
     if let (Some(upper), Some(work), true) = (&prepared.upper, &prepared.work, by_fsconfig) {
         let lowers = &data[b"lowerdir=".len()..];
-        {
-            let lowers = match lowers.len() <= FSCONFIG_VALUE_MAX {
-                true => Lowers::One(lowers),
-                false => Lowers::Each(
-                    (0..prepared.plan.layers.len())
-                        .map(|i| (prepared.plan.layers.get(i).1, name(i).into_owned()))
-                        .collect(),
-                ),
-            };
-            let form = match lowers {
-                Lowers::One(_) => "lowerdir, one string",
-                Lowers::Each(_) => "lowerdir+ per layer",
-            };
-            let fs = again_if_traced(req, fs);
-            let mounted =
-                mount_by_fsconfig(req, lowers, upper, work, (cwd, fs), target, target_path);
-            match fs {
-                crate::cwd::FsStruct::Alone => drop(clones),
-                _ => crate::reaper::hand_over(Box::new(clones)),
-            }
-            return match mounted {
-                Ok(overlay) => {
-                    req.trace(|| {
-                        format!(
-                            "fsconfig({form}, inside the clone) + upper and work by fd, \
-                             fsmount, move_mount to the target: ok"
-                        )
-                    });
-                    // The overlay's own fd: no path to check it by.
-                    claim_or_take_down(upper, work, overlay, target_path)
-                        .map(|root| Some((Vec::new(), Some(root))))
-                }
-                Err(e) => {
-                    req.trace(|| format!("fsconfig fast path refused ({e}); assembling instead"));
-                    Ok(None)
-                }
-            };
+        let lowers = match lowers.len() <= FSCONFIG_VALUE_MAX {
+            true => Lowers::One(lowers),
+            false => Lowers::Each(
+                (0..prepared.plan.layers.len())
+                    .map(|i| (prepared.plan.layers.get(i).1, name(i).into_owned()))
+                    .collect(),
+            ),
+        };
+        let form = match lowers {
+            Lowers::One(_) => "lowerdir, one string",
+            Lowers::Each(_) => "lowerdir+ per layer",
+        };
+        let fs = again_if_traced(req, fs);
+        let mounted = mount_by_fsconfig(req, lowers, upper, work, (cwd, fs), target, target_path);
+        match fs {
+            crate::cwd::FsStruct::Alone => drop(clones),
+            _ => crate::reaper::hand_over(Box::new(clones)),
         }
+        return match mounted {
+            Ok(overlay) => {
+                req.trace(|| {
+                    format!(
+                        "fsconfig({form}, inside the clone) + upper and work by fd, \
+                         fsmount, move_mount to the target: ok"
+                    )
+                });
+                // The overlay's own fd: no path to check it by.
+                claim_or_take_down(upper, work, overlay, target_path)
+                    .map(|root| Some((Vec::new(), Some(root))))
+            }
+            Err(e) => {
+                req.trace(|| format!("fsconfig fast path refused ({e}); assembling instead"));
+                Ok(None)
+            }
+        };
     }
     if let (Some(upper), Some(work)) = (&prepared.upper, &prepared.work) {
         data.push(b',');
@@ -633,8 +630,9 @@ fn again_if_traced(req: &Request<'_>, fs: crate::cwd::FsStruct) -> crate::cwd::F
 }
 
 /// The fsconfig form of the fast path: the layers as names inside their
-/// clone, one `lowerdir` string or one `lowerdir+`/`datadir+` each (resolved now, from a working directory at the
-/// clone's root, lent or on a thread of its own), the very upper and work
+/// clone, one `lowerdir` string or one `lowerdir+`/`datadir+` each
+/// (resolved now, from a working directory at the clone's root, lent or on
+/// a thread of its own), the very upper and work
 /// dirs that were checked by fd, `fsmount`, and `move_mount` onto the
 /// target's fd. Any refusal means nothing was attached: the caller then
 /// assembles the careful way, which brings back the kernel's message.
@@ -687,12 +685,19 @@ fn claim_or_take_down(
     root: OwnedFd,
     target_path: &Path,
 ) -> Result<OwnedFd> {
-    if let Err(refusal) = super::in_use::claim(upper, work, root.as_fd()) {
-        sys::detach_root_of(root.as_fd())
-            .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
-        return Err(refusal);
+    match super::in_use::claim(upper, work, root.as_fd()) {
+        Ok(()) => Ok(root),
+        Err(refusal) => Err(taken_down(&root, target_path, refusal)),
     }
-    Ok(root)
+}
+
+/// Takes the overlay just made, whose root `root` is, out again through
+/// its own fd, and returns `refusal` (or why it could not be taken out).
+fn taken_down(root: &OwnedFd, target_path: &Path, refusal: Error) -> Error {
+    match sys::detach_root_of(root.as_fd()) {
+        Ok(()) => refusal,
+        Err(e) => Error::os("unmount the overlay just made", Some(target_path), e),
+    }
 }
 
 /// The lower and data layers for fsconfig: one `lowerdir` string when it
@@ -736,11 +741,7 @@ fn after_mount(
     }
     if !req.attrs.contains(MountAttrs::READ_ONLY) {
         if let Err(refusal) = crate::overlayfs::check_writable(&root) {
-            // Ours, made a moment ago: taken out again, through its own
-            // fd, before the refusal returns.
-            sys::detach_root_of(root.as_fd())
-                .map_err(|e| Error::os("unmount the overlay just made", Some(target_path), e))?;
-            return Err(refusal);
+            return Err(taken_down(&root, target_path, refusal));
         }
     }
     claim_or_take_down(upper, work, root, target_path).map(|root| (Vec::new(), Some(root)))

@@ -120,23 +120,21 @@ fn per_boot(state_dir: &Path) -> Result<Option<OwnedFd>> {
                     // the 199 with a higher one all taken. So a second one
                     // is made and kept; failing that, this process's
                     // namespace serves without being kept.
-                    if let Err(e) = keep(&made) {
-                        if e.errno != libc::ELOOP {
-                            return Err(Error::os("keep the staging namespace in", Some(&path), e));
-                        }
-                        let Some(again) = make()? else {
-                            return Ok(Some(made));
-                        };
-                        made = again;
-                        if let Err(e) = keep(&made) {
-                            if e.errno != libc::ELOOP {
+                    for second_try in [false, true] {
+                        match keep(&made) {
+                            Ok(()) => break,
+                            Err(e) if e.errno != libc::ELOOP => {
                                 return Err(Error::os(
                                     "keep the staging namespace in",
                                     Some(&path),
                                     e,
                                 ));
                             }
-                            return Ok(Some(made));
+                            Err(_) if second_try => return Ok(Some(made)),
+                            Err(_) => match make()? {
+                                Some(again) => made = again,
+                                None => return Ok(Some(made)),
+                            },
                         }
                     }
                     drop(marker);

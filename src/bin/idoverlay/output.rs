@@ -29,26 +29,22 @@ static WRITE_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 /// The body of [`outln!`].
 pub fn write_line(line: std::fmt::Arguments<'_>) {
-    if STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let written = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
-    note_write_error(written);
+    write_out(|out| out.write_fmt(line).and_then(|()| out.write_all(b"\n")));
 }
 
 /// `bytes` on stdout, as [`outln!`] writes a line.
 pub fn write_bytes(bytes: &[u8]) {
+    write_out(|out| out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+/// Runs `write` on stdout unless it is gone, and notes how it failed.
+fn write_out(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
     if STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    let mut out = std::io::stdout().lock();
-    let written = out.write_all(bytes).and_then(|()| out.flush());
-    note_write_error(written);
-}
-
-fn note_write_error(written: std::io::Result<()>) {
-    let Err(e) = written else { return };
+    let Err(e) = write(&mut std::io::stdout().lock()) else {
+        return;
+    };
     STDOUT_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
     if e.kind() != std::io::ErrorKind::BrokenPipe {
         WRITE_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
