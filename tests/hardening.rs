@@ -200,6 +200,22 @@ fn an_upper_or_work_dir_in_use_by_another_overlay_is_refused() {
             Strategy::HostStaged,
         ] {
             overlay(&u1, &w1, first).mount(&t1).unwrap();
+            // One claim per dir, naming the same mount but not identical:
+            // ext4 shares one xattr block between inodes whose xattrs are
+            // identical, and rewriting a shared block costs a copy and a
+            // discard at every mount.
+            let claim = |d: &Path| {
+                let mut buf = [0u8; 128];
+                let n = rustix::fs::getxattr(d, "trusted.idoverlay.mount", &mut buf[..])
+                    .unwrap_or_else(|e| panic!("claim on {}: {e}", d.display()));
+                String::from_utf8(buf[..n].to_vec()).unwrap()
+            };
+            let (cu, cw) = (claim(&u1), claim(&w1));
+            assert_eq!(
+                cu.rsplit_once(' ').unwrap(),
+                (cw.rsplit_once(' ').unwrap().0, "upper")
+            );
+            assert!(cw.ends_with(" work"), "{cw}");
             // What the first overlay has in flight in its work dir (a
             // copy-up's temporary file): a second overlay on that work dir
             // would empty work/ as it mounts, even if taken down at once.

@@ -46,16 +46,29 @@ enum MountId {
     Reusable(u64),
 }
 
-/// A claim's text: `idoverlay1 BOOT_ID u123` (or `m45`).
-fn claim_text(id: MountId) -> Option<Vec<u8>> {
+/// A claim's text: `idoverlay1 BOOT_ID u123 upper` (or `m45`, `work`).
+///
+/// The last word, the dir's role, is there only to make the upper's and the
+/// work dir's claims differ. ext4 keeps xattrs that do not fit the inode in
+/// a block it shares between inodes whose xattrs are identical; with one
+/// text on both dirs, every claim copied their shared block and freed the
+/// old one, a synchronous discard on a filesystem mounted `-o discard`:
+/// 145 µs for the pair, against 9–13 µs for texts that differ (measured
+/// with 2,000 pairs on this machine's ext4).
+fn claim_text(id: MountId, role: &str) -> Option<Vec<u8>> {
     let boot = boot_id()?;
     Some(
         match id {
-            MountId::Unique(n) => format!("idoverlay1 {boot} u{n}"),
-            MountId::Reusable(n) => format!("idoverlay1 {boot} m{n}"),
+            MountId::Unique(n) => format!("idoverlay1 {boot} u{n} {role}"),
+            MountId::Reusable(n) => format!("idoverlay1 {boot} m{n} {role}"),
         }
         .into_bytes(),
     )
+}
+
+/// The role word of `dir` in claims and messages: `upper` or `work`.
+fn role_word(dir: &OpenedDir) -> &'static str {
+    dir.role.noun().trim_end_matches(" dir")
 }
 
 /// The mount a claim names, if it was made in this boot.
@@ -71,7 +84,9 @@ fn parse_claim(bytes: &[u8]) -> Option<MountId> {
         ("m", n) => MountId::Reusable(n.parse().ok()?),
         _ => return None,
     };
-    words.next().is_none().then_some(parsed)
+    // Claims made before the role word was added end after the id.
+    let role_ok = matches!(words.next(), None | Some("upper" | "work"));
+    (role_ok && words.next().is_none()).then_some(parsed)
 }
 
 /// Where a live overlay that claimed a pair is mounted, or `None` when the
@@ -143,11 +158,7 @@ pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<bool> 
             .and_then(|bytes| parse_claim(&bytes));
         both &= claim.is_some();
         if let Some(at) = claim.and_then(live_mount_point) {
-            return Err(in_use_error(
-                dir,
-                dir.role.noun().trim_end_matches(" dir"),
-                &at,
-            ));
+            return Err(in_use_error(dir, role_word(dir), &at));
         }
     }
     Ok(both)
@@ -194,13 +205,15 @@ fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]
 /// a mount that is gone, both replaced it, and both stayed (seen in
 /// `race.rs`: about one round in fifty).
 pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -> Result<()> {
-    let ours = mount_id_of(root);
-    let Some(text) = ours.and_then(claim_text) else {
+    let Some(ours) = mount_id_of(root) else {
         return Ok(());
     };
     let _locked = lock_pair(upper, work)?;
     for dir in [upper, work] {
-        claim_one(dir, &text, ours)?;
+        let Some(text) = claim_text(ours, role_word(dir)) else {
+            return Ok(());
+        };
+        claim_one(dir, &text, Some(ours))?;
     }
     Ok(())
 }
@@ -237,11 +250,7 @@ fn claim_one(dir: &OpenedDir, text: &[u8], ours: Option<MountId>) -> Result<()> 
             .filter(|id| Some(*id) != ours)
             .and_then(live_mount_point)
         {
-            return Err(in_use_error(
-                dir,
-                dir.role.noun().trim_end_matches(" dir"),
-                &at,
-            ));
+            return Err(in_use_error(dir, role_word(dir), &at));
         }
         // None yet, or a claim of a mount that is gone: ours.
         let how = match previous {
@@ -318,15 +327,21 @@ mod tests {
     #[test]
     fn claims_parse_only_for_this_boot_and_in_their_format() {
         let Some(boot) = boot_id() else { return };
-        let text = claim_text(MountId::Unique(42)).unwrap();
+        let text = claim_text(MountId::Unique(42), "upper").unwrap();
         assert_eq!(parse_claim(&text), Some(MountId::Unique(42)));
-        let old = claim_text(MountId::Reusable(7)).unwrap();
+        let old = claim_text(MountId::Reusable(7), "work").unwrap();
         assert_eq!(parse_claim(&old), Some(MountId::Reusable(7)));
+        let before_roles = format!("idoverlay1 {boot} u42");
+        assert_eq!(
+            parse_claim(before_roles.as_bytes()),
+            Some(MountId::Unique(42))
+        );
         for bad in [
             "idoverlay1 00000000-0000-0000-0000-000000000000 u42".to_string(),
             format!("idoverlay2 {boot} u42"),
             format!("idoverlay1 {boot} x42"),
             format!("idoverlay1 {boot} u42 extra"),
+            format!("idoverlay1 {boot} u42 upper extra"),
             format!("idoverlay1 {boot} u-1"),
             String::new(),
         ] {
