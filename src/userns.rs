@@ -87,8 +87,7 @@ impl UserNamespace {
     /// A user namespace with these maps, shared with every other caller
     /// that holds one for the same maps.
     ///
-    /// Creating a namespace costs a helper process (about a quarter of a
-    /// millisecond); a burst of assemblies with one container's maps needs
+    /// Creating a namespace costs a helper process (about 0.15 ms); a burst of assemblies with one container's maps needs
     /// only one. The process-wide cache holds namespaces weakly: a namespace
     /// lives while someone holds the returned `Arc` (or an overlay being
     /// assembled with it) and is dropped with the last holder, so nothing is
