@@ -87,8 +87,9 @@ impl UserNamespace {
     /// A user namespace with these maps, shared with every other caller
     /// that holds one for the same maps.
     ///
-    /// Creating a namespace costs a helper process (about 0.15 ms); a burst of assemblies with one container's maps needs
-    /// only one. The process-wide cache holds namespaces weakly: a namespace
+    /// Creating a namespace costs a helper process (about 0.15 ms); a
+    /// burst of assemblies with one container's maps needs only one. The
+    /// process-wide cache holds namespaces weakly: a namespace
     /// lives while someone holds the returned `Arc` (or an overlay being
     /// assembled with it) and is dropped with the last holder, so nothing is
     /// pinned for a map no one uses any more. Mounts already made keep their

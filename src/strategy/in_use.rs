@@ -208,14 +208,13 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
     let Some(ours) = mount_id_of(root) else {
         return Ok(());
     };
+    let texts = [upper, work].map(|dir| claim_text(ours, role_word(dir)));
+    let [Some(upper_text), Some(work_text)] = texts else {
+        return Ok(());
+    };
     let _locked = lock_pair(upper, work)?;
-    for dir in [upper, work] {
-        let Some(text) = claim_text(ours, role_word(dir)) else {
-            return Ok(());
-        };
-        claim_one(dir, &text, Some(ours))?;
-    }
-    Ok(())
+    claim_one(upper, &upper_text, Some(ours))?;
+    claim_one(work, &work_text, Some(ours))
 }
 
 /// Locks taken by [`lock_pair`], given back when dropped.

@@ -99,13 +99,20 @@ pub const CLONE_NEWUSER: i32 = libc::CLONE_NEWUSER;
 
 /// A child process parked in a new user namespace, used only to read its
 /// namespace. Dropping it kills and reaps the child.
-#[derive(Debug)]
 pub struct UsernsChild {
     pid: i32,
     pidfd: OwnedFd,
     /// The stack the child runs on (it shares our memory). Freed only once
     /// the child can run no more: after it was killed.
     stack: Option<Box<[u8]>>,
+}
+
+impl std::fmt::Debug for UsernsChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsernsChild")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UsernsChild {
