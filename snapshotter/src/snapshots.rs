@@ -362,26 +362,33 @@ impl Snapshots {
         let (record, parents, _busy) = self.claim(key)?;
         let dir = self.storage.snapshot_path(record.id);
         let name = OsStr::new(&record.id.to_string()).to_os_string();
+        // Under the busy mark only, as in commit: reading the mount table
+        // grows with the node's mounts and an unmount syncs the upper's
+        // filesystem, and neither needs the store. Under its lock they
+        // made the removals of 8 containers at once wait for each other.
+        // Only an active snapshot or a view has an overlay to take down,
+        // and neither can be a parent (prepare takes committed parents
+        // only), so txn.remove below cannot refuse one for its children.
+        let beneath = self.storage.mounts_beneath(&dir)?;
+        if !beneath.is_empty() {
+            let list: Vec<String> = beneath.iter().map(|p| p.display().to_string()).collect();
+            log::warn(&format!(
+                "refusing to remove snapshot {key}: mounted inside it: {}",
+                list.join(", ")
+            ));
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key} not removed: something is mounted inside {}: {}; unmount it first",
+                dir.display(),
+                list.join(", ")
+            )));
+        }
+        if idmapped(&record, &parents)?.is_some() {
+            mounts::take_down(&self.storage, record.id)?;
+        }
         {
             let _guard = self.locked();
             let txn = self.store.write()?;
-            txn.remove(key)?; // NotFound, or children left: nothing changed yet
-            let beneath = self.storage.mounts_beneath(&dir)?;
-            if !beneath.is_empty() {
-                let list: Vec<String> = beneath.iter().map(|p| p.display().to_string()).collect();
-                log::warn(&format!(
-                    "refusing to remove snapshot {key}: mounted inside it: {}",
-                    list.join(", ")
-                ));
-                return Err(Error::FailedPrecondition(format!(
-                    "snapshot {key} not removed: something is mounted inside {}: {}; unmount it first",
-                    dir.display(),
-                    list.join(", ")
-                )));
-            }
-            if idmapped(&record, &parents)?.is_some() {
-                mounts::take_down(&self.storage, record.id)?;
-            }
+            txn.remove(key)?;
             txn.commit()?;
         }
         // The record is gone: from here a failure only leaves a directory
