@@ -213,8 +213,8 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
         return Ok(());
     };
     let _locked = lock_pair(upper, work)?;
-    claim_one(upper, &upper_text, Some(ours))?;
-    claim_one(work, &work_text, Some(ours))
+    claim_one(upper, &upper_text, ours)?;
+    claim_one(work, &work_text, ours)
 }
 
 /// Locks taken by [`lock_pair`], given back when dropped.
@@ -233,7 +233,7 @@ impl Drop for Locks<'_> {
 /// `XATTR_REPLACE`): should a claimer that does not lock (a filesystem
 /// without `flock`, an older idoverlay) have written or removed one
 /// meanwhile, the claim is read again, a few times, then refused.
-fn claim_one(dir: &OpenedDir, text: &[u8], ours: Option<MountId>) -> Result<()> {
+fn claim_one(dir: &OpenedDir, text: &[u8], ours: MountId) -> Result<()> {
     let fd = dir.fd.as_fd();
     for _ in 0..3 {
         let previous = match sys::get_xattr(fd, CLAIM, CLAIM_MAX) {
@@ -246,7 +246,7 @@ fn claim_one(dir: &OpenedDir, text: &[u8], ours: Option<MountId>) -> Result<()> 
         if let Some(at) = previous
             .as_deref()
             .and_then(parse_claim)
-            .filter(|id| Some(*id) != ours)
+            .filter(|id| *id != ours)
             .and_then(live_mount_point)
         {
             return Err(in_use_error(dir, role_word(dir), &at));
