@@ -522,7 +522,8 @@ pub(crate) fn static_cli() -> Option<&'static Path> {
             .args([
                 "build",
                 "--quiet",
-                "--release",
+                "--profile",
+                "dist",
                 "--locked",
                 "--target",
                 "x86_64-unknown-linux-gnu",
@@ -533,7 +534,7 @@ pub(crate) fn static_cli() -> Option<&'static Path> {
             .ok()?;
         built
             .success()
-            .then(|| repo.join("target/x86_64-unknown-linux-gnu/release/idoverlay"))
+            .then(|| repo.join("target/x86_64-unknown-linux-gnu/dist/idoverlay"))
     })
     .as_deref()
 }
