@@ -81,6 +81,84 @@ fn read(fd: &OwnedFd, path: impl FnOnce() -> PathBuf) -> Result<Vec<OsString>, R
     })
 }
 
+/// Most names one directory may hold for [`mount_points`] to vouch for it.
+const CHECK_NAMES: usize = 1 << 20;
+
+/// Every mount point inside the directory `name` in `parent` (or `name`
+/// itself), relative to `parent`: what [`remove_tree`] would stop at, found
+/// before it deletes anything, by the same walk by fd (no symlink followed,
+/// no mount entered). Its cost follows the tree's size, not the mount
+/// table's: a container's snapshot holds a few entries, a node thousands of
+/// mounts. `Ok(None)` when this walk cannot vouch for the tree: deeper than
+/// [`MAX_DEPTH`], a directory of more than a million names, or a kernel
+/// that does not tell a mount root (`STATX_ATTR_MOUNT_ROOT`, before 5.8).
+/// A mount made after an entry was looked at is not seen, as with a read of
+/// the mount table; [`remove_tree`] stops at it.
+pub fn mount_points(parent: impl AsFd, name: &OsStr) -> Result<Option<Vec<PathBuf>>, RemoveError> {
+    let top = PathBuf::from(name);
+    let root = match open(parent.as_fd(), name, top.clone()) {
+        Err(RemoveError::MountBeneath(p)) => return Ok(Some(vec![p])),
+        other => other?,
+    };
+    match sys::is_mount_root(root.as_fd()) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return Ok(None),
+        Err(source) => return Err(RemoveError::Io { path: top, source }),
+        Ok(_) => {}
+    }
+    let names = |fd: &OwnedFd, path: &PathBuf| -> Result<Option<Vec<OsString>>, RemoveError> {
+        let names = read_limited(fd, path)?;
+        Ok((names.len() < CHECK_NAMES).then_some(names))
+    };
+    let Some(pending) = names(&root, &top)? else {
+        return Ok(None);
+    };
+    let mut found = Vec::new();
+    // Depth-first, one fd per level; each entry's path kept beside it.
+    let mut stack = vec![(root, top, pending)];
+    while let Some(last) = stack.len().checked_sub(1) {
+        let Some(entry) = stack[last].2.pop() else {
+            stack.pop();
+            continue;
+        };
+        let path = stack[last].1.join(&entry);
+        let dir = stack[last].0.as_fd();
+        match sys::entry_kind(dir, &entry) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(source) => return Err(RemoveError::Io { path, source }),
+            Ok(sys::Kind::MountPoint) => found.push(path),
+            Ok(sys::Kind::Other) => {}
+            Ok(sys::Kind::Dir) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Ok(None);
+                }
+                match open(dir, &entry, path.clone()) {
+                    Ok(fd) => {
+                        let Some(pending) = names(&fd, &path)? else {
+                            return Ok(None);
+                        };
+                        stack.push((fd, path, pending));
+                    }
+                    // Mounted on since its statx.
+                    Err(RemoveError::MountBeneath(p)) => found.push(p),
+                    // Gone or swapped for a non-directory since: nothing
+                    // mounted on this name now.
+                    Err(RemoveError::Io { source, .. })
+                        if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(Some(found))
+}
+
+fn read_limited(fd: &OwnedFd, path: &std::path::Path) -> Result<Vec<OsString>, RemoveError> {
+    sys::read_names(fd.as_fd(), CHECK_NAMES).map_err(|source| RemoveError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// What to do after looking at one entry.
 enum Step {
     Next,
@@ -137,6 +215,7 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
             match sys::entry_kind(dir, &entry) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Step::Next,
                 Err(source) => return Err(RemoveError::Io { path, source }),
+                Ok(sys::Kind::MountPoint) => return Err(RemoveError::MountBeneath(path)),
                 Ok(sys::Kind::Other) => match sys::unlink(dir, &entry) {
                     Ok(()) => Step::Next,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Step::Next,

@@ -362,14 +362,14 @@ impl Snapshots {
         let (record, parents, _busy) = self.claim(key)?;
         let dir = self.storage.snapshot_path(record.id);
         let name = OsStr::new(&record.id.to_string()).to_os_string();
-        // Under the busy mark only, as in commit: reading the mount table
-        // grows with the node's mounts and an unmount syncs the upper's
-        // filesystem, and neither needs the store. Under its lock they
-        // made the removals of 8 containers at once wait for each other.
+        // Under the busy mark only, as in commit: the walk for mounts and
+        // an unmount (which syncs the upper's filesystem) need no store.
+        // Under its lock they made the removals of 8 containers at once
+        // wait for each other.
         // Only an active snapshot or a view has an overlay to take down,
         // and neither can be a parent (prepare takes committed parents
         // only), so txn.remove below cannot refuse one for its children.
-        let beneath = self.storage.mounts_beneath(&dir)?;
+        let beneath = self.storage.mounts_in_snapshot(record.id)?;
         if !beneath.is_empty() {
             let list: Vec<String> = beneath.iter().map(|p| p.display().to_string()).collect();
             log::warn(&format!(

@@ -274,6 +274,28 @@ impl Storage {
         }
     }
 
+    /// Mount points in snapshot directory `id` (or on it), found by walking
+    /// the directory by fd (see [`remove::mount_points`]); from this
+    /// thread's mount table when the walk cannot vouch for the tree. The
+    /// walk's cost follows the snapshot's entries, the table's the node's
+    /// mounts: 21 ms per removal with 10,000 mounts (docs/performance.md).
+    pub fn mounts_in_snapshot(&self, id: u64) -> Result<Vec<PathBuf>> {
+        let name = id.to_string();
+        match remove::mount_points(self.snapshots.as_fd(), OsStr::new(&name)) {
+            Ok(Some(found)) => Ok(found
+                .into_iter()
+                .map(|rel| self.root.join("snapshots").join(rel))
+                .collect()),
+            Ok(None) => self.mounts_beneath(&self.snapshot_path(id)),
+            Err(RemoveError::Io { path, source }) => Err(Error::io(
+                "looking for mounts in",
+                self.root.join("snapshots").join(path),
+                source,
+            )),
+            Err(e) => Err(Error::FailedPrecondition(e.to_string())),
+        }
+    }
+
     /// Mount points at or beneath `path`, from this thread's mountinfo.
     pub fn mounts_beneath(&self, path: &Path) -> Result<Vec<PathBuf>> {
         let table = std::fs::read("/proc/thread-self/mountinfo")
@@ -305,8 +327,10 @@ impl Storage {
                 continue;
             };
             let dir = stack[last].0.as_fd();
-            let Ok(kind) = sys::entry_kind(dir, &name) else {
-                continue;
+            // Another mount's root is not this snapshot's to count.
+            let kind = match sys::entry_kind(dir, &name) {
+                Ok(sys::Kind::MountPoint) | Err(_) => continue,
+                Ok(kind) => kind,
             };
             inodes += 1;
             size += sys::entry_blocks_bytes(dir, &name).unwrap_or(0);

@@ -83,18 +83,30 @@ pub enum Kind {
     Dir,
     /// Anything else (files, symlinks, devices, sockets, fifos).
     Other,
+    /// The root of a mount on the entry (a directory, or a file bind
+    /// mount): the lookup of its name ended in another mount. Only where
+    /// the kernel tells (`STATX_ATTR_MOUNT_ROOT`, 5.8+); before, a mounted
+    /// directory still shows as `EXDEV` when opened beneath its parent.
+    MountPoint,
 }
 
-/// `fstatat(AT_SYMLINK_NOFOLLOW)` of one entry of `dir`.
+/// `statx(AT_SYMLINK_NOFOLLOW)` of one entry of `dir`.
 pub fn entry_kind(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Kind> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
-    Ok(
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            Kind::Dir
-        } else {
-            Kind::Other
-        },
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::TYPE,
     )
+    .map_err(io_err)?;
+    let root = rustix::fs::StatxAttributes::MOUNT_ROOT;
+    Ok(if st.stx_attributes.contains(root) {
+        Kind::MountPoint
+    } else if FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory {
+        Kind::Dir
+    } else {
+        Kind::Other
+    })
 }
 
 /// Size in bytes (allocated blocks) of one entry, without following it.

@@ -415,12 +415,21 @@ fn planted_bind_mount_is_refused_and_nothing_deleted() {
                     .arg("--bind")
                     .arg(&precious)
                     .arg(fs_dir.join("hostpath")));
+                // A file bind mount too: no directory to open, found by
+                // statx's mount-root attribute.
+                fs::write(fs_dir.join("hostfile"), b"").unwrap();
+                run(Command::new("mount")
+                    .arg("--bind")
+                    .arg(precious.join("file"))
+                    .arg(fs_dir.join("hostfile")));
                 let (code, msg) = remove(&mut c, "p").await.unwrap_err();
                 assert_eq!(code, Code::FailedPrecondition);
-                assert!(
-                    msg.contains(&fs_dir.join("hostpath").display().to_string()),
-                    "{msg}"
-                );
+                for planted in ["hostpath", "hostfile"] {
+                    assert!(
+                        msg.contains(&fs_dir.join(planted).display().to_string()),
+                        "{msg}"
+                    );
+                }
                 assert_eq!(fs::read(precious.join("deep/file")).unwrap(), b"deep");
                 assert_eq!(fs::read(precious.join("file")).unwrap(), b"precious");
                 assert_eq!(
@@ -434,6 +443,7 @@ fn planted_bind_mount_is_refused_and_nothing_deleted() {
                     "still a snapshot"
                 );
                 run(Command::new("umount").arg(fs_dir.join("hostpath")));
+                run(Command::new("umount").arg(fs_dir.join("hostfile")));
                 remove(&mut c, "p").await.unwrap();
                 assert!(!root.join("snapshots/1").exists());
             });

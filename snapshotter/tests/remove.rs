@@ -9,7 +9,7 @@ use std::os::unix::fs::symlink;
 use std::process::Command;
 
 use common::{in_private_ns, run};
-use idoverlay_snapshotter::remove::{remove_tree, RemoveError};
+use idoverlay_snapshotter::remove::{mount_points, remove_tree, RemoveError};
 use idoverlay_snapshotter::sys;
 
 #[test]
@@ -104,5 +104,68 @@ fn refuses_a_symlink_as_the_tree() {
         // A path with a component is refused as well: names are one level.
         assert!(remove_tree(&parent, OsStr::new("../outside")).is_err());
         assert_eq!(fs::read(outside.join("file")).unwrap(), b"keep");
+    });
+}
+
+#[test]
+fn finds_every_mount_point_without_entering_one() {
+    in_private_ns("finds_every_mount_point_without_entering_one", |scratch| {
+        let precious = scratch.join("precious");
+        fs::create_dir_all(precious.join("inner")).unwrap();
+        fs::write(precious.join("file"), b"precious").unwrap();
+        let tree = scratch.join("parent/tree");
+        fs::create_dir_all(tree.join("a/b/dir-mount")).unwrap();
+        fs::write(tree.join("a/file-mount"), b"").unwrap();
+        fs::write(tree.join("a/b/plain"), b"x").unwrap();
+        // A symlink to a directory that holds a mount: not followed.
+        let outside = scratch.join("outside");
+        fs::create_dir_all(outside.join("m")).unwrap();
+        symlink(&outside, tree.join("a/link")).unwrap();
+        let parent = sys::open_dir_abs(&scratch.join("parent")).unwrap();
+        let found = |parent| {
+            let mut v = mount_points(parent, OsStr::new("tree"))
+                .unwrap()
+                .expect("a small tree on 6.x is checked by the walk");
+            v.sort();
+            v
+        };
+        assert_eq!(found(&parent), Vec::<std::path::PathBuf>::new());
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(&precious)
+            .arg(tree.join("a/b/dir-mount")));
+        // A file bind mount: only statx's mount-root attribute shows it
+        // (opening it beneath its parent is not asked for: not a dir).
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(precious.join("file"))
+            .arg(tree.join("a/file-mount")));
+        // Mounted inside the mount: its tree is not entered, so not listed.
+        run(Command::new("mount")
+            .arg("-t")
+            .arg("tmpfs")
+            .arg("tmpfs")
+            .arg(tree.join("a/b/dir-mount/inner")));
+        run(Command::new("mount")
+            .arg("-t")
+            .arg("tmpfs")
+            .arg("tmpfs")
+            .arg(outside.join("m")));
+        assert_eq!(
+            found(&parent),
+            vec![
+                std::path::PathBuf::from("tree/a/b/dir-mount"),
+                std::path::PathBuf::from("tree/a/file-mount"),
+            ]
+        );
+        // The walk changed nothing.
+        assert_eq!(fs::read(tree.join("a/b/plain")).unwrap(), b"x");
+        assert_eq!(fs::read(tree.join("a/file-mount")).unwrap(), b"precious");
+        // The tree itself a mount point.
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(&precious)
+            .arg(&tree));
+        assert_eq!(found(&parent), vec![std::path::PathBuf::from("tree")]);
     });
 }
