@@ -117,7 +117,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__demo)
-            opts="-v -h --json --base --verbose --help"
+            opts="-v -h --verbose --json --base --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -135,7 +135,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__gc)
-            opts="-v -h --state-dir --json --verbose --help"
+            opts="-v -h --verbose --state-dir --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -321,7 +321,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__install__subcmd__helper)
-            opts="-v -h --dir --json --verbose --help"
+            opts="-v -h --verbose --dir --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -339,7 +339,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__list)
-            opts="-v -h --state-dir --json --verbose --help"
+            opts="-v -h --verbose --state-dir --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -371,7 +371,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__mount)
-            opts="-o -t -N -v -h --lower --data-lower --upper --work --idmap-upper --chown-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --probe-report --namespace --pretend-missing --json --verbose --help"
+            opts="-v -o -t -N -h --verbose --lower --data-lower --upper --work --idmap-upper --chown-upper --uidmap --gidmap --userns --oci-config --options --type --read-only --strategy --state-dir --probe-report --namespace --pretend-missing --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -457,7 +457,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__probe)
-            opts="-v -h --path --json --state-dir --verbose --help"
+            opts="-v -h --verbose --path --json --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -479,7 +479,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__show)
-            opts="-v -h --state-dir --json --verbose --help"
+            opts="-v -h --verbose --state-dir --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -497,7 +497,7 @@ _idoverlay() {
             return 0
             ;;
         idoverlay__subcmd__umount)
-            opts="-l -v -h --lazy --json --state-dir --verbose --help"
+            opts="-v -l -h --verbose --lazy --json --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

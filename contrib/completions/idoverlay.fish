@@ -53,43 +53,43 @@ complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l state-dir 
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l probe-report -d 'Use a report saved by `idoverlay probe --json` (same kernel) instead of the one kept in the state dir for this boot' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s N -l namespace -d 'Attach the overlay inside this mount namespace (/proc/PID/ns/mnt)' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l pretend-missing -d 'Treat a kernel feature as missing, to force an older kernel\'s code path (for testing fallbacks); see `idoverlay probe` for the names' -r
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l idmap-upper -d 'Idmap the upper and work dirs too, so writes land in container ids on disk'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l chown-upper -d 'Give an empty upper\'s root to container root first (its host ids, or 0:0 with --idmap-upper), as containerd does; else a root-owned upper shows as nobody in the container'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l read-only -d 'Mount read-only'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -l json -d 'Print the result (or the error) as JSON on stdout'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand mount" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s l -l lazy -d 'Detach now even if busy; the kernel frees it when the last user goes'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -l json -d 'Print the result (or the error) as JSON on stdout'
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand umount" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l json -d 'Print the mount as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -l json -d 'Print the mount as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand show" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l json -d 'Print `{"mounts": [...]}` on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -l json -d 'Print `{"mounts": [...]}` on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand list" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l state-dir -d 'idoverlay\'s own directory: the records of its mounts, host-staged\'s staging and the probe report of this boot' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l json -d 'Print the report as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -l json -d 'Print the report as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand gc" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l path -d 'Also check whether this directory\'s filesystem takes idmapped mounts (it is only cloned, never written); repeat as needed' -r -F
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l state-dir -d 'Where the report is kept for this boot, for the filesystems of the --path directories (default /run/idoverlay)' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l json -d 'Print one JSON object (schema in docs/cli.md)'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -l json -d 'Print one JSON object (schema in docs/cli.md)'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand probe" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -l base -d 'Where to create the demo\'s private directory (default: $TMPDIR or /tmp)' -r -F
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l dir -d 'Where to put mount.idoverlay: one of the directories util-linux\'s mount(8) searches, /sbin, /sbin/fs.d or /sbin/fs (it must exist; /usr/sbin where /sbin links to it). Anything else is refused: mount(8) would report an unknown filesystem type' -r -f -a "/sbin\t''
 /sbin/fs.d\t''
 /sbin/fs\t''"
-complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
+complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -l json -d 'Print the result as JSON on stdout'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand install-helper" -s h -l help -d 'Print help'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand completions" -s v -l verbose -d 'Log each step (strategy, layer groups, syscalls) to stderr'
 complete -c idoverlay -n "__fish_idoverlay_using_subcommand completions" -s h -l help -d 'Print help'
