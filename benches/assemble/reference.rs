@@ -88,6 +88,28 @@ pub(crate) fn idmap_minimum_mount(
     mounted
 }
 
+/// Where staged-minimum attaches its clone, inside the slot's stage dir.
+pub(crate) const STAGED_AT: &str = "s";
+
+/// The kernel's share of an overlay on attached idmapped layers: the
+/// clone of idmap-minimum attached at [`STAGED_AT`] (cwd: the slot's stage
+/// dir), the floor's mount(2) naming the layers through it, the clone
+/// detached (`umount2(MNT_DETACH)`: an RCU grace period, as every unmount)
+/// and closed. Overlay keeps its own private copies of the layers.
+pub(crate) fn staged_minimum_mount(
+    parent: &CString,
+    data: &CString,
+    userns: BorrowedFd<'_>,
+    target: &Path,
+) -> Result<(), String> {
+    let staged = cstring(STAGED_AT.to_string());
+    attach_idmapped(parent, &staged, userns)?;
+    let mounted = overlay_mount(target, data).map_err(|e| format!("mount(2): {e}"));
+    unmount(staged.as_c_str(), UnmountFlags::DETACH)
+        .map_err(|e| format!("umount2 {STAGED_AT}: {e}"))?;
+    mounted
+}
+
 /// Detach the first `attached` temp mounts, then rmdir the `temps` made
 /// and `t`; like containerd's fix, remove nothing after a failed unmount.
 pub(crate) fn reference_cleanup(temps: &[CString], attached: usize) -> Result<(), String> {

@@ -17,6 +17,13 @@ pub(crate) enum Variant {
     /// the layers' parent, the floor's mount(2) from inside it, the clone
     /// closed — no checks, no threads (bench code only).
     IdmapMinimum,
+    /// The least work for an overlay that needs its idmapped layers
+    /// attached (private-ns and host-staged, before 6.15): idmap-minimum's
+    /// clone, attached on a directory made beforehand, the floor's mount(2)
+    /// through it, the clone detached again — in the bench's own
+    /// namespace, with no namespace switch and no stage to make (bench
+    /// code only).
+    StagedMinimum,
     /// idoverlay detached, one clone per layer.
     DetachedPerLayer,
     /// idoverlay detached, one clone of the shared parent (the default).
@@ -31,10 +38,11 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
-    pub(crate) const ALL: [Variant; 9] = [
+    pub(crate) const ALL: [Variant; 10] = [
         Variant::Floor,
         Variant::Reference,
         Variant::IdmapMinimum,
+        Variant::StagedMinimum,
         Variant::DetachedPerLayer,
         Variant::DetachedShared,
         Variant::PrivateNs,
@@ -48,6 +56,7 @@ impl Variant {
             Variant::Floor => "floor",
             Variant::Reference => "reference",
             Variant::IdmapMinimum => "idmap-minimum",
+            Variant::StagedMinimum => "staged-minimum",
             Variant::DetachedPerLayer => "detached-per-layer",
             Variant::DetachedShared => "detached-shared",
             Variant::PrivateNs => "private-ns",
@@ -119,6 +128,11 @@ pub(crate) enum JobKind {
         data: CString,
         userns: Arc<UserNamespace>,
     },
+    StagedMinimum {
+        parent: CString,
+        data: CString,
+        userns: Arc<UserNamespace>,
+    },
     Library(Box<Overlay>),
 }
 
@@ -163,6 +177,20 @@ impl Job {
                 JobKind::IdmapMinimum {
                     parent: path_cstring(env.set.parent.clone()),
                     data: cstring(format!("lowerdir={lowerdir},{upper_work}")),
+                    userns: env.userns.clone(),
+                }
+            }
+            Variant::StagedMinimum => {
+                cwd = slot.stage.clone();
+                std::fs::create_dir_all(slot.stage.join(STAGED_AT))
+                    .expect("create the staged-minimum mount point");
+                let lowerdir: Vec<String> = LayerSet::relative_lowerdir(n)
+                    .split(':')
+                    .map(|layer| format!("{STAGED_AT}/{layer}"))
+                    .collect();
+                JobKind::StagedMinimum {
+                    parent: path_cstring(env.set.parent.clone()),
+                    data: cstring(format!("lowerdir={},{upper_work}", lowerdir.join(":"))),
                     userns: env.userns.clone(),
                 }
             }
@@ -223,6 +251,11 @@ impl Job {
                 data,
                 userns,
             } => idmap_minimum_mount(parent, data, userns.as_fd(), &self.slot.target),
+            JobKind::StagedMinimum {
+                parent,
+                data,
+                userns,
+            } => staged_minimum_mount(parent, data, userns.as_fd(), &self.slot.target),
             JobKind::Library(overlay) => {
                 let mounted = overlay
                     .mount(&self.slot.target)
@@ -236,10 +269,11 @@ impl Job {
     /// Remove the overlay from the slot's target.
     pub(crate) fn unmount(&mut self) -> Result<(), String> {
         match &self.kind {
-            JobKind::Floor { .. } | JobKind::Reference { .. } | JobKind::IdmapMinimum { .. } => {
-                unmount(&self.slot.target, UnmountFlags::empty())
-                    .map_err(|e| format!("umount2: {e}"))
-            }
+            JobKind::Floor { .. }
+            | JobKind::Reference { .. }
+            | JobKind::IdmapMinimum { .. }
+            | JobKind::StagedMinimum { .. } => unmount(&self.slot.target, UnmountFlags::empty())
+                .map_err(|e| format!("umount2: {e}")),
             JobKind::Library(_) => {
                 unmount_overlay(&self.slot.target, false).map_err(|e| e.to_string())
             }
@@ -288,7 +322,7 @@ pub(crate) fn library_overlay(variant: Variant, env: &Env<'_>, n: usize, slot: &
         Variant::PrivateNs => base.strategy(Strategy::PrivateNs),
         Variant::HostStaged => base.strategy(Strategy::HostStaged).state_dir(env.state_dir),
         Variant::Auto | Variant::AutoSharedCwd => base.strategy(Strategy::Auto),
-        Variant::Floor | Variant::Reference | Variant::IdmapMinimum => {
+        Variant::Floor | Variant::Reference | Variant::IdmapMinimum | Variant::StagedMinimum => {
             unreachable!("not a library variant")
         }
     }
