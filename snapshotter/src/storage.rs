@@ -276,9 +276,10 @@ impl Storage {
 
     /// Mount points in snapshot directory `id` (or on it), found by walking
     /// the directory by fd (see [`remove::mount_points`]); from this
-    /// thread's mount table when the walk cannot vouch for the tree. The
-    /// walk's cost follows the snapshot's entries, the table's the node's
-    /// mounts: 21 ms per removal with 10,000 mounts (docs/performance.md).
+    /// thread's mount table when the walk cannot vouch for the tree or the
+    /// tree is big. The walk's cost follows the snapshot's entries (a
+    /// container's holds a few), the table's the node's mounts: 25 ms per
+    /// removal with 10,000 mounts (docs/performance.md).
     pub fn mounts_in_snapshot(&self, id: u64) -> Result<Vec<PathBuf>> {
         let name = id.to_string();
         match remove::mount_points(self.snapshots.as_fd(), OsStr::new(&name)) {

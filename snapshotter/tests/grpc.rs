@@ -442,6 +442,19 @@ fn planted_bind_mount_is_refused_and_nothing_deleted() {
                     "p",
                     "still a snapshot"
                 );
+                // A snapshot too big for the walk is checked against the
+                // mount table: refused all the same.
+                fs::create_dir(fs_dir.join("many")).unwrap();
+                for i in 0..idoverlay_snapshotter::remove::CHECK_ENTRIES {
+                    fs::write(fs_dir.join(format!("many/{i}")), b"").unwrap();
+                }
+                let (code, msg) = remove(&mut c, "p").await.unwrap_err();
+                assert_eq!(code, Code::FailedPrecondition);
+                assert!(
+                    msg.contains(&fs_dir.join("hostpath").display().to_string()),
+                    "{msg}"
+                );
+                assert_eq!(fs::read(fs_dir.join("mine")).unwrap(), b"mine");
                 run(Command::new("umount").arg(fs_dir.join("hostpath")));
                 run(Command::new("umount").arg(fs_dir.join("hostfile")));
                 remove(&mut c, "p").await.unwrap();

@@ -9,7 +9,7 @@ use std::os::unix::fs::symlink;
 use std::process::Command;
 
 use common::{in_private_ns, run};
-use idoverlay_snapshotter::remove::{mount_points, remove_tree, RemoveError};
+use idoverlay_snapshotter::remove::{mount_points, remove_tree, RemoveError, CHECK_ENTRIES};
 use idoverlay_snapshotter::sys;
 
 #[test]
@@ -167,5 +167,12 @@ fn finds_every_mount_point_without_entering_one() {
             .arg(&precious)
             .arg(&tree));
         assert_eq!(found(&parent), vec![std::path::PathBuf::from("tree")]);
+        // A tree too big to walk for less than the mount table costs is
+        // left to the table: the walk does not answer for it.
+        run(Command::new("umount").arg(&tree));
+        for i in 0..CHECK_ENTRIES {
+            fs::write(tree.join(format!("a/b/{i}")), b"").unwrap();
+        }
+        assert!(mount_points(&parent, OsStr::new("tree")).unwrap().is_none());
     });
 }
