@@ -466,8 +466,9 @@ impl Overlay {
         }
         let first_layer = &self.lowers[0];
         let layer_fs = fs_type::of_path(first_layer).unwrap_or_default();
+        let state = state::StateDirOnce::new(self.state_dir_or_default());
         let for_boot = (self.probe_for_boot && self.probe_report.is_none())
-            .then(|| probe_cache::load(self.state_dir_or_default(), &layer_fs))
+            .then(|| probe_cache::load(&state, &layer_fs))
             .flatten();
         let keep_after = self.probe_for_boot && self.probe_report.is_none() && for_boot.is_none();
         let report = match (&self.probe_report, for_boot) {
@@ -502,6 +503,7 @@ impl Overlay {
             caps: &report,
             target,
             kept: &kept,
+            state: &state,
         };
         req.trace(|| {
             format!(
@@ -513,7 +515,7 @@ impl Overlay {
         // Kept once something was mounted with it: bad input changes
         // nothing, the state dir included.
         if let Some(report) = to_keep {
-            if let Err(e) = probe_cache::store(self.state_dir_or_default(), &report) {
+            if let Err(e) = probe_cache::store(&state, &report) {
                 req.trace(|| format!("probe report not kept: {e}"));
             }
         }
@@ -524,12 +526,9 @@ impl Overlay {
         let mut warnings = Vec::new();
         let fd = match chosen {
             Strategy::Detached => strategy::detached::assemble(req)?,
-            Strategy::PrivateNs => strategy::private_ns::assemble(
-                req,
-                self.probe_for_boot.then(|| self.state_dir_or_default()),
-            )?,
+            Strategy::PrivateNs => strategy::private_ns::assemble(req, self.probe_for_boot)?,
             Strategy::HostStaged => {
-                let (fd, left) = strategy::host_staged::assemble(req, self.state_dir_or_default())?;
+                let (fd, left) = strategy::host_staged::assemble(req)?;
                 warnings = left;
                 fd
             }
@@ -593,7 +592,7 @@ impl Overlay {
                             })
                     });
                     if let Some(root) = root {
-                        self.record(root.as_fd(), &mut mounted);
+                        record_mount(self.keep_record, req.state, root.as_fd(), &mut mounted);
                     } else if self.keep_record {
                         mounted.warnings.push(format!(
                             "no record of the mount was kept: {} no longer leads to it",
@@ -638,12 +637,6 @@ impl Overlay {
             mount_id: None,
             unique_mount_id: false,
         }
-    }
-
-    /// Fills in the mount id of the overlay whose root `root` is, and keeps
-    /// its record when asked; a record that cannot be written is a warning.
-    fn record(&self, root: BorrowedFd<'_>, mounted: &mut Mounted) {
-        record_mount(self.keep_record, self.state_dir_or_default(), root, mounted);
     }
 
     /// The state dir host-staged uses and `gc` cleans.
@@ -693,14 +686,19 @@ fn check_target_outside_state_dir(state_dir: &Path, target: &layer::OpenedDir) -
 }
 
 /// The mount id of the overlay whose root `root` is, into the description;
-/// then its record when `keep`.
-fn record_mount(keep: bool, state_dir: &Path, root: BorrowedFd<'_>, mounted: &mut Mounted) {
+/// then its record when `keep` (one that cannot be written is a warning).
+fn record_mount(
+    keep: bool,
+    state: &state::StateDirOnce,
+    root: BorrowedFd<'_>,
+    mounted: &mut Mounted,
+) {
     if let Some((id, unique)) = records::mount_id_of(root) {
         mounted.description.mount_id = Some(id);
         mounted.description.unique_mount_id = unique;
     }
     if keep {
-        if let Err(e) = records::write(state_dir, &mounted.description) {
+        if let Err(e) = records::write(state, &mounted.description) {
             mounted
                 .warnings
                 .push(format!("no record of the mount was kept: {e}"));
@@ -913,7 +911,7 @@ impl DetachedMount {
         };
         record_mount(
             self.keep_record,
-            &self.state_dir,
+            &state::StateDirOnce::new(&self.state_dir),
             self.fd.as_fd(),
             &mut mounted,
         );

@@ -30,7 +30,7 @@ pub use crate::report::{FeatureResult, PathResult, ProbeReport};
 /// without privileges, is not kept). Creates the state dir's tmpfs when
 /// needed.
 pub fn keep_for_boot(state_dir: &Path, report: &ProbeReport) -> crate::Result<()> {
-    crate::probe_cache::store(state_dir, report)
+    crate::probe_cache::store(&crate::state::StateDirOnce::new(state_dir), report)
 }
 use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
@@ -44,9 +44,7 @@ use crate::userns::UserNamespace;
 /// println!("auto would use {:?}: {}", report.strategy, report.reason);
 /// ```
 pub fn probe(paths: &[PathBuf], userns: Option<&UserNamespace>) -> ProbeReport {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string());
+    let release = sys::kernel_release();
     let version: Option<KernelVersion> = release.parse().ok();
     let mut observed: BTreeMap<Feature, Observation> = BTreeMap::new();
     let mut path_results: Vec<PathResult> = paths

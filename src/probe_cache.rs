@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::report::ProbeReport;
-use crate::state::{boot_id, StateDir};
+use crate::state::{boot_id, StateDirOnce};
 use crate::sys;
 
 /// The subdirectory of the state tmpfs that holds the reports.
@@ -48,28 +48,17 @@ fn file_name(fs_type: &str) -> String {
     format!("{name}.json")
 }
 
-fn running_kernel() -> Option<String> {
-    let bytes = crate::file::read_small(
-        sys::cwd(),
-        Path::new("/proc/sys/kernel/osrelease"),
-        256,
-        true,
-    )
-    .ok()?;
-    Some(String::from_utf8_lossy(&bytes).trim().to_string())
-}
-
 /// The report kept for layers on `fs_type`, if one of this kernel and
 /// boot is there and whole. Changes nothing (the state dir is not created).
-pub(crate) fn load(state_dir: &Path, fs_type: &str) -> Option<ProbeReport> {
-    let state = StateDir::open_existing(state_dir).ok()??;
+pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
+    let state = state.existing().ok()??;
     let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).ok()?;
     let bytes =
         crate::file::read_small(dir.as_fd(), Path::new(&file_name(fs_type)), MAX, false).ok()?;
     let cached: Cached = serde_json::from_slice(&bytes).ok()?;
     let whole = cached.format == FORMAT
         && cached.version == VERSION
-        && Some(cached.kernel.as_str()) == running_kernel().as_deref()
+        && cached.kernel == sys::kernel_release()
         && cached.report.kernel == cached.kernel
         && Some(cached.boot_id.as_str()) == boot_id()
         && !cached.report.guess
@@ -83,8 +72,9 @@ pub(crate) fn load(state_dir: &Path, fs_type: &str) -> Option<ProbeReport> {
 /// Keeps `report` for the rest of the boot, for each filesystem type of
 /// the paths it probed (creating the state dir, idoverlay's tmpfs, when
 /// needed). A report made without privileges (a guess) is not kept.
-pub(crate) fn store(state_dir: &Path, report: &ProbeReport) -> Result<()> {
-    let (Some(kernel), Some(boot)) = (running_kernel(), boot_id()) else {
+pub(crate) fn store(state: &StateDirOnce, report: &ProbeReport) -> Result<()> {
+    let kernel = sys::kernel_release();
+    let Some(boot) = boot_id() else {
         return Ok(());
     };
     if report.guess || report.kernel != kernel {
@@ -101,9 +91,10 @@ pub(crate) fn store(state_dir: &Path, report: &ProbeReport) -> Result<()> {
     if types.is_empty() {
         return Ok(());
     }
-    let state = StateDir::open_or_create(state_dir)?;
+    let state_dir = state.path();
+    let state = state.get_or_create()?;
     let failed = |e| Error::os("keep the probe report in", Some(state_dir), e);
-    let dir = crate::state::subdir(&state, DIR).map_err(failed)?;
+    let dir = crate::state::subdir(state, DIR).map_err(failed)?;
     let bytes = serde_json::to_vec(&Cached {
         format: FORMAT.into(),
         version: VERSION,

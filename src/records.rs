@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
-use crate::state::{boot_id, StateDir};
+use crate::state::{boot_id, StateDir, StateDirOnce};
 use crate::strategy::Strategy;
 use crate::sys;
 
@@ -135,13 +135,14 @@ pub(crate) fn mount_id_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, bool)
 
 /// Writes the record of `mount` (its `mount_id` set), replacing any record
 /// of that id, in the mount namespace of the calling thread.
-pub(crate) fn write(state_dir: &Path, mount: &MountDescription) -> Result<()> {
+pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()> {
     let (Some(id), Some(boot), Some(ns)) = (mount.mount_id, boot_id(), this_mount_ns()) else {
         return Ok(());
     };
-    let state = StateDir::open_or_create(state_dir)?;
+    let state_dir = state.path();
+    let state = state.get_or_create()?;
     let failed = |e| Error::os("keep the record of the mount in", Some(state_dir), e);
-    let dir = crate::state::subdir(&state, DIR).map_err(failed)?;
+    let dir = crate::state::subdir(state, DIR).map_err(failed)?;
     let bytes = serde_json::to_vec(&Record {
         format: FORMAT.into(),
         version: VERSION,
@@ -244,66 +245,109 @@ pub fn find(
     state_dir: impl AsRef<Path>,
     target: impl AsRef<Path>,
 ) -> Result<Option<MountDescription>> {
-    let (state_dir, target) = (state_dir.as_ref(), target.as_ref());
-    let normal = crate::path::normalize(target)
-        .map_err(|r| Error::invalid_path("target", target, r.reason()))?;
-    let fd = sys::open_dir_path(sys::cwd(), &normal)
-        .map_err(|e| Error::invalid_path("target", target, format!("cannot be opened ({e})")))?;
-    let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
-    if st.mount_root == Some(false) {
-        return Err(Error::invalid_path(
-            "target",
-            target,
-            "is not a mount point",
-        ));
-    }
-    let Some((id, unique)) = mount_id_of(fd.as_fd()) else {
-        return Ok(None);
-    };
-    let Some(state) = StateDir::open_existing(state_dir)? else {
-        return Ok(None);
-    };
-    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
-        return Ok(None);
-    };
-    let Some(record) = read(dir.as_fd(), &file_name(id, unique)) else {
-        return Ok(None);
-    };
-    let mut table = None;
-    Ok(
-        (Some(record.mount_ns) == this_mount_ns() && is_live(&record.mount, &mut table))
-            .then_some(record.mount),
-    )
+    Records::new(state_dir.as_ref()).find(target)
 }
 
 /// Removes the record of `mount` if that mount is gone (e.g. after
 /// unmounting it); a mount still there keeps its record.
 pub fn forget_if_gone(state_dir: impl AsRef<Path>, mount: &MountDescription) -> Result<()> {
-    let state_dir = state_dir.as_ref();
-    let Some(id) = mount.mount_id else {
-        return Ok(());
-    };
-    let mut table = None;
-    if is_live(mount, &mut table) {
-        return Ok(());
+    Records::new(state_dir.as_ref()).forget_if_gone(mount)
+}
+
+/// The records of one state dir, for a caller that looks a record up and
+/// later removes it (as `idoverlay umount` does): the state dir is walked
+/// from `/` and checked once, when first needed, and both calls use that
+/// fd. Nothing is created.
+///
+/// ```no_run
+/// let records = idoverlay::records::Records::new(idoverlay::gc::DEFAULT_STATE_DIR);
+/// let record = records.find("/c1/rootfs")?;
+/// idoverlay::unmount_overlay("/c1/rootfs", false)?;
+/// if let Some(record) = record {
+///     records.forget_if_gone(&record)?;
+/// }
+/// # Ok::<(), idoverlay::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Records {
+    state: StateDirOnce,
+}
+
+impl Records {
+    /// The records kept in `state_dir` (not opened yet).
+    pub fn new(state_dir: impl Into<PathBuf>) -> Records {
+        Records {
+            state: StateDirOnce::new(state_dir),
+        }
     }
-    let Some(state) = StateDir::open_existing(state_dir)? else {
-        return Ok(());
-    };
-    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
-        return Ok(());
-    };
-    match sys::unlink(
-        dir.as_fd(),
-        Path::new(&file_name(id, mount.unique_mount_id)),
-    ) {
-        Ok(()) => Ok(()),
-        Err(e) if e.errno == libc::ENOENT => Ok(()),
-        Err(e) => Err(Error::os(
-            "remove the record of the mount at",
-            Some(&mount.target),
-            e,
-        )),
+
+    /// The records' directory in the state dir, when there is one.
+    fn dir(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some(state) = self.state.existing()? else {
+            return Ok(None);
+        };
+        Ok(sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).ok())
+    }
+
+    /// The record of the overlay mounted at `target` (its root, not
+    /// followed through a symlink), or `None` when idoverlay keeps none
+    /// for it.
+    pub fn find(&self, target: impl AsRef<Path>) -> Result<Option<MountDescription>> {
+        let target = target.as_ref();
+        let normal = crate::path::normalize(target)
+            .map_err(|r| Error::invalid_path("target", target, r.reason()))?;
+        let fd = sys::open_dir_path(sys::cwd(), &normal).map_err(|e| {
+            Error::invalid_path("target", target, format!("cannot be opened ({e})"))
+        })?;
+        let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(target), e))?;
+        if st.mount_root == Some(false) {
+            return Err(Error::invalid_path(
+                "target",
+                target,
+                "is not a mount point",
+            ));
+        }
+        let Some((id, unique)) = mount_id_of(fd.as_fd()) else {
+            return Ok(None);
+        };
+        let Some(dir) = self.dir()? else {
+            return Ok(None);
+        };
+        let Some(record) = read(dir.as_fd(), &file_name(id, unique)) else {
+            return Ok(None);
+        };
+        let mut table = None;
+        Ok(
+            (Some(record.mount_ns) == this_mount_ns() && is_live(&record.mount, &mut table))
+                .then_some(record.mount),
+        )
+    }
+
+    /// Removes the record of `mount` if that mount is gone (e.g. after
+    /// unmounting it); a mount still there keeps its record.
+    pub fn forget_if_gone(&self, mount: &MountDescription) -> Result<()> {
+        let Some(id) = mount.mount_id else {
+            return Ok(());
+        };
+        let mut table = None;
+        if is_live(mount, &mut table) {
+            return Ok(());
+        }
+        let Some(dir) = self.dir()? else {
+            return Ok(());
+        };
+        match sys::unlink(
+            dir.as_fd(),
+            Path::new(&file_name(id, mount.unique_mount_id)),
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno == libc::ENOENT => Ok(()),
+            Err(e) => Err(Error::os(
+                "remove the record of the mount at",
+                Some(&mount.target),
+                e,
+            )),
+        }
     }
 }
 

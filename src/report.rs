@@ -116,12 +116,11 @@ impl ProbeReport {
             .map_err(|e| e.into_error("probe report", path))?;
         let report: ProbeReport = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(format!("is not a saved probe report: {e}")))?;
-        let running = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if report.kernel != running.trim() {
+        let running = sys::kernel_release();
+        if report.kernel != running {
             return Err(invalid(format!(
-                "was made on kernel {}, this is {}; probe again",
+                "was made on kernel {}, this is {running}; probe again",
                 report.kernel,
-                running.trim()
             )));
         }
         if let Some(f) = Feature::ALL

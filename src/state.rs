@@ -50,6 +50,51 @@ struct Marker {
     version: u32,
 }
 
+/// The state dir of one operation, walked and checked when first needed
+/// and then the same fd for all it keeps there: a mount reads the boot's
+/// probe report and writes its record; host-staged stages. Resolved once,
+/// as every input (and one walk from `/` instead of two or three).
+#[derive(Debug)]
+pub(crate) struct StateDirOnce {
+    path: PathBuf,
+    opened: std::sync::OnceLock<StateDir>,
+}
+
+impl StateDirOnce {
+    pub fn new(path: impl Into<PathBuf>) -> StateDirOnce {
+        StateDirOnce {
+            path: path.into(),
+            opened: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The path as given (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// As [`StateDir::open_existing`]: `None` while there is none (nothing
+    /// is made); the one opened before, if any.
+    pub fn existing(&self) -> Result<Option<&StateDir>> {
+        if let Some(state) = self.opened.get() {
+            return Ok(Some(state));
+        }
+        Ok(StateDir::open_existing(&self.path)?.map(|state| self.keep(state)))
+    }
+
+    /// As [`StateDir::open_or_create`], once.
+    pub fn get_or_create(&self) -> Result<&StateDir> {
+        if let Some(state) = self.opened.get() {
+            return Ok(state);
+        }
+        Ok(self.keep(StateDir::open_or_create(&self.path)?))
+    }
+
+    fn keep(&self, state: StateDir) -> &StateDir {
+        self.opened.get_or_init(|| state)
+    }
+}
+
 /// An opened, checked state directory.
 #[derive(Debug)]
 pub(crate) struct StateDir {

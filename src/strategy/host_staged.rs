@@ -33,14 +33,15 @@ use crate::overlayfs::OverlayContext;
 use crate::state::{self, LiveRecord, StateDir};
 use crate::sys;
 
-pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, Vec<String>)> {
+pub(crate) fn assemble(req: &Request<'_>) -> Result<(OwnedFd, Vec<String>)> {
     // Parameters first, then the layers, upper and work: bad input is
     // refused before the state dir is touched.
     let ctx = OverlayContext::new(req.params)?;
     let (prepared, clones) = staged::prepare_for_staging(req, false)?;
-    let state = StateDir::open_or_create(state_dir)?;
+    let state_dir = req.state.path();
+    let state = req.state.get_or_create()?;
     let id = state::new_staging_id();
-    let mut record = LiveRecord::create(&state, &id, planned_mounts(req, &prepared))?;
+    let mut record = LiveRecord::create(state, &id, planned_mounts(req, &prepared))?;
     sys::mkdir(state.fd.as_fd(), Path::new(&id), 0o700)
         .map_err(|e| Error::os("create staging dir in", Some(state_dir), e))?;
     let staging = sys::open_dir_beneath(state.fd.as_fd(), Path::new(&id))
@@ -51,7 +52,7 @@ pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, 
         sys::unshare_fs()
             .and_then(|()| sys::fchdir(staging.as_fd()))
             .map_err(|e| Error::os("change into the staging dir", Some(&state.join(&id)), e))?;
-        let mut before_attach = |name: &str| record.ensure(&state, name);
+        let mut before_attach = |name: &str| record.ensure(state, name);
         // The stage is in this (the caller's) mount namespace.
         let at_home = |clone: &mut dyn FnMut() -> Result<OwnedFd>| clone();
         let mut stage = Stage {
@@ -65,7 +66,7 @@ pub(crate) fn assemble(req: &Request<'_>, state_dir: &Path) -> Result<(OwnedFd, 
     })?;
     let count = attached.len();
     let cleanup =
-        teardown(&state, &id, staging.as_fd(), attached).and_then(|()| record.remove(&state));
+        teardown(state, &id, staging.as_fd(), attached).and_then(|()| record.remove(state));
     req.trace(|| match &cleanup {
         Ok(()) => format!("host-staged: {count} staged mount(s) detached, staging removed"),
         Err(e) => format!("host-staged: cleanup incomplete: {e}"),

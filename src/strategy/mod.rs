@@ -52,6 +52,8 @@ pub(crate) struct Request<'a> {
     pub target: Option<&'a OpenedDir>,
     /// Receives what the attach needs from the assembly (see [`Kept`]).
     pub kept: &'a std::sync::Mutex<Kept>,
+    /// The state dir, opened at most once for the whole call.
+    pub state: &'a crate::state::StateDirOnce,
 }
 
 /// What an assembly hands on to the attach of its overlay.

@@ -19,7 +19,6 @@
 //! assembly finds its lock free and removes it.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 
 use super::staged::{self, Stage};
 use super::staging_ns;
@@ -29,11 +28,11 @@ use crate::overlayfs::OverlayContext;
 
 /// Assembles the overlay; `boot_state_dir`: the staging namespace is the
 /// boot's, kept there (else this process's).
-pub(crate) fn assemble(req: &Request<'_>, boot_state_dir: Option<&Path>) -> Result<OwnedFd> {
+pub(crate) fn assemble(req: &Request<'_>, for_boot: bool) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
     let ctx = OverlayContext::new(req.params)?;
     let (prepared, clones) = staged::prepare_for_staging(req, true)?;
-    let ns = staging_ns::get(boot_state_dir)?;
+    let ns = staging_ns::get(for_boot.then_some(req.state))?;
     crate::threads::run_on_thread("private-ns", || {
         let ns_stage = match ns {
             Some(ns) => staging_ns::Stage::enter(ns)?,

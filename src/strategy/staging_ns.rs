@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::state::StateDir;
+use crate::state::StateDirOnce;
 use crate::sys::{self, MountAttrs};
 
 /// The name of the namespace's nsfs bind mount in the state tmpfs.
@@ -54,7 +54,7 @@ pub(crate) fn release() {
 /// whose root is the initramfs itself, which `pivot_root` cannot leave):
 /// then each assembly stages in a private copy of the caller's namespace
 /// ([`Stage::fresh`]), as before, at the cost of copying the table.
-pub(crate) fn get(state_dir: Option<&Path>) -> Result<Option<OwnedFd>> {
+pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
     use std::sync::atomic::Ordering;
     if UNAVAILABLE.load(Ordering::Relaxed) {
         return Ok(None);
@@ -79,8 +79,9 @@ pub(crate) fn get(state_dir: Option<&Path>) -> Result<Option<OwnedFd>> {
 
 /// The boot's staging namespace, from the state tmpfs (made there when
 /// missing). A file there that is not a mount namespace is refused.
-fn per_boot(state_dir: &Path) -> Result<Option<OwnedFd>> {
-    let state = StateDir::open_or_create(state_dir)?;
+fn per_boot(state: &StateDirOnce) -> Result<Option<OwnedFd>> {
+    let state_dir = state.path();
+    let state = state.get_or_create()?;
     let path = state_dir.join(FILE);
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
     let fd = match open() {

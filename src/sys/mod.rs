@@ -92,6 +92,16 @@ pub(crate) fn path_arg(path: &Path) -> String {
     format!("{:?}", path.as_os_str())
 }
 
+/// The running kernel's release (`uname -r`): one `uname(2)`, where
+/// reading `/proc/sys/kernel/osrelease` (the same string) costs an open, a
+/// stat, two reads and a close on procfs.
+pub(crate) fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The fd that stands for the current directory in `*at` calls.
 pub fn cwd() -> BorrowedFd<'static> {
     rustix::fs::CWD

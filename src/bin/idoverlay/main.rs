@@ -99,7 +99,9 @@ fn secure_execution() -> bool {
     // /proc/self/auxv holds (key, value) pairs of native words; a few
     // hundred bytes, read with a bound all the same.
     use std::io::Read;
-    let mut auxv = Vec::new();
+    // Room for all of it up front: one read and the one that ends it,
+    // where growing from empty took six.
+    let mut auxv = Vec::with_capacity(4096);
     let read = std::fs::File::open("/proc/self/auxv")
         .and_then(|f| f.take(64 * 1024).read_to_end(&mut auxv));
     if read.is_err() || auxv.is_empty() {

@@ -30,13 +30,12 @@ pub fn run(args: UmountArgs) -> Result<()> {
     // A relative TARGET from the working directory, as umount(8) takes it.
     let target = crate::relative::absolute("target", &args.target)?;
     // The record is looked up before (by the mount's id) and removed after,
-    // only once its mount is gone.
-    let record = idoverlay::records::find(&args.state.dir, &target)
-        .ok()
-        .flatten();
+    // only once its mount is gone; the state dir is opened once for both.
+    let records = idoverlay::records::Records::new(&args.state.dir);
+    let record = records.find(&target).ok().flatten();
     idoverlay::unmount_overlay(&target, args.lazy)?;
     if let Some(record) = record {
-        if let Err(e) = idoverlay::records::forget_if_gone(&args.state.dir, &record) {
+        if let Err(e) = records.forget_if_gone(&record) {
             eprintln!("idoverlay: warning: {}", crate::output::message(&e));
         }
     }
