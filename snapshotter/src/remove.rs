@@ -74,8 +74,12 @@ fn open(dir: BorrowedFd<'_>, rel: &OsStr, path: PathBuf) -> Result<OwnedFd, Remo
     }
 }
 
-fn read(fd: &OwnedFd, path: impl FnOnce() -> PathBuf) -> Result<Vec<OsString>, RemoveError> {
-    sys::read_names(fd.as_fd(), BATCH).map_err(|source| RemoveError::Io {
+fn read(
+    fd: &OwnedFd,
+    limit: usize,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Vec<OsString>, RemoveError> {
+    sys::read_names(fd.as_fd(), limit).map_err(|source| RemoveError::Io {
         path: path(),
         source,
     })
@@ -99,6 +103,7 @@ pub const CHECK_ENTRIES: usize = 10_000;
 /// [`CHECK_ENTRIES`] entries or a directory of more than a million names,
 /// or a kernel that does not tell a mount root (`STATX_ATTR_MOUNT_ROOT`,
 /// before 5.8).
+///
 /// A mount made after an entry was looked at is not seen, as with a read of
 /// the mount table; [`remove_tree`] stops at it.
 pub fn mount_points(parent: impl AsFd, name: &OsStr) -> Result<Option<Vec<PathBuf>>, RemoveError> {
@@ -113,7 +118,7 @@ pub fn mount_points(parent: impl AsFd, name: &OsStr) -> Result<Option<Vec<PathBu
         Ok(_) => {}
     }
     let names = |fd: &OwnedFd, path: &PathBuf| -> Result<Option<Vec<OsString>>, RemoveError> {
-        let names = read_limited(fd, path)?;
+        let names = read(fd, CHECK_NAMES, || path.clone())?;
         Ok((names.len() < CHECK_NAMES).then_some(names))
     };
     let Some(pending) = names(&root, &top)? else {
@@ -152,23 +157,20 @@ pub fn mount_points(parent: impl AsFd, name: &OsStr) -> Result<Option<Vec<PathBu
                     }
                     // Mounted on since its statx.
                     Err(RemoveError::MountBeneath(p)) => found.push(p),
-                    // Gone or swapped for a non-directory since: nothing
-                    // mounted on this name now.
+                    // Gone, or swapped for a file or a symlink since
+                    // (a mount on it would have answered EXDEV first):
+                    // nothing mounted on this name now.
                     Err(RemoveError::Io { source, .. })
-                        if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                        if matches!(
+                            source.raw_os_error(),
+                            Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                        ) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
     }
     Ok(Some(found))
-}
-
-fn read_limited(fd: &OwnedFd, path: &std::path::Path) -> Result<Vec<OsString>, RemoveError> {
-    sys::read_names(fd.as_fd(), CHECK_NAMES).map_err(|source| RemoveError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// What to do after looking at one entry.
@@ -192,7 +194,7 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
         });
     }
     let root = open(parent, name, PathBuf::from(name))?;
-    let pending = read(&root, || PathBuf::from(name))?;
+    let pending = read(&root, BATCH, || PathBuf::from(name))?;
     let mut stack = vec![Frame {
         fd: root,
         name: name.to_os_string(),
@@ -202,7 +204,7 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
         let Some(entry) = stack[last].pending.pop() else {
             // Read again: a directory longer than one batch, or entries
             // created meanwhile. Only an empty directory is removed.
-            let again = read(&stack[last].fd, || path_of(&stack, top, None))?;
+            let again = read(&stack[last].fd, BATCH, || path_of(&stack, top, None))?;
             if !again.is_empty() {
                 stack[last].pending = again;
                 continue;
@@ -243,7 +245,7 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
                         return Err(RemoveError::TooDeep(path));
                     }
                     let fd = open(dir, &entry, path.clone())?;
-                    let pending = read(&fd, || path)?;
+                    let pending = read(&fd, BATCH, || path)?;
                     Step::Descend(Frame {
                         fd,
                         name: entry,
