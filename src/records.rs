@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
-use crate::state::{boot_id, StateDir, StateDirOnce};
+use crate::state::{boot_id, StateDirOnce};
 use crate::strategy::Strategy;
 use crate::sys;
 
@@ -208,10 +208,7 @@ fn read(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> Option<Record> {
 /// ```
 pub fn list(state_dir: impl AsRef<Path>) -> Result<Vec<MountDescription>> {
     let state_dir = state_dir.as_ref();
-    let Some(state) = StateDir::open_existing(state_dir)? else {
-        return Ok(Vec::new());
-    };
-    let Ok(dir) = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)) else {
+    let Some(dir) = Records::new(state_dir).dir()? else {
         return Ok(Vec::new());
     };
     let names = sys::dir_entries(dir.as_fd())

@@ -26,8 +26,8 @@ use super::Request;
 use crate::error::Result;
 use crate::overlayfs::OverlayContext;
 
-/// Assembles the overlay; `boot_state_dir`: the staging namespace is the
-/// boot's, kept there (else this process's).
+/// Assembles the overlay; `for_boot`: the staging namespace is the boot's,
+/// kept in the request's state dir (else this process's).
 pub(crate) fn assemble(req: &Request<'_>, for_boot: bool) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
     let ctx = OverlayContext::new(req.params)?;
