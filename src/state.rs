@@ -116,9 +116,9 @@ impl StateDir {
         let Some(leaf) = walked.leaf else {
             return Ok(None);
         };
-        check_leaf(path, &leaf)?;
-        match sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) {
-            Some(true) => Ok(Some(verify_ours(path, leaf)?)),
+        let st = check_leaf(path, &leaf)?;
+        match st.mount_root {
+            Some(true) => Ok(Some(verify_ours(path, leaf, st.mnt_id)?)),
             _ => {
                 let names = sys::dir_entries(leaf.as_fd())
                     .map_err(|e| Error::os("read state dir", Some(path), e))?;
@@ -150,9 +150,9 @@ impl StateDir {
                     .ok_or_else(|| not_ours(path, "vanished while it was being created"))?
             }
         };
-        check_leaf(path, &leaf)?;
-        if sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) == Some(true) {
-            return verify_ours(path, leaf);
+        let st = check_leaf(path, &leaf)?;
+        if st.mount_root == Some(true) {
+            return verify_ours(path, leaf, st.mnt_id);
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
@@ -164,9 +164,9 @@ impl StateDir {
             .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
         let leaf = open_leaf(path, walked.parent.as_fd(), &walked.name)?
             .ok_or_else(|| not_ours(path, "vanished while it was being opened"))?;
-        check_leaf(path, &leaf)?;
-        if sys::stat_fd(leaf.as_fd()).ok().and_then(|st| st.mount_root) == Some(true) {
-            return verify_ours(path, leaf);
+        let st = check_leaf(path, &leaf)?;
+        if st.mount_root == Some(true) {
+            return verify_ours(path, leaf, st.mnt_id);
         }
         // Never cover what is there: only an empty directory takes the tmpfs.
         let names = sys::dir_entries(leaf.as_fd())
@@ -313,8 +313,9 @@ fn check_ancestor(path: &Path, at: &Path, dir: BorrowedFd<'_>, is_parent: bool) 
     ))
 }
 
-/// The state dir itself: root-owned, mode 0700.
-fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<()> {
+/// The state dir itself: root-owned, mode 0700. Its stat, for what else
+/// the caller asks of it (a mount root? which mount?).
+fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<sys::Stat> {
     let st =
         sys::stat_fd(leaf.as_fd()).map_err(|e| Error::os("inspect state dir", Some(path), e))?;
     if st.uid != 0 || st.mode & 0o077 != 0 {
@@ -327,12 +328,14 @@ fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(st)
 }
 
 /// A mount at the state dir: idoverlay's only if it is a tmpfs with the
 /// marker idoverlay put there.
-fn verify_ours(path: &Path, root: OwnedFd) -> Result<StateDir> {
+/// `mount_id`: the mount's id from the stat the caller made of `root`
+/// (making it private below changes its propagation, not its id).
+fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<StateDir> {
     let fs = crate::fs_type::of_fd(root.as_fd());
     let refuse = |why: String| {
         not_ours(
@@ -365,7 +368,6 @@ fn verify_ours(path: &Path, root: OwnedFd) -> Result<StateDir> {
     // staged mounts below it would propagate. So every open makes sure.
     sys::make_mount_private(root.as_fd())
         .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
-    let mount_id = sys::stat_fd(root.as_fd()).ok().and_then(|st| st.mnt_id);
     Ok(StateDir {
         path: path.to_path_buf(),
         fd: root,
