@@ -100,6 +100,19 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
                             "{what}: temporary mounts visible: {left:#?}"
                         );
                     }
+                    // Nor in the staging namespace kept for the boot (when
+                    // the kill came after it was kept: its nsfs file bound
+                    // in the state tmpfs, another device).
+                    let ns = state.join("staging-ns");
+                    let kept = fs::metadata(&ns)
+                        .is_ok_and(|m| m.dev() != fs::metadata(&state).unwrap().dev());
+                    if strategy == "private-ns" && kept {
+                        assert_eq!(
+                            in_mount_ns(&ns, &root_names),
+                            "2\nproc",
+                            "{what}: something left in the staging namespace"
+                        );
+                    }
                     for (l, p) in layers.iter().zip(&prints) {
                         assert!(
                             fingerprint_diff(p, &fingerprint(l)).is_empty(),

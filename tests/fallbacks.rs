@@ -428,47 +428,8 @@ fn private_ns_stages_in_a_namespace_of_its_own_kept_for_the_boot_and_swept() {
         );
         // Inside it (a thread of ours enters it): one tmpfs root, no stage
         // left, nothing of the host's mounts.
-        let in_ns = |f: &(dyn Fn() -> String + Sync)| -> String {
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        let proc = fs::File::open("/proc").unwrap();
-                        let nsfd = fs::File::open(&ns).unwrap();
-                        // SAFETY: CLONE_FS does not touch the fd table.
-                        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
-                            .unwrap();
-                        rustix::thread::move_into_link_name_space(
-                            std::os::fd::AsFd::as_fd(&nsfd),
-                            Some(rustix::thread::LinkNameSpaceType::Mount),
-                        )
-                        .unwrap();
-                        let table = rustix::fs::openat(
-                            &proc,
-                            "thread-self/mountinfo",
-                            rustix::fs::OFlags::RDONLY,
-                            rustix::fs::Mode::empty(),
-                        )
-                        .map(|fd| {
-                            let mut text = String::new();
-                            std::io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
-                                .unwrap();
-                            text
-                        })
-                        .unwrap();
-                        format!("{}\n{}", table.lines().count(), f())
-                    })
-                    .join()
-                    .unwrap()
-            })
-        };
-        let ls = || {
-            let mut names: Vec<String> = fs::read_dir("/")
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names.join(" ")
-        };
+        let in_ns = |f: &(dyn Fn() -> String + Sync)| in_mount_ns(&ns, f);
+        let ls = root_names;
         assert_eq!(
             in_ns(&ls),
             "2\nproc",

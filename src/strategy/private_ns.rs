@@ -7,16 +7,17 @@
 //! layer clones; upper and work through one clone of a directory above
 //! both) — before 6.15 only a mount of the caller's namespace can be cloned
 //! → a dedicated thread enters the staging namespace (`setns`: it copies
-//! no mount table), makes a stage (a tmpfs of its own, its working
-//! directory), attaches the clones there under short names, builds the
-//! overlay from those names (see `staged`), `fsmount`s it and detaches the
-//! stage again → the detached overlay fd comes back; it keeps overlay's
-//! own private copies of the layers.
+//! no mount table) and takes a private copy of it (two mounts), makes a
+//! stage there (a tmpfs of its own over the copy's root, its working
+//! directory), attaches the clones there under short names and builds the
+//! overlay from those names (see `staged`) → the detached overlay fd comes
+//! back; it keeps overlay's own private copies of the layers. The copy, and
+//! everything staged in it, goes with the thread.
 //!
-//! Nothing temporary is ever attached in the caller's namespace. A killed
-//! process takes the staging namespace with it (one per process), or, with
-//! the namespace kept for the boot, leaves its stage there, where the next
-//! assembly finds its lock free and removes it.
+//! Nothing temporary is ever attached in the caller's namespace, nor in the
+//! staging namespace (shared by every assembly, and kept for the boot by
+//! the command line tool): a killed process takes its threads' copies with
+//! it.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -39,8 +40,8 @@ pub(crate) fn assemble(req: &Request<'_>, for_boot: bool) -> Result<OwnedFd> {
             None => staging_ns::Stage::fresh()?,
         };
         req.trace(|| "private-ns: in the staging namespace, on a stage of its own".to_string());
-        // Nothing needs recording: the stage is detached when this ends,
-        // and a dead assembly's stage is found by its free lock.
+        // Nothing needs recording: the stage goes with this thread's
+        // namespace, when the thread ends or the process is killed.
         let mut nothing_to_record = |_: &str| Ok(());
         let at_home = |clone: &mut dyn FnMut() -> Result<OwnedFd>| ns_stage.at_home(clone);
         let mut stage = Stage {

@@ -19,12 +19,15 @@
 //! copy of the caller's namespace that dies with its thread
 //! ([`Stage::fresh`]), at the cost of the copy.
 //!
-//! Each assembly stages in a tmpfs of its own, attached at a random name in
-//! the namespace's root, beside a lock file the assembling thread holds
-//! (`flock`) until it has detached that tmpfs again. What a killed process
-//! leaves there (only in a namespace kept for the boot) is found by the
-//! next assembly: a stage whose lock nobody holds is detached, its name
-//! removed. Nothing of it is ever visible in the host's mount namespace.
+//! Each assembly stages on a thread of its own, in a private copy of the
+//! staging namespace (two mounts to copy) with a tmpfs of its own over its
+//! root ([`Stage`]): nothing of an assembly ever lands in the staging
+//! namespace itself, so there is nothing to detach or remove afterwards,
+//! and a killed process leaves nothing there. Earlier builds staged in the
+//! staging namespace itself, each stage beside a lock file held while it
+//! lived; what a killed assembly of theirs left in a namespace kept for
+//! the boot (a stage whose lock nobody holds) is removed once per process.
+//! Nothing of it is ever visible in the host's mount namespace.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -228,132 +231,97 @@ fn tmpfs(source: &str, size: &str) -> sys::SysResult<OwnedFd> {
     )
 }
 
-/// One assembly's stage in the staging namespace, entered by the calling
-/// thread (which must be one of idoverlay's, ending afterwards): its
-/// working directory is the stage, a tmpfs of its own.
+/// One assembly's stage: the calling thread (one of idoverlay's, ending
+/// afterwards) in a mount namespace of its own, whose root a tmpfs of its
+/// own covers; its working directory is that tmpfs.
+///
+/// The namespace is a private copy (`unshare`) of the staging namespace,
+/// which holds two mounts, so it costs the same on any node. Nothing of an
+/// assembly ever lands in the staging namespace itself: the copy, with
+/// every clone staged in it, goes when the thread ends, and with the
+/// process when it is killed. The kernel wakes whoever waits for a thread
+/// (`exit_mm`) before it drops the thread's namespaces, so that teardown —
+/// an RCU grace period — is not on the caller's path.
 pub(crate) struct Stage {
-    name: String,
-    /// The staging namespace's root.
-    root: OwnedFd,
-    /// Held (`flock`) until the stage is gone; `None` for a fresh
-    /// namespace, which goes with the thread.
-    lock: Option<OwnedFd>,
     /// The stage tmpfs' root.
     pub dir: OwnedFd,
     /// The caller's mount namespace, to make clones there.
     home: OwnedFd,
-    /// The staging namespace.
-    ns: OwnedFd,
 }
 
 impl Stage {
-    /// Enters `ns` from the calling thread (`home` is where it was),
-    /// clears what dead assemblies left, and makes a stage.
+    /// Enters `ns` from the calling thread, removes what killed assemblies
+    /// of earlier builds left there (once per process), and makes a stage
+    /// in a private copy of it.
     pub fn enter(ns: OwnedFd) -> Result<Stage> {
-        let home = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
-            .map_err(|e| Error::os("open this thread's mount namespace", None, e))?;
+        let home = open_home()?;
         sys::enter_mount_ns(ns.as_fd())
             .map_err(|e| Error::os("enter the staging namespace", None, e))?;
-        let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
-            .map_err(|e| Error::os("open the staging namespace's root", None, e))?;
-        // The working directory is the root here (setns put it there).
-        sweep(root.as_fd());
-        let name = format!("{:016x}", sys::random_u64());
-        let failed = |e| Error::os("make a stage in the staging namespace", None, e);
-        // The lock file appears locked (made under another name, locked,
-        // renamed): a sweep never takes a live stage for a dead one.
-        let temp = format!(".{name}.tmp");
-        let lock = sys::create_file(root.as_fd(), Path::new(&temp), 0o600)
-            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
-            .and_then(|fd| {
-                sys::rename(
-                    root.as_fd(),
-                    Path::new(&temp),
-                    Path::new(&format!("{name}.lock")),
-                )
-                .map(|()| fd)
-            })
-            .map_err(failed)?;
-        sys::mkdir(root.as_fd(), Path::new(&name), 0o700).map_err(failed)?;
-        let dir = tmpfs("idoverlay-staging", "64k").map_err(failed)?;
-        sys::move_mount(dir.as_fd(), root.as_fd(), Path::new(&name))
-            .and_then(|()| sys::fchdir(dir.as_fd()))
-            .map_err(failed)?;
-        Ok(Stage {
-            name,
-            root,
-            lock: Some(lock),
-            dir,
-            home,
-            ns,
-        })
+        if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // The working directory is the root here (setns put it there).
+            let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
+                .map_err(|e| Error::os("open the staging namespace's root", None, e))?;
+            sweep(root.as_fd());
+        }
+        Stage::in_private_copy(home, "a copy of the staging namespace")
     }
 
-    /// A stage in a private copy of the caller's mount namespace, made by
-    /// the calling thread (which must be one of idoverlay's, ending
-    /// afterwards: the namespace, with everything staged in it, goes with
-    /// it): `/` made recursively private first, a tmpfs over it, the
-    /// working directory there. Where no staging namespace can be made.
+    /// A stage in a private copy of the caller's mount namespace, at the
+    /// cost of copying its table: where no staging namespace can be made.
     pub fn fresh() -> Result<Stage> {
-        let failed = |what: &'static str| {
+        Stage::in_private_copy(open_home()?, "a private copy of the caller's namespace")
+    }
+
+    /// Gives the calling thread a private copy of the namespace it is in
+    /// (`/` made recursively private first: nothing staged propagates
+    /// back), covers its root with a fresh tmpfs and moves there.
+    fn in_private_copy(home: OwnedFd, copy: &str) -> Result<Stage> {
+        let failed = |what: String| {
             move |e| {
                 Error::os(what, None, e)
                     .with_hint("a seccomp policy may forbid unshare")
                     .with_advice(crate::Advice::UseHostStaged)
             }
         };
-        let home = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
-            .map_err(failed("open this thread's mount namespace"))?;
-        sys::unshare_mount_ns().map_err(failed("give a helper thread its own mount namespace"))?;
-        let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
-            .map_err(failed("open the helper thread's mount namespace"))?;
+        sys::unshare_mount_ns().map_err(failed(format!("give a helper thread {copy}")))?;
         sys::make_private_recursive(Path::new("/"))
-            .map_err(failed("make the private namespace's mounts private"))?;
-        let dir = tmpfs("idoverlay-staging", "64k").map_err(failed("create a staging tmpfs"))?;
+            .map_err(failed(format!("make the mounts of {copy} private")))?;
+        let dir = tmpfs("idoverlay-staging", "64k")
+            .map_err(failed("create a staging tmpfs".to_string()))?;
         sys::move_mount(dir.as_fd(), sys::cwd(), Path::new("/"))
             .and_then(|()| sys::fchdir(dir.as_fd()))
-            .map_err(failed("attach the staging tmpfs in the private namespace"))?;
-        let root = sys::dup(dir.as_fd()).map_err(failed("keep the staging tmpfs"))?;
-        Ok(Stage {
-            name: String::new(),
-            root,
-            lock: None,
-            dir,
-            home,
-            ns,
-        })
+            .map_err(failed(format!("attach the staging tmpfs in {copy}")))?;
+        Ok(Stage { dir, home })
     }
 
     /// Runs `f` in the caller's mount namespace (to clone what only it
     /// shows), then comes back into the stage.
     pub fn at_home<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let here = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+            .map_err(|e| Error::os("open the staging thread's mount namespace", None, e))?;
         sys::set_mount_ns(self.home.as_fd())
             .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
         let result = f();
-        sys::set_mount_ns(self.ns.as_fd())
+        sys::set_mount_ns(here.as_fd())
             .and_then(|()| sys::fchdir(self.dir.as_fd()))
             .map_err(|e| Error::os("enter the staging namespace", None, e))?;
         result
     }
 }
 
-impl Drop for Stage {
-    /// Detaches the stage tmpfs (and every clone staged on it), removes its
-    /// name, lets go of the lock.
-    fn drop(&mut self) {
-        if self.lock.is_none() {
-            return;
-        }
-        // Out of the stage first: the name below is removed through the
-        // namespace root's fd, whichever namespace this thread is in.
-        let _ = sys::fchdir(self.root.as_fd());
-        remove_stage(self.root.as_fd(), &self.name);
-    }
+/// The calling thread's mount namespace, by an fd.
+fn open_home() -> Result<OwnedFd> {
+    sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
+        .map_err(|e| Error::os("open this thread's mount namespace", None, e))
 }
 
+/// Whether this process has looked for what earlier builds left in the
+/// staging namespace.
+static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Detaches stage `name` (with every clone staged on it) and removes its
-/// names, the lock file last. The namespace has no /proc: the stage is
-/// named relative to the working directory, which must be `root` (only
+/// names, the lock file last. `umount2` takes a path: the stage is named
+/// relative to the working directory, which must be `root` (only
 /// idoverlay's threads ever enter this namespace).
 fn remove_stage(root: BorrowedFd<'_>, name: &str) {
     let mounted = sys::stat_nofollow(root, Path::new(name))

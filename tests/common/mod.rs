@@ -145,6 +145,52 @@ impl Drop for Scratch {
     }
 }
 
+/// What a thread sees inside the mount namespace of nsfs file `ns`: the
+/// number of mounts there, a newline, then what `f` returns, run there.
+pub fn in_mount_ns(ns: &Path, f: &(dyn Fn() -> String + Sync)) -> String {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let proc = fs::File::open("/proc").unwrap();
+                let nsfd = fs::File::open(ns).unwrap();
+                // SAFETY: CLONE_FS does not touch the fd table.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                    .unwrap();
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&nsfd),
+                    Some(rustix::thread::LinkNameSpaceType::Mount),
+                )
+                .unwrap();
+                let table = rustix::fs::openat(
+                    &proc,
+                    "thread-self/mountinfo",
+                    rustix::fs::OFlags::RDONLY,
+                    rustix::fs::Mode::empty(),
+                )
+                .map(|fd| {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut fs::File::from(fd), &mut text).unwrap();
+                    text
+                })
+                .unwrap();
+                format!("{}\n{}", table.lines().count(), f())
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// The names in the root directory of the calling thread, sorted, joined
+/// by spaces (for [`in_mount_ns`]).
+pub fn root_names() -> String {
+    let mut names: Vec<String> = fs::read_dir("/")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.join(" ")
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
