@@ -315,7 +315,11 @@ impl Overlay {
     /// tool is (in one process, the report is kept anyway). The first
     /// successful assembly of a boot probes and writes it, creating the
     /// state dir's tmpfs; a report of another kernel or boot, or one that
-    /// does not parse whole, is probed again.
+    /// does not parse whole, is probed again. A report given with
+    /// [`Overlay::probe_report`] is used instead of the kept one. The
+    /// staging namespace of [`Strategy::PrivateNs`] is then kept for the
+    /// boot too (in either case), so that a new process does not copy the
+    /// node's mount table to make one.
     #[must_use = "the builder returns the changed Overlay"]
     pub fn keep_probe_for_boot(mut self, on: bool) -> Self {
         self.probe_for_boot = on;

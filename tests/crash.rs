@@ -30,6 +30,37 @@ const MOUNT_SYSCALLS: [&str; 10] = [
     "umount2",
 ];
 
+/// What idoverlay keeps in a state dir for the boot, not temporary: its
+/// tmpfs, and private-ns' staging namespace bound there.
+fn kept_for_boot(m: &common::mountinfo::MountEntry) -> bool {
+    m.source == "idoverlay-state" || (m.fs_type == "nsfs" && m.mount_point.ends_with("staging-ns"))
+}
+
+/// Whether `state` holds private-ns' staging namespace (its nsfs file
+/// bound in the state tmpfs: another device).
+fn staging_ns_kept(state: &Path) -> bool {
+    fs::metadata(state.join("staging-ns"))
+        .is_ok_and(|m| m.dev() != fs::metadata(state).unwrap().dev())
+}
+
+/// Mounts (and unmounts) with private-ns until `state` keeps a staging
+/// namespace: now and then this kernel refuses to bind one (ELOOP, see
+/// staging_ns.rs), and that process mounts from one of its own.
+fn keep_staging_ns(state: &Path, layers: &[std::path::PathBuf], target: &Path) {
+    for _ in 0..10 {
+        if staging_ns_kept(state) {
+            return;
+        }
+        let out = cli_under_strace("getpid:signal=KILL:when=65535", "private-ns", state, layers, target);
+        assert!(out.status.success(), "{}", stderr(&out));
+        run(idoverlay().arg("umount").arg(target));
+    }
+    panic!(
+        "{}: no staging namespace kept in ten mounts",
+        state.display()
+    );
+}
+
 #[test]
 fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,8 +77,17 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
             for syscall in MOUNT_SYSCALLS {
                 let mut n = 1;
                 loop {
-                    // Fresh state each time, so every run makes the same calls.
-                    let state = dir.join(format!("state-{strategy}-{syscall}-{n}"));
+                    // Fresh state each time, so every run makes the same
+                    // calls. private-ns: one state dir per syscall, whose
+                    // staging namespace (kept for the boot) exists before
+                    // the kills, so that they land in assemblies.
+                    let state = if strategy == "private-ns" {
+                        let state = dir.join(format!("state-{strategy}-{syscall}"));
+                        keep_staging_ns(&state, &layers, &target);
+                        state
+                    } else {
+                        dir.join(format!("state-{strategy}-{syscall}-{n}"))
+                    };
                     let out = cli_under_strace(
                         &format!("{syscall}:signal=KILL:when={n}"),
                         strategy,
@@ -70,7 +110,7 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
                     }
                     let left: Vec<_> = mounts()
                         .into_iter()
-                        .filter(|m| !before.contains(&m.mount_id) && m.source != "idoverlay-state")
+                        .filter(|m| !before.contains(&m.mount_id) && !kept_for_boot(m))
                         .collect();
                     if strategy == "host-staged" {
                         // Only what gc removes: staged clones in the state dir.
@@ -81,9 +121,7 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
                         run(idoverlay().args(["gc", "--state-dir"]).arg(&state));
                         let still: Vec<_> = mounts()
                             .into_iter()
-                            .filter(|m| {
-                                !before.contains(&m.mount_id) && m.source != "idoverlay-state"
-                            })
+                            .filter(|m| !before.contains(&m.mount_id) && !kept_for_boot(m))
                             .collect();
                         assert!(still.is_empty(), "{what}: after gc {still:#?}");
                         // Only idoverlay's marker of its own state tmpfs stays.
@@ -100,13 +138,9 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
                             "{what}: temporary mounts visible: {left:#?}"
                         );
                     }
-                    // Nor in the staging namespace kept for the boot (when
-                    // the kill came after it was kept: its nsfs file bound
-                    // in the state tmpfs, another device).
+                    // Nor in the staging namespace kept for the boot.
                     let ns = state.join("staging-ns");
-                    let kept = fs::metadata(&ns)
-                        .is_ok_and(|m| m.dev() != fs::metadata(&state).unwrap().dev());
-                    if strategy == "private-ns" && kept {
+                    if strategy == "private-ns" {
                         assert_eq!(
                             in_mount_ns(&ns, &root_names),
                             "2\nproc",

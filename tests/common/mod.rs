@@ -519,7 +519,11 @@ pub fn cli_under_strace(
         fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
     }
     let mut cmd = Command::new("strace");
-    cmd.env("IDOVERLAY_PROBE_CACHE", "off");
+    // private-ns as the tool runs it: its staging namespace kept for the
+    // boot, in `state` (so a kill can be looked for inside it).
+    if strategy != "private-ns" {
+        cmd.env("IDOVERLAY_PROBE_CACHE", "off");
+    }
     cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
         .arg(format!("inject={inject}"))
         .arg("--")

@@ -193,7 +193,10 @@ pub fn build(args: &MountArgs, verbose: bool) -> Result<(Overlay, serde_json::Va
         overlay = overlay.probe_report(std::sync::Arc::new(idoverlay::probe::ProbeReport::load(
             &path,
         )?));
-    } else if crate::probe::keep_for_boot_enabled() {
+    }
+    // With a report given it is used instead of the kept one, and
+    // private-ns' staging namespace is still kept for the boot.
+    if crate::probe::keep_for_boot_enabled() {
         overlay = overlay.keep_probe_for_boot(true);
     }
 
