@@ -514,21 +514,41 @@ pub fn cli_under_strace(
     layers: &[PathBuf],
     target: &Path,
 ) -> Output {
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={inject}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"));
+    cli_mount_args(&mut cmd, strategy, state, layers, target);
+    cmd.output().unwrap()
+}
+
+/// The same mount as [`cli_under_strace`], without strace.
+#[allow(dead_code)]
+pub fn cli_mount(strategy: &str, state: &Path, layers: &[PathBuf], target: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idoverlay"));
+    cli_mount_args(&mut cmd, strategy, state, layers, target);
+    cmd.output().unwrap()
+}
+
+/// The environment and arguments of [`cli_under_strace`]'s mount.
+fn cli_mount_args(
+    cmd: &mut Command,
+    strategy: &str,
+    state: &Path,
+    layers: &[PathBuf],
+    target: &Path,
+) {
     let report = state.parent().unwrap().join("probe.json");
     if !report.exists() {
         fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
     }
-    let mut cmd = Command::new("strace");
     // private-ns as the tool runs it: its staging namespace kept for the
     // boot, in `state` (so a kill can be looked for inside it).
     if strategy != "private-ns" {
         cmd.env("IDOVERLAY_PROBE_CACHE", "off");
     }
-    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("inject={inject}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_idoverlay"))
-        .args(["mount", "--strategy", strategy, "--probe-report"])
+    cmd.args(["mount", "--strategy", strategy, "--probe-report"])
         .arg(&report)
         .arg("--state-dir")
         .arg(state);
@@ -537,7 +557,6 @@ pub fn cli_under_strace(
     }
     cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
         .arg(target);
-    cmd.output().unwrap()
 }
 
 /// Two entries of one directory swapped with `renameat2(RENAME_EXCHANGE)`
