@@ -336,6 +336,22 @@ impl Overlay {
     }
 
     /// Receives one line per step taken (strategy, groups, syscalls), for `-v`.
+    ///
+    /// It is called in the middle of an assembly: on the calling thread or
+    /// on one of idoverlay's own, possibly with every signal blocked, and
+    /// for [`Strategy::PrivateNs`] from inside its staging mount namespace,
+    /// where the caller's paths do not exist. Hand the line to something
+    /// already open (a buffer, a channel, an fd); do not open paths or
+    /// block in it.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    /// let sink = lines.clone();
+    /// let overlay = idoverlay::Overlay::new()
+    ///     .trace(Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_string())));
+    /// # let _ = overlay;
+    /// ```
     #[must_use = "the builder returns the changed Overlay"]
     pub fn trace(mut self, trace: Trace) -> Self {
         self.trace = Some(trace);
