@@ -36,7 +36,7 @@ pub(crate) fn assemble(req: &Request<'_>, for_boot: bool) -> Result<OwnedFd> {
     let ns = staging_ns::get(for_boot.then_some(req.state))?;
     crate::threads::run_on_thread("private-ns", || {
         let ns_stage = match ns {
-            Some(ns) => staging_ns::Stage::enter(ns)?,
+            Some(ns) => staging_ns::Stage::enter(ns, for_boot)?,
             None => staging_ns::Stage::fresh()?,
         };
         req.trace(|| "private-ns: in the staging namespace, on a stage of its own".to_string());

@@ -250,14 +250,15 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
-    /// Enters `ns` from the calling thread, removes what killed assemblies
-    /// of earlier builds left there (once per process), and makes a stage
-    /// in a private copy of it.
-    pub fn enter(ns: OwnedFd) -> Result<Stage> {
+    /// Enters `ns` from the calling thread and makes a stage in a private
+    /// copy of it. `for_boot`: `ns` is the boot's, where killed assemblies
+    /// of earlier builds may have left stages; they are removed, once per
+    /// process (this process's own namespace never held one).
+    pub fn enter(ns: OwnedFd, for_boot: bool) -> Result<Stage> {
         let home = open_home()?;
         sys::enter_mount_ns(ns.as_fd())
             .map_err(|e| Error::os("enter the staging namespace", None, e))?;
-        if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if for_boot && !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
             // The working directory is the root here (setns put it there).
             let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
                 .map_err(|e| Error::os("open the staging namespace's root", None, e))?;
@@ -316,7 +317,7 @@ fn open_home() -> Result<OwnedFd> {
 }
 
 /// Whether this process has looked for what earlier builds left in the
-/// staging namespace.
+/// boot's staging namespace.
 static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Detaches stage `name` (with every clone staged on it) and removes its
