@@ -277,29 +277,29 @@ impl Stage {
     /// (`/` made recursively private first: nothing staged propagates
     /// back), covers its root with a fresh tmpfs and moves there.
     fn in_private_copy(home: OwnedFd, copy: &str) -> Result<Stage> {
-        let failed = |what: String| {
+        // The messages are made only on failure: this runs per assembly.
+        let failed = |what: &'static str| {
             move |e| {
-                Error::os(what, None, e)
+                Error::os(format!("{what} {copy}"), None, e)
                     .with_hint("a seccomp policy may forbid unshare")
                     .with_advice(crate::Advice::UseHostStaged)
             }
         };
-        sys::unshare_mount_ns().map_err(failed(format!("give a helper thread {copy}")))?;
+        sys::unshare_mount_ns().map_err(failed("give a helper thread"))?;
         sys::make_private_recursive(Path::new("/"))
-            .map_err(failed(format!("make the mounts of {copy} private")))?;
-        let dir = tmpfs("idoverlay-staging", "64k")
-            .map_err(failed("create a staging tmpfs".to_string()))?;
+            .map_err(failed("make private the mounts of"))?;
+        let dir =
+            tmpfs("idoverlay-staging", "64k").map_err(failed("create a staging tmpfs for"))?;
         sys::move_mount(dir.as_fd(), sys::cwd(), Path::new("/"))
             .and_then(|()| sys::fchdir(dir.as_fd()))
-            .map_err(failed(format!("attach the staging tmpfs in {copy}")))?;
+            .map_err(failed("attach the staging tmpfs in"))?;
         Ok(Stage { dir, home })
     }
 
     /// Runs `f` in the caller's mount namespace (to clone what only it
     /// shows), then comes back into the stage.
     pub fn at_home<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let here = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
-            .map_err(|e| Error::os("open the staging thread's mount namespace", None, e))?;
+        let here = open_home()?;
         sys::set_mount_ns(self.home.as_fd())
             .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
         let result = f();
@@ -310,7 +310,8 @@ impl Stage {
     }
 }
 
-/// The calling thread's mount namespace, by an fd.
+/// The calling thread's mount namespace, by an fd (the caller's, before
+/// the thread leaves it; the stage's, to come back to it).
 fn open_home() -> Result<OwnedFd> {
     sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
         .map_err(|e| Error::os("open this thread's mount namespace", None, e))
