@@ -206,6 +206,34 @@ pub(crate) fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the pass-through parameters to mount(2) data as `,key=value`.
+/// Refuses (naming it) a parameter that holds a comma: mount(2) splits its
+/// data at commas, so the rest would reach the kernel as another option (a
+/// `lowerdir=` neither checked nor idmapped), although fsconfig took the
+/// whole value (an SELinux context may hold one). The caller then uses
+/// fsconfig, or refuses.
+pub(crate) fn push_params_to_mount_data<'p>(
+    params: &'p [OverlayParam],
+    data: &mut Vec<u8>,
+) -> std::result::Result<(), &'p OverlayParam> {
+    let has_comma = |s: &str| s.contains(',');
+    if let Some(p) = params
+        .iter()
+        .find(|p| has_comma(&p.key) || p.value.as_deref().is_some_and(has_comma))
+    {
+        return Err(p);
+    }
+    for p in params {
+        data.push(b',');
+        data.extend_from_slice(p.key.as_bytes());
+        if let Some(v) = &p.value {
+            data.push(b'=');
+            data.extend_from_slice(v.as_bytes());
+        }
+    }
+    Ok(())
+}
+
 /// overlay's escaping for an `upperdir=`/`workdir=` value: it unescapes
 /// `\x` to `x` on every kernel, and mount(2) data is split at unescaped
 /// commas first. Byte-exact: names need not be UTF-8.
@@ -277,4 +305,36 @@ pub(crate) fn idmapped_clone(
         Failed::Clone(e) => Error::os(format!("clone {what}"), Some(path), e),
         Failed::Idmap(e) => idmap_error(path, what, source, e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(key: &str, value: Option<&str>) -> OverlayParam {
+        OverlayParam {
+            key: key.into(),
+            value: value.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn params_reach_mount_data_only_without_a_comma() {
+        let mut data = b"lowerdir=l1".to_vec();
+        let params = [param("index", Some("off")), param("userxattr", None)];
+        push_params_to_mount_data(&params, &mut data).unwrap();
+        assert_eq!(data, b"lowerdir=l1,index=off,userxattr");
+        // fsconfig takes such a value whole; mount(2) would read a second
+        // lowerdir, unchecked and not idmapped.
+        for bad in [
+            param("context", Some("system_u:object_r:x:s0,lowerdir=/etc")),
+            param("userxattr,lowerdir=/etc", None),
+        ] {
+            let mut data = b"lowerdir=l1".to_vec();
+            let params = [param("index", Some("off")), bad];
+            let refused = push_params_to_mount_data(&params, &mut data).unwrap_err();
+            assert_eq!(refused.key, params[1].key);
+            assert_eq!(data, b"lowerdir=l1", "nothing appended");
+        }
+    }
 }

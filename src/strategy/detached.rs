@@ -40,7 +40,8 @@ use super::{prepare, retry_on_its_own, Prepared, Request, Share};
 use crate::error::{display_path, Error, ErrorKind, Result};
 use crate::layer::{OpenedDir, Placement, Role};
 use crate::overlayfs::{
-    escape_lower, idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
+    escape_lower, idmapped_clone, push_params_to_mount_data, role_key, OverlayContext,
+    FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
 };
 use crate::sys::{self, MountAttrs};
 
@@ -557,13 +558,9 @@ pub(crate) fn mount_at(
             clones.upper_work.as_ref(),
         )));
     }
-    for p in req.params {
-        data.push(b',');
-        data.extend_from_slice(p.key.as_bytes());
-        if let Some(v) = &p.value {
-            data.push(b'=');
-            data.extend_from_slice(v.as_bytes());
-        }
+    if push_params_to_mount_data(req.params, &mut data).is_err() {
+        req.trace(|| "fast path: an option holds a comma, which mount(2) cannot carry".into());
+        return Ok(None);
     }
     if data.len() > MOUNT_DATA_MAX {
         return Ok(None);

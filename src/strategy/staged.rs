@@ -27,7 +27,8 @@ use super::{prepare, retry_on_its_own, Prepared, Request, Share};
 use crate::error::{Error, Result};
 use crate::layer::OpenedDir;
 use crate::overlayfs::{
-    idmapped_clone, role_key, OverlayContext, FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX,
+    idmapped_clone, push_params_to_mount_data, role_key, OverlayContext, FSCONFIG_VALUE_MAX,
+    MOUNT_DATA_MAX,
 };
 use crate::sys::{self, MountAttrs};
 
@@ -407,23 +408,15 @@ fn mount_legacy(
         data.push(b',');
         data.extend_from_slice(&refs.mount_data());
     }
-    for p in req.params {
-        if p.key.contains(',') || p.value.as_deref().is_some_and(|v| v.contains(',')) {
-            if soft {
-                return Ok(None);
-            }
-            return Err(Error::invalid(
-                "option",
-                &p.key,
-                "contains a comma, which mount(2) options cannot carry",
-            ));
+    if let Err(p) = push_params_to_mount_data(req.params, &mut data) {
+        if soft {
+            return Ok(None);
         }
-        data.push(b',');
-        data.extend_from_slice(p.key.as_bytes());
-        if let Some(v) = &p.value {
-            data.push(b'=');
-            data.extend_from_slice(v.as_bytes());
-        }
+        return Err(Error::invalid(
+            "option",
+            &p.key,
+            "contains a comma, which mount(2) options cannot carry",
+        ));
     }
     if data.len() > MOUNT_DATA_MAX {
         if soft {
