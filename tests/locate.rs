@@ -28,6 +28,59 @@ fn nothing_new_mounted(before: &[mountinfo::MountEntry]) {
 }
 
 #[test]
+fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
+    // The shared clone never follows a symlink, so such a layer is
+    // refused beneath it and reached on its own, by its real place: which
+    // holds the upper and work dirs here. Spelled directly it is refused;
+    // spelled so, too.
+    in_private_ns("locate::symlink_on_the_way", |s| {
+        let dir = s.tmpfs_dir("d");
+        let img = dir.join("img");
+        write_file(&img.join("x/in-layer"), "layer", 0o644, 0, 0);
+        mkdir(&img.join("x/upper"), 0o755, 100000, 100000);
+        mkdir(&img.join("x/work"), 0o755, 0, 0);
+        write_file(&dir.join("l/d/a/f"), "a", 0o644, 0, 0);
+        std::os::unix::fs::symlink("../../img", dir.join("l/d/lnk")).unwrap();
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let print = fingerprint(&img);
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            for layer in [img.join("x"), dir.join("l/d/lnk/x")] {
+                let before = mounts();
+                let e = Overlay::new()
+                    .lower(&layer)
+                    .lower(dir.join("l/d/a"))
+                    .upper(img.join("x/upper"))
+                    .work(img.join("x/work"))
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(dir.join("state"))
+                    .mount(&target)
+                    .map(|m| m.target)
+                    .expect_err(&format!("{strategy}: upper inside {}", layer.display()))
+                    .to_string();
+                assert!(
+                    e.contains("layer 1"),
+                    "{strategy}, {}: {e}",
+                    layer.display()
+                );
+                assert!(!e.contains('\n'));
+                nothing_new_mounted(&before);
+            }
+        }
+        assert_eq!(
+            fingerprint_diff(&print, &fingerprint(&img)),
+            Vec::<String>::new()
+        );
+    });
+}
+
+#[test]
 fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
     in_private_ns("locate::detached_fd", |s| {
         let dir = s.tmpfs_dir("d");

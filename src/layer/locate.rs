@@ -417,7 +417,7 @@ fn check_one(single: &Located<'_>, g: &LocatedGroup<'_>) -> Result<()> {
 /// Directories that cannot be located (no /proc) are left to the kernel.
 pub(crate) fn check_overlaps(
     plan: &Plan<'_>,
-    singles: &[Option<OpenedDir>],
+    singles: &[Option<&OpenedDir>],
     upper: Option<&OpenedDir>,
     work: Option<&OpenedDir>,
     target: Option<&OpenedDir>,
@@ -434,10 +434,8 @@ pub(crate) fn check_overlaps(
             ))
         })
         .collect();
-    let single_paths: Vec<Option<PathBuf>> = singles
-        .iter()
-        .map(|d| d.as_ref().and_then(canonical_path))
-        .collect();
+    let single_paths: Vec<Option<PathBuf>> =
+        singles.iter().map(|d| d.and_then(canonical_path)).collect();
     let upper_path = upper.and_then(canonical_path);
     let work_path = work.and_then(canonical_path);
     let target_path = target.and_then(canonical_path);
@@ -548,7 +546,11 @@ pub(crate) fn check_overlaps(
     let mut singles_located = Vec::new();
     if needed.contains(&true) || !singles.is_empty() {
         for (i, (path, role)) in plan.layers.iter().enumerate() {
-            match plan.rel(i) {
+            // A layer opened on its own (planned so, or retried so after the
+            // kernel refused its name beneath the shared clone) is located
+            // by its open: its name may lead elsewhere than the fd does.
+            let opened = singles.get(i).is_some_and(Option::is_some);
+            match plan.rel(i).filter(|_| !opened) {
                 Some((group, rel)) => {
                     if let (Some(g), true) = (&mut groups[group], needed[group]) {
                         g.members
@@ -556,7 +558,7 @@ pub(crate) fn check_overlaps(
                     }
                 }
                 None => {
-                    let at = match (singles.get(i).and_then(Option::as_ref), &single_paths[i]) {
+                    let at = match (singles.get(i).copied().flatten(), &single_paths[i]) {
                         (Some(d), Some(c)) => {
                             locate(c, &d.stat).map_err(|_| not_in_table(role, path))?
                         }

@@ -294,7 +294,7 @@ fn assemble_sharing(req: &Request<'_>, share: Share) -> Result<OwnedFd> {
                 }
             }
             if clones.singles[i].is_none() {
-                let dir = retry_on_its_own(path, role)?;
+                let dir = retry_on_its_own(req, &prepared, i)?;
                 clones.singles[i] = Some(own_clone(req, &dir)?);
             }
             let clone = clones.singles[i].as_ref().expect("just made");

@@ -167,9 +167,10 @@ pub(crate) fn prepare<'a>(
     if let (Some(upper), Some(work)) = (&upper, &work) {
         upper_work::check_upper_work(upper, work)?;
     }
+    let opened: Vec<Option<&OpenedDir>> = singles.iter().map(Option::as_ref).collect();
     layer::check_overlaps(
         &plan,
-        &singles,
+        &opened,
         upper.as_ref(),
         work.as_ref(),
         req.target,
@@ -253,12 +254,33 @@ fn explain_layer(e: Error, layers: layer::Layers<'_>) -> Error {
     }
 }
 
-/// After the kernel refused a layer reached beneath a shared clone: the
+/// After the kernel refused layer `i` reached beneath a shared clone: the
 /// layer's own one-line explanation when it is not a usable directory
 /// (missing, a file, a symlink…), or the opened layer, to be reached on its
 /// own instead (e.g. a symlink on the way, which shared clones never follow).
-pub(crate) fn retry_on_its_own(path: &Path, role: Role) -> Result<OpenedDir> {
-    layer::open_dir(path, role)
+/// Opened so, it may be somewhere else than its name said, so the overlap
+/// checks run again with it located by its open: an upper dir inside it
+/// (writes landing in an image layer) is refused as in [`prepare`].
+pub(crate) fn retry_on_its_own(
+    req: &Request<'_>,
+    prepared: &Prepared<'_>,
+    i: usize,
+) -> Result<OpenedDir> {
+    let (path, role) = prepared.plan.layers.get(i);
+    let dir = layer::open_dir(path, role)?;
+    let mut opened: Vec<Option<&OpenedDir>> = (0..prepared.plan.layers.len())
+        .map(|k| prepared.single(k))
+        .collect();
+    opened[i] = Some(&dir);
+    layer::check_overlaps(
+        &prepared.plan,
+        &opened,
+        prepared.upper.as_ref(),
+        prepared.work.as_ref(),
+        req.target,
+        &mut None,
+    )?;
+    Ok(dir)
 }
 
 /// CREATE and `fsmount`.

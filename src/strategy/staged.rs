@@ -305,7 +305,7 @@ pub(crate) fn build(
                     // Opened and cloned where the layers are.
                     let mut opened = None;
                     let clone = (stage.at_home)(&mut || {
-                        let dir = retry_on_its_own(path, role)?;
+                        let dir = retry_on_its_own(req, prepared, i)?;
                         let clone = clone_alone(req, &dir);
                         opened = Some(dir);
                         clone
