@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -373,6 +374,124 @@ odd_name_tests! {
     odd_names_host_staged => Strategy::HostStaged, &[];
     odd_names_private_ns_legacy => Strategy::PrivateNs, &[Feature::OverlayLowerdirPlus];
     odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
+}
+
+#[test]
+fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
+    // A chroot whose paths also exist, with other contents, outside it.
+    // setns puts a thread at its namespace's root, not at a chroot: the
+    // staging namespace must still be stripped to its root (pivot_root in
+    // a chroot replaces only the chroot's mount), and a layer reached on
+    // its own (a symlink on the way) must be the chroot's.
+    in_private_ns("fallbacks::chroot", |s| {
+        let dir = s.tmpfs_dir("f");
+        // A mount of its own, as a chroot into an image usually is.
+        let root = dir.join("chroot");
+        mkdir(&root, 0o755, 0, 0);
+        run(Command::new("mount").arg("--bind").arg(&root).arg(&root));
+        for sub in ["usr", "proc", "run"] {
+            mkdir(&root.join(sub), 0o755, 0, 0);
+        }
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg("/usr")
+            .arg(root.join("usr")));
+        run(Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(root.join("proc")));
+        for (link, to) in [
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+            ("bin", "usr/bin"),
+        ] {
+            std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+        }
+        fs::write(root.join("idoverlay"), "").unwrap();
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(env!("CARGO_BIN_EXE_idoverlay"))
+            .arg(root.join("idoverlay")));
+        let layers = dir.join("l");
+        for (prefix, who) in [
+            (PathBuf::from("/"), "the host's"),
+            (root.clone(), "the chroot's"),
+        ] {
+            let at = |p: &Path| prefix.join(p.strip_prefix("/").unwrap());
+            write_file(&at(&layers.join("real/b/who")), who, 0o644, 0, 0);
+            write_file(&at(&layers.join("a/f")), "a", 0o644, 0, 0);
+            std::os::unix::fs::symlink("real", at(&layers.join("link"))).unwrap();
+            mkdir(&at(&dir.join("t")), 0o755, 0, 0);
+        }
+        // A host filesystem mounted now, to be unmounted on the host later:
+        // nothing may keep it.
+        let pinned = dir.join("pin");
+        mkdir(&pinned, 0o755, 0, 0);
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "pin-me"])
+            .arg(&pinned));
+        let chrooted = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("chroot")
+                .arg(&root)
+                .arg("/idoverlay")
+                .args(args)
+                .env_remove("IDOVERLAY_PROBE_CACHE")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        };
+        // The kernel lets no chrooted process make a user namespace: one of
+        // the test's, named through the chroot's /proc.
+        let map: IdMap = "0:100000:65536".parse().unwrap();
+        let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
+        let userns_path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
+        ));
+        let target = dir.join("t");
+        let seen = root.join(target.strip_prefix("/").unwrap());
+        let ns = root.join("run/idoverlay/staging-ns");
+        let lower_b = layers.join("link/b");
+        let lower_a = layers.join("a");
+        let mount_args = [
+            "mount".as_ref(),
+            "--strategy".as_ref(),
+            "private-ns".as_ref(),
+            "--state-dir".as_ref(),
+            "/run/idoverlay".as_ref(),
+            "--lower".as_ref(),
+            lower_b.as_os_str(),
+            "--lower".as_ref(),
+            lower_a.as_os_str(),
+            "--userns".as_ref(),
+            userns_path.as_os_str(),
+            target.as_os_str(),
+        ];
+        // Kept for the boot unless the kernel refused the bind (ELOOP, see
+        // the test below): then mounted again.
+        for attempt in 0..5 {
+            if attempt > 0 {
+                chrooted(&["umount".as_ref(), "--lazy".as_ref(), target.as_os_str()]);
+            }
+            chrooted(&mount_args);
+            if ns.exists() {
+                break;
+            }
+        }
+        assert_eq!(
+            fs::read_to_string(seen.join("who")).unwrap(),
+            "the chroot's"
+        );
+        assert_eq!(owner(&seen.join("who")), (100000, 100000));
+        run(Command::new("umount").arg(&pinned));
+        assert_eq!(
+            in_mount_ns(&ns, &root_names),
+            "2\nproc",
+            "the staging namespace holds more than its root and its /proc"
+        );
+        chrooted(&["umount".as_ref(), "--lazy".as_ref(), target.as_os_str()]);
+        assert!(!seen.join("who").exists(), "unmounted");
+    });
 }
 
 #[test]

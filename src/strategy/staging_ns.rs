@@ -176,6 +176,12 @@ fn make() -> Result<Option<OwnedFd>> {
         sys::unshare_mount_ns().map_err(failed("give the staging namespace its own mounts"))?;
         let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
             .map_err(failed("open the staging namespace"))?;
+        // Entering it puts root and working directory at the namespace's
+        // root. A chrooted caller's root is a directory somewhere in it:
+        // `pivot_root` there would replace only the mount at that place and
+        // leave the rest of the host's table, a copy kept for the boot
+        // (pinning filesystems unmounted on the host meanwhile).
+        sys::set_mount_ns(ns.as_fd()).map_err(failed("enter the staging namespace's root"))?;
         sys::make_private_recursive(Path::new("/"))
             .map_err(failed("make the staging namespace's mounts private"))?;
         let root = tmpfs("idoverlay-staging-root", "64k").map_err(failed("create its root"))?;
@@ -245,8 +251,28 @@ fn tmpfs(source: &str, size: &str) -> sys::SysResult<OwnedFd> {
 pub(crate) struct Stage {
     /// The stage tmpfs' root.
     pub dir: OwnedFd,
-    /// The caller's mount namespace, to make clones there.
-    home: OwnedFd,
+    /// The caller's mount namespace and root directory, to open and clone
+    /// there what only they show: `setns` puts a thread at the
+    /// namespace's root, which for a chrooted caller is not its own.
+    home: Home,
+}
+
+/// Where a caller's paths resolve: its mount namespace and its root.
+struct Home {
+    ns: OwnedFd,
+    root: OwnedFd,
+}
+
+impl Home {
+    /// The calling thread's, before it leaves them.
+    fn here() -> Result<Home> {
+        let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
+            .map_err(|e| Error::os("open the caller's root directory", None, e))?;
+        Ok(Home {
+            ns: open_home()?,
+            root,
+        })
+    }
 }
 
 impl Stage {
@@ -255,7 +281,7 @@ impl Stage {
     /// of earlier builds may have left stages; they are removed, once per
     /// process (this process's own namespace never held one).
     pub fn enter(ns: OwnedFd, for_boot: bool) -> Result<Stage> {
-        let home = open_home()?;
+        let home = Home::here()?;
         sys::enter_mount_ns(ns.as_fd())
             .map_err(|e| Error::os("enter the staging namespace", None, e))?;
         if for_boot && !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -270,13 +296,13 @@ impl Stage {
     /// A stage in a private copy of the caller's mount namespace, at the
     /// cost of copying its table: where no staging namespace can be made.
     pub fn fresh() -> Result<Stage> {
-        Stage::in_private_copy(open_home()?, "a private copy of the caller's namespace")
+        Stage::in_private_copy(Home::here()?, "a private copy of the caller's namespace")
     }
 
     /// Gives the calling thread a private copy of the namespace it is in
     /// (`/` made recursively private first: nothing staged propagates
     /// back), covers its root with a fresh tmpfs and moves there.
-    fn in_private_copy(home: OwnedFd, copy: &str) -> Result<Stage> {
+    fn in_private_copy(home: Home, copy: &str) -> Result<Stage> {
         // The messages are made only on failure: this runs per assembly.
         let failed = |what: &'static str| {
             move |e| {
@@ -296,11 +322,14 @@ impl Stage {
         Ok(Stage { dir, home })
     }
 
-    /// Runs `f` in the caller's mount namespace (to clone what only it
-    /// shows), then comes back into the stage.
+    /// Runs `f` in the caller's mount namespace, under the caller's root
+    /// (to open and clone what only they show), then comes back into the
+    /// stage.
     pub fn at_home<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let here = open_home()?;
-        sys::set_mount_ns(self.home.as_fd())
+        sys::set_mount_ns(self.home.ns.as_fd())
+            .and_then(|()| sys::fchdir(self.home.root.as_fd()))
+            .and_then(|()| sys::chroot_here())
             .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
         let result = f();
         sys::set_mount_ns(here.as_fd())

@@ -41,6 +41,12 @@ pub fn pivot_root_here() -> SysResult<()> {
     rustix::process::pivot_root(".", ".").map_err(fail("pivot_root", || "\".\", \".\"".into()))
 }
 
+/// `chroot(".")`: the working directory becomes the calling thread's root
+/// (its own fs struct: see [`enter_mount_ns`]).
+pub fn chroot_here() -> SysResult<()> {
+    rustix::process::chroot(".").map_err(fail("chroot", || "\".\"".into()))
+}
+
 /// `unshare(CLONE_FS)`: gives the calling thread its own root and working
 /// directory. Only call it on a thread that ends afterwards.
 pub fn unshare_fs() -> SysResult<()> {
