@@ -88,8 +88,23 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
         if name == state::MARKER.as_bytes()
             || name == crate::probe_cache::DIR.as_bytes()
             || name == crate::records::DIR.as_bytes()
-            || name == crate::strategy::staging_ns::FILE.as_bytes()
         {
+            continue;
+        }
+        if name == crate::strategy::staging_ns::FILE.as_bytes() {
+            // The boot's staging namespace stays; the empty file a killed
+            // process left where it was to be bound goes.
+            match crate::strategy::staging_ns::remove_unbound(&state) {
+                Ok(false) => {}
+                Ok(true) => report.staging.push(StagingResult {
+                    removed: true,
+                    kept_because: None,
+                    ..left_alone(&state, name, "")
+                }),
+                Err(e) => report
+                    .staging
+                    .push(left_alone(&state, name, &e.to_string())),
+            }
             continue;
         }
         if let Some(id) = name

@@ -495,6 +495,88 @@ fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
 }
 
 #[test]
+fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused() {
+    // A process killed between creating the file and binding the boot's
+    // staging namespace over it leaves an empty file: that must not stop
+    // private-ns for the rest of the boot. Unbinding the kept namespace
+    // leaves exactly that file.
+    in_private_ns("fallbacks::staging_ns_unbound", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let state = dir.join("run/idoverlay");
+        mkdir(state.parent().unwrap(), 0o755, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let ns = state.join("staging-ns");
+        let mount = || {
+            let mut c = idoverlay();
+            c.env_remove("IDOVERLAY_PROBE_CACHE")
+                .args(["mount", "--strategy", "private-ns", "--state-dir"])
+                .arg(&state);
+            for l in &layers {
+                c.arg("--lower").arg(l);
+            }
+            c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+                .arg(&target)
+                .output()
+                .unwrap()
+        };
+        let mount_and_keep = || {
+            // Kept unless the kernel refused the bind (ELOOP, see below).
+            for _ in 0..5 {
+                let out = mount();
+                assert!(out.status.success(), "{}", stderr(&out));
+                run(idoverlay().arg("umount").arg(&target));
+                if ns.exists() {
+                    return;
+                }
+            }
+            panic!("the staging namespace was never kept");
+        };
+        let unbind = || {
+            run(Command::new("umount").arg(&ns));
+            assert_eq!(fs::metadata(&ns).unwrap().len(), 0, "the file beneath");
+        };
+        mount_and_keep();
+        unbind();
+        // gc removes it, and says so.
+        let out = run(idoverlay()
+            .args(["gc", "--json", "--state-dir"])
+            .arg(&state));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["staging"][0]["path"], ns.display().to_string(), "{v}");
+        assert_eq!(v["staging"][0]["removed"], true, "{v}");
+        assert!(!ns.exists(), "gc removed the unbound file");
+        // The next mount makes the namespace again over such a file.
+        mount_and_keep();
+        unbind();
+        mount_and_keep();
+        assert_eq!(in_mount_ns(&ns, &root_names), "2\nproc");
+        // A file with anything in it is not idoverlay's: refused, kept.
+        unbind();
+        fs::write(&ns, "not ours").unwrap();
+        let out = mount();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not a mount namespace"),
+            "{}",
+            stderr(&out)
+        );
+        let out = idoverlay()
+            .args(["gc", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(&ns).unwrap(),
+            "not ours",
+            "{}",
+            stderr(&out)
+        );
+    });
+}
+
+#[test]
 fn private_ns_stages_in_a_namespace_of_its_own_kept_for_the_boot_and_swept() {
     in_private_ns("fallbacks::staging_ns", |s| {
         let dir = s.tmpfs_dir("f");

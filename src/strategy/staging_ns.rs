@@ -81,82 +81,159 @@ pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
 }
 
 /// The boot's staging namespace, from the state tmpfs (made there when
-/// missing). A file there that is not a mount namespace is refused.
+/// missing). A file there that is not a mount namespace is refused, unless
+/// it is the empty file a killed process left between creating it and
+/// binding the namespace over it: that one is made again.
 fn per_boot(state: &StateDirOnce) -> Result<Option<OwnedFd>> {
     let state_dir = state.path();
     let state = state.get_or_create()?;
     let path = state_dir.join(FILE);
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
     let fd = match open() {
-        Ok(fd) => fd,
-        Err(e) if e.errno == libc::ENOENT => {
-            // Made by one assembly at a time: the lock of the state tmpfs'
-            // marker (root's alone) is held meanwhile.
-            let marker = sys::open_read(state.fd.as_fd(), Path::new(crate::state::MARKER))
-                .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
-                .map_err(|e| Error::os("lock the state dir", Some(state_dir), e))?;
-            let fd = match open() {
-                Ok(fd) => fd,
-                Err(_) => {
-                    // The empty file it is bound over is removed again when
-                    // the bind fails (the state tmpfs is root-only and the
-                    // marker's lock held: nobody else made it).
-                    let keep = |made: &OwnedFd| {
-                        let bind = sys::clone_mount(made.as_fd(), Path::new(""))?;
-                        sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600)?;
-                        sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE))
-                            .inspect_err(|_| {
-                                let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
-                            })
-                    };
-                    let Some(mut made) = make()? else {
-                        return Ok(None);
-                    };
-                    // The kernel refuses (ELOOP) to attach a namespace's
-                    // file in a namespace whose id is not lower than its
-                    // own (its guard against loops). Namespace ids come
-                    // from per-CPU batches, so one made a moment ago on
-                    // another CPU can carry a lower id than the namespace
-                    // this process runs in, when that one is young too (a
-                    // test's, a service's private mounts; never the init
-                    // namespace). Measured: of 400 namespaces made from a
-                    // fresh one, the 201 with a lower id were all refused,
-                    // the 199 with a higher one all taken. So a second one
-                    // is made and kept; failing that, this process's
-                    // namespace serves without being kept.
-                    for second_try in [false, true] {
-                        match keep(&made) {
-                            Ok(()) => break,
-                            Err(e) if e.errno != libc::ELOOP => {
-                                return Err(Error::os(
-                                    "keep the staging namespace in",
-                                    Some(&path),
-                                    e,
-                                ));
-                            }
-                            Err(_) if second_try => return Ok(Some(made)),
-                            Err(_) => match make()? {
-                                Some(again) => made = again,
-                                None => return Ok(Some(made)),
-                            },
-                        }
-                    }
-                    drop(marker);
-                    made
-                }
-            };
-            fd
-        }
+        Ok(fd) if is_mount_ns(&fd) => fd,
+        Ok(fd) if !is_unbound_file(&fd) => return Err(not_a_mount_ns(state_dir)),
+        Ok(_) => match make_and_keep(state, &path, &open)? {
+            Some(fd) => fd,
+            None => return Ok(None),
+        },
+        Err(e) if e.errno == libc::ENOENT => match make_and_keep(state, &path, &open)? {
+            Some(fd) => fd,
+            None => return Ok(None),
+        },
         Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
     };
-    match sys::namespace_type(fd.as_fd()) {
-        Ok(t) if t == libc::CLONE_NEWNS => Ok(Some(fd)),
-        _ => Err(Error::invalid_path(
-            "state dir",
-            state_dir,
-            format!("holds a {FILE} that is not a mount namespace; idoverlay did not put it there"),
-        )),
+    match is_mount_ns(&fd) {
+        true => Ok(Some(fd)),
+        false => Err(not_a_mount_ns(state_dir)),
     }
+}
+
+fn is_mount_ns(fd: &OwnedFd) -> bool {
+    sys::namespace_type(fd.as_fd()).is_ok_and(|t| t == libc::CLONE_NEWNS)
+}
+
+/// The file [`make_and_keep`] binds the namespace over, as it is before
+/// the bind: empty, regular, root's, 0600, no mount on it.
+fn is_unbound_file(fd: &OwnedFd) -> bool {
+    sys::stat_fd(fd.as_fd()).is_ok_and(|st| {
+        st.mode == libc::S_IFREG | 0o600
+            && st.size == 0
+            && st.uid == 0
+            && st.mount_root != Some(true)
+    })
+}
+
+fn not_a_mount_ns(state_dir: &Path) -> Error {
+    Error::invalid_path(
+        "state dir",
+        state_dir,
+        format!("holds a {FILE} that is not a mount namespace; idoverlay did not put it there"),
+    )
+}
+
+/// Makes the namespace and keeps it in the state tmpfs, under the lock of
+/// its marker (root's alone), so one assembly at a time: another may have
+/// kept one meanwhile, which is taken instead. An unbound file left by a
+/// killed process is removed first (the state tmpfs is root-only and the
+/// lock held: nobody else is making one).
+fn make_and_keep(
+    state: &crate::state::StateDir,
+    path: &Path,
+    open: &dyn Fn() -> sys::SysResult<OwnedFd>,
+) -> Result<Option<OwnedFd>> {
+    let marker = lock_marker(state, path)?;
+    if let Found::Namespace(fd) = clear_unbound(state, path, open)? {
+        return Ok(Some(fd));
+    }
+    // The empty file it is bound over is removed again when the bind fails.
+    let keep = |made: &OwnedFd| {
+        let bind = sys::clone_mount(made.as_fd(), Path::new(""))?;
+        sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600)?;
+        sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE)).inspect_err(|_| {
+            let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
+        })
+    };
+    let Some(mut made) = make()? else {
+        return Ok(None);
+    };
+    // The kernel refuses (ELOOP) to attach a namespace's file in a
+    // namespace whose id is not lower than its own (its guard against
+    // loops). Namespace ids come from per-CPU batches, so one made a
+    // moment ago on another CPU can carry a lower id than the namespace
+    // this process runs in, when that one is young too (a test's, a
+    // service's private mounts; never the init namespace). Measured: of 400
+    // namespaces made from a fresh one, the 201 with a lower id were all
+    // refused, the 199 with a higher one all taken. So a second one is made
+    // and kept; failing that, this process's namespace serves without
+    // being kept.
+    for second_try in [false, true] {
+        match keep(&made) {
+            Ok(()) => break,
+            Err(e) if e.errno != libc::ELOOP => {
+                return Err(Error::os("keep the staging namespace in", Some(path), e));
+            }
+            Err(_) if second_try => return Ok(Some(made)),
+            Err(_) => match make()? {
+                Some(again) => made = again,
+                None => return Ok(Some(made)),
+            },
+        }
+    }
+    drop(marker);
+    Ok(Some(made))
+}
+
+/// The state tmpfs' marker, locked: whoever holds it may make, keep or
+/// remove the staging namespace's file.
+fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<OwnedFd> {
+    sys::open_read(state.fd.as_fd(), Path::new(crate::state::MARKER))
+        .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+        .map_err(|e| Error::os("lock the state dir", path.parent(), e))
+}
+
+/// What [`FILE`] is, under the marker's lock.
+enum Found {
+    Namespace(OwnedFd),
+    Nothing,
+    /// An unbound file, removed.
+    Removed,
+}
+
+/// With the marker locked: the namespace kept in [`FILE`], or nothing
+/// there once an unbound file a killed process left is removed (the state
+/// tmpfs is root-only and the lock held: nobody else is making one).
+/// Anything else there is refused.
+fn clear_unbound(
+    state: &crate::state::StateDir,
+    path: &Path,
+    open: &dyn Fn() -> sys::SysResult<OwnedFd>,
+) -> Result<Found> {
+    match open() {
+        Ok(fd) if is_mount_ns(&fd) => Ok(Found::Namespace(fd)),
+        Ok(fd) if is_unbound_file(&fd) => {
+            sys::unlink(state.fd.as_fd(), Path::new(FILE)).map_err(|e| {
+                Error::os("remove the unbound staging namespace file", Some(path), e)
+            })?;
+            Ok(Found::Removed)
+        }
+        Ok(_) => Err(not_a_mount_ns(path.parent().unwrap_or(path))),
+        Err(_) => Ok(Found::Nothing),
+    }
+}
+
+/// For `gc`: removes the file a process killed between creating it and
+/// binding the boot's staging namespace over it left; true when it did.
+pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
+    let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
+    if !open().is_ok_and(|fd| is_unbound_file(&fd)) {
+        return Ok(false);
+    }
+    let path = state.join(FILE);
+    let _marker = lock_marker(state, &path)?;
+    Ok(matches!(
+        clear_unbound(state, &path, &open)?,
+        Found::Removed
+    ))
 }
 
 /// Makes the namespace, on a thread that ends with it made: unshare (one
