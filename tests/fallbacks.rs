@@ -577,6 +577,73 @@ fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused
 }
 
 #[test]
+fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
+    // The boot's staging namespace has a /proc of its maker's pid
+    // namespace. Made by a process in a pid namespace of its own (an agent
+    // in a container sharing the state dir), it shows no
+    // /proc/thread-self to anyone else, which names the upper and work dirs
+    // by fd where overlay takes no layer fds (before 6.13: pretended).
+    in_private_ns("fallbacks::staging_ns_pid_ns", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let state = dir.join("run/idoverlay");
+        mkdir(state.parent().unwrap(), 0o755, 0, 0);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let (upper, work) = (dir.join("c/upper"), dir.join("c/work"));
+        mkdir(&upper, 0o755, 100000, 100000);
+        mkdir(&work, 0o755, 0, 0);
+        // A user namespace of the test's: in a pid namespace whose /proc
+        // is not its own, the tool's helper is not found by its pid there.
+        let map: IdMap = "0:100000:65536".parse().unwrap();
+        let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
+        let userns_path = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
+        );
+        let mount_args = |c: &mut Command| {
+            c.env_remove("IDOVERLAY_PROBE_CACHE")
+                .arg(env!("CARGO_BIN_EXE_idoverlay"))
+                .args(["mount", "--strategy", "private-ns", "--state-dir"])
+                .arg(&state)
+                .args(["--pretend-missing", "overlay_fd_layers"]);
+            for l in &layers {
+                c.arg("--lower").arg(l);
+            }
+            c.arg("--upper").arg(&upper).arg("--work").arg(&work);
+            c.args(["--userns", &userns_path]).arg(&target);
+        };
+        let ns = state.join("staging-ns");
+        for _ in 0..5 {
+            let mut inner = Command::new("unshare");
+            inner.arg("-pf");
+            mount_args(&mut inner);
+            run(&mut inner);
+            run(idoverlay().arg("umount").arg(&target));
+            if ns.exists() {
+                break;
+            }
+        }
+        assert!(
+            ns.exists(),
+            "kept by the process in the other pid namespace"
+        );
+        for _ in 0..2 {
+            let mut outer = Command::new("env");
+            mount_args(&mut outer);
+            let out = outer.output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            fs::write(target.join("written"), "w").unwrap();
+            assert_eq!(fs::read_to_string(upper.join("written")).unwrap(), "w");
+            assert_eq!(owner(&target.join("etc/hostname")), (100000, 100000));
+            run(idoverlay().arg("umount").arg(&target));
+            fs::remove_file(upper.join("written")).unwrap();
+        }
+    });
+}
+
+#[test]
 fn private_ns_stages_in_a_namespace_of_its_own_kept_for_the_boot_and_swept() {
     in_private_ns("fallbacks::staging_ns", |s| {
         let dir = s.tmpfs_dir("f");

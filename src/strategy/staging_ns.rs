@@ -350,6 +350,14 @@ impl Home {
             root,
         })
     }
+
+    /// Back into the caller's mount namespace, under its root.
+    fn go_back(&self) -> Result<()> {
+        sys::set_mount_ns(self.ns.as_fd())
+            .and_then(|()| sys::fchdir(self.root.as_fd()))
+            .and_then(|()| sys::chroot_here())
+            .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))
+    }
 }
 
 impl Stage {
@@ -361,6 +369,15 @@ impl Stage {
         let home = Home::here()?;
         sys::enter_mount_ns(ns.as_fd())
             .map_err(|e| Error::os("enter the staging namespace", None, e))?;
+        // Its /proc is its maker's pid namespace's: where this thread has
+        // no /proc/thread-self there (a caller in another pid namespace, a
+        // container sharing the state dir), which names the upper and work
+        // dirs by fd and the way back home, it stages in a copy of the
+        // caller's namespace instead.
+        if sys::stat_nofollow(sys::cwd(), Path::new("proc/thread-self/ns")).is_err() {
+            home.go_back()?;
+            return Stage::in_private_copy(home, "a private copy of the caller's namespace");
+        }
         if for_boot && !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
             // The working directory is the root here (setns put it there).
             let root = sys::open_dir_path(sys::cwd(), Path::new("/"))
@@ -404,10 +421,7 @@ impl Stage {
     /// stage.
     pub fn at_home<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let here = open_home()?;
-        sys::set_mount_ns(self.home.ns.as_fd())
-            .and_then(|()| sys::fchdir(self.home.root.as_fd()))
-            .and_then(|()| sys::chroot_here())
-            .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
+        self.home.go_back()?;
         let result = f();
         sys::set_mount_ns(here.as_fd())
             .and_then(|()| sys::fchdir(self.dir.as_fd()))
