@@ -12,6 +12,12 @@
 //! naming the directory underneath, and `rmdir` of a mount point fails.
 //! This is what containerd 2.0's `os.RemoveAll` of a temp dir lacked when
 //! an unmount had failed (containerd#10704).
+//!
+//! A walk holds one fd per level, at most [`MAX_DEPTH`]. A tree deeper than
+//! that (a container can make one in its rootfs with `mkdir d; cd d` in a
+//! loop) is still removed whole: the directory at that depth is moved up
+//! into the tree's top directory (`renameat2` by fds, never across a mount:
+//! a mount point answers `EBUSY`) and removed from there later.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -20,9 +26,10 @@ use std::path::PathBuf;
 
 use crate::sys;
 
-/// Directories deeper than this are not descended into (each level holds
-/// one fd); the removal stops and reports instead.
-pub const MAX_DEPTH: usize = 4096;
+/// The most levels a walk holds an fd for: a few Removes at once stay far
+/// from the fd limit. [`remove_tree`] moves deeper directories up; the
+/// mount check ([`mount_points`]) leaves deeper trees to the mount table.
+pub const MAX_DEPTH: usize = 256;
 
 /// Entries read from one directory at a time; a directory with more is read
 /// again after these are gone.
@@ -34,9 +41,6 @@ pub enum RemoveError {
     /// Something is mounted inside the tree: it was not entered.
     #[error("{} is a mount point inside a snapshot being removed; it was left alone (and so were its parents). Unmount it, then remove again", .0.display())]
     MountBeneath(PathBuf),
-    /// The tree is deeper than [`MAX_DEPTH`].
-    #[error("{} is more than {MAX_DEPTH} directories deep; left in place", .0.display())]
-    TooDeep(PathBuf),
     /// A syscall failed.
     #[error("removing {}: {source}", path.display())]
     Io {
@@ -200,6 +204,7 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
         name: name.to_os_string(),
         pending,
     }];
+    let mut moved_up = 0u64;
     while let Some(last) = stack.len().checked_sub(1) {
         let Some(entry) = stack[last].pending.pop() else {
             // Read again: a directory longer than one batch, or entries
@@ -240,10 +245,25 @@ pub fn remove_tree(parent: impl AsFd, name: &OsStr) -> Result<(), RemoveError> {
                     }
                     Err(source) => return Err(RemoveError::Io { path, source }),
                 },
-                Ok(sys::Kind::Dir) => {
-                    if stack.len() >= MAX_DEPTH {
-                        return Err(RemoveError::TooDeep(path));
+                Ok(sys::Kind::Dir) if stack.len() >= MAX_DEPTH => {
+                    // Up into the top directory, which reads its entries
+                    // again once it has handled these: removed from there.
+                    let top_dir = stack[0].fd.as_fd();
+                    loop {
+                        moved_up += 1;
+                        let to = OsString::from(format!(".deep-{moved_up}"));
+                        match sys::move_noreplace(dir, &entry, top_dir, &to) {
+                            Ok(()) => break Step::Next,
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break Step::Next,
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                return Err(RemoveError::MountBeneath(path))
+                            }
+                            Err(source) => return Err(RemoveError::Io { path, source }),
+                        }
                     }
+                }
+                Ok(sys::Kind::Dir) => {
                     let fd = open(dir, &entry, path.clone())?;
                     let pending = read(&fd, BATCH, || path)?;
                     Step::Descend(Frame {

@@ -192,6 +192,11 @@ impl Storage {
     /// the way by renaming it to `rm-…`, then removes that. Returns the
     /// removal name when the rename worked.
     pub fn remove_dir(&self, name: &OsStr) -> Result<()> {
+        if name.as_encoded_bytes().starts_with(RM_PREFIX.as_bytes()) {
+            // Out of the way already (a removal an earlier run did not
+            // finish): renaming it again would only grow its name.
+            return Ok(self.remove_entry(name)?);
+        }
         let base = name.to_string_lossy();
         let base = base.strip_prefix(RM_PREFIX).unwrap_or(&base).to_string();
         let mut rm = None;
@@ -310,24 +315,57 @@ impl Storage {
     }
 
     /// Bytes (allocated blocks) and inodes under snapshot `id`'s `fs`,
-    /// walked by fd without crossing a mount or following a symlink.
+    /// walked by fd without crossing a mount or following a symlink, to any
+    /// depth: the deepest [`remove::MAX_DEPTH`] levels hold their fds; a
+    /// level above them gives its fd up and is opened again through `..`
+    /// of its child when the walk comes back to it, checked to be the
+    /// same directory (device and inode), else the walk stops with an
+    /// error rather than count another tree.
     pub fn usage(&self, id: u64) -> Result<(i64, i64)> {
+        struct Level {
+            fd: Option<OwnedFd>,
+            /// Device and inode, taken when the fd is given up.
+            identity: Option<(u64, u64)>,
+            names: Vec<OsString>,
+        }
         let top = self.open_fs(OsStr::new(&id.to_string()))?;
         let path = self.upper_path(id);
-        let read = |fd: &OwnedFd| {
-            sys::read_names(fd.as_fd(), MAX_ENTRIES).map_err(|e| Error::io("reading", &path, e))
+        let io = |what: &'static str| {
+            let path = &path;
+            move |e| Error::io(what, path, e)
         };
+        let read = |fd: &OwnedFd| sys::read_names(fd.as_fd(), MAX_ENTRIES).map_err(io("reading"));
         let mut size = 0i64;
         let mut inodes = 1i64;
-        // Depth-first, one fd per level (not one per directory seen).
         let names = read(&top)?;
-        let mut stack = vec![(top, names)];
+        let mut stack = vec![Level {
+            fd: Some(top),
+            identity: None,
+            names,
+        }];
         while let Some(last) = stack.len().checked_sub(1) {
-            let Some(name) = stack[last].1.pop() else {
-                stack.pop();
+            let Some(name) = stack[last].names.pop() else {
+                let done = stack.pop().expect("non-empty stack");
+                if let Some(parent) = stack.last_mut().filter(|p| p.fd.is_none()) {
+                    let child = done.fd.expect("the level walked holds its fd");
+                    let fd = sys::open_parent(child.as_fd()).map_err(io("reopening"))?;
+                    if Some(sys::identity(fd.as_fd()).map_err(io("reopening"))?) != parent.identity
+                    {
+                        return Err(Error::io(
+                            "measuring",
+                            &path,
+                            std::io::Error::other("a directory was moved while it was measured"),
+                        ));
+                    }
+                    parent.fd = Some(fd);
+                }
                 continue;
             };
-            let dir = stack[last].0.as_fd();
+            let dir = stack[last]
+                .fd
+                .as_ref()
+                .expect("the level walked holds its fd");
+            let dir = dir.as_fd();
             // Another mount's root is not this snapshot's to count.
             let kind = match sys::entry_kind(dir, &name) {
                 Ok(sys::Kind::MountPoint) | Err(_) => continue,
@@ -335,11 +373,23 @@ impl Storage {
             };
             inodes += 1;
             size += sys::entry_blocks_bytes(dir, &name).unwrap_or(0);
-            if kind == sys::Kind::Dir && stack.len() < remove::MAX_DEPTH {
-                // A mount point (EXDEV) or a vanished entry is skipped.
-                if let Ok(fd) = sys::open_dir_beneath(dir, &name) {
-                    let names = read(&fd)?;
-                    stack.push((fd, names));
+            if kind != sys::Kind::Dir {
+                continue;
+            }
+            // A mount point (EXDEV) or a vanished entry is skipped.
+            let Ok(fd) = sys::open_dir_beneath(dir, &name) else {
+                continue;
+            };
+            let names = read(&fd)?;
+            stack.push(Level {
+                fd: Some(fd),
+                identity: None,
+                names,
+            });
+            if let Some(above) = stack.len().checked_sub(remove::MAX_DEPTH + 1) {
+                let level = &mut stack[above];
+                if let Some(fd) = level.fd.take() {
+                    level.identity = Some(sys::identity(fd.as_fd()).map_err(io("measuring"))?);
                 }
             }
         }

@@ -167,7 +167,38 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 /// `renameat2(RENAME_NOREPLACE)` inside one directory: never replaces an
 /// existing entry (a plain rename would replace an empty directory).
 pub fn rename_noreplace(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()> {
-    rustix::fs::renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE).map_err(io_err)
+    move_noreplace(dir, from, dir, to)
+}
+
+/// `renameat2(RENAME_NOREPLACE)` from one directory to another (on one
+/// mount; a mount point is refused with `EBUSY`).
+pub fn move_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> io::Result<()> {
+    rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE).map_err(io_err)
+}
+
+/// Device and inode of an open file: which directory an fd names.
+pub fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd).map_err(io_err)?;
+    #[allow(clippy::unnecessary_cast)] // st_dev's width differs between targets
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// The parent of an open directory (`openat(fd, "..")`, readable), on the
+/// walk back up a tree whose upper levels' fds were closed. The caller
+/// checks it is the directory it came from ([`identity`]).
+pub fn open_parent(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        "..",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err)
 }
 
 /// `fchown` of an open directory.

@@ -590,3 +590,62 @@ fn restart_after_kill_finds_its_overlays_and_cleans_the_rest() {
         },
     );
 }
+
+/// `depth` nested directories `d` in `top`, made by fd (deeper than a
+/// path can name), and a file of `bytes` at the bottom.
+fn deep_chain(top: &Path, depth: usize, bytes: usize) {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let mut dir = openat(
+        rustix::fs::CWD,
+        top,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..depth {
+        mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).unwrap();
+        dir = openat(&dir, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let file = openat(
+        &dir,
+        "bottom",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&file, &vec![7u8; bytes]).unwrap();
+}
+
+#[test]
+fn a_tree_deeper_than_a_walk_holds_fds_for_is_counted_and_removed_whole() {
+    // A container can make one in its rootfs (`mkdir d; cd d` in a loop):
+    // Usage must count all of it, and Remove delete all of it.
+    in_private_ns("deep_tree", |scratch| {
+        let snap = Snapshotter::start(scratch);
+        let root = snap.root.clone();
+        block_on(async {
+            let mut c = snap.client().await;
+            prepare(&mut c, "deep", "", HashMap::new()).await.unwrap();
+            let depth = 5000; // more than any fixed limit a walk of one fd per level had (4096)
+            deep_chain(&root.join("snapshots/1/fs"), depth, 1 << 20);
+            let usage = c
+                .usage(UsageRequest {
+                    snapshotter: String::new(),
+                    key: "deep".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(usage.inodes, depth as i64 + 2, "fs, the chain, the file");
+            assert!(usage.size >= 1 << 20, "{usage:?}");
+            remove(&mut c, "deep").await.unwrap();
+            assert_eq!(stat(&mut c, "deep").await, Err(Code::NotFound));
+        });
+        let left: Vec<_> = fs::read_dir(root.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        snap.stop();
+    });
+}
