@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::labels::Maps;
 use crate::storage::Storage;
 use crate::store::Kind;
-use crate::sys;
 
 /// Overlay options containerd's overlayfs snapshotter adds on this kernel.
 #[derive(Debug, Clone, Default)]
@@ -93,10 +92,21 @@ pub fn idmapped_bind(storage: &Storage, id: u64, kind: Kind) -> Vec<Mount> {
 
 /// Whether an overlay is attached at `ROOT/mounts/ID` (in this process's
 /// mount namespace). The top-most mount there is the one a lookup reaches.
+/// A mount there that is not an overlay is none of this snapshotter's (it
+/// attaches nothing else there): refused, neither stacked on nor taken down.
 pub fn attached(storage: &Storage, id: u64) -> Result<bool> {
-    Ok(storage
-        .mount_point_state(id)?
-        .is_some_and(|(_, overlay)| overlay))
+    match storage.mount_point_state(id)? {
+        Some((true, false)) => Err(not_ours(&storage.mount_path(id))),
+        state => Ok(state.is_some_and(|(_, overlay)| overlay)),
+    }
+}
+
+fn not_ours(target: &std::path::Path) -> Error {
+    Error::FailedPrecondition(format!(
+        "{} holds a mount that is not an overlay, which this snapshotter never attaches there; \
+         it was left alone: unmount it, then try again",
+        target.display()
+    ))
 }
 
 /// Assembles snapshot `id`'s idmapped overlay and attaches it at
@@ -130,7 +140,7 @@ pub fn assemble(
 /// then empty directory. An overlay goes through
 /// `idoverlay::unmount_overlay` (lazily when busy: nothing is ever deleted
 /// through this path, so a lazy detach is safe); anything else found there
-/// (a mount the snapshotter did not make) is only detached, never entered.
+/// is a mount the snapshotter did not make: refused and left alone.
 pub fn take_down(storage: &Storage, id: u64) -> Result<()> {
     let target = storage.mount_path(id);
     // Mounts can be stacked (a crash between two attaches); bounded.
@@ -148,9 +158,7 @@ pub fn take_down(storage: &Storage, id: u64) -> Result<()> {
                     idoverlay::unmount_overlay(&target, true)?;
                 }
             }
-            Some((true, false)) => {
-                sys::detach(&target).map_err(|e| Error::io("detaching", &target, e))?
-            }
+            Some((true, false)) => return Err(not_ours(&target)),
         }
     }
     Err(Error::FailedPrecondition(format!(

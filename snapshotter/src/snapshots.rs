@@ -534,8 +534,10 @@ impl Snapshots {
                 continue;
             };
             if keep.contains(&id) {
-                if mounts::attached(&self.storage, id)? {
-                    report.found_mounts.push(id);
+                match mounts::attached(&self.storage, id) {
+                    Ok(true) => report.found_mounts.push(id),
+                    Ok(false) => {}
+                    Err(e) => log::warn(&format!("mounts/{id}: {e}")),
                 }
                 continue;
             }

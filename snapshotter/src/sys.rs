@@ -227,18 +227,6 @@ pub fn is_mount_root(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(st.stx_attributes.contains(mask))
 }
 
-/// `umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW)`: only for mounts that the
-/// snapshotter itself put at `target` and that are not overlays (stray
-/// binds left where its overlays go); overlays go through
-/// `idoverlay::unmount_overlay`.
-pub fn detach(target: &Path) -> io::Result<()> {
-    rustix::mount::unmount(
-        target,
-        rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
-    )
-    .map_err(io_err)
-}
-
 /// Gives the calling thread a working directory (and root and umask) of
 /// its own, `unshare(CLONE_FS)`. The snapshotter's worker threads do this
 /// at start, so idoverlay can mount from the calling thread (lending its

@@ -493,8 +493,9 @@ fn restart_after_kill_finds_its_overlays_and_cleans_the_rest() {
             snap.kill9();
             // What a kill at other points leaves: a directory being made, one
             // renamed into place whose record was never committed, one being
-            // removed, and a mount where no snapshot's overlay goes. Plus a name
-            // the snapshotter never makes, and a symlink out of a leftover.
+            // removed. Plus a name the snapshotter never makes, a symlink out
+            // of a leftover, and a mount where no snapshot's overlay goes that
+            // is no overlay (so not the snapshotter's: left alone).
             let outside = scratch.join("outside");
             fs::create_dir(&outside).unwrap();
             fs::write(outside.join("keep"), b"keep").unwrap();
@@ -515,17 +516,24 @@ fn restart_after_kill_finds_its_overlays_and_cleans_the_rest() {
             let snap = Snapshotter::start(scratch);
             assert!(
                 snap.log_text().contains(
-                    "found 1 idmapped overlay(s) again; cleaned 3 director(ies) and 1 mount(s)"
+                    "found 1 idmapped overlay(s) again; cleaned 3 director(ies) and 0 mount(s)"
                 ),
                 "{}",
                 snap.log_text()
             );
-            for gone in [
-                "snapshots/new-1-2-3",
-                "snapshots/999",
-                "snapshots/rm-7",
-                "mounts/77",
-            ] {
+            assert!(
+                snap.log_text()
+                    .contains("holds a mount that is not an overlay"),
+                "{}",
+                snap.log_text()
+            );
+            assert_eq!(
+                mounted_type(&root.join("mounts/77")).as_deref(),
+                Some("tmpfs")
+            );
+            run(Command::new("umount").arg(root.join("mounts/77")));
+            fs::remove_dir(root.join("mounts/77")).unwrap();
+            for gone in ["snapshots/new-1-2-3", "snapshots/999", "snapshots/rm-7"] {
                 assert!(!root.join(gone).exists(), "{gone} left");
             }
             assert!(
@@ -646,6 +654,56 @@ fn a_tree_deeper_than_a_walk_holds_fds_for_is_counted_and_removed_whole() {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+        snap.stop();
+    });
+}
+
+#[test]
+fn a_foreign_mount_where_an_overlay_goes_is_neither_stacked_on_nor_taken_down() {
+    // Only overlays are ever attached at ROOT/mounts/ID: anything else
+    // there (a bind planted after a reboot took the overlay) is not ours.
+    in_private_ns("foreign_mount_point", |scratch| {
+        let precious = scratch.join("precious");
+        fs::create_dir_all(&precious).unwrap();
+        fs::write(precious.join("file"), b"precious").unwrap();
+        let snap = Snapshotter::start(scratch);
+        let root = snap.root.clone();
+        block_on(async {
+            let mut c = snap.client().await;
+            let top = two_layers(&mut c, &root).await;
+            let m = prepare(
+                &mut c,
+                "ctr",
+                &top,
+                maps("0:100000:65536", "0:100000:65536"),
+            )
+            .await
+            .unwrap();
+            let target = root.join("mounts/3");
+            assert_eq!(mounted_type(&target).as_deref(), Some("overlay"));
+            run(Command::new("umount").arg(&target));
+            run(Command::new("mount")
+                .arg("--bind")
+                .arg(&precious)
+                .arg(&target));
+            assert_eq!(mounts(&mut c, "ctr").await, Err(Code::FailedPrecondition));
+            let (code, msg) = remove(&mut c, "ctr").await.unwrap_err();
+            assert_eq!(code, Code::FailedPrecondition, "{msg}");
+            assert!(msg.contains(&target.display().to_string()), "{msg}");
+            let table = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            let at_target: Vec<&str> = table
+                .lines()
+                .filter(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap()))
+                .collect();
+            assert_eq!(at_target.len(), 1, "nothing stacked on it: {at_target:?}");
+            assert_eq!(fs::read(target.join("file")).unwrap(), b"precious");
+            // Once it is gone, the snapshot is whole again.
+            run(Command::new("umount").arg(&target));
+            assert_eq!(mounts(&mut c, "ctr").await.unwrap(), m);
+            assert_eq!(mounted_type(&target).as_deref(), Some("overlay"));
+            remove(&mut c, "ctr").await.unwrap();
+        });
+        assert_eq!(fs::read(precious.join("file")).unwrap(), b"precious");
         snap.stop();
     });
 }
