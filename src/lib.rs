@@ -5,9 +5,10 @@
 //! the image's layers (files owned by 0, 1000, … on disk) as owned by the
 //! container's host ids (100000, 101000, …). idoverlay clones each layer
 //! with `open_tree(OPEN_TREE_CLONE)`, idmaps the clone with
-//! `mount_setattr(MOUNT_ATTR_IDMAP)` and hands it to overlayfs as a file
-//! descriptor (`fsconfig(FSCONFIG_SET_FD, "lowerdir+")`). On kernels
-//! without detached layer fds it falls back to strategies that still never
+//! `mount_setattr(MOUNT_ATTR_IDMAP)` and names the layers to overlayfs
+//! inside that detached clone (a layer that shares none is handed over as
+//! a file descriptor, `fsconfig(FSCONFIG_SET_FD, "lowerdir+")`). On kernels
+//! without detached layers it falls back to strategies that still never
 //! put a layer at risk (see [`Strategy`]).
 //!
 //! ```no_run

@@ -532,9 +532,11 @@ pub(crate) fn static_cli() -> Option<&'static Path> {
             ])
             .status()
             .ok()?;
-        built
-            .success()
-            .then(|| repo.join("target/x86_64-unknown-linux-gnu/dist/idoverlay"))
+        built.success().then(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| repo.join("target"), PathBuf::from)
+                .join("x86_64-unknown-linux-gnu/dist/idoverlay")
+        })
     })
     .as_deref()
 }
