@@ -376,6 +376,19 @@ odd_name_tests! {
     odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
 }
 
+/// A user namespace mapping 0:100000:65536, held by the test, and the path
+/// (`/proc/PID/fd/N`) by which a child process's `--userns` reaches it.
+fn userns_for_children() -> (idoverlay::UserNamespace, PathBuf) {
+    let map: IdMap = "0:100000:65536".parse().unwrap();
+    let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
+    let path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
+    ));
+    (userns, path)
+}
+
 #[test]
 fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
     // A chroot whose paths also exist, with other contents, outside it.
@@ -441,13 +454,7 @@ fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
         };
         // The kernel lets no chrooted process make a user namespace: one of
         // the test's, named through the chroot's /proc.
-        let map: IdMap = "0:100000:65536".parse().unwrap();
-        let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
-        let userns_path = PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
-        ));
+        let (_userns, userns_path) = userns_for_children();
         let target = dir.join("t");
         let seen = root.join(target.strip_prefix("/").unwrap());
         let ns = root.join("run/idoverlay/staging-ns");
@@ -595,13 +602,7 @@ fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
         mkdir(&work, 0o755, 0, 0);
         // A user namespace of the test's: in a pid namespace whose /proc
         // is not its own, the tool's helper is not found by its pid there.
-        let map: IdMap = "0:100000:65536".parse().unwrap();
-        let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
-        let userns_path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
-        );
+        let (_userns, userns_path) = userns_for_children();
         let mount_args = |c: &mut Command| {
             c.env_remove("IDOVERLAY_PROBE_CACHE")
                 .arg(env!("CARGO_BIN_EXE_idoverlay"))
@@ -612,7 +613,7 @@ fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
                 c.arg("--lower").arg(l);
             }
             c.arg("--upper").arg(&upper).arg("--work").arg(&work);
-            c.args(["--userns", &userns_path]).arg(&target);
+            c.arg("--userns").arg(&userns_path).arg(&target);
         };
         let ns = state.join("staging-ns");
         for _ in 0..5 {
