@@ -89,22 +89,14 @@ fn per_boot(state: &StateDirOnce) -> Result<Option<OwnedFd>> {
     let state = state.get_or_create()?;
     let path = state_dir.join(FILE);
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
-    let fd = match open() {
-        Ok(fd) if is_mount_ns(&fd) => fd,
-        Ok(fd) if !is_unbound_file(&fd) => return Err(not_a_mount_ns(state_dir)),
-        Ok(_) => match make_and_keep(state, &path, &open)? {
-            Some(fd) => fd,
-            None => return Ok(None),
-        },
-        Err(e) if e.errno == libc::ENOENT => match make_and_keep(state, &path, &open)? {
-            Some(fd) => fd,
-            None => return Ok(None),
-        },
-        Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
-    };
-    match is_mount_ns(&fd) {
-        true => Ok(Some(fd)),
-        false => Err(not_a_mount_ns(state_dir)),
+    match open() {
+        Ok(fd) if is_mount_ns(&fd) => Ok(Some(fd)),
+        Ok(fd) if !is_unbound_file(&fd) => Err(not_a_mount_ns(state_dir)),
+        Err(e) if e.errno != libc::ENOENT => {
+            Err(Error::os("open the staging namespace", Some(&path), e))
+        }
+        // Missing, or left unbound by a kill.
+        _ => make_and_keep(state, &path, &open),
     }
 }
 
