@@ -542,7 +542,11 @@ fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused
         };
         let unbind = || {
             run(Command::new("umount").arg(&ns));
-            assert_eq!(fs::metadata(&ns).unwrap().len(), 0, "the file beneath");
+            let claim = fs::read_to_string(&ns).unwrap();
+            assert!(
+                claim.starts_with("idoverlay-staging-ns mnt:"),
+                "the file beneath names its maker's namespace: {claim:?}"
+            );
         };
         mount_and_keep();
         unbind();
@@ -580,6 +584,47 @@ fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused
             "{}",
             stderr(&out)
         );
+        // One another mount namespace claimed, or an empty one (killed
+        // before it wrote, or an earlier build's): it may be bound there,
+        // and unlinking it would detach that bind. Left alone; this
+        // process stages in a namespace of its own.
+        for claim in ["idoverlay-staging-ns mnt:1\n", ""] {
+            fs::write(&ns, claim).unwrap();
+            let out = mount();
+            assert!(out.status.success(), "{claim:?}: {}", stderr(&out));
+            run(idoverlay().arg("umount").arg(&target));
+            run(idoverlay().args(["gc", "--state-dir"]).arg(&state));
+            assert_eq!(fs::read_to_string(&ns).unwrap(), claim, "left alone");
+        }
+        fs::remove_file(&ns).unwrap();
+        // For real: a mount namespace copied before the bind sees the file
+        // beneath it; its mounts must not take the bind away.
+        let mut copy = Command::new("unshare")
+            .args(["-m", "--propagation", "unchanged", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        mount_and_keep();
+        let mut in_copy = Command::new("nsenter");
+        in_copy
+            .arg("-t")
+            .arg(copy.id().to_string())
+            .arg("-m")
+            .arg(env!("CARGO_BIN_EXE_idoverlay"))
+            .env_remove("IDOVERLAY_PROBE_CACHE")
+            .args(["mount", "--strategy", "private-ns", "--state-dir"])
+            .arg(&state);
+        for l in &layers {
+            in_copy.arg("--lower").arg(l);
+        }
+        in_copy
+            .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+            .arg(&target);
+        let out = in_copy.output().unwrap();
+        let _ = copy.kill();
+        let _ = copy.wait();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(in_mount_ns(&ns, &root_names), "2\nproc", "still bound here");
     });
 }
 

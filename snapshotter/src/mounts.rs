@@ -123,6 +123,17 @@ pub fn assemble(
 ) -> Result<Strategy> {
     storage.make_mount_point(id)?;
     let target = storage.mount_path(id);
+    // Callers attach only where nothing is (Mounts checks `attached`
+    // first): whatever is mounted there now is not to be stacked on.
+    if let Some((true, overlay)) = storage.mount_point_state(id)? {
+        return Err(match overlay {
+            false => not_ours(&target),
+            true => Error::FailedPrecondition(format!(
+                "{} already holds an overlay; not stacking another on it",
+                target.display()
+            )),
+        });
+    }
     let mut overlay = Overlay::new()
         .lowers(parents.iter().map(|p| storage.upper_path(*p)))
         .upper(storage.upper_path(id))

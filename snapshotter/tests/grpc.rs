@@ -702,6 +702,28 @@ fn a_foreign_mount_where_an_overlay_goes_is_neither_stacked_on_nor_taken_down() 
             assert_eq!(mounts(&mut c, "ctr").await.unwrap(), m);
             assert_eq!(mounted_type(&target).as_deref(), Some("overlay"));
             remove(&mut c, "ctr").await.unwrap();
+            // Where the next snapshot's overlay will go: Prepare refuses.
+            let next = root.join("mounts/4");
+            fs::create_dir(&next).unwrap();
+            run(Command::new("mount")
+                .arg("--bind")
+                .arg(&precious)
+                .arg(&next));
+            let refused = prepare(
+                &mut c,
+                "ctr2",
+                &top,
+                maps("0:100000:65536", "0:100000:65536"),
+            )
+            .await;
+            assert_eq!(refused, Err(Code::FailedPrecondition));
+            assert_eq!(stat(&mut c, "ctr2").await, Err(Code::NotFound));
+            assert_eq!(
+                mounted_type(&next).as_deref(),
+                Some("tmpfs"),
+                "nothing on it"
+            );
+            run(Command::new("umount").arg(&next));
         });
         assert_eq!(fs::read(precious.join("file")).unwrap(), b"precious");
         snap.stop();

@@ -63,7 +63,12 @@ pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
         return Ok(None);
     }
     if let Some(dir) = state_dir {
-        return per_boot(dir);
+        match per_boot(dir)? {
+            PerBoot::Kept(fd) => return Ok(fd),
+            // The boot's is bound in another mount namespace only: this
+            // process's serves, unkept.
+            PerBoot::Elsewhere => {}
+        }
     }
     let mut kept = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(fd) = kept.as_ref() {
@@ -80,23 +85,40 @@ pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
     Ok(Some(copy))
 }
 
+/// What the state tmpfs holds for the boot's staging namespace.
+enum PerBoot {
+    /// The namespace (`None`: none can be made here).
+    Kept(Option<OwnedFd>),
+    /// A file bound, or being bound, in another mount namespace: every
+    /// open of the state tmpfs makes it private, so a namespace copied
+    /// before the bind sees the file beneath it.
+    Elsewhere,
+}
+
 /// The boot's staging namespace, from the state tmpfs (made there when
-/// missing). A file there that is not a mount namespace is refused, unless
-/// it is the empty file a killed process left between creating it and
-/// binding the namespace over it: that one is made again.
-fn per_boot(state: &StateDirOnce) -> Result<Option<OwnedFd>> {
+/// missing). Before the namespace is bound over [`FILE`], the file names
+/// the mount namespace that binds it ([`Claim`]): a file this namespace
+/// claimed but shows unbound was left by a killed process, and is made
+/// again; one another namespace claimed may be bound there (unlinking it
+/// would detach that bind everywhere), so it is left alone. Anything else
+/// there is refused.
+fn per_boot(state: &StateDirOnce) -> Result<PerBoot> {
     let state_dir = state.path();
     let state = state.get_or_create()?;
     let path = state_dir.join(FILE);
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
-    match open() {
-        Ok(fd) if is_mount_ns(&fd) => Ok(Some(fd)),
-        Ok(fd) if !is_unbound_file(&fd) => Err(not_a_mount_ns(state_dir)),
-        Err(e) if e.errno != libc::ENOENT => {
-            Err(Error::os("open the staging namespace", Some(&path), e))
-        }
-        // Missing, or left unbound by a kill.
-        _ => make_and_keep(state, &path, &open),
+    let fd = match open() {
+        Ok(fd) => fd,
+        Err(e) if e.errno == libc::ENOENT => return make_and_keep(state, &path, &open),
+        Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
+    };
+    if is_mount_ns(&fd) {
+        return Ok(PerBoot::Kept(Some(fd)));
+    }
+    match Claim::of(&fd) {
+        Claim::Foreign => Err(not_a_mount_ns(state_dir)),
+        Claim::Mine => make_and_keep(state, &path, &open),
+        Claim::Elsewhere => Ok(PerBoot::Elsewhere),
     }
 }
 
@@ -104,15 +126,50 @@ fn is_mount_ns(fd: &OwnedFd) -> bool {
     sys::namespace_type(fd.as_fd()).is_ok_and(|t| t == libc::CLONE_NEWNS)
 }
 
-/// The file [`make_and_keep`] binds the namespace over, as it is before
-/// the bind: empty, regular, root's, 0600, no mount on it.
-fn is_unbound_file(fd: &OwnedFd) -> bool {
-    sys::stat_fd(fd.as_fd()).is_ok_and(|st| {
-        st.mode == libc::S_IFREG | 0o600
-            && st.size == 0
-            && st.uid == 0
-            && st.mount_root != Some(true)
-    })
+/// Whose an unbound [`FILE`] is, by what its maker wrote in it.
+#[derive(PartialEq)]
+enum Claim {
+    /// This mount namespace's: unbound here, so left by a kill.
+    Mine,
+    /// Another mount namespace's, or not finished: it may be bound there.
+    Elsewhere,
+    /// Not a file idoverlay makes there.
+    Foreign,
+}
+
+/// What a maker writes in [`FILE`] before it binds the namespace over it.
+const CLAIM_PREFIX: &str = "idoverlay-staging-ns mnt:";
+
+impl Claim {
+    fn of(fd: &OwnedFd) -> Claim {
+        let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+            return Claim::Foreign;
+        };
+        if st.mode != libc::S_IFREG | 0o600 || st.uid != 0 || st.mount_root == Some(true) {
+            return Claim::Foreign;
+        }
+        let Ok(text) = sys::read_at_most(fd.as_fd(), 64) else {
+            return Claim::Foreign;
+        };
+        match std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| t.strip_prefix(CLAIM_PREFIX)?.strip_suffix('\n'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(ns) if Some(ns) == this_mount_ns() => Claim::Mine,
+            Some(_) => Claim::Elsewhere,
+            // Killed between creating it and writing in it, or an earlier
+            // build's (which wrote nothing): possibly bound elsewhere.
+            None if text.is_empty() => Claim::Elsewhere,
+            None => Claim::Foreign,
+        }
+    }
+}
+
+/// The inode of the calling thread's mount namespace.
+fn this_mount_ns() -> Option<u64> {
+    let fd = open_home().ok()?;
+    sys::stat_fd(fd.as_fd()).ok().map(|st| st.ino)
 }
 
 fn not_a_mount_ns(state_dir: &Path) -> Error {
@@ -125,28 +182,34 @@ fn not_a_mount_ns(state_dir: &Path) -> Error {
 
 /// Makes the namespace and keeps it in the state tmpfs, under the lock of
 /// its marker (root's alone), so one assembly at a time: another may have
-/// kept one meanwhile, which is taken instead. An unbound file left by a
-/// killed process is removed first (the state tmpfs is root-only and the
-/// lock held: nobody else is making one).
+/// kept one meanwhile, which is taken instead. A file this namespace
+/// claimed and a killed process left unbound is removed first.
 fn make_and_keep(
     state: &crate::state::StateDir,
     path: &Path,
     open: &dyn Fn() -> sys::SysResult<OwnedFd>,
-) -> Result<Option<OwnedFd>> {
+) -> Result<PerBoot> {
     let marker = lock_marker(state, path)?;
-    if let Found::Namespace(fd) = clear_unbound(state, path, open)? {
-        return Ok(Some(fd));
+    match clear_unbound(state, path, open)? {
+        Found::Namespace(fd) => return Ok(PerBoot::Kept(Some(fd))),
+        Found::Elsewhere => return Ok(PerBoot::Elsewhere),
+        Found::Nothing | Found::Removed => {}
     }
-    // The empty file it is bound over is removed again when the bind fails.
+    let Some(ns) = this_mount_ns() else {
+        return Ok(PerBoot::Elsewhere);
+    };
+    // Claimed before it is bound; removed again when the bind fails.
     let keep = |made: &OwnedFd| {
         let bind = sys::clone_mount(made.as_fd(), Path::new(""))?;
-        sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600)?;
-        sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE)).inspect_err(|_| {
-            let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
-        })
+        let file = sys::create_file(state.fd.as_fd(), Path::new(FILE), 0o600)?;
+        sys::write_all(file.as_fd(), format!("{CLAIM_PREFIX}{ns}\n").as_bytes())
+            .and_then(|()| sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE)))
+            .inspect_err(|_| {
+                let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
+            })
     };
     let Some(mut made) = make()? else {
-        return Ok(None);
+        return Ok(PerBoot::Kept(None));
     };
     // The kernel refuses (ELOOP) to attach a namespace's file in a
     // namespace whose id is not lower than its own (its guard against
@@ -164,15 +227,15 @@ fn make_and_keep(
             Err(e) if e.errno != libc::ELOOP => {
                 return Err(Error::os("keep the staging namespace in", Some(path), e));
             }
-            Err(_) if second_try => return Ok(Some(made)),
+            Err(_) if second_try => return Ok(PerBoot::Kept(Some(made))),
             Err(_) => match make()? {
                 Some(again) => made = again,
-                None => return Ok(Some(made)),
+                None => return Ok(PerBoot::Kept(Some(made))),
             },
         }
     }
     drop(marker);
-    Ok(Some(made))
+    Ok(PerBoot::Kept(Some(made)))
 }
 
 /// The state tmpfs' marker, locked: whoever holds it may make, keep or
@@ -187,37 +250,47 @@ fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<OwnedFd> {
 enum Found {
     Namespace(OwnedFd),
     Nothing,
-    /// An unbound file, removed.
+    /// A file this namespace claimed, unbound: removed.
     Removed,
+    /// A file another namespace claimed (or an unfinished one): kept.
+    Elsewhere,
 }
 
 /// With the marker locked: the namespace kept in [`FILE`], or nothing
-/// there once an unbound file a killed process left is removed (the state
-/// tmpfs is root-only and the lock held: nobody else is making one).
-/// Anything else there is refused.
+/// there once a file this namespace claimed and a killed process left
+/// unbound is removed (the state tmpfs is root-only and the lock held:
+/// nobody else is making one here). Anything idoverlay does not make there
+/// is refused.
 fn clear_unbound(
     state: &crate::state::StateDir,
     path: &Path,
     open: &dyn Fn() -> sys::SysResult<OwnedFd>,
 ) -> Result<Found> {
-    match open() {
-        Ok(fd) if is_mount_ns(&fd) => Ok(Found::Namespace(fd)),
-        Ok(fd) if is_unbound_file(&fd) => {
+    let Ok(fd) = open() else {
+        return Ok(Found::Nothing);
+    };
+    if is_mount_ns(&fd) {
+        return Ok(Found::Namespace(fd));
+    }
+    match Claim::of(&fd) {
+        Claim::Mine => {
             sys::unlink(state.fd.as_fd(), Path::new(FILE)).map_err(|e| {
                 Error::os("remove the unbound staging namespace file", Some(path), e)
             })?;
             Ok(Found::Removed)
         }
-        Ok(_) => Err(not_a_mount_ns(path.parent().unwrap_or(path))),
-        Err(_) => Ok(Found::Nothing),
+        Claim::Elsewhere => Ok(Found::Elsewhere),
+        Claim::Foreign => Err(not_a_mount_ns(path.parent().unwrap_or(path))),
     }
 }
 
-/// For `gc`: removes the file a process killed between creating it and
-/// binding the boot's staging namespace over it left; true when it did.
+/// For `gc`: removes the file a process of this mount namespace, killed
+/// between creating it and binding the boot's staging namespace over it,
+/// left; true when it did.
 pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
     let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
-    if !open().is_ok_and(|fd| is_unbound_file(&fd)) {
+    let unbound_mine = open().is_ok_and(|fd| !is_mount_ns(&fd) && Claim::of(&fd) == Claim::Mine);
+    if !unbound_mine {
         return Ok(false);
     }
     let path = state.join(FILE);
@@ -367,7 +440,8 @@ impl Stage {
         // dirs by fd and the way back home, it stages in a copy of the
         // caller's namespace instead.
         if sys::stat_nofollow(sys::cwd(), Path::new("proc/thread-self/ns")).is_err() {
-            home.go_back()?;
+            sys::set_mount_ns(home.ns.as_fd())
+                .map_err(|e| Error::os("go back to the caller's mount namespace", None, e))?;
             return Stage::in_private_copy(home, "a private copy of the caller's namespace");
         }
         if for_boot && !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -382,12 +456,17 @@ impl Stage {
     /// A stage in a private copy of the caller's mount namespace, at the
     /// cost of copying its table: where no staging namespace can be made.
     pub fn fresh() -> Result<Stage> {
-        Stage::in_private_copy(Home::here()?, "a private copy of the caller's namespace")
+        let home = Home::here()?;
+        sys::enter_mount_ns(home.ns.as_fd())
+            .map_err(|e| Error::os("enter the caller's mount namespace's root", None, e))?;
+        Stage::in_private_copy(home, "a private copy of the caller's namespace")
     }
 
     /// Gives the calling thread a private copy of the namespace it is in
     /// (`/` made recursively private first: nothing staged propagates
-    /// back), covers its root with a fresh tmpfs and moves there.
+    /// back), covers its root with a fresh tmpfs and moves there. The
+    /// thread is at the namespace's root (`setns` put it there): a chrooted
+    /// caller's root need not be a mount, which `/` must be here.
     fn in_private_copy(home: Home, copy: &str) -> Result<Stage> {
         // The messages are made only on failure: this runs per assembly.
         let failed = |what: &'static str| {
