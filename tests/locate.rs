@@ -73,6 +73,33 @@ fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
                 nothing_new_mounted(&before);
             }
         }
+        // Assembled first, attached later: the target is checked against
+        // where the layer really is, not where its name pointed.
+        mkdir(&img.join("x/t"), 0o755, 0, 0);
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            let assembled = Overlay::new()
+                .lower(dir.join("l/d/lnk/x"))
+                .lower(dir.join("l/d/a"))
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(dir.join("state"))
+                .assemble()
+                .unwrap_or_else(|e| panic!("{strategy}: {e}"));
+            let before = mounts();
+            let e = assembled
+                .attach(img.join("x/t"))
+                .map(|m| m.target)
+                .expect_err(&format!("{strategy}: a target inside layer 1"))
+                .to_string();
+            assert!(e.contains("layer 1"), "{strategy}: {e}");
+            nothing_new_mounted(&before);
+        }
+        std::fs::remove_dir(img.join("x/t")).unwrap();
         assert_eq!(
             fingerprint_diff(&print, &fingerprint(&img)),
             Vec::<String>::new()

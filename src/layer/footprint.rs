@@ -40,7 +40,7 @@ pub(crate) struct RealPaths {
 /// The real paths of an assembly's directories.
 pub(crate) fn real_paths(
     plan: &Plan<'_>,
-    singles: &[Option<OpenedDir>],
+    singles: &[Option<&OpenedDir>],
     upper: Option<&OpenedDir>,
     work: Option<&OpenedDir>,
 ) -> RealPaths {
@@ -60,7 +60,9 @@ pub(crate) fn real_paths(
         .iter()
         .enumerate()
         .map(|(i, (path, role))| {
-            let real = match plan.rel(i) {
+            // A layer opened on its own is where its open says.
+            let opened = singles.get(i).copied().flatten();
+            let real = match plan.rel(i).filter(|_| opened.is_none()) {
                 Some((g, rel)) => roots[g].as_ref().map(|root| {
                     if rel.as_os_str().is_empty() {
                         root.clone()
@@ -68,7 +70,7 @@ pub(crate) fn real_paths(
                         root.join(rel)
                     }
                 }),
-                None => singles.get(i).and_then(Option::as_ref).map(of),
+                None => opened.map(of),
             };
             (role, real.unwrap_or_else(|| path.to_path_buf()))
         })
@@ -115,7 +117,7 @@ impl Footprint {
     /// at once when the assembly read the mount `table`.
     pub fn of(
         plan: &Plan<'_>,
-        singles: &[Option<OpenedDir>],
+        singles: &[Option<&OpenedDir>],
         upper: Option<&OpenedDir>,
         work: Option<&OpenedDir>,
         table: Option<&[MountEntry]>,
@@ -136,7 +138,8 @@ impl Footprint {
             .collect();
         let mut bases = Vec::new();
         for (i, (_, role)) in plan.layers.iter().enumerate() {
-            match plan.rel(i) {
+            let opened = singles.get(i).copied().flatten();
+            match plan.rel(i).filter(|_| opened.is_none()) {
                 Some((g, rel)) => {
                     if let Some(b) = &mut groups[g] {
                         b.members
@@ -144,7 +147,7 @@ impl Footprint {
                     }
                 }
                 None => {
-                    if let Some(d) = singles.get(i).and_then(Option::as_ref) {
+                    if let Some(d) = opened {
                         if let Some(mut b) = base(d.fd.as_fd(), d.canonical.as_ref()) {
                             b.members.push((role, i + 1, Vec::new()));
                             bases.push(b);

@@ -69,6 +69,9 @@ pub(crate) struct Kept {
     pub paths: layer::RealPaths,
     /// The usual mistakes noticed (see `mistakes`).
     pub warnings: Vec<String>,
+    /// Layers the kernel refused beneath their shared clone, opened on
+    /// their own (see [`retry_on_its_own`]): located by these, not by name.
+    pub retried: Vec<(usize, OpenedDir)>,
 }
 
 impl Request<'_> {
@@ -190,7 +193,7 @@ pub(crate) fn prepare<'a>(
     ));
     {
         let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
-        kept.paths = layer::real_paths(&plan, &singles, upper.as_ref(), work.as_ref());
+        kept.paths = layer::real_paths(&plan, &opened, upper.as_ref(), work.as_ref());
         kept.warnings = warnings;
         if req.target.is_none() {
             // In a mount namespace of its own (private-ns), the mounts seen
@@ -198,7 +201,7 @@ pub(crate) fn prepare<'a>(
             let here_only = table.as_deref().filter(|_| in_a_mount_ns_of_its_own());
             kept.footprint = Some(layer::Footprint::of(
                 &plan,
-                &singles,
+                &opened,
                 upper.as_ref(),
                 work.as_ref(),
                 here_only,
@@ -268,18 +271,34 @@ pub(crate) fn retry_on_its_own(
 ) -> Result<OpenedDir> {
     let (path, role) = prepared.plan.layers.get(i);
     let dir = layer::open_dir(path, role)?;
+    let mut guard = req.kept.lock().unwrap_or_else(|e| e.into_inner());
+    let kept = &mut *guard;
     let mut opened: Vec<Option<&OpenedDir>> = (0..prepared.plan.layers.len())
         .map(|k| prepared.single(k))
         .collect();
+    for (k, earlier) in &kept.retried {
+        opened[*k] = Some(earlier);
+    }
     opened[i] = Some(&dir);
-    layer::check_overlaps(
-        &prepared.plan,
-        &opened,
-        prepared.upper.as_ref(),
-        prepared.work.as_ref(),
-        req.target,
-        &mut None,
-    )?;
+    let (upper, work) = (prepared.upper.as_ref(), prepared.work.as_ref());
+    let mut table = None;
+    layer::check_overlaps(&prepared.plan, &opened, upper, work, req.target, &mut table)?;
+    // What the description and a later attach's check go by, too.
+    kept.paths = layer::real_paths(&prepared.plan, &opened, upper, work);
+    if kept.footprint.is_some() {
+        let here_only = table.as_deref().filter(|_| in_a_mount_ns_of_its_own());
+        kept.footprint = Some(layer::Footprint::of(
+            &prepared.plan,
+            &opened,
+            upper,
+            work,
+            here_only,
+        ));
+    }
+    let copy = dir
+        .try_clone()
+        .map_err(|e| Error::os("keep the layer opened on its own", Some(path), e))?;
+    kept.retried.push((i, copy));
     Ok(dir)
 }
 
