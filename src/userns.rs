@@ -68,7 +68,26 @@ impl UserNamespace {
             Error::os("create a user namespace", None, e).with_hint(hint)
         })?;
         // `child` is killed and reaped when dropped, whichever way we leave.
-        let proc_dir = PathBuf::from(format!("/proc/{}", child.pid()));
+        let pid = child
+            .pid_in_proc()
+            .map_err(|e| Error::os("find the user namespace helper in /proc", None, e))?
+            .ok_or_else(|| {
+                Error::os(
+                    "find the user namespace helper in /proc",
+                    Some(Path::new("/proc")),
+                    sys::SysError {
+                        syscall: "open",
+                        args: "/proc/PID of the helper (not in this /proc)".into(),
+                        errno: libc::ESRCH,
+                    },
+                )
+                .with_hint(
+                    "this /proc belongs to another pid namespace and does not show this \
+                     process's children: mount a /proc of this pid namespace, or give an \
+                     existing user namespace",
+                )
+            })?;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         write_map(&proc_dir.join("uid_map"), uid_map, "uid map")?;
         write_map(&proc_dir.join("gid_map"), gid_map, "gid map")?;
         let ns_path = proc_dir.join("ns/user");

@@ -645,9 +645,6 @@ fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
         let (upper, work) = (dir.join("c/upper"), dir.join("c/work"));
         mkdir(&upper, 0o755, 100000, 100000);
         mkdir(&work, 0o755, 0, 0);
-        // A user namespace of the test's: in a pid namespace whose /proc
-        // is not its own, the tool's helper is not found by its pid there.
-        let (_userns, userns_path) = userns_for_children();
         let mount_args = |c: &mut Command| {
             c.env_remove("IDOVERLAY_PROBE_CACHE")
                 .arg(env!("CARGO_BIN_EXE_idoverlay"))
@@ -658,7 +655,11 @@ fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
                 c.arg("--lower").arg(l);
             }
             c.arg("--upper").arg(&upper).arg("--work").arg(&work);
-            c.arg("--userns").arg(&userns_path).arg(&target);
+            // Maps: in a pid namespace whose /proc is not its own, the
+            // tool finds its user-namespace helper there by the pidfd's
+            // fdinfo, not by the pid it knows (another process's there).
+            c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+                .arg(&target);
         };
         let ns = state.join("staging-ns");
         for _ in 0..5 {

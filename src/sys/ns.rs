@@ -1,7 +1,7 @@
 //! Namespaces, threads and processes: `unshare`, `setns`, `kcmp`, signal
 //! masks, and the child parked in a new user namespace.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::{fail, fd_arg, last_errno, SysError, SysResult};
 
@@ -122,9 +122,21 @@ impl std::fmt::Debug for UsernsChild {
 }
 
 impl UsernsChild {
-    /// The child's pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
+    /// The child's pid as `/proc` names it: the pid namespace of the /proc
+    /// mounted here need not be the caller's (`unshare -p` without a /proc
+    /// of its own), and `/proc/PID` of the caller's number would then be
+    /// another process. From the pidfd's `fdinfo`, which the kernel
+    /// writes in the /proc instance's pid namespace; `None` where that
+    /// /proc does not show the child at all.
+    pub fn pid_in_proc(&self) -> SysResult<Option<i32>> {
+        let path = format!("/proc/self/fdinfo/{}", self.pidfd.as_raw_fd());
+        let fd = super::open_read(super::cwd(), std::path::Path::new(&path))?;
+        let text = super::read_at_most(fd.as_fd(), 4096)?;
+        let pid = String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|n| n.trim().parse::<i32>().ok());
+        Ok(pid.filter(|&n| n > 0))
     }
 }
 
