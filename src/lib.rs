@@ -1200,16 +1200,28 @@ fn others_can_rename_in(parent: BorrowedFd<'_>, name: &Path) -> Option<String> {
         return Some("that cannot be inspected".into());
     };
     let idmapped = match sys::stat_fd_unique_mnt_id(parent).and_then(sys::statmount) {
-        Some(status) => status.attr & sys::MOUNT_ATTR_IDMAP != 0,
-        None => mountinfo::read_self().map_or(true, |table| {
+        Some(status) => Some(status.attr & sys::MOUNT_ATTR_IDMAP != 0),
+        None => mountinfo::read_self().ok().and_then(|table| {
             table
                 .iter()
                 .find(|m| Some(m.mount_id) == st.mnt_id)
-                .is_none_or(|m| m.mount_options.split(',').any(|o| o == "idmapped"))
+                .map(|m| m.mount_options.split(',').any(|o| o == "idmapped"))
         }),
     };
-    if idmapped {
-        return Some("seen through an idmapped mount (its owners on disk are not known)".into());
+    match idmapped {
+        Some(true) => {
+            return Some("seen through an idmapped mount (its owners on disk are not known)".into())
+        }
+        // statmount and the mount table show only mounts beneath this
+        // process's root: a chroot's parent mount is neither.
+        None => {
+            return Some(
+                "on a mount this process cannot inspect (outside its root, as in a chroot), \
+                 so whether it is idmapped is not known"
+                    .into(),
+            )
+        }
+        Some(false) => {}
     }
     if st.uid != 0 {
         return Some(format!("owned by uid {}", st.uid));

@@ -496,8 +496,68 @@ fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
             "2\nproc",
             "the staging namespace holds more than its root and its /proc"
         );
-        chrooted(&["umount".as_ref(), "--lazy".as_ref(), target.as_os_str()]);
+        chrooted(&["umount".as_ref(), target.as_os_str()]);
         assert!(!seen.join("who").exists(), "unmounted");
+        // A chroot that is no mount of its own: the mount its directories
+        // are on lies outside its root, where neither statmount nor the
+        // mount table shows it, so nothing tells who may rename in a
+        // target's parent. A plain umount is refused, saying so.
+        let inner = root.join("inner");
+        for sub in ["usr", "proc", "t", "l"] {
+            mkdir(&inner.join(sub), 0o755, 0, 0);
+        }
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg("/usr")
+            .arg(inner.join("usr")));
+        run(Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(inner.join("proc")));
+        for (link, to) in [
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+            ("bin", "usr/bin"),
+        ] {
+            std::os::unix::fs::symlink(to, inner.join(link)).unwrap();
+        }
+        fs::write(inner.join("idoverlay"), "").unwrap();
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(env!("CARGO_BIN_EXE_idoverlay"))
+            .arg(inner.join("idoverlay")));
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={}:{}",
+                inner.join("l").display(),
+                inner.join("usr").display()
+            ))
+            .arg(inner.join("t")));
+        let fs_at = |p: &Path| {
+            mounts()
+                .into_iter()
+                .rfind(|m| m.mount_point == p)
+                .map(|m| m.fs_type)
+        };
+        let umount_inner = |lazy: bool| {
+            let mut c = Command::new("chroot");
+            c.arg(&inner).args(["/idoverlay", "umount"]);
+            if lazy {
+                c.arg("--lazy");
+            }
+            c.arg("/t").output().unwrap()
+        };
+        let out = umount_inner(false);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("cannot inspect") && stderr(&out).contains("--lazy"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(fs_at(&inner.join("t")).as_deref(), Some("overlay"));
+        let out = umount_inner(true);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(fs_at(&inner.join("t")), None);
     });
 }
 
