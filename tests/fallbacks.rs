@@ -376,6 +376,34 @@ odd_name_tests! {
     odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
 }
 
+/// Makes `root` a directory to chroot into and run the tool as
+/// `/idoverlay` (the host's /usr and a /proc bound in, the test's binary
+/// bound at /idoverlay), with the directories `more` beside them.
+fn chroot_with_the_tool(root: &Path, more: &[&str]) {
+    for sub in ["usr", "proc"].iter().chain(more) {
+        mkdir(&root.join(sub), 0o755, 0, 0);
+    }
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg("/usr")
+        .arg(root.join("usr")));
+    run(Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(root.join("proc")));
+    for (link, to) in [
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("bin", "usr/bin"),
+    ] {
+        std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+    }
+    fs::write(root.join("idoverlay"), "").unwrap();
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(env!("CARGO_BIN_EXE_idoverlay"))
+        .arg(root.join("idoverlay")));
+}
+
 /// A user namespace mapping 0:100000:65536, held by the test, and the path
 /// (`/proc/PID/fd/N`) by which a child process's `--userns` reaches it.
 fn userns_for_children() -> (idoverlay::UserNamespace, PathBuf) {
@@ -402,28 +430,7 @@ fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
         let root = dir.join("chroot");
         mkdir(&root, 0o755, 0, 0);
         run(Command::new("mount").arg("--bind").arg(&root).arg(&root));
-        for sub in ["usr", "proc", "run"] {
-            mkdir(&root.join(sub), 0o755, 0, 0);
-        }
-        run(Command::new("mount")
-            .arg("--bind")
-            .arg("/usr")
-            .arg(root.join("usr")));
-        run(Command::new("mount")
-            .args(["-t", "proc", "proc"])
-            .arg(root.join("proc")));
-        for (link, to) in [
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-            ("bin", "usr/bin"),
-        ] {
-            std::os::unix::fs::symlink(to, root.join(link)).unwrap();
-        }
-        fs::write(root.join("idoverlay"), "").unwrap();
-        run(Command::new("mount")
-            .arg("--bind")
-            .arg(env!("CARGO_BIN_EXE_idoverlay"))
-            .arg(root.join("idoverlay")));
+        chroot_with_the_tool(&root, &["run"]);
         let layers = dir.join("l");
         for (prefix, who) in [
             (PathBuf::from("/"), "the host's"),
@@ -503,28 +510,7 @@ fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
         // mount table shows it, so nothing tells who may rename in a
         // target's parent. A plain umount is refused, saying so.
         let inner = root.join("inner");
-        for sub in ["usr", "proc", "t", "l"] {
-            mkdir(&inner.join(sub), 0o755, 0, 0);
-        }
-        run(Command::new("mount")
-            .arg("--bind")
-            .arg("/usr")
-            .arg(inner.join("usr")));
-        run(Command::new("mount")
-            .args(["-t", "proc", "proc"])
-            .arg(inner.join("proc")));
-        for (link, to) in [
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-            ("bin", "usr/bin"),
-        ] {
-            std::os::unix::fs::symlink(to, inner.join(link)).unwrap();
-        }
-        fs::write(inner.join("idoverlay"), "").unwrap();
-        run(Command::new("mount")
-            .arg("--bind")
-            .arg(env!("CARGO_BIN_EXE_idoverlay"))
-            .arg(inner.join("idoverlay")));
+        chroot_with_the_tool(&inner, &["t", "l"]);
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
             .arg(format!(
