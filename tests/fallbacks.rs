@@ -561,19 +561,7 @@ fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused
         let target = dir.join("t");
         mkdir(&target, 0o755, 0, 0);
         let ns = state.join("staging-ns");
-        let mount = || {
-            let mut c = idoverlay();
-            c.env_remove("IDOVERLAY_PROBE_CACHE")
-                .args(["mount", "--strategy", "private-ns", "--state-dir"])
-                .arg(&state);
-            for l in &layers {
-                c.arg("--lower").arg(l);
-            }
-            c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
-                .arg(&target)
-                .output()
-                .unwrap()
-        };
+        let mount = || cli_mount("private-ns", &state, &layers, &target);
         let mount_and_keep = || {
             // Kept unless the kernel refused the bind (ELOOP, see below).
             for _ in 0..5 {
@@ -656,16 +644,8 @@ fn a_staging_ns_file_a_kill_left_unbound_is_made_again_and_a_foreign_one_refused
             .arg("-t")
             .arg(copy.id().to_string())
             .arg("-m")
-            .arg(env!("CARGO_BIN_EXE_idoverlay"))
-            .env_remove("IDOVERLAY_PROBE_CACHE")
-            .args(["mount", "--strategy", "private-ns", "--state-dir"])
-            .arg(&state);
-        for l in &layers {
-            in_copy.arg("--lower").arg(l);
-        }
-        in_copy
-            .args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
-            .arg(&target);
+            .arg(env!("CARGO_BIN_EXE_idoverlay"));
+        cli_mount_args_with(&mut in_copy, "private-ns", &state, &layers, &[], &target);
         let out = in_copy.output().unwrap();
         let _ = copy.kill();
         let _ = copy.wait();
@@ -691,21 +671,20 @@ fn a_staging_ns_made_in_another_pid_namespace_does_not_stop_writable_mounts() {
         let (upper, work) = (dir.join("c/upper"), dir.join("c/work"));
         mkdir(&upper, 0o755, 100000, 100000);
         mkdir(&work, 0o755, 0, 0);
+        // Maps: in a pid namespace whose /proc is not its own, the tool
+        // finds its user-namespace helper there by the pidfd's fdinfo, not
+        // by the pid it knows (another process's there).
+        let extra = [
+            "--pretend-missing".as_ref(),
+            "overlay_fd_layers".as_ref(),
+            "--upper".as_ref(),
+            upper.as_os_str(),
+            "--work".as_ref(),
+            work.as_os_str(),
+        ];
         let mount_args = |c: &mut Command| {
-            c.env_remove("IDOVERLAY_PROBE_CACHE")
-                .arg(env!("CARGO_BIN_EXE_idoverlay"))
-                .args(["mount", "--strategy", "private-ns", "--state-dir"])
-                .arg(&state)
-                .args(["--pretend-missing", "overlay_fd_layers"]);
-            for l in &layers {
-                c.arg("--lower").arg(l);
-            }
-            c.arg("--upper").arg(&upper).arg("--work").arg(&work);
-            // Maps: in a pid namespace whose /proc is not its own, the
-            // tool finds its user-namespace helper there by the pidfd's
-            // fdinfo, not by the pid it knows (another process's there).
-            c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
-                .arg(&target);
+            c.arg(env!("CARGO_BIN_EXE_idoverlay"));
+            cli_mount_args_with(c, "private-ns", &state, &layers, &extra, &target);
         };
         let ns = state.join("staging-ns");
         for _ in 0..5 {

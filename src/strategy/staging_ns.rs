@@ -106,10 +106,9 @@ fn per_boot(state: &StateDirOnce) -> Result<PerBoot> {
     let state_dir = state.path();
     let state = state.get_or_create()?;
     let path = state_dir.join(FILE);
-    let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
-    let fd = match open() {
+    let fd = match open_file(state) {
         Ok(fd) => fd,
-        Err(e) if e.errno == libc::ENOENT => return make_and_keep(state, &path, &open),
+        Err(e) if e.errno == libc::ENOENT => return make_and_keep(state, &path),
         Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
     };
     if is_mount_ns(&fd) {
@@ -117,9 +116,15 @@ fn per_boot(state: &StateDirOnce) -> Result<PerBoot> {
     }
     match Claim::of(&fd) {
         Claim::Foreign => Err(not_a_mount_ns(state_dir)),
-        Claim::Mine => make_and_keep(state, &path, &open),
+        Claim::Mine => make_and_keep(state, &path),
         Claim::Elsewhere => Ok(PerBoot::Elsewhere),
     }
+}
+
+/// [`FILE`] in the state tmpfs, opened to read (never a FIFO's open that
+/// blocks, never through a symlink).
+fn open_file(state: &crate::state::StateDir) -> sys::SysResult<OwnedFd> {
+    sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false)
 }
 
 fn is_mount_ns(fd: &OwnedFd) -> bool {
@@ -184,13 +189,9 @@ fn not_a_mount_ns(state_dir: &Path) -> Error {
 /// its marker (root's alone), so one assembly at a time: another may have
 /// kept one meanwhile, which is taken instead. A file this namespace
 /// claimed and a killed process left unbound is removed first.
-fn make_and_keep(
-    state: &crate::state::StateDir,
-    path: &Path,
-    open: &dyn Fn() -> sys::SysResult<OwnedFd>,
-) -> Result<PerBoot> {
+fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot> {
     let marker = lock_marker(state, path)?;
-    match clear_unbound(state, path, open)? {
+    match clear_unbound(state, path)? {
         Found::Namespace(fd) => return Ok(PerBoot::Kept(Some(fd))),
         Found::Elsewhere => return Ok(PerBoot::Elsewhere),
         Found::Nothing | Found::Removed => {}
@@ -261,12 +262,8 @@ enum Found {
 /// unbound is removed (the state tmpfs is root-only and the lock held:
 /// nobody else is making one here). Anything idoverlay does not make there
 /// is refused.
-fn clear_unbound(
-    state: &crate::state::StateDir,
-    path: &Path,
-    open: &dyn Fn() -> sys::SysResult<OwnedFd>,
-) -> Result<Found> {
-    let Ok(fd) = open() else {
+fn clear_unbound(state: &crate::state::StateDir, path: &Path) -> Result<Found> {
+    let Ok(fd) = open_file(state) else {
         return Ok(Found::Nothing);
     };
     if is_mount_ns(&fd) {
@@ -288,17 +285,14 @@ fn clear_unbound(
 /// between creating it and binding the boot's staging namespace over it,
 /// left; true when it did.
 pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
-    let open = || sys::open_read_nonblocking(state.fd.as_fd(), Path::new(FILE), false);
-    let unbound_mine = open().is_ok_and(|fd| !is_mount_ns(&fd) && Claim::of(&fd) == Claim::Mine);
+    let unbound_mine =
+        open_file(state).is_ok_and(|fd| !is_mount_ns(&fd) && Claim::of(&fd) == Claim::Mine);
     if !unbound_mine {
         return Ok(false);
     }
     let path = state.join(FILE);
     let _marker = lock_marker(state, &path)?;
-    Ok(matches!(
-        clear_unbound(state, &path, &open)?,
-        Found::Removed
-    ))
+    Ok(matches!(clear_unbound(state, &path)?, Found::Removed))
 }
 
 /// Makes the namespace, on a thread that ends with it made: unshare (one

@@ -539,15 +539,31 @@ fn cli_mount_args(
     layers: &[PathBuf],
     target: &Path,
 ) {
+    cli_mount_args_with(cmd, strategy, state, layers, &[], target);
+}
+
+/// [`cli_mount_args`] with `extra` arguments before the target (an upper
+/// and work dir, `--pretend-missing`, …), for a command that runs the tool
+/// some other way (`nsenter`, `unshare`).
+#[allow(dead_code)]
+pub fn cli_mount_args_with(
+    cmd: &mut Command,
+    strategy: &str,
+    state: &Path,
+    layers: &[PathBuf],
+    extra: &[&std::ffi::OsStr],
+    target: &Path,
+) {
     let report = state.parent().unwrap().join("probe.json");
     if !report.exists() {
         fs::write(&report, run(idoverlay().args(["probe", "--json"])).stdout).unwrap();
     }
     // private-ns as the tool runs it: its staging namespace kept for the
     // boot, in `state` (so a kill can be looked for inside it).
-    if strategy != "private-ns" {
-        cmd.env("IDOVERLAY_PROBE_CACHE", "off");
-    }
+    match strategy {
+        "private-ns" => cmd.env_remove("IDOVERLAY_PROBE_CACHE"),
+        _ => cmd.env("IDOVERLAY_PROBE_CACHE", "off"),
+    };
     cmd.args(["mount", "--strategy", strategy, "--probe-report"])
         .arg(&report)
         .arg("--state-dir")
@@ -556,6 +572,7 @@ fn cli_mount_args(
         cmd.arg("--lower").arg(l);
     }
     cmd.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"])
+        .args(extra)
         .arg(target);
 }
 
