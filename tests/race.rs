@@ -19,6 +19,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -426,6 +427,119 @@ fn a_raced_work_dir_never_empties_another_directory() {
     bed_test("race::work", |bed| {
         let t = race(bed, Input::Work, &VARIANTS, "");
         assert!(t.mounted > 0 && t.refused > 0, "the race must go both ways");
+    });
+}
+
+/// The directory above the upper and work dirs, raced. Where their pair
+/// is cloned (an idmapped upper, or staged in another namespace), the clone
+/// is made of their common parent, opened after them. Another mount of the
+/// same directories passes every check of inodes beneath it, so the name
+/// flips between the directory and an idmapped bind of it that swaps ids 0
+/// and 1000: a clone of that would make every file the container's root
+/// writes land on disk owned by 1000. Tmpfs covers that bind's `u` and
+/// `w`, so upper and work opened through it are never those directories
+/// (refused); whatever mounts wrote through the mount upper was opened on.
+#[test]
+fn a_raced_parent_of_upper_and_work_never_clones_them_from_another_mount() {
+    in_private_ns("race::upper_work_parent", |s| {
+        let dir = s.tmpfs_dir("r");
+        let c = dir.join("c");
+        mkdir(&c, 0o777, 0, 0);
+        let real = c.join("x");
+        mkdir(&real.join("u"), 0o755, 0, 0);
+        mkdir(&real.join("w"), 0o755, 0, 0);
+        write_file(&dir.join("l/layer-file"), "l", 0o644, 0, 0);
+        let bind = dir.join("bind");
+        mkdir(&bind, 0o755, 0, 0);
+        let swapped: IdMap = "0:1000:1,1000:0:1".parse().unwrap();
+        let userns = idoverlay::UserNamespace::from_maps(&swapped, &swapped).unwrap();
+        let clone = raw::clone_detached(&real).unwrap();
+        raw::set_idmap(
+            std::os::fd::AsFd::as_fd(&clone),
+            std::os::fd::AsFd::as_fd(&userns),
+        )
+        .unwrap();
+        rustix::mount::move_mount(
+            &clone,
+            "",
+            rustix::fs::CWD,
+            &bind,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .unwrap();
+        for cover in ["u", "w"] {
+            run(std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "cover"])
+                .arg(bind.join(cover)));
+        }
+        std::os::unix::fs::symlink(&bind, c.join("y")).unwrap();
+        let upper_held = Held::open(&real.join("u"));
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let swapper = Swapper::start(&c, "x", "y");
+        let mut tally = Tally::default();
+        for v in VARIANTS {
+            for round in 0..4 * ROUNDS {
+                let what = format!("{} #{round}", v.name);
+                let mut o = Overlay::new()
+                    .lower(dir.join("l"))
+                    .upper(c.join("x/u"))
+                    .work(c.join("x/w"))
+                    .idmap(map(), map())
+                    .idmap_upper(v.idmap_upper)
+                    .strategy(v.strategy)
+                    .state_dir(dir.join("state"));
+                for f in v.missing {
+                    o = o.pretend_missing(*f);
+                }
+                swapper.resume();
+                let result = if v.assemble {
+                    o.assemble().and_then(|m| m.attach(&target))
+                } else {
+                    o.mount(&target)
+                };
+                assert!(swapper.pause(), "{what}: names stuck");
+                let Err(e) = result else {
+                    tally.mounted += 1;
+                    write_through(&target.join("written"), &what, v.idmap_upper);
+                    idoverlay::unmount_overlay(&target, false).unwrap();
+                    let landed = upper_held.path().join("written");
+                    // Written by host root, or by the container's root
+                    // (host 100000, the map's 0) to an idmapped upper: on
+                    // disk 0 either way, as it is through the upper's mount.
+                    assert_eq!(
+                        (
+                            fs::read_to_string(&landed).ok(),
+                            fs::symlink_metadata(&landed)
+                                .ok()
+                                .map(|m| (m.uid(), m.gid()))
+                        ),
+                        (Some(what.clone()), Some((0, 0))),
+                        "{what}: the write went through another mount of the upper dir"
+                    );
+                    fs::remove_file(&landed).unwrap();
+                    continue;
+                };
+                tally.refused += 1;
+                let text = e.to_string();
+                assert!(!text.contains('\n'), "{what}: {text}");
+                let left: Vec<_> = mounts()
+                    .into_iter()
+                    .filter(|m| m.fs_type == "overlay")
+                    .collect();
+                assert!(left.is_empty(), "{what}: left mounted: {left:#?}");
+            }
+        }
+        let swaps = swapper.swaps();
+        drop(swapper);
+        eprintln!(
+            "race upper/work parent: {} mounted, {} refused, {swaps} swaps",
+            tally.mounted, tally.refused
+        );
+        assert!(
+            tally.mounted > 0 && tally.refused > 0,
+            "the race must go both ways"
+        );
     });
 }
 

@@ -196,6 +196,22 @@ pub(crate) fn upper_work_clone(
     }
     let root = sys::open_dir_path_follow(sys::cwd(), &parent)
         .map_err(|e| Error::os("open the parent of upper and work", Some(&parent), e))?;
+    // Opened by name after them, it may be on another mount of the same
+    // directories by now (a bind, idmapped or read-only): the inodes
+    // beneath would match, and overlay would write through that mount.
+    let root_st = sys::stat_fd(root.as_fd())
+        .map_err(|e| Error::os("inspect the parent of upper and work", Some(&parent), e))?;
+    if root_st.mnt_id != upper.stat.mnt_id || root_st.dev != upper.stat.dev {
+        return Err(Error::invalid_path(
+            "upper dir",
+            &upper.path,
+            format!(
+                "changed while it was opened: its parent {} now leads to another mount; \
+                 check who can rename entries on that path, and try again",
+                display_path(&parent)
+            ),
+        ));
+    }
     let clone = idmapped_clone(
         root.as_fd(),
         false,
