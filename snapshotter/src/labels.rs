@@ -33,6 +33,29 @@ pub struct Maps {
     pub root_gid: u32,
 }
 
+/// The most a label's key and value may hold together, in bytes: what
+/// containerd's `labels.Validate` allows (its metadata store refuses more
+/// before a request reaches a proxy snapshotter; a client on the socket
+/// itself is held to the same).
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// Refuses labels that containerd itself would refuse: a key and value
+/// longer than [`MAX_LABEL_BYTES`] together.
+pub fn check_sizes(labels: &BTreeMap<String, String>) -> Result<()> {
+    match labels
+        .iter()
+        .find(|(k, v)| k.len() + v.len() > MAX_LABEL_BYTES)
+    {
+        Some((k, v)) => Err(Error::InvalidArgument(format!(
+            "label {:?} is {} bytes with its value, more than containerd allows \
+             ({MAX_LABEL_BYTES}); keep labels short",
+            k.chars().take(64).collect::<String>(),
+            k.len() + v.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The maps in a snapshot's labels: `None` without map labels, an error
 /// when they are malformed, only one of the two is there, or either map
 /// leaves out id 0 (containerd's `RootPair` requires it too).
@@ -96,6 +119,15 @@ mod tests {
         assert_eq!(m.root_gid, 300000);
         assert_eq!(m.uid.to_host(1000), Some(200000));
         assert_eq!(m.uid.ranges().len(), 2);
+    }
+
+    #[test]
+    fn label_sizes_as_containerd_allows() {
+        let at = "k".repeat(MAX_LABEL_BYTES - 1);
+        assert!(check_sizes(&labels(&[(&at, "v")])).is_ok());
+        let over = labels(&[("ok", "v"), (&at, "vv")]);
+        let err = check_sizes(&over).unwrap_err().to_string();
+        assert!(err.contains("4097 bytes"), "{err}");
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl Snapshots {
             size: 0,
             inodes: 0,
         };
+        labels::check_sizes(&record.labels)?;
         let maps = labels::maps(&record.labels)?;
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
@@ -315,6 +316,7 @@ impl Snapshots {
     /// Commits active snapshot `key` as `name`. An idmapped snapshot's
     /// overlay is taken down first: a committed snapshot is never mounted.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        labels::check_sizes(&labels)?;
         let (record, parents, _busy) = self.claim(key)?;
         if record.kind != Kind::Active {
             return Err(Error::FailedPrecondition(format!(
@@ -435,6 +437,7 @@ impl Snapshots {
                 None => new.remove(label),
             };
         }
+        labels::check_sizes(&new)?;
         if record.kind != Kind::Committed {
             for l in [labels::UID_MAPPING, labels::GID_MAPPING] {
                 if new.get(l) != record.labels.get(l) {

@@ -215,6 +215,43 @@ fn plain_lifecycle_as_containerd_overlayfs() {
                 prepare(&mut c, "y", "", maps("0:1:1", "nonsense")).await,
                 Err(Code::InvalidArgument)
             );
+            // Labels longer than containerd allows (key and value 4,096
+            // bytes together): refused by Prepare, Commit and Update alike,
+            // and nothing made or changed.
+            let entries = || fs::read_dir(root.join("snapshots")).unwrap().count();
+            let before = entries();
+            let long = |n: usize| -> HashMap<String, String> {
+                [("containerd.io/k".to_string(), "v".repeat(n - 15))].into()
+            };
+            prepare(&mut c, "at-limit", "", long(4096)).await.unwrap();
+            remove(&mut c, "at-limit").await.unwrap();
+            assert_eq!(
+                prepare(&mut c, "y", "", long(4097)).await,
+                Err(Code::InvalidArgument)
+            );
+            let committed = c
+                .commit(CommitSnapshotRequest {
+                    snapshotter: String::new(),
+                    name: "c-long".into(),
+                    key: "b".into(),
+                    labels: long(4097),
+                })
+                .await;
+            assert_eq!(committed.unwrap_err().code(), Code::InvalidArgument);
+            assert_eq!(stat(&mut c, "b").await.unwrap().kind, Kind::Active as i32);
+            let mut info = stat(&mut c, "c1").await.unwrap();
+            info.labels.extend(long(4097));
+            let updated = c
+                .update(UpdateSnapshotRequest {
+                    snapshotter: String::new(),
+                    info: Some(info),
+                    update_mask: None,
+                })
+                .await;
+            assert_eq!(updated.unwrap_err().code(), Code::InvalidArgument);
+            assert!(stat(&mut c, "c1").await.unwrap().labels.is_empty());
+            assert_eq!(stat(&mut c, "y").await, Err(Code::NotFound));
+            assert_eq!(entries(), before, "a refused request made a directory");
             // Update, List with filters, Usage.
             let mut info = stat(&mut c, "c1").await.unwrap();
             info.labels
