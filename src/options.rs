@@ -41,6 +41,23 @@ pub(crate) fn check_param(key: &str, value: Option<&str>, shown: &str) -> Result
             "has an empty key; write KEY or KEY=VALUE, separated by commas",
         ));
     }
+    // A key is one word. With a `=` or a comma in it, mount(2)'s string
+    // (the detached fast path) would carry it as an option of its own,
+    // `lowerdir=…` too; overlay unescapes a backslash; a space or a
+    // control character is no key of any filesystem.
+    if let Some(c) = key
+        .chars()
+        .find(|&c| matches!(c, '=' | ',' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(
+            "option",
+            shown,
+            format!(
+                "has {c:?} in its key; a key is one word, its value goes after one `=` \
+                 (as a parameter: key and value apart)"
+            ),
+        ));
+    }
     if LAYER_KEYS.contains(&key) {
         return Err(Error::invalid("option", shown, "names a layer")
             .with_advice(crate::Advice::LayersNotAsOptions));

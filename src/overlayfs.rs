@@ -207,7 +207,9 @@ pub(crate) fn escape_lower(value: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the pass-through parameters to mount(2) data as `,key=value`.
-/// Refuses (naming it) a parameter that holds a comma: mount(2) splits its
+/// Refuses (naming it) a parameter that holds a comma, or a key with a `=`
+/// (`check_param` refuses both first; this is the last guard before the
+/// string): mount(2) splits its
 /// data at commas, so the rest would reach the kernel as another option (a
 /// `lowerdir=` neither checked nor idmapped), although fsconfig took the
 /// whole value (an SELinux context may hold one). The caller then uses
@@ -217,10 +219,9 @@ pub(crate) fn push_params_to_mount_data<'p>(
     data: &mut Vec<u8>,
 ) -> std::result::Result<(), &'p OverlayParam> {
     let has_comma = |s: &str| s.contains(',');
-    if let Some(p) = params
-        .iter()
-        .find(|p| has_comma(&p.key) || p.value.as_deref().is_some_and(has_comma))
-    {
+    if let Some(p) = params.iter().find(|p| {
+        has_comma(&p.key) || p.key.contains('=') || p.value.as_deref().is_some_and(has_comma)
+    }) {
         return Err(p);
     }
     for p in params {

@@ -617,6 +617,12 @@ fn parameters_never_name_layers_maps_or_the_source() {
         mkdir(&target, 0o755, 0, 0);
         let secret = dir.join("secret").display().to_string();
         let victim = dir.join("victim").display().to_string();
+        // A key that holds a `=` (or a comma, a backslash, a space) is no
+        // key: on mount(2)'s string (a lower-only detached mount) it would
+        // be a whole option of its own, a layer neither idmapped nor
+        // checked.
+        let smuggled_lower = format!("lowerdir={secret}:{}", layers[0].display());
+        let smuggled_upper = format!("upperdir={victim}/u");
         for (key, value) in [
             ("lowerdir+", Some(secret.as_str())),
             ("lowerdir", Some(secret.as_str())),
@@ -625,15 +631,20 @@ fn parameters_never_name_layers_maps_or_the_source() {
             ("upperdir", Some(victim.as_str())),
             ("uidmap", Some("0:0:1")),
             ("source", Some("mine")),
+            (smuggled_lower.as_str(), None),
+            (smuggled_upper.as_str(), None),
+            ("redirect_dir off", None),
+            ("xino\\", None),
         ] {
-            for assemble in [false, true] {
+            for (assemble, with_upper) in [(false, true), (true, true), (false, false)] {
                 let before = mounts();
-                let overlay = Overlay::new()
+                let mut overlay = Overlay::new()
                     .lowers(layers.iter().cloned())
-                    .upper(dir.join("c/upper"))
-                    .work(dir.join("c/work"))
                     .param(key, value)
                     .idmap(map(), map());
+                if with_upper {
+                    overlay = overlay.upper(dir.join("c/upper")).work(dir.join("c/work"));
+                }
                 let e = match assemble {
                     false => overlay.mount(&target).map(|_| ()),
                     true => overlay.assemble().map(|_| ()),
