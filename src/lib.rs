@@ -532,7 +532,7 @@ impl Overlay {
                 self.strategy, report.kernel
             )
         });
-        let result = run(&req, chosen)?;
+        let result = run(&req, chosen).inspect_err(|_| strategy::undo_chown(&req))?;
         // Kept once something was mounted with it: bad input changes
         // nothing, the state dir included.
         if let Some(report) = to_keep {

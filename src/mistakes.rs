@@ -89,7 +89,7 @@ pub(crate) fn chown_upper(
     upper: &OpenedDir,
     userns: &UserNamespace,
     idmap_upper: bool,
-) -> Result<()> {
+) -> Result<Option<(u32, u32)>> {
     let Some((uid, gid)) = container_root_on_disk(userns, idmap_upper) else {
         return Err(Error::invalid_path(
             "upper dir",
@@ -99,7 +99,7 @@ pub(crate) fn chown_upper(
         ));
     };
     if (upper.stat.uid, upper.stat.gid) == (uid, gid) {
-        return Ok(());
+        return Ok(None);
     }
     let entries =
         sys::dir_entries(upper.fd.as_fd()).map_err(|e| Error::os("read", Some(&upper.path), e))?;
@@ -117,7 +117,8 @@ pub(crate) fn chown_upper(
         ));
     }
     sys::chown_fd(upper.fd.as_fd(), uid, gid)
-        .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))
+        .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))?;
+    Ok(Some((upper.stat.uid, upper.stat.gid)))
 }
 
 /// The warning for a top layer that shows as nobody through the maps: its

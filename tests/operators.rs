@@ -346,6 +346,41 @@ fn chown_upper_refuses_a_non_empty_upper() {
     });
 }
 
+/// `--chown-upper` with a mount the kernel then refuses (an unknown
+/// parameter; two that conflict, which only creating the superblock
+/// finds): the upper keeps its owner, for every strategy and the fast path.
+#[test]
+fn chown_upper_is_undone_when_the_mount_is_refused() {
+    in_private_ns("operators::chown_upper_undone", |s| {
+        for (i, strategy) in ["auto", "detached", "private-ns", "host-staged"]
+            .into_iter()
+            .enumerate()
+        {
+            for (j, bad) in ["bogus=1", "metacopy=on,redirect_dir=off"]
+                .into_iter()
+                .enumerate()
+            {
+                let st = setup(s, &format!("u{i}{j}"), 0);
+                let before = mounts();
+                let out = mount_cmd(&st, &["--chown-upper", "--strategy", strategy, "-o", bad])
+                    .output()
+                    .unwrap();
+                let what = format!("{strategy} -o {bad}");
+                assert!(!out.status.success(), "{what}: mounted");
+                assert_eq!(stderr(&out).lines().count(), 1, "{what}: {}", stderr(&out));
+                assert_eq!(owner(&st.upper), (0, 0), "{what}: {}", stderr(&out));
+                // The state dir's tmpfs stays once host-staged made it (it is
+                // the boot's, as /run/idoverlay is); nothing else.
+                let new: Vec<_> = new_mounts(&before, &mounts())
+                    .into_iter()
+                    .filter(|m| m.source != "idoverlay-state")
+                    .collect();
+                assert!(new.is_empty(), "{what}: {new:#?}");
+            }
+        }
+    });
+}
+
 /// Container and host swapped (`100000:0:65536`): the layers' owners fall
 /// outside the map and show as nobody; a warning says so. The same layers
 /// with the map the right way round have none.

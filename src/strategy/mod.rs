@@ -5,7 +5,7 @@
 //! `host-staged`, the last resort, which keeps its temporary mounts in a
 //! root-only private directory and never removes anything still mounted.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::layer::{self, OpenedDir, Role};
 use crate::options::OverlayParam;
 use crate::overlayfs::OverlayContext;
-use crate::sys::MountAttrs;
+use crate::sys::{self, MountAttrs};
 use crate::userns::UserNamespace;
 
 pub(crate) mod detached;
@@ -72,6 +72,27 @@ pub(crate) struct Kept {
     /// Layers the kernel refused beneath their shared clone, opened on
     /// their own (see [`retry_on_its_own`]): located by these, not by name.
     pub retried: Vec<(usize, OpenedDir)>,
+    /// The upper dir `--chown-upper` gave to container root, and its owner
+    /// before: given back when the overlay is refused ([`undo_chown`]).
+    pub chowned_upper: Option<(OwnedFd, (u32, u32))>,
+}
+
+/// Gives the upper dir back to its owner before `--chown-upper`, when the
+/// request that chowned it failed.
+pub(crate) fn undo_chown(req: &Request<'_>) {
+    let chowned = req
+        .kept
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .chowned_upper
+        .take();
+    if let Some((fd, (uid, gid))) = chowned {
+        if let Err(e) = sys::chown_fd(fd.as_fd(), uid, gid) {
+            req.trace(|| {
+                format!("the upper dir's owner could not be put back to {uid}:{gid}: {e}")
+            });
+        }
+    }
 }
 
 impl Request<'_> {
@@ -183,7 +204,15 @@ pub(crate) fn prepare<'a>(
     let mut warnings = Vec::new();
     if let Some(upper) = &upper {
         if req.chown_upper {
-            crate::mistakes::chown_upper(upper, req.userns, req.idmap_upper)?;
+            if let Some(owner) = crate::mistakes::chown_upper(upper, req.userns, req.idmap_upper)? {
+                // Put back if the kernel refuses the overlay after all:
+                // bad input changes nothing (an attempt retried the careful
+                // way finds it chowned, and keeps the first owner).
+                let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.chowned_upper.is_none() {
+                    kept.chowned_upper = sys::dup(upper.fd.as_fd()).ok().map(|fd| (fd, owner));
+                }
+            }
         } else if let Some(w) = crate::mistakes::upper_owner(upper, req.userns, req.idmap_upper) {
             warnings.push(w);
         }
