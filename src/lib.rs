@@ -68,6 +68,7 @@ mod overlayfs;
 mod path;
 pub mod probe;
 mod probe_cache;
+mod procfs;
 mod reaper;
 pub mod records;
 mod report;
@@ -472,6 +473,7 @@ impl Overlay {
                 userns::CAP_SYS_ADMIN_HINT,
             ));
         }
+        procfs::check()?;
         let kept = std::sync::Mutex::new(strategy::Kept::default());
         let shared_userns;
         let userns: &UserNamespace = match (&self.userns, &self.maps) {
@@ -1092,6 +1094,7 @@ enum Naming {
 }
 
 fn unmount_checked(target: &Path, lazy: bool, naming: Naming) -> Result<()> {
+    procfs::check()?;
     let normal =
         path::normalize(target).map_err(|r| Error::invalid_path("target", target, r.reason()))?;
     let Some((parent, name)) = path::split_last(&normal) else {

@@ -417,6 +417,64 @@ fn userns_for_children() -> (idoverlay::UserNamespace, PathBuf) {
     (userns, path)
 }
 
+/// A chroot whose `/proc` is a plain directory (an image's own): its
+/// `thread-self/fd/N` lead wherever its author pointed them, and every
+/// name idoverlay hands the kernel through them would too. Refused in one
+/// line before anything is opened or mounted.
+#[test]
+fn a_proc_that_is_not_procfs_is_refused() {
+    in_private_ns("fallbacks::fake_proc", |s| {
+        let root = s.tmpfs_dir("fake-proc");
+        chroot_with_the_tool(&root, &["t", "evil", "fake/fd"]);
+        run(Command::new("umount").arg(root.join("proc")));
+        for (layer, file) in [("l1", "a"), ("l2", "b")] {
+            write_file(&root.join(layer).join(file), file, 0o644, 0, 0);
+            write_file(
+                &root.join("evil").join(layer).join("EVIL"),
+                "evil",
+                0o644,
+                0,
+                0,
+            );
+        }
+        for n in 0..64 {
+            std::os::unix::fs::symlink("/evil", root.join(format!("fake/fd/{n}"))).unwrap();
+        }
+        std::os::unix::fs::symlink("/fake", root.join("proc/thread-self")).unwrap();
+        mkdir(&root.join("proc/self"), 0o755, 0, 0);
+        for f in ["auxv", "mountinfo"] {
+            fs::copy(format!("/proc/self/{f}"), root.join("proc/self").join(f)).unwrap();
+        }
+        let (_userns, userns_path) = userns_for_children();
+        fs::write(root.join("userns"), "").unwrap();
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(&userns_path)
+            .arg(root.join("userns")));
+        let before = mounts();
+        for strategy in ["auto", "detached", "private-ns", "host-staged"] {
+            let out = Command::new("chroot")
+                .arg(&root)
+                .args(["/idoverlay", "mount", "--strategy", strategy])
+                .args([
+                    "--lower", "/l1", "--lower", "/l2", "--userns", "/userns", "/t",
+                ])
+                .env("IDOVERLAY_PROBE_CACHE", "off")
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert!(
+                !root.join("t/EVIL").exists(),
+                "{strategy}: the fake /proc's directories were mounted"
+            );
+            assert_eq!(out.status.code(), Some(2), "{strategy}: {err}");
+            assert_eq!(err.lines().count(), 1, "{strategy}: {err}");
+            assert!(err.contains("not the proc filesystem"), "{strategy}: {err}");
+            assert!(new_mounts(&before, &mounts()).is_empty(), "{strategy}");
+        }
+    });
+}
+
 #[test]
 fn a_chrooted_callers_private_ns_stays_in_its_root_and_keeps_no_host_mounts() {
     // A chroot whose paths also exist, with other contents, outside it.

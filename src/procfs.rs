@@ -1,0 +1,47 @@
+//! The process's `/proc` must be the proc filesystem.
+//!
+//! idoverlay hands the kernel names like `/proc/thread-self/fd/N/REL` (a
+//! layer inside its clone, the upper and work dirs before 6.13, a target
+//! to unmount by name): the kernel resolves them through the caller's root.
+//! A `/proc` that is any other directory (a chroot into an image whose
+//! `/proc` is the image's own) would make those names lead wherever its
+//! author pointed them, to directories nobody checked or idmapped. So its
+//! `/proc` is checked once per request: the root of a proc mount, whose
+//! `thread-self` the kernel alone makes. No `/proc` at all is left to the
+//! names' own failures (ENOENT), which the fd forms fall back from.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// `PROC_SUPER_MAGIC`.
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// The inode number of procfs' root directory (`PROC_ROOT_INO`).
+const PROC_ROOT_INO: u64 = 1;
+
+/// Refuses a `/proc` that is not the root of a proc filesystem.
+pub(crate) fn check() -> Result<()> {
+    let proc = Path::new("/proc");
+    let fd = match sys::open_dir_path(sys::cwd(), proc) {
+        Ok(fd) => fd,
+        Err(e) if e.errno == libc::ENOENT => return Ok(()),
+        Err(e) => return Err(Error::os("open", Some(proc), e)),
+    };
+    let magic = sys::fs_magic(fd.as_fd()).map_err(|e| Error::os("inspect", Some(proc), e))?;
+    let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(proc), e))?;
+    if magic == PROC_SUPER_MAGIC && st.ino == PROC_ROOT_INO {
+        return Ok(());
+    }
+    Err(Error::invalid_path(
+        "/proc",
+        proc,
+        format!(
+            "is not the proc filesystem's root (filesystem magic {magic:#x}, inode {}): \
+             idoverlay names its fds to the kernel through /proc/thread-self, which would \
+             lead elsewhere; mount proc there (mount -t proc proc /proc) in this root",
+            st.ino
+        ),
+    ))
+}
