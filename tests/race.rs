@@ -543,6 +543,108 @@ fn a_raced_parent_of_upper_and_work_never_clones_them_from_another_mount() {
     });
 }
 
+/// A layer and the directory holding the upper and work dirs (and the
+/// target) swapped as two real directories, no symlink anywhere: the image
+/// `x` and the caller's `y`, both in `c`, which others can write. Each
+/// name is resolved once, but each at its own moment: the layer may be
+/// opened while `x` is the image and the upper `y/u` while `y` is, so the
+/// upper is the image's own `u` while the names given do not overlap.
+/// Whatever mounts must not be an overlay that shows the image as a layer
+/// with its upper (or its target) inside that image.
+#[test]
+fn a_layer_and_the_upper_swapped_as_real_directories_never_stack_the_upper_inside_it() {
+    in_private_ns("race::swapped_real_dirs", |s| {
+        let dir = s.tmpfs_dir("r");
+        let c = dir.join("c");
+        mkdir(&c, 0o777, 0, 0);
+        let image = c.join("x");
+        write_file(&image.join("layer-file"), "image", 0o644, 0, 0);
+        let mine = c.join("y");
+        for d in [&image, &mine] {
+            for sub in ["u", "w", "t"] {
+                mkdir(&d.join(sub), 0o755, 0, 0);
+            }
+        }
+        write_file(&dir.join("lay/l2/other-file"), "l2", 0o644, 0, 0);
+        let image_held = Held::open(&image);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let swapper = Swapper::start(&c, "x", "y");
+        let mut tally = Tally::default();
+        for per_layer in [false, true] {
+            for v in VARIANTS.iter().filter(|v| !v.idmap_upper) {
+                for round in 0..4 * ROUNDS {
+                    let what = format!("{} per_layer={per_layer} #{round}", v.name);
+                    let with_upper = round % 2 == 0;
+                    let mut o = Overlay::new()
+                        .lower(c.join("x"))
+                        .lower(dir.join("lay/l2"))
+                        .idmap(map(), map())
+                        .per_layer_clones(per_layer)
+                        .strategy(v.strategy)
+                        .state_dir(dir.join("state"));
+                    if with_upper {
+                        o = o.upper(c.join("y/u")).work(c.join("y/w"));
+                    }
+                    for f in v.missing {
+                        o = o.pretend_missing(*f);
+                    }
+                    // Without an upper, the overlay goes at `y/t`.
+                    let at = if with_upper {
+                        target.clone()
+                    } else {
+                        c.join("y/t")
+                    };
+                    swapper.resume();
+                    let result = if v.assemble {
+                        o.assemble().and_then(|m| m.attach(&at))
+                    } else {
+                        o.mount(&at)
+                    };
+                    assert!(swapper.pause(), "{what}: names stuck");
+                    if let Err(e) = result {
+                        tally.refused += 1;
+                        assert!(!e.to_string().contains('\n'), "{what}: {e}");
+                        continue;
+                    }
+                    tally.mounted += 1;
+                    let image_now = image_held.current_path();
+                    let ours: Vec<_> = mounts()
+                        .into_iter()
+                        .filter(|m| m.fs_type == "overlay")
+                        .collect();
+                    assert_eq!(ours.len(), 1, "{what}: {ours:#?}");
+                    let mounted_at = ours[0].mount_point.clone();
+                    let shows_image = mounted_at.join("layer-file").exists();
+                    if with_upper {
+                        fs::write(mounted_at.join("written"), &what).unwrap();
+                    }
+                    idoverlay::unmount_overlay(&mounted_at, true).unwrap();
+                    let written = image_now.join("u/written");
+                    assert!(
+                        !(shows_image && written.exists()),
+                        "{what}: the upper was inside the image layer it was stacked on"
+                    );
+                    assert!(
+                        !(shows_image && mounted_at == image_now.join("t")),
+                        "{what}: mounted inside the image layer it shows"
+                    );
+                    let _ = fs::remove_file(&written);
+                    let _ = fs::remove_file(c.join("x/u/written"));
+                    let _ = fs::remove_file(c.join("y/u/written"));
+                }
+            }
+        }
+        let swaps = swapper.swaps();
+        drop(swapper);
+        eprintln!(
+            "race swapped real dirs: {} mounted, {} refused, {swaps} swaps",
+            tally.mounted, tally.refused
+        );
+        assert!(tally.mounted > 0, "nothing mounted");
+    });
+}
+
 #[test]
 fn a_raced_target_never_puts_the_overlay_elsewhere() {
     bed_test("race::target", |bed| {

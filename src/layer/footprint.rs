@@ -20,10 +20,11 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::locate::{not_in_table, FsLocation};
+use super::locate::{dir_id, not_in_table, walk_up, DirId, FsLocation};
 use super::{OpenedDir, Plan, Role};
 use crate::error::{display_path, Error, Result};
 use crate::mountinfo::MountEntry;
+use crate::path::below;
 use crate::sys;
 
 /// Where the overlay's directories really are, as this mount namespace
@@ -201,6 +202,30 @@ impl Footprint {
     /// Refuses `target` (opened in this mount namespace) when it is one of
     /// the overlay's directories or lies inside one.
     pub fn check_target(&self, target: &OpenedDir) -> Result<()> {
+        // As directories first (see `locate::walk_up`): the paths below
+        // were each true when their own open resolved them.
+        let wanted = |at: &DirId| self.bases.iter().any(|b| dir_id(&b.stat) == *at);
+        let inside = walk_up(target, wanted, |at, names_below| {
+            self.bases
+                .iter()
+                .filter(|b| dir_id(&b.stat) == at)
+                .find_map(|b| {
+                    b.members
+                        .iter()
+                        .find(|m| below(names_below, &m.2).is_some())
+                        .map(|m| member_name(b, m))
+                })
+        });
+        if let Some(name) = inside {
+            return Err(Error::invalid_path(
+                "target",
+                &target.path,
+                format!(
+                    "is {name}, or lies inside it, as the directories are now (something renamed \
+                     a directory above both?); attach the overlay elsewhere"
+                ),
+            ));
+        }
         let st = &target.stat;
         let same_device: Vec<&Base> = self
             .bases

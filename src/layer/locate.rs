@@ -583,7 +583,151 @@ pub(crate) fn check_overlaps(
         u.as_ref(),
         w.as_ref(),
         t.as_ref(),
-    )
+    )?;
+    check_inside_layers_by_fd(plan, singles, [upper, work, target])
+}
+
+/// The most directories a walk up from the upper dir, work dir or target
+/// goes through (a path as given has at most 2,048 components).
+const MAX_WALK: usize = 4096;
+
+/// Refuses an upper dir, work dir or target that *is*, or lies inside, one
+/// of the layers, as directories rather than names.
+///
+/// The checks above compare the paths as given, each true when its own
+/// open resolved it. Another process renaming directories above a layer
+/// and the upper (swapping two real directories) between those opens makes
+/// names that do not overlap lead to an upper inside the layer. So each of
+/// the three is walked up from its fd (`..`, on its own mount), and every
+/// directory met is compared with the layers opened on their own (device
+/// and inode) and with the shared roots; below a shared root, the names
+/// the walk came up through (the last components of the fd's path) with
+/// the layers' names there. Sound because neither can change unseen: a
+/// directory leaves a layer, or enters it, only by a rename inside that
+/// layer; and beneath a shared root the plan shares only layers whose way
+/// down no one but root can rename (`plan::others_can_rename_on_the_way`).
+fn check_inside_layers_by_fd(
+    plan: &Plan<'_>,
+    singles: &[Option<&OpenedDir>],
+    dirs: [Option<&OpenedDir>; 3],
+) -> Result<()> {
+    let id = dir_id;
+    let roots: Vec<Option<DirId>> = plan
+        .groups
+        .iter()
+        .map(|g| sys::stat_fd(g.fd.as_fd()).ok().map(|st| id(&st)))
+        .collect();
+    let single_ids: std::collections::HashMap<DirId, usize> = singles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.map(|d| (id(&d.stat), i)))
+        .collect();
+    let inside = |d: &OpenedDir, layer: usize| {
+        let (path, role) = plan.layers.get(layer);
+        Error::invalid_path(
+            d.role.noun(),
+            &d.path,
+            format!(
+                "lies inside {} {} ({}) as the directories are now (something renamed a \
+                 directory above both while they were opened?); overlay needs separate \
+                 directory trees",
+                role.noun(),
+                layer + 1,
+                display_path(path)
+            ),
+        )
+    };
+    for d in dirs.into_iter().flatten() {
+        let is_layer_or_root =
+            |at: &DirId| single_ids.contains_key(at) || roots.contains(&Some(*at));
+        let found = walk_up(d, is_layer_or_root, |at, names_below| {
+            if let Some(&i) = single_ids.get(&at) {
+                return Some(i);
+            }
+            let in_group = |g: usize| roots[g] == Some(at);
+            (0..plan.layers.len()).find(|&i| {
+                let member = plan
+                    .rel(i)
+                    .filter(|_| singles.get(i).is_none_or(Option::is_none));
+                member.is_some_and(|(group, name)| {
+                    in_group(group) && below(names_below, name.as_os_str().as_bytes()).is_some()
+                })
+            })
+        });
+        if let Some(i) = found {
+            return Err(inside(d, i));
+        }
+    }
+    Ok(())
+}
+
+/// A directory as an object: device and inode.
+pub(crate) type DirId = ((u32, u32), u64);
+
+/// What [`DirId`] a stat is of.
+pub(crate) fn dir_id(st: &sys::Stat) -> DirId {
+    (st.dev, st.ino)
+}
+
+/// Walks up from `d`'s fd (`..`, one directory at a time, staying on its
+/// mount, at most [`MAX_WALK`] of them), `d` itself first, and asks `hit`
+/// about each directory `wanted` says may matter, with the names the walk
+/// came up through below it (the last components of the fd's path as the
+/// kernel names it then; empty for `d` itself). The first answer wins.
+///
+/// Which directories lie above `d` cannot change while it is walked, for
+/// the part that matters: a directory leaves another's tree, or enters it,
+/// only by a rename inside that tree.
+pub(crate) fn walk_up<T>(
+    d: &OpenedDir,
+    wanted: impl Fn(&DirId) -> bool,
+    mut hit: impl FnMut(DirId, &[u8]) -> Option<T>,
+) -> Option<T> {
+    let mut path: Option<Vec<u8>> = None;
+    let mut here: Option<std::os::fd::OwnedFd> = None;
+    let mut st = d.stat;
+    for depth in 0..MAX_WALK {
+        let at = dir_id(&st);
+        if wanted(&at) {
+            let path = path.get_or_insert_with(|| {
+                sys::fd_path(d.fd.as_fd())
+                    .map(|p| std::os::unix::ffi::OsStringExt::into_vec(p.into_os_string()))
+                    .unwrap_or_default()
+            });
+            if let Some(found) = hit(at, last_components(path, depth)) {
+                return Some(found);
+            }
+        }
+        if st.mount_root == Some(true) {
+            return None;
+        }
+        let from = here.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
+        let parent = sys::open_dir_path(from, Path::new("..")).ok()?;
+        let parent_st = sys::stat_fd(parent.as_fd()).ok()?;
+        if dir_id(&parent_st) == at || parent_st.mnt_id != st.mnt_id {
+            return None;
+        }
+        here = Some(parent);
+        st = parent_st;
+    }
+    None
+}
+
+/// The last `n` components of `path` (all of it when it has fewer).
+fn last_components(path: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return b"";
+    }
+    let mut seen = 0;
+    for (i, b) in path.iter().enumerate().rev() {
+        if *b == b'/' {
+            seen += 1;
+            if seen == n {
+                return &path[i + 1..];
+            }
+        }
+    }
+    path.strip_prefix(b"/").unwrap_or(path)
 }
 
 /// Where an opened directory really is: known from its open, or asked of

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -244,6 +244,78 @@ pub fn plan<'a>(
     })
 }
 
+/// The directories from a shared root down to its layers, and whether
+/// anyone but root can rename an entry on the way.
+///
+/// A layer beneath a shared root is named to the kernel by its path below
+/// the root, and resolved then, inside the clone: later than its checks.
+/// Where another user can rename a directory on that way (swap two real
+/// directories, no symlink needed), the name could then lead to another
+/// directory than the one checked, so such a layer is planned on its own
+/// (resolved once, by its open, and handed over by fd). A directory lets
+/// no one else rename its entries when it is root's and writable by no
+/// one else, or sticky with the entry root's.
+struct WayDown<'r> {
+    root: BorrowedFd<'r>,
+    /// Directories below the root (by their path below it) already looked
+    /// at; `None`: could not be.
+    seen: std::collections::HashMap<Vec<u8>, Option<sys::Stat>>,
+    root_stat: Option<sys::Stat>,
+}
+
+impl<'r> WayDown<'r> {
+    fn new(root: BorrowedFd<'r>) -> Self {
+        WayDown {
+            root,
+            seen: std::collections::HashMap::new(),
+            root_stat: sys::stat_fd(root).ok(),
+        }
+    }
+
+    fn stat(&mut self, rel: &[u8]) -> Option<sys::Stat> {
+        if rel.is_empty() {
+            return self.root_stat;
+        }
+        let root = self.root;
+        *self
+            .seen
+            .entry(rel.to_vec())
+            .or_insert_with(|| sys::stat_nofollow(root, Path::new(OsStr::from_bytes(rel))).ok())
+    }
+
+    /// Whether someone other than root can rename an entry on the way from
+    /// the root to the layer at `rel` (the layer's own entry included).
+    fn others_can_rename_on(&mut self, rel: &[u8]) -> bool {
+        let mut parent_len = 0;
+        loop {
+            let end = rel[parent_len..]
+                .iter()
+                .position(|b| *b == b'/')
+                .map_or(rel.len(), |p| parent_len + p);
+            if end == parent_len {
+                return false;
+            }
+            let Some(parent) = self.stat(&rel[..parent_len.saturating_sub(1)]) else {
+                return true;
+            };
+            let open_to_others = parent.mode & 0o022 != 0;
+            if parent.uid != 0 {
+                return true;
+            }
+            if open_to_others {
+                let sticky = parent.mode & 0o1000 != 0;
+                if !sticky || self.stat(&rel[..end]).is_none_or(|entry| entry.uid != 0) {
+                    return true;
+                }
+            }
+            if end == rel.len() {
+                return false;
+            }
+            parent_len = end + 1;
+        }
+    }
+}
+
 /// One group: every layer under the common directory of all of them.
 fn lexical_group(
     paths: &[&[u8]],
@@ -268,6 +340,7 @@ fn lexical_group(
         },
     };
     let mut any = false;
+    let mut way = WayDown::new(fd.as_fd());
     // Every path is `top_bytes`, or it followed by a `/` (`top` itself
     // being `/` when `top_bytes` is empty or `/`): where the rest starts.
     let skip = match top_bytes {
@@ -277,7 +350,7 @@ fn lexical_group(
     for (k, full) in paths.iter().enumerate() {
         let rel = full.get(skip..).unwrap_or_default();
         debug_assert_eq!(Some(rel), below(full, top_bytes));
-        if shareable(Path::new(OsStr::from_bytes(rel))) {
+        if shareable(Path::new(OsStr::from_bytes(rel))) && !way.others_can_rename_on(rel) {
             placement[index[k]] = Placement::Shared {
                 group: groups.len(),
                 rel: full.len() - rel.len()..full.len(),
@@ -372,10 +445,11 @@ fn group(
         }
         let number = groups.len();
         let mut any = false;
+        let mut way = WayDown::new(root_fd.as_fd());
         let prefix_bytes = members[0].2[..prefix_len].to_vec();
         for (i, full, rel) in members {
             let rel = below(rel, &prefix_bytes).unwrap_or_default();
-            if shareable(Path::new(OsStr::from_bytes(rel))) {
+            if shareable(Path::new(OsStr::from_bytes(rel))) && !way.others_can_rename_on(rel) {
                 // `rel` is a tail of the layer's normalized path.
                 let start = full.len() - rel.len();
                 placement[i] = Placement::Shared {
