@@ -10,7 +10,8 @@
 //!   `mounts/u<id>.json` with the unique mount id (6.8+, never reused in a
 //!   boot), else `mounts/m<id>.json` with mountinfo's id, which the kernel
 //!   reuses: such a record counts only while that id is an overlay mounted
-//!   at the recorded target.
+//!   at the recorded target, as seen from the root the record was made
+//!   from.
 //! * **Written atomically** (a temporary name, renamed into place) in the
 //!   state tmpfs (root-only, idoverlay's own, see `state`), read with a
 //!   bound, never through a symlink.
@@ -18,7 +19,12 @@
 //!   the mount namespace it was made in, looked at from that namespace, is
 //!   removed by `list`, and by `idoverlay umount` for the mount it took
 //!   down. A record of another mount namespace is left alone (its mounts
-//!   cannot be seen from here).
+//!   cannot be seen from here). Mount points are named relative to the
+//!   caller's root (statmount, mountinfo), so a chroot sees other paths or
+//!   none: a unique id `statmount` still finds is alive wherever it is
+//!   mounted, and a mountinfo id is judged by its path only from the very
+//!   root the record was made from; from any other root it is neither
+//!   listed nor removed.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -108,7 +114,45 @@ struct Record {
     boot_id: String,
     /// The mount namespace the mount was made in (its inode).
     mount_ns: u64,
+    /// The root of the process that made it, which the recorded paths are
+    /// relative to; `None` in a record of an older idoverlay.
+    #[serde(default)]
+    root: Option<RootId>,
     mount: MountDescription,
+}
+
+/// A process's root directory: the mount it is reached through and the
+/// inode. Two callers with the same one see the same mount point paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct RootId {
+    /// mountinfo's id of the mount (the unique one needs no root).
+    mount_id: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    ino: u64,
+}
+
+/// The calling thread's root, when the kernel says which mount it is.
+fn this_root() -> Option<RootId> {
+    let fd = sys::open_dir_path(sys::cwd(), Path::new("/")).ok()?;
+    let st = sys::stat_fd(fd.as_fd()).ok()?;
+    Some(RootId {
+        mount_id: st.mnt_id?,
+        dev_major: st.dev.0,
+        dev_minor: st.dev.1,
+        ino: st.ino,
+    })
+}
+
+/// What can be told of the mount a record names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// It is there: listed, found.
+    Live,
+    /// Provably gone from this mount namespace: its record may be removed.
+    Gone,
+    /// Cannot be told from here: neither listed nor removed.
+    Unknown,
 }
 
 /// The record's file name for a mount id.
@@ -148,6 +192,7 @@ pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()
         version: VERSION,
         boot_id: boot.to_string(),
         mount_ns: ns,
+        root: this_root(),
         mount: mount.clone(),
     })
     .map_err(|e| {
@@ -157,29 +202,66 @@ pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()
         .map_err(failed)
 }
 
+/// The mount table as this thread sees it, and the root it sees it from
+/// (its paths are relative to that root): read once, when first needed.
+struct Seen {
+    root: Option<RootId>,
+    table: Option<Vec<crate::mountinfo::MountEntry>>,
+}
+
+impl Seen {
+    fn now() -> Seen {
+        // The root first: a table read from it names paths from it.
+        let root = this_root();
+        Seen {
+            root,
+            table: crate::mountinfo::read_self().ok(),
+        }
+    }
+}
+
 /// Whether the mount a record names is still there, seen from this mount
-/// namespace: the same id, an overlay, at the recorded target.
-fn is_live(
+/// namespace. A unique id (never reused within a boot) is alive while
+/// `statmount` finds it, whatever path it shows at (relative to the
+/// caller's root: another one in a chroot, or none). A mountinfo id, which
+/// the kernel reuses, is judged by the mount table (`by_table`).
+fn liveness(
     mount: &MountDescription,
-    table: &mut Option<Vec<crate::mountinfo::MountEntry>>,
-) -> bool {
+    made_from: Option<RootId>,
+    seen: &mut Option<Seen>,
+) -> Liveness {
     let Some(id) = mount.mount_id else {
-        return false;
+        return Liveness::Unknown;
     };
     if mount.unique_mount_id {
-        if let Some(status) = sys::statmount(id) {
-            return status.point == mount.target;
-        }
-        // No statmount (before 6.8 there are no unique ids either): gone.
-        return false;
+        return match sys::mount_exists(id) {
+            Some(true) => Liveness::Live,
+            Some(false) => Liveness::Gone,
+            None => Liveness::Unknown,
+        };
     }
-    if table.is_none() {
-        *table = crate::mountinfo::read_self().ok();
+    by_table(mount, id, made_from, seen.get_or_insert_with(Seen::now))
+}
+
+/// A mountinfo id's record: alive while that id is an overlay at the
+/// recorded target, gone when not, but only from the very root the record
+/// was made from. From another root the same mount shows at another path
+/// or not at all, and nothing can be told.
+fn by_table(mount: &MountDescription, id: u64, made_from: Option<RootId>, seen: &Seen) -> Liveness {
+    let Some(table) = &seen.table else {
+        return Liveness::Unknown;
+    };
+    if made_from.is_none() || seen.root != made_from {
+        return Liveness::Unknown;
     }
-    table.as_ref().is_some_and(|t| {
-        t.iter()
-            .any(|m| m.mount_id == id && m.fs_type == "overlay" && m.mount_point == mount.target)
-    })
+    if table
+        .iter()
+        .any(|m| m.mount_id == id && m.fs_type == "overlay" && m.mount_point == mount.target)
+    {
+        Liveness::Live
+    } else {
+        Liveness::Gone
+    }
 }
 
 /// One record, read and checked (this boot's, whole).
@@ -214,7 +296,7 @@ pub fn list(state_dir: impl AsRef<Path>) -> Result<Vec<MountDescription>> {
     let names = sys::dir_entries(dir.as_fd())
         .map_err(|e| Error::os("read the records in", Some(state_dir), e))?;
     let ns = this_mount_ns();
-    let mut table = None;
+    let mut seen = None;
     let mut mounts = Vec::new();
     for name in names {
         let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
@@ -226,10 +308,12 @@ pub fn list(state_dir: impl AsRef<Path>) -> Result<Vec<MountDescription>> {
         if Some(record.mount_ns) != ns {
             continue;
         }
-        if is_live(&record.mount, &mut table) {
-            mounts.push(record.mount);
-        } else {
-            let _ = sys::unlink(dir.as_fd(), Path::new(name));
+        match liveness(&record.mount, record.root, &mut seen) {
+            Liveness::Live => mounts.push(record.mount),
+            Liveness::Gone => {
+                let _ = sys::unlink(dir.as_fd(), Path::new(name));
+            }
+            Liveness::Unknown => {}
         }
     }
     mounts.sort_by(|a, b| a.target.cmp(&b.target));
@@ -313,30 +397,35 @@ impl Records {
         let Some(record) = read(dir.as_fd(), &file_name(id, unique)) else {
             return Ok(None);
         };
-        let mut table = None;
-        Ok(
-            (Some(record.mount_ns) == this_mount_ns() && is_live(&record.mount, &mut table))
-                .then_some(record.mount),
-        )
+        let mut seen = None;
+        Ok((Some(record.mount_ns) == this_mount_ns()
+            && liveness(&record.mount, record.root, &mut seen) == Liveness::Live)
+            .then_some(record.mount))
     }
 
     /// Removes the record of `mount` if that mount is gone (e.g. after
-    /// unmounting it); a mount still there keeps its record.
+    /// unmounting it); a mount still there keeps its record, and so does
+    /// one whose fate cannot be told from here (another mount namespace's,
+    /// or a reusable id recorded from another root).
     pub fn forget_if_gone(&self, mount: &MountDescription) -> Result<()> {
         let Some(id) = mount.mount_id else {
             return Ok(());
         };
-        let mut table = None;
-        if is_live(mount, &mut table) {
-            return Ok(());
-        }
         let Some(dir) = self.dir()? else {
             return Ok(());
         };
-        match sys::unlink(
-            dir.as_fd(),
-            Path::new(&file_name(id, mount.unique_mount_id)),
-        ) {
+        let name = file_name(id, mount.unique_mount_id);
+        // Judged as the record itself says it was made.
+        let Some(record) = read(dir.as_fd(), &name) else {
+            return Ok(());
+        };
+        let mut seen = None;
+        if Some(record.mount_ns) != this_mount_ns()
+            || liveness(&record.mount, record.root, &mut seen) != Liveness::Gone
+        {
+            return Ok(());
+        }
+        match sys::unlink(dir.as_fd(), Path::new(&name)) {
             Ok(()) => Ok(()),
             Err(e) if e.errno == libc::ENOENT => Ok(()),
             Err(e) => Err(Error::os(
@@ -375,5 +464,90 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(file_name(7, true), "u7.json");
         assert_eq!(file_name(7, false), "m7.json");
+    }
+
+    fn entry(id: u64, fs_type: &str, at: &str) -> crate::mountinfo::MountEntry {
+        crate::mountinfo::MountEntry {
+            mount_id: id,
+            parent_id: 1,
+            device: "0:1".into(),
+            root: "/".into(),
+            mount_point: at.into(),
+            mount_options: "rw".into(),
+            fs_type: fs_type.into(),
+            source: "overlay".into(),
+            super_options: String::new(),
+        }
+    }
+
+    #[test]
+    fn reusable_ids_are_judged_only_from_the_root_they_were_recorded_from() {
+        let root = |mount_id| RootId {
+            mount_id,
+            dev_major: 0,
+            dev_minor: 20,
+            ino: 256,
+        };
+        let m = MountDescription {
+            target: "/c/rootfs".into(),
+            mount_id: Some(42),
+            unique_mount_id: false,
+            ..Default::default()
+        };
+        let seen = |r: Option<RootId>, table: Vec<crate::mountinfo::MountEntry>| Seen {
+            root: r,
+            table: Some(table),
+        };
+        let here = seen(Some(root(1)), vec![entry(42, "overlay", "/c/rootfs")]);
+        assert_eq!(by_table(&m, 42, Some(root(1)), &here), Liveness::Live);
+        // From the same root: another fs at the id, the id elsewhere, or
+        // no such id at all is proof enough.
+        for t in [
+            vec![entry(42, "tmpfs", "/c/rootfs")],
+            vec![entry(42, "overlay", "/elsewhere")],
+            vec![entry(7, "overlay", "/c/rootfs")],
+        ] {
+            assert_eq!(
+                by_table(&m, 42, Some(root(1)), &seen(Some(root(1)), t)),
+                Liveness::Gone
+            );
+        }
+        // From another root (a chroot: the same mount at another path, or
+        // hidden), a root unknown on either side, or no table: unknown.
+        let chroot = seen(Some(root(9)), vec![entry(42, "overlay", "/rootfs")]);
+        assert_eq!(by_table(&m, 42, Some(root(1)), &chroot), Liveness::Unknown);
+        let hidden = seen(Some(root(9)), vec![]);
+        assert_eq!(by_table(&m, 42, Some(root(1)), &hidden), Liveness::Unknown);
+        assert_eq!(by_table(&m, 42, None, &here), Liveness::Unknown);
+        assert_eq!(
+            by_table(&m, 42, Some(root(1)), &seen(None, vec![])),
+            Liveness::Unknown
+        );
+        let unread = Seen {
+            root: Some(root(1)),
+            table: None,
+        };
+        assert_eq!(by_table(&m, 42, Some(root(1)), &unread), Liveness::Unknown);
+    }
+
+    #[test]
+    fn a_unique_id_is_alive_wherever_statmount_finds_it() {
+        let fd = sys::open_dir_path(sys::cwd(), Path::new("/proc")).unwrap();
+        let Some(id) = sys::stat_fd_unique_mnt_id(fd.as_fd()) else {
+            return; // before 6.8
+        };
+        let proc_mount = MountDescription {
+            target: "/not/where/it/is".into(),
+            mount_id: Some(id),
+            unique_mount_id: true,
+            ..Default::default()
+        };
+        assert_eq!(liveness(&proc_mount, None, &mut None), Liveness::Live);
+        // Unique ids count up from the first and are never reused.
+        let never = MountDescription {
+            mount_id: Some(u64::MAX - 1),
+            ..proc_mount
+        };
+        assert_eq!(liveness(&never, None, &mut None), Liveness::Gone);
     }
 }

@@ -376,47 +376,6 @@ odd_name_tests! {
     odd_names_host_staged_legacy => Strategy::HostStaged, &[Feature::OverlayLowerdirPlus];
 }
 
-/// Makes `root` a directory to chroot into and run the tool as
-/// `/idoverlay` (the host's /usr and a /proc bound in, the test's binary
-/// bound at /idoverlay), with the directories `more` beside them.
-fn chroot_with_the_tool(root: &Path, more: &[&str]) {
-    for sub in ["usr", "proc"].iter().chain(more) {
-        mkdir(&root.join(sub), 0o755, 0, 0);
-    }
-    run(Command::new("mount")
-        .arg("--bind")
-        .arg("/usr")
-        .arg(root.join("usr")));
-    run(Command::new("mount")
-        .args(["-t", "proc", "proc"])
-        .arg(root.join("proc")));
-    for (link, to) in [
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-        ("bin", "usr/bin"),
-    ] {
-        std::os::unix::fs::symlink(to, root.join(link)).unwrap();
-    }
-    fs::write(root.join("idoverlay"), "").unwrap();
-    run(Command::new("mount")
-        .arg("--bind")
-        .arg(env!("CARGO_BIN_EXE_idoverlay"))
-        .arg(root.join("idoverlay")));
-}
-
-/// A user namespace mapping 0:100000:65536, held by the test, and the path
-/// (`/proc/PID/fd/N`) by which a child process's `--userns` reaches it.
-fn userns_for_children() -> (idoverlay::UserNamespace, PathBuf) {
-    let map: IdMap = "0:100000:65536".parse().unwrap();
-    let userns = idoverlay::UserNamespace::from_maps(&map, &map).unwrap();
-    let path = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&userns))
-    ));
-    (userns, path)
-}
-
 /// A chroot whose `/proc` is a plain directory (an image's own): its
 /// `thread-self/fd/N` lead wherever its author pointed them, and every
 /// name idoverlay hands the kernel through them would too. Refused in one

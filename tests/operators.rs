@@ -261,6 +261,132 @@ fn list_prunes_records_of_mounts_that_are_gone() {
     );
 }
 
+/// `list` run in a chroot of the same mount namespace, and `list` outside
+/// it for a record made in the chroot: `statmount` and mountinfo name mount
+/// points relative to the caller's root, so the path seen differs from the
+/// recorded one (or there is none), yet the mount is alive. Its record is
+/// kept and `show` still finds it; the record of a mount really gone is
+/// still pruned.
+#[test]
+fn list_in_a_chroot_keeps_the_records_of_live_mounts() {
+    in_private_ns(
+        "operators::list_in_a_chroot_keeps_the_records_of_live_mounts",
+        |s| {
+            // A mount of its own, as a chroot into an image usually is.
+            let root = s.tmpfs_dir("chroot");
+            run(Command::new("mount").arg("--bind").arg(&root).arg(&root));
+            chroot_with_the_tool(&root, &["run", "in"]);
+            // The same state dir, at /run/idoverlay inside the chroot.
+            let state = root.join("run/idoverlay");
+            let chrooted = |args: &[&std::ffi::OsStr]| {
+                run(Command::new("chroot")
+                    .arg(&root)
+                    .arg("/idoverlay")
+                    .args(args)
+                    .env("IDOVERLAY_PROBE_CACHE", "off"))
+            };
+            let records = || std::fs::read_dir(state.join("mounts")).unwrap().count();
+            let targets = |v: Value| {
+                let mut t: Vec<String> = v["mounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["target"].as_str().unwrap().to_string())
+                    .collect();
+                t.sort();
+                t
+            };
+            // Made outside the chroot, beyond its root: one stays, one is
+            // taken down behind idoverlay's back.
+            let mut live = setup(s, "live", 100000);
+            live.state = state.clone();
+            let mut gone = setup(s, "gone", 100000);
+            gone.state = state.clone();
+            let mounted = json(&run(&mut mount_cmd(&live, &["--json"])));
+            let unique = mounted["mount"]["unique_mount_id"].as_bool().unwrap();
+            run(&mut mount_cmd(&gone, &[]));
+            run(Command::new("umount").arg(&gone.target));
+            // Made inside the chroot (the kernel lets no chrooted process
+            // make a user namespace: one of the test's).
+            let (_userns, userns_path) = userns_for_children();
+            let inner = make_layers(&root.join("in")).dirs;
+            mkdir(&root.join("in/rootfs"), 0o755, 0, 0);
+            let seen = |p: &Path| Path::new("/").join(p.strip_prefix(&root).unwrap());
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "mount".into(),
+                "--state-dir".into(),
+                "/run/idoverlay".into(),
+            ];
+            for l in &inner {
+                args.push("--lower".into());
+                args.push(seen(l).into());
+            }
+            args.extend(["--userns".into(), userns_path.clone().into_os_string()]);
+            args.push("/in/rootfs".into());
+            chrooted(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+            assert_eq!(records(), 3);
+
+            let in_chroot = json(&chrooted(&[
+                "list".as_ref(),
+                "--json".as_ref(),
+                "--state-dir".as_ref(),
+                "/run/idoverlay".as_ref(),
+            ]));
+            if unique {
+                assert_eq!(
+                    targets(in_chroot),
+                    ["/in/rootfs".to_string(), live.target.display().to_string()],
+                    "the chroot lists both live mounts"
+                );
+            }
+            // Seen from outside: the overlay is still there, and so is its
+            // record; the gone one's record is pruned.
+            assert!(
+                mounts()
+                    .iter()
+                    .any(|e| e.mount_point == live.target && e.fs_type == "overlay"),
+                "the overlay in mountinfo"
+            );
+            assert_eq!(show(&live)["target"], live.target.display().to_string());
+            assert_eq!(
+                records(),
+                2,
+                "the record of the mount that is gone is pruned"
+            );
+            let outside = targets(list(&state));
+            if unique {
+                assert_eq!(
+                    outside,
+                    ["/in/rootfs".to_string(), live.target.display().to_string()]
+                );
+            } else {
+                assert!(outside.contains(&live.target.display().to_string()));
+            }
+            assert_eq!(records(), 2, "list outside keeps the chroot's record");
+            let shown = json(&chrooted(&[
+                "show".as_ref(),
+                "--json".as_ref(),
+                "--state-dir".as_ref(),
+                "/run/idoverlay".as_ref(),
+                "/in/rootfs".as_ref(),
+            ]));
+            assert_eq!(shown["target"], "/in/rootfs");
+            // Taken down, each record goes with its mount.
+            chrooted(&[
+                "umount".as_ref(),
+                "--state-dir".as_ref(),
+                "/run/idoverlay".as_ref(),
+                "/in/rootfs".as_ref(),
+            ]);
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&state)
+                .arg(&live.target));
+            assert_eq!(records(), 0);
+        },
+    );
+}
+
 /// An upper made by host root: a warning saying what to do, and container
 /// root (host uid 100000) really cannot create a file in `/`; with
 /// --chown-upper the empty upper's root becomes 100000:100000 on disk, no

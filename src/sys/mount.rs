@@ -442,16 +442,17 @@ pub struct MountStatus {
 /// `MOUNT_ATTR_IDMAP` in [`MountStatus::attr`].
 pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// `statmount(mnt_id, STATMOUNT_MNT_BASIC|STATMOUNT_MNT_ROOT|
-/// STATMOUNT_MNT_POINT)` (6.8+) of the mount with this unique id. `None`
-/// when the kernel has no statmount or the mount is not in this mount
-/// namespace (detached, another namespace's, or gone).
-pub fn statmount(unique_mnt_id: u64) -> Option<MountStatus> {
+const STATMOUNT_MNT_BASIC: u64 = 0x2;
+/// `struct statmount`: 512 bytes before its strings.
+const STATMOUNT_HEADER: usize = 512;
+/// Offsets in `struct statmount` (include/uapi/linux/mount.h).
+const STATMOUNT_MASK_AT: usize = 8;
+const STATMOUNT_MNT_ID_AT: usize = 40;
+
+/// `statmount(mnt_id, mask)` (6.8+) in the caller's mount namespace: the
+/// `struct statmount` and its strings, or the errno.
+fn statmount_raw(unique_mnt_id: u64, mask: u64) -> std::result::Result<Vec<u8>, i32> {
     const SYS_STATMOUNT: libc::c_long = 457;
-    const STATMOUNT_MNT_BASIC: u64 = 0x2;
-    const STATMOUNT_MNT_ROOT: u64 = 0x8;
-    const STATMOUNT_MNT_POINT: u64 = 0x10;
-    const WANTED: u64 = STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT;
     /// `struct mnt_id_req`, first published size.
     #[repr(C)]
     struct MntIdReq {
@@ -460,22 +461,13 @@ pub fn statmount(unique_mnt_id: u64) -> Option<MountStatus> {
         mnt_id: u64,
         param: u64,
     }
-    // `struct statmount`: 512 bytes before its strings; the offsets of the
-    // fields read (include/uapi/linux/mount.h).
-    const HEADER: usize = 512;
-    const MASK_AT: usize = 8;
-    const MNT_ID_AT: usize = 40;
-    const MNT_PARENT_ID_AT: usize = 48;
-    const MNT_ATTR_AT: usize = 64;
-    const MNT_ROOT_AT: usize = 104;
-    const MNT_POINT_AT: usize = 108;
     let req = MntIdReq {
         size: std::mem::size_of::<MntIdReq>() as u32,
         spare: 0,
         mnt_id: unique_mnt_id,
-        param: WANTED,
+        param: mask,
     };
-    let mut buf = vec![0u64; (HEADER + 2 * libc::PATH_MAX as usize) / 8];
+    let mut buf = vec![0u64; (STATMOUNT_HEADER + 2 * libc::PATH_MAX as usize) / 8];
     let len = buf.len() * 8;
     // SAFETY: `req` is a live, correctly sized `struct mnt_id_req`; `buf`
     // is writable for `len` bytes and 8-byte aligned, as the kernel's
@@ -490,21 +482,58 @@ pub fn statmount(unique_mnt_id: u64) -> Option<MountStatus> {
         )
     };
     if ret != 0 {
-        return None;
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
     }
-    let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
+}
+
+/// Whether the mount with this unique id (6.8+) is in this mount
+/// namespace, wherever it is mounted and whether or not the caller's root
+/// reaches it: `Some(false)` only when the kernel says there is no such
+/// mount here (`ENOENT`; unique ids are never reused within a boot), `None`
+/// when it cannot tell (no statmount, or any other error).
+pub fn mount_exists(unique_mnt_id: u64) -> Option<bool> {
+    match statmount_raw(unique_mnt_id, STATMOUNT_MNT_BASIC) {
+        Ok(bytes) => {
+            let word =
+                |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            let basic = word(STATMOUNT_MASK_AT) & STATMOUNT_MNT_BASIC != 0;
+            (basic && word(STATMOUNT_MNT_ID_AT) == unique_mnt_id).then_some(true)
+        }
+        Err(libc::ENOENT) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// `statmount(mnt_id, STATMOUNT_MNT_BASIC|STATMOUNT_MNT_ROOT|
+/// STATMOUNT_MNT_POINT)` (6.8+) of the mount with this unique id. `None`
+/// when the kernel has no statmount, the mount is not in this mount
+/// namespace (detached, another namespace's, or gone), or its mount point
+/// is not below the caller's root (a chroot: no path to give).
+pub fn statmount(unique_mnt_id: u64) -> Option<MountStatus> {
+    const STATMOUNT_MNT_ROOT: u64 = 0x8;
+    const STATMOUNT_MNT_POINT: u64 = 0x10;
+    const WANTED: u64 = STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT;
+    // The offsets of the other fields read.
+    const MNT_PARENT_ID_AT: usize = 48;
+    const MNT_ATTR_AT: usize = 64;
+    const MNT_ROOT_AT: usize = 104;
+    const MNT_POINT_AT: usize = 108;
+    let bytes = statmount_raw(unique_mnt_id, WANTED).ok()?;
     let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if word(MASK_AT) & WANTED != WANTED {
+    if word(STATMOUNT_MASK_AT) & WANTED != WANTED {
         return None;
     }
     let string = |at: usize| -> Option<std::path::PathBuf> {
-        let rest = bytes.get(HEADER + u32_at(at) as usize..)?;
+        let rest = bytes.get(STATMOUNT_HEADER + u32_at(at) as usize..)?;
         let end = rest.iter().position(|b| *b == 0)?;
         Some(std::path::PathBuf::from(OsStr::from_bytes(&rest[..end])))
     };
     Some(MountStatus {
-        id: word(MNT_ID_AT),
+        id: word(STATMOUNT_MNT_ID_AT),
         parent_id: word(MNT_PARENT_ID_AT),
         attr: word(MNT_ATTR_AT),
         root: string(MNT_ROOT_AT)?,
