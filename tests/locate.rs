@@ -323,3 +323,49 @@ fn an_assembled_overlay_is_not_attached_inside_its_own_directories() {
         run(Command::new("umount").arg(&alias));
     });
 }
+
+/// An upper and work 1,200 directories deep below the layers' shared root:
+/// the walk up from them (by directory, see `layer::locate::walk_up`) goes
+/// through every level, past where its `../..` string is re-based, and
+/// mounts; the same depth inside a layer is refused.
+#[test]
+fn an_upper_deep_below_the_layers_root_is_walked_whole() {
+    in_private_ns("locate::deep_upper", |s| {
+        let dir = s.tmpfs_dir("deep");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let deep = |top: &Path| {
+            let mut p = top.to_path_buf();
+            for _ in 0..1200 {
+                p.push("d");
+            }
+            mkdir(&p.join("u"), 0o755, 100000, 100000);
+            mkdir(&p.join("w"), 0o755, 0, 0);
+            p
+        };
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let ok = deep(&dir.join("layers/mine"));
+        let before = mounts();
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .upper(ok.join("u"))
+            .work(ok.join("w"))
+            .idmap(map(), map())
+            .mount(&target)
+            .unwrap();
+        std::fs::write(target.join("written"), "x").unwrap();
+        idoverlay::unmount_overlay(&target, false).unwrap();
+        assert!(ok.join("u/written").exists());
+        let inside = deep(&layers[0]);
+        let e = Overlay::new()
+            .lowers(layers.iter().cloned())
+            .upper(inside.join("u"))
+            .work(inside.join("w"))
+            .idmap(map(), map())
+            .strategy(Strategy::Detached)
+            .mount(&target)
+            .unwrap_err();
+        assert!(e.to_string().contains("inside"), "{e}");
+        nothing_new_mounted(&before);
+    });
+}

@@ -684,7 +684,12 @@ pub(crate) fn walk_up<T>(
     mut hit: impl FnMut(DirId, &[u8]) -> Option<T>,
 ) -> Option<T> {
     let mut path: Option<Vec<u8>> = None;
-    let mut here: Option<std::os::fd::OwnedFd> = None;
+    // Each step is one `statx` of `..`, `../..`, … from `d` (or from an
+    // ancestor opened once that string grows long): half the syscalls of
+    // opening each parent. Names above the layers may be renamed between
+    // two steps; the part of the way that decides cannot be (see above).
+    let mut base: Option<std::os::fd::OwnedFd> = None;
+    let mut ups: Vec<u8> = Vec::new();
     let mut st = d.stat;
     for depth in 0..MAX_WALK {
         let at = dir_id(&st);
@@ -701,13 +706,20 @@ pub(crate) fn walk_up<T>(
         if st.mount_root == Some(true) {
             return None;
         }
-        let from = here.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
-        let parent = sys::open_dir_path(from, Path::new("..")).ok()?;
-        let parent_st = sys::stat_fd(parent.as_fd()).ok()?;
+        if ups.len() >= 3000 {
+            let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
+            base = Some(sys::open_dir_path(from, Path::new(OsStr::from_bytes(&ups))).ok()?);
+            ups.clear();
+        }
+        if !ups.is_empty() {
+            ups.push(b'/');
+        }
+        ups.extend_from_slice(b"..");
+        let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
+        let parent_st = sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups))).ok()?;
         if dir_id(&parent_st) == at || parent_st.mnt_id != st.mnt_id {
             return None;
         }
-        here = Some(parent);
         st = parent_st;
     }
     None
@@ -739,6 +751,29 @@ fn canonical_path(d: &OpenedDir) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up from a directory 1,200 levels deep (past where the walk's `../..`
+    /// string is re-based): it reaches the top, and gives the names it came
+    /// up through below it.
+    #[test]
+    fn a_walk_up_goes_through_every_level_and_names_them() {
+        let top = std::env::temp_dir().join(format!("idoverlay-walk-{}", std::process::id()));
+        let mut deepest = top.clone();
+        for _ in 0..1200 {
+            deepest.push("d");
+        }
+        std::fs::create_dir_all(&deepest).unwrap();
+        let top_id = dir_id(&sys::stat_nofollow(sys::cwd(), &top).unwrap());
+        let d = super::super::open_dir(&deepest, Role::Upper).unwrap();
+        let names = walk_up(&d, |at| *at == top_id, |_, below| Some(below.to_vec()));
+        let mut p = deepest.as_path();
+        while p != top.parent().unwrap() {
+            std::fs::remove_dir(p).unwrap();
+            p = p.parent().unwrap();
+        }
+        let want = vec!["d"; 1200].join("/");
+        assert_eq!(names.as_deref(), Some(want.as_bytes()));
+    }
     use std::path::PathBuf;
 
     /// [`check_located`] without a target.
