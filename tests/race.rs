@@ -102,6 +102,31 @@ const VARIANTS: [Variant; 8] = [
     },
 ];
 
+impl Variant {
+    /// `o` made this variant's way: idmapped (the upper too, if it says),
+    /// its strategy and state dir, the features it pretends missing.
+    fn apply(&self, o: Overlay, state: &Path) -> Overlay {
+        let mut o = o
+            .idmap(map(), map())
+            .idmap_upper(self.idmap_upper)
+            .strategy(self.strategy)
+            .state_dir(state);
+        for f in self.missing {
+            o = o.pretend_missing(*f);
+        }
+        o
+    }
+
+    /// Mounts `o` at `target` this variant's way: at once, or assembled
+    /// and then attached.
+    fn mount(&self, o: &Overlay, target: &Path) -> idoverlay::Result<idoverlay::Mounted> {
+        match self.assemble {
+            true => o.assemble().and_then(|m| m.attach(target)),
+            false => o.mount(target),
+        }
+    }
+}
+
 fn map() -> IdMap {
     "0:100000:65536".parse().unwrap()
 }
@@ -277,24 +302,14 @@ fn race(bed: &Bed, input: Input, variants: &[Variant], state_swap_with: &str) ->
                 } else {
                     bed.state_parent.join("fixed-state")
                 };
-                let mut o = Overlay::new()
+                let o = Overlay::new()
                     .lower(&lower1)
                     .lower(bed.lay.join("l2"))
                     .upper(&upper)
-                    .work(&work)
-                    .idmap(map(), map())
-                    .idmap_upper(v.idmap_upper)
-                    .strategy(v.strategy)
-                    .state_dir(&state);
-                for f in v.missing {
-                    o = o.pretend_missing(*f);
-                }
+                    .work(&work);
+                let o = v.apply(o, &state);
                 swapper.resume();
-                let result = if v.assemble {
-                    o.assemble().and_then(|m| m.attach(&target))
-                } else {
-                    o.mount(&target)
-                };
+                let result = v.mount(&o, &target);
                 // Names put back, unless the directory meant became a mount
                 // point while it had the other name (it then cannot be
                 // renamed until it is unmounted: done below).
@@ -481,23 +496,13 @@ fn a_raced_parent_of_upper_and_work_never_clones_them_from_another_mount() {
         for v in VARIANTS {
             for round in 0..4 * ROUNDS {
                 let what = format!("{} #{round}", v.name);
-                let mut o = Overlay::new()
+                let o = Overlay::new()
                     .lower(dir.join("l"))
                     .upper(c.join("x/u"))
-                    .work(c.join("x/w"))
-                    .idmap(map(), map())
-                    .idmap_upper(v.idmap_upper)
-                    .strategy(v.strategy)
-                    .state_dir(dir.join("state"));
-                for f in v.missing {
-                    o = o.pretend_missing(*f);
-                }
+                    .work(c.join("x/w"));
+                let o = v.apply(o, &dir.join("state"));
                 swapper.resume();
-                let result = if v.assemble {
-                    o.assemble().and_then(|m| m.attach(&target))
-                } else {
-                    o.mount(&target)
-                };
+                let result = v.mount(&o, &target);
                 assert!(swapper.pause(), "{what}: names stuck");
                 let Err(e) = result else {
                     tally.mounted += 1;
@@ -579,16 +584,11 @@ fn a_layer_and_the_upper_swapped_as_real_directories_never_stack_the_upper_insid
                     let mut o = Overlay::new()
                         .lower(c.join("x"))
                         .lower(dir.join("lay/l2"))
-                        .idmap(map(), map())
-                        .per_layer_clones(per_layer)
-                        .strategy(v.strategy)
-                        .state_dir(dir.join("state"));
+                        .per_layer_clones(per_layer);
                     if with_upper {
                         o = o.upper(c.join("y/u")).work(c.join("y/w"));
                     }
-                    for f in v.missing {
-                        o = o.pretend_missing(*f);
-                    }
+                    let o = v.apply(o, &dir.join("state"));
                     // Without an upper, the overlay goes at `y/t`.
                     let at = if with_upper {
                         target.clone()
@@ -596,11 +596,7 @@ fn a_layer_and_the_upper_swapped_as_real_directories_never_stack_the_upper_insid
                         c.join("y/t")
                     };
                     swapper.resume();
-                    let result = if v.assemble {
-                        o.assemble().and_then(|m| m.attach(&at))
-                    } else {
-                        o.mount(&at)
-                    };
+                    let result = v.mount(&o, &at);
                     assert!(swapper.pause(), "{what}: names stuck");
                     if let Err(e) = result {
                         tally.refused += 1;
