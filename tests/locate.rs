@@ -27,6 +27,15 @@ fn nothing_new_mounted(before: &[mountinfo::MountEntry]) {
     );
 }
 
+/// `dir` (made, empty) bind-mounted at `at` (made): the same directory
+/// through another mount.
+fn bound_elsewhere(dir: &Path, at: &Path) -> std::path::PathBuf {
+    mkdir(dir, 0o755, 0, 0);
+    mkdir(at, 0o755, 0, 0);
+    run(Command::new("mount").arg("--bind").arg(dir).arg(at));
+    at.to_path_buf()
+}
+
 #[test]
 fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
     // The shared clone never follows a symlink, so such a layer is
@@ -39,6 +48,12 @@ fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
         write_file(&img.join("x/in-layer"), "layer", 0o644, 0, 0);
         mkdir(&img.join("x/upper"), 0o755, 100000, 100000);
         mkdir(&img.join("x/work"), 0o755, 0, 0);
+        // Also reached through a bind mount of a directory inside the
+        // layer, where a walk up from the upper stops at the bind's root:
+        // only locating it on its filesystem tells.
+        let bound = bound_elsewhere(&img.join("x/sub"), &dir.join("bound"));
+        mkdir(&bound.join("upper"), 0o755, 100000, 100000);
+        mkdir(&bound.join("work"), 0o755, 0, 0);
         write_file(&dir.join("l/d/a/f"), "a", 0o644, 0, 0);
         std::os::unix::fs::symlink("../../img", dir.join("l/d/lnk")).unwrap();
         let target = dir.join("t");
@@ -50,13 +65,18 @@ fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
             Strategy::PrivateNs,
             Strategy::HostStaged,
         ] {
-            for layer in [img.join("x"), dir.join("l/d/lnk/x")] {
+            for (layer, at) in [
+                (img.join("x"), img.join("x")),
+                (dir.join("l/d/lnk/x"), img.join("x")),
+                (img.join("x"), bound.clone()),
+                (dir.join("l/d/lnk/x"), bound.clone()),
+            ] {
                 let before = mounts();
                 let e = Overlay::new()
                     .lower(&layer)
                     .lower(dir.join("l/d/a"))
-                    .upper(img.join("x/upper"))
-                    .work(img.join("x/work"))
+                    .upper(at.join("upper"))
+                    .work(at.join("work"))
                     .idmap(map(), map())
                     .strategy(strategy)
                     .state_dir(dir.join("state"))
@@ -100,6 +120,7 @@ fn a_layer_named_through_a_symlink_cannot_hide_an_upper_inside_it() {
             nothing_new_mounted(&before);
         }
         std::fs::remove_dir(img.join("x/t")).unwrap();
+        run(Command::new("umount").arg(&bound));
         assert_eq!(
             fingerprint_diff(&print, &fingerprint(&img)),
             Vec::<String>::new()
@@ -115,6 +136,9 @@ fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
         write_file(&img.join("l1/a"), "a", 0o644, 0, 0);
         mkdir(&img.join("l1/up"), 0o755, 0, 0);
         mkdir(&img.join("l1/wk"), 0o755, 0, 0);
+        let bound = bound_elsewhere(&img.join("l1/sub"), &dir.join("bound"));
+        mkdir(&bound.join("up"), 0o755, 0, 0);
+        mkdir(&bound.join("wk"), 0o755, 0, 0);
         write_file(&dir.join("l2/b"), "b", 0o644, 0, 0);
         let target = dir.join("t");
         mkdir(&target, 0o755, 0, 0);
@@ -128,10 +152,13 @@ fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
         ] {
             for (upper, work) in [
                 (img.join("l1/up"), img.join("l1/wk")),
+                (bound.join("up"), bound.join("wk")),
                 (dir.join("u"), dir.join("w")),
             ] {
-                mkdir(&upper, 0o755, 0, 0);
-                mkdir(&work, 0o755, 0, 0);
+                if !upper.exists() {
+                    mkdir(&upper, 0o755, 0, 0);
+                    mkdir(&work, 0o755, 0, 0);
+                }
                 let before = mounts();
                 let result = Overlay::new()
                     .lower(dir.join("l2"))
@@ -142,7 +169,7 @@ fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
                     .strategy(strategy)
                     .state_dir(dir.join("state"))
                     .mount(&target);
-                if upper.starts_with(&img) {
+                if upper.starts_with(&img) || upper.starts_with(&bound) {
                     let e = result.expect_err("upper inside the layer").to_string();
                     assert!(
                         e.contains("does not show") || e.contains("lies inside"),
@@ -185,6 +212,9 @@ fn btrfs_subvolumes_inside_a_layer_are_seen_inside_it() {
             .arg(mnt.join("l1/nested")));
         mkdir(&mnt.join("l1/nested/up"), 0o755, 0, 0);
         mkdir(&mnt.join("l1/nested/wk"), 0o755, 0, 0);
+        // The nested subvolume also through a bind mount elsewhere, where a
+        // walk up from the upper stops at the bind's root.
+        let bound = bound_elsewhere(&mnt.join("l1/nested"), &s.tmpfs_dir("bound").join("b"));
         write_file(&mnt.join("l2/b"), "b", 0o644, 0, 0);
         let target = mnt.join("t");
         mkdir(&target, 0o755, 0, 0);
@@ -203,20 +233,22 @@ fn btrfs_subvolumes_inside_a_layer_are_seen_inside_it() {
             Strategy::PrivateNs,
             Strategy::HostStaged,
         ] {
-            let before = mounts();
-            let e = Overlay::new()
-                .lower(mnt.join("l2"))
-                .lower(mnt.join("l1"))
-                .upper(mnt.join("l1/nested/up"))
-                .work(mnt.join("l1/nested/wk"))
-                .idmap(map(), map())
-                .strategy(strategy)
-                .state_dir(s.path("state"))
-                .mount(&target)
-                .expect_err("upper inside a layer")
-                .to_string();
-            assert!(e.contains("lies inside layer 2"), "{strategy}: {e}");
-            nothing_new_mounted(&before);
+            for at in [mnt.join("l1/nested"), bound.clone()] {
+                let before = mounts();
+                let e = Overlay::new()
+                    .lower(mnt.join("l2"))
+                    .lower(mnt.join("l1"))
+                    .upper(at.join("up"))
+                    .work(at.join("wk"))
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(s.path("state"))
+                    .mount(&target)
+                    .expect_err("upper inside a layer")
+                    .to_string();
+                assert!(e.contains("lies inside layer 2"), "{strategy}: {e}");
+                nothing_new_mounted(&before);
+            }
             // The target inside the layer's nested subvolume, too.
             let e = Overlay::new()
                 .lower(mnt.join("l2"))
@@ -236,6 +268,7 @@ fn btrfs_subvolumes_inside_a_layer_are_seen_inside_it() {
             fingerprint_diff(&print, &fingerprint(&mnt.join("l1"))),
             Vec::<String>::new()
         );
+        run(Command::new("umount").arg(&bound));
         run(Command::new("umount").arg(&mnt));
     });
 }
