@@ -641,6 +641,77 @@ fn a_layer_and_the_upper_swapped_as_real_directories_never_stack_the_upper_insid
     });
 }
 
+/// A directory on a shared layer's way down swapped, by root, with a
+/// symlink to where the upper is: the plan may see the directory (and
+/// share the layer) while the kernel, later, meets the symlink beneath the
+/// clone and refuses it; the layer is then opened on its own, where the
+/// symlink leads, and must be checked again there (`retry_on_its_own`).
+/// Whatever mounts must not show the layer the upper dir lies in.
+#[test]
+fn a_shared_layer_retried_on_its_own_is_checked_where_it_really_is() {
+    in_private_ns("race::retried_layer", |s| {
+        let dir = s.tmpfs_dir("r");
+        let img = dir.join("img");
+        write_file(&img.join("x/in-layer"), "image", 0o644, 0, 0);
+        mkdir(&img.join("x/upper"), 0o755, 100000, 100000);
+        mkdir(&img.join("x/work"), 0o755, 0, 0);
+        let d = dir.join("l/d");
+        write_file(&d.join("way/x/plain"), "plain", 0o644, 0, 0);
+        write_file(&d.join("a/f"), "a", 0o644, 0, 0);
+        std::os::unix::fs::symlink("../../img", d.join("way.lnk")).unwrap();
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let swapper = Swapper::start(&d, "way", "way.lnk");
+        let mut tally = Tally::default();
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            for round in 0..10 * ROUNDS {
+                let what = format!("{strategy} #{round}");
+                let o = Overlay::new()
+                    .lower(d.join("way/x"))
+                    .lower(d.join("a"))
+                    .upper(img.join("x/upper"))
+                    .work(img.join("x/work"))
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(dir.join("state"));
+                swapper.resume();
+                let result = o.mount(&target);
+                assert!(swapper.pause(), "{what}: names stuck");
+                match result {
+                    Ok(_) => {
+                        tally.mounted += 1;
+                        let shows_image = target.join("in-layer").exists();
+                        idoverlay::unmount_overlay(&target, false).unwrap();
+                        assert!(
+                            !shows_image,
+                            "{what}: the upper dir lies in a layer the overlay shows"
+                        );
+                    }
+                    Err(e) => {
+                        tally.refused += 1;
+                        assert!(!e.to_string().contains('\n'), "{what}: {e}");
+                    }
+                }
+            }
+        }
+        let swaps = swapper.swaps();
+        drop(swapper);
+        eprintln!(
+            "race retried layer: {} mounted, {} refused, {swaps} swaps",
+            tally.mounted, tally.refused
+        );
+        assert!(
+            tally.mounted > 0 && tally.refused > 0,
+            "the race must go both ways"
+        );
+    });
+}
+
 #[test]
 fn a_raced_target_never_puts_the_overlay_elsewhere() {
     bed_test("race::target", |bed| {
