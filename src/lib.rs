@@ -557,7 +557,7 @@ impl Overlay {
             }
             Strategy::Auto => unreachable!("choose::for_request resolves auto"),
         };
-        let kept = std::mem::take(&mut *req.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let kept = req.take_kept();
         let mut all_warnings = kept.warnings;
         all_warnings.extend(warnings);
         Ok(DetachedMount {
@@ -586,8 +586,7 @@ impl Overlay {
                 if let Some((mut warnings, checked_root)) =
                     strategy::detached::mount_at(req, opened.fd.as_fd(), target)?
                 {
-                    let kept =
-                        std::mem::take(&mut *req.kept.lock().unwrap_or_else(|e| e.into_inner()));
+                    let kept = req.take_kept();
                     let mut all = kept.warnings;
                     all.append(&mut warnings);
                     let mut description = self.describe(req, &kept.paths, chosen);

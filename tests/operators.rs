@@ -507,6 +507,48 @@ fn chown_upper_is_undone_when_the_mount_is_refused() {
     });
 }
 
+/// The same when it is the attach that fails, after the overlay was made
+/// (here the target is removed once it was opened: `move_mount` says
+/// ENOENT): the upper keeps its owner, for every strategy.
+#[test]
+fn chown_upper_is_undone_when_the_attach_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_ns("operators::chown_upper_undone_attach", |s| {
+        for (i, strategy) in [
+            idoverlay::Strategy::Auto,
+            idoverlay::Strategy::Detached,
+            idoverlay::Strategy::PrivateNs,
+            idoverlay::Strategy::HostStaged,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let st = setup(s, &format!("a{i}"), 0);
+            let removed = std::sync::Arc::new(AtomicBool::new(false));
+            let (target, flag) = (st.target.clone(), removed.clone());
+            let e = idoverlay::Overlay::new()
+                .lowers(st.layers.iter().cloned())
+                .upper(&st.upper)
+                .work(&st.work)
+                .idmap(MAP.parse().unwrap(), MAP.parse().unwrap())
+                .chown_upper(true)
+                .strategy(strategy)
+                .state_dir(&st.state)
+                .trace(std::sync::Arc::new(move |line: &str| {
+                    if line.starts_with("strategy") && !flag.swap(true, Ordering::SeqCst) {
+                        std::fs::remove_dir(&target).unwrap();
+                    }
+                }))
+                .mount(&st.target)
+                .map(|m| m.target)
+                .expect_err("the target is gone");
+            assert!(removed.load(Ordering::SeqCst), "{strategy}: not traced");
+            assert!(!e.to_string().contains('\n'), "{strategy}: {e}");
+            assert_eq!(owner(&st.upper), (0, 0), "{strategy}: {e}");
+        }
+    });
+}
+
 /// Container and host swapped (`100000:0:65536`): the layers' owners fall
 /// outside the map and show as nobody; a warning says so. The same layers
 /// with the map the right way round have none.

@@ -96,6 +96,17 @@ pub(crate) fn undo_chown(req: &Request<'_>) {
 }
 
 impl Request<'_> {
+    /// What the assembly kept, for its attach: all of it but the upper's
+    /// owner before `--chown-upper`, which stays until the request is done
+    /// (an attach that fails undoes the chown too).
+    pub fn take_kept(&self) -> Kept {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let chowned_upper = kept.chowned_upper.take();
+        let taken = std::mem::take(&mut *kept);
+        kept.chowned_upper = chowned_upper;
+        taken
+    }
+
     pub fn trace(&self, line: impl FnOnce() -> String) {
         if let Some(trace) = self.trace {
             trace(&line());
