@@ -402,3 +402,60 @@ fn an_upper_deep_below_the_layers_root_is_walked_whole() {
         nothing_new_mounted(&before);
     });
 }
+
+/// Layers beneath one directory, one of them beyond a mount point below
+/// it (the staged strategies clone that directory with the mounts below):
+/// an upper, work dir or target inside that layer is refused all the same.
+#[test]
+fn an_upper_inside_a_layer_beyond_a_mount_below_the_layers_root_is_refused() {
+    in_private_ns("locate::across_submount", |s| {
+        let root = s.tmpfs_dir("root");
+        write_file(&root.join("l1/a"), "a", 0o644, 0, 0);
+        mkdir(&root.join("m"), 0o755, 0, 0);
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "sub"])
+            .arg(root.join("m")));
+        write_file(&root.join("m/l2/b"), "b", 0o644, 0, 0);
+        mkdir(&root.join("m/l2/u"), 0o755, 100000, 100000);
+        mkdir(&root.join("m/l2/w"), 0o755, 0, 0);
+        mkdir(&root.join("m/l2/t"), 0o755, 0, 0);
+        let target = s.tmpfs_dir("t");
+        let print = fingerprint(&root.join("m/l2"));
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            let overlay = || {
+                Overlay::new()
+                    .lower(root.join("l1"))
+                    .lower(root.join("m/l2"))
+                    .idmap(map(), map())
+                    .strategy(strategy)
+                    .state_dir(s.path("state"))
+            };
+            let before = mounts();
+            let e = overlay()
+                .upper(root.join("m/l2/u"))
+                .work(root.join("m/l2/w"))
+                .mount(&target)
+                .map(|m| m.target)
+                .expect_err("upper inside layer 2")
+                .to_string();
+            assert!(e.contains("layer 2"), "{strategy}: {e}");
+            nothing_new_mounted(&before);
+            let e = overlay()
+                .mount(root.join("m/l2/t"))
+                .map(|m| m.target)
+                .expect_err("target inside layer 2")
+                .to_string();
+            assert!(e.contains("layer 2"), "{strategy}: {e}");
+            nothing_new_mounted(&before);
+        }
+        assert_eq!(
+            fingerprint_diff(&print, &fingerprint(&root.join("m/l2"))),
+            Vec::<String>::new()
+        );
+    });
+}

@@ -598,7 +598,7 @@ const MAX_WALK: usize = 4096;
 /// open resolved it. Another process renaming directories above a layer
 /// and the upper (swapping two real directories) between those opens makes
 /// names that do not overlap lead to an upper inside the layer. So each of
-/// the three is walked up from its fd (`..`, on its own mount), and every
+/// the three is walked up from its fd (`..`, through the mount tree), and every
 /// directory met is compared with the layers opened on their own (device
 /// and inode) and with the shared roots; below a shared root, the names
 /// the walk came up through (the last components of the fd's path) with
@@ -669,8 +669,9 @@ pub(crate) fn dir_id(st: &sys::Stat) -> DirId {
     (st.dev, st.ino)
 }
 
-/// Walks up from `d`'s fd (`..`, one directory at a time, staying on its
-/// mount, at most [`MAX_WALK`] of them), `d` itself first, and asks `hit`
+/// Walks up from `d`'s fd (`..`, one directory at a time, across mount
+/// points as `..` goes, up to this process's root; at most [`MAX_WALK`]
+/// of them), `d` itself first, and asks `hit`
 /// about each directory `wanted` says may matter, with the names the walk
 /// came up through below it (the last components of the fd's path as the
 /// kernel names it then; empty for `d` itself). The first answer wins.
@@ -703,9 +704,6 @@ pub(crate) fn walk_up<T>(
                 return Some(found);
             }
         }
-        if st.mount_root == Some(true) {
-            return None;
-        }
         if ups.len() >= 3000 {
             let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
             base = Some(sys::open_dir_path(from, Path::new(OsStr::from_bytes(&ups))).ok()?);
@@ -717,7 +715,10 @@ pub(crate) fn walk_up<T>(
         ups.extend_from_slice(b"..");
         let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
         let parent_st = sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups))).ok()?;
-        if dir_id(&parent_st) == at || parent_st.mnt_id != st.mnt_id {
+        // Up across mount points too (a layer of a clone made with the
+        // mounts below its root may lie beyond one), to this process's
+        // root, whose `..` is itself.
+        if dir_id(&parent_st) == at {
             return None;
         }
         st = parent_st;
