@@ -118,6 +118,10 @@ struct Record {
     /// relative to; `None` in a record of an older idoverlay.
     #[serde(default)]
     root: Option<RootId>,
+    /// That namespace's 64-bit id (6.7+), which `statmount` can look into
+    /// from another namespace (6.11+), and which tells when it is gone.
+    #[serde(default)]
+    mount_ns_id: Option<u64>,
     mount: MountDescription,
 }
 
@@ -160,6 +164,26 @@ fn file_name(id: u64, unique: bool) -> String {
     format!("{}{id}.json", if unique { 'u' } else { 'm' })
 }
 
+/// This thread's mount namespace's 64-bit id, when the kernel has one.
+fn this_mount_ns_id() -> Option<u64> {
+    let fd = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt")).ok()?;
+    sys::mount_namespace_id(fd.as_fd())
+}
+
+/// Whether the mount of a record made in another mount namespace is gone
+/// with certainty: its unique id is in that namespace no more, or the
+/// namespace itself is gone (both asked of `statmount` by the namespace's
+/// id, 6.11+). Such records would otherwise stay until the boot ends, one
+/// page of the small state tmpfs each.
+fn gone_from_its_namespace(record: &Record) -> bool {
+    match (record.mount.mount_id, record.mount_ns_id) {
+        (Some(id), Some(ns)) if record.mount.unique_mount_id => {
+            sys::mount_exists_in(id, Some(ns)) == Some(false)
+        }
+        _ => false,
+    }
+}
+
 /// This thread's mount namespace (its nsfs inode).
 fn this_mount_ns() -> Option<u64> {
     sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
@@ -193,6 +217,7 @@ pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()
         boot_id: boot.to_string(),
         mount_ns: ns,
         root: this_root(),
+        mount_ns_id: this_mount_ns_id(),
         mount: mount.clone(),
     })
     .map_err(|e| {
@@ -306,6 +331,9 @@ pub fn list(state_dir: impl AsRef<Path>) -> Result<Vec<MountDescription>> {
             continue;
         };
         if Some(record.mount_ns) != ns {
+            if gone_from_its_namespace(&record) {
+                let _ = sys::unlink(dir.as_fd(), Path::new(name));
+            }
             continue;
         }
         match liveness(&record.mount, record.root, &mut seen) {

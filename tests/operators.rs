@@ -549,6 +549,80 @@ fn chown_upper_is_undone_when_the_attach_fails() {
     });
 }
 
+/// Records of mounts made in mount namespaces that are gone since (a
+/// short-lived `unshare -m` each) are removed by `list` from here; one of
+/// a namespace still alive is kept until that namespace goes. Else each
+/// stayed for the boot, and about a thousand filled the state tmpfs.
+#[test]
+fn list_prunes_records_of_mount_namespaces_that_are_gone() {
+    in_private_ns("operators::list_prunes_records_of_dead_namespaces", |s| {
+        let here = setup(s, "here", 100000);
+        run(&mut mount_cmd(&here, &[]));
+        let records = || {
+            std::fs::read_dir(here.state.join("mounts"))
+                .unwrap()
+                .count()
+        };
+        let in_a_namespace_of_its_own = |st: &Setup| {
+            let cmd = mount_cmd(st, &[]);
+            let mut unshare = Command::new("unshare");
+            unshare
+                .args(["-m", "--propagation", "private", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            unshare
+        };
+        for i in 0..3 {
+            run(&mut in_a_namespace_of_its_own(&setup(
+                s,
+                &format!("gone{i}"),
+                100000,
+            )));
+        }
+        // One whose namespace lives on while `list` runs: a shell in it
+        // that mounts, says so, and waits.
+        let alive = mount_cmd(&setup(s, "alive", 100000), &[]);
+        let quoted = std::iter::once(alive.get_program())
+            .chain(alive.get_args())
+            .map(|a| format!("'{}'", a.to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        /// Ended (by its pid, it is ours) whatever the test's outcome.
+        struct Waiting(std::process::Child);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut waiting = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!("{quoted} && echo mounted && exec sleep 60"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(Waiting)
+            .unwrap();
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(waiting.0.stdout.as_mut().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said, "mounted\n");
+        assert_eq!(records(), 5, "one here, three gone, one alive");
+        let listed = list(&here.state);
+        assert_eq!(listed["mounts"].as_array().unwrap().len(), 1, "{listed}");
+        assert_eq!(
+            records(),
+            2,
+            "the three of namespaces that are gone removed"
+        );
+        drop(waiting);
+        list(&here.state);
+        assert_eq!(records(), 1, "and the one whose namespace went");
+    });
+}
+
 /// Container and host swapped (`100000:0:65536`): the layers' owners fall
 /// outside the map and show as nobody; a warning says so. The same layers
 /// with the map the right way round have none.

@@ -452,20 +452,37 @@ const STATMOUNT_MNT_ID_AT: usize = 40;
 /// `statmount(mnt_id, mask)` (6.8+) in the caller's mount namespace: the
 /// `struct statmount` and its strings, or the errno.
 fn statmount_raw(unique_mnt_id: u64, mask: u64) -> std::result::Result<Vec<u8>, i32> {
+    statmount_in(unique_mnt_id, None, mask)
+}
+
+/// [`statmount_raw`] in the mount namespace with this id (6.11+:
+/// `mnt_id_req.mnt_ns_id`, `MNT_ID_REQ_SIZE_VER1`), or the caller's.
+fn statmount_in(
+    unique_mnt_id: u64,
+    mount_ns_id: Option<u64>,
+    mask: u64,
+) -> std::result::Result<Vec<u8>, i32> {
     const SYS_STATMOUNT: libc::c_long = 457;
-    /// `struct mnt_id_req`, first published size.
+    /// `struct mnt_id_req` as of 6.11 (`MNT_ID_REQ_SIZE_VER1`).
     #[repr(C)]
     struct MntIdReq {
         size: u32,
         spare: u32,
         mnt_id: u64,
         param: u64,
+        mnt_ns_id: u64,
     }
+    /// `MNT_ID_REQ_SIZE_VER0`: without `mnt_ns_id`, what 6.8 takes.
+    const SIZE_VER0: u32 = 24;
     let req = MntIdReq {
-        size: std::mem::size_of::<MntIdReq>() as u32,
+        size: match mount_ns_id {
+            Some(_) => std::mem::size_of::<MntIdReq>() as u32,
+            None => SIZE_VER0,
+        },
         spare: 0,
         mnt_id: unique_mnt_id,
         param: mask,
+        mnt_ns_id: mount_ns_id.unwrap_or(0),
     };
     let mut buf = vec![0u64; (STATMOUNT_HEADER + 2 * libc::PATH_MAX as usize) / 8];
     let len = buf.len() * 8;
@@ -495,7 +512,14 @@ fn statmount_raw(unique_mnt_id: u64, mask: u64) -> std::result::Result<Vec<u8>, 
 /// mount here (`ENOENT`; unique ids are never reused within a boot), `None`
 /// when it cannot tell (no statmount, or any other error).
 pub fn mount_exists(unique_mnt_id: u64) -> Option<bool> {
-    match statmount_raw(unique_mnt_id, STATMOUNT_MNT_BASIC) {
+    mount_exists_in(unique_mnt_id, None)
+}
+
+/// [`mount_exists`] in the mount namespace with this id (6.11+), or the
+/// caller's: `Some(false)` also when that namespace is gone (statmount
+/// finds no such namespace: ENOENT).
+pub fn mount_exists_in(unique_mnt_id: u64, mount_ns_id: Option<u64>) -> Option<bool> {
+    match statmount_in(unique_mnt_id, mount_ns_id, STATMOUNT_MNT_BASIC) {
         Ok(bytes) => {
             let word =
                 |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));

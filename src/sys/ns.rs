@@ -100,6 +100,19 @@ pub fn namespace_type(fd: BorrowedFd<'_>) -> SysResult<i32> {
     Ok(ret)
 }
 
+/// `ioctl(fd, NS_GET_MNTNS_ID)` (6.7+): the 64-bit id of a mount namespace,
+/// never reused within a boot (what `statmount` takes to look into it);
+/// `None` on older kernels or another kind of fd.
+pub fn mount_namespace_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    /// `_IOR(NSIO, 0x5, __u64)`, include/uapi/linux/nsfs.h.
+    const NS_GET_MNTNS_ID: libc::c_ulong = 0x8008_b705;
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_MNTNS_ID writes one `__u64` through the pointer, to
+    // `id`, which lives across the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_MNTNS_ID, &mut id as *mut u64) };
+    (ret == 0).then_some(id)
+}
+
 /// `CLONE_NEWUSER`, as [`namespace_type`] reports a user namespace.
 pub const CLONE_NEWUSER: i32 = libc::CLONE_NEWUSER;
 
