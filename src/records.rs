@@ -164,12 +164,6 @@ fn file_name(id: u64, unique: bool) -> String {
     format!("{}{id}.json", if unique { 'u' } else { 'm' })
 }
 
-/// This thread's mount namespace's 64-bit id, when the kernel has one.
-fn this_mount_ns_id() -> Option<u64> {
-    let fd = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt")).ok()?;
-    sys::mount_namespace_id(fd.as_fd())
-}
-
 /// Whether the mount of a record made in another mount namespace is gone
 /// with certainty: its unique id is in that namespace no more, or the
 /// namespace itself is gone (both asked of `statmount` by the namespace's
@@ -186,10 +180,15 @@ fn gone_from_its_namespace(record: &Record) -> bool {
 
 /// This thread's mount namespace (its nsfs inode).
 fn this_mount_ns() -> Option<u64> {
-    sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
-        .and_then(|fd| sys::stat_fd(fd.as_fd()))
-        .ok()
-        .map(|st| st.ino)
+    this_mount_ns_ids().map(|(inode, _)| inode)
+}
+
+/// This thread's mount namespace: its nsfs inode, and its 64-bit id when
+/// the kernel has one (6.7+), from one open of the namespace file.
+fn this_mount_ns_ids() -> Option<(u64, Option<u64>)> {
+    let fd = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt")).ok()?;
+    let inode = sys::stat_fd(fd.as_fd()).ok()?.ino;
+    Some((inode, sys::mount_namespace_id(fd.as_fd())))
 }
 
 /// The kernel's id for the mount whose root `fd` is: the unique one when
@@ -204,7 +203,9 @@ pub(crate) fn mount_id_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, bool)
 /// Writes the record of `mount` (its `mount_id` set), replacing any record
 /// of that id, in the mount namespace of the calling thread.
 pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()> {
-    let (Some(id), Some(boot), Some(ns)) = (mount.mount_id, boot_id(), this_mount_ns()) else {
+    let (Some(id), Some(boot), Some((ns, ns_id))) =
+        (mount.mount_id, boot_id(), this_mount_ns_ids())
+    else {
         return Ok(());
     };
     let state_dir = state.path();
@@ -217,7 +218,7 @@ pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()
         boot_id: boot.to_string(),
         mount_ns: ns,
         root: this_root(),
-        mount_ns_id: this_mount_ns_id(),
+        mount_ns_id: ns_id,
         mount: mount.clone(),
     })
     .map_err(|e| {

@@ -224,6 +224,18 @@ struct Tally {
     refused: usize,
 }
 
+impl Tally {
+    /// Stops `swapper` (names put back) and says how the race went.
+    fn report(&self, race: &str, swapper: Swapper) {
+        let swaps = swapper.swaps();
+        drop(swapper);
+        eprintln!(
+            "race {race}: {} mounted, {} refused, {swaps} swaps",
+            self.mounted, self.refused
+        );
+    }
+}
+
 /// Which input is raced, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Input {
@@ -387,12 +399,7 @@ fn race(bed: &Bed, input: Input, variants: &[Variant], state_swap_with: &str) ->
             }
         }
     }
-    let swaps = swapper.swaps();
-    drop(swapper);
-    eprintln!(
-        "race {input:?} (vs {state_swap_with}): {} mounted, {} refused, {swaps} swaps",
-        tally.mounted, tally.refused
-    );
+    tally.report(&format!("{input:?} (vs {state_swap_with})"), swapper);
     tally
 }
 
@@ -535,12 +542,7 @@ fn a_raced_parent_of_upper_and_work_never_clones_them_from_another_mount() {
                 assert!(left.is_empty(), "{what}: left mounted: {left:#?}");
             }
         }
-        let swaps = swapper.swaps();
-        drop(swapper);
-        eprintln!(
-            "race upper/work parent: {} mounted, {} refused, {swaps} swaps",
-            tally.mounted, tally.refused
-        );
+        tally.report("upper/work parent", swapper);
         assert!(
             tally.mounted > 0 && tally.refused > 0,
             "the race must go both ways"
@@ -631,12 +633,7 @@ fn a_layer_and_the_upper_swapped_as_real_directories_never_stack_the_upper_insid
                 }
             }
         }
-        let swaps = swapper.swaps();
-        drop(swapper);
-        eprintln!(
-            "race swapped real dirs: {} mounted, {} refused, {swaps} swaps",
-            tally.mounted, tally.refused
-        );
+        tally.report("swapped real dirs", swapper);
         assert!(tally.mounted > 0, "nothing mounted");
     });
 }
@@ -699,12 +696,7 @@ fn a_shared_layer_retried_on_its_own_is_checked_where_it_really_is() {
                 }
             }
         }
-        let swaps = swapper.swaps();
-        drop(swapper);
-        eprintln!(
-            "race retried layer: {} mounted, {} refused, {swaps} swaps",
-            tally.mounted, tally.refused
-        );
+        tally.report("retried layer", swapper);
         assert!(
             tally.mounted > 0 && tally.refused > 0,
             "the race must go both ways"
