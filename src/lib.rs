@@ -961,15 +961,23 @@ impl AsFd for DetachedMount {
 
 /// Opens a mount namespace file (`/proc/PID/ns/mnt`), checked to be one.
 fn open_mount_namespace(mount_ns: &Path) -> Result<OwnedFd> {
-    // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
-    let ns = sys::open_read_nonblocking(sys::cwd(), mount_ns, true).map_err(|e| {
-        Error::from(crate::error::Repr::InvalidInput {
+    let opened = file::open_checked(sys::cwd(), mount_ns, true, file::Kind::Namespace);
+    let ns = opened.map(|(fd, _)| fd).map_err(|e| match e {
+        file::Unreadable::Os(e) => Error::from(crate::error::Repr::InvalidInput {
             what: "mount namespace".into(),
             input: error::display_path(mount_ns),
             reason: format!("cannot be opened ({e}); give /proc/PID/ns/mnt"),
             path: Some(mount_ns.to_path_buf()),
             source: Some(e),
-        })
+        }),
+        other => Error::invalid_path(
+            "mount namespace",
+            mount_ns,
+            format!(
+                "{}; give /proc/PID/ns/mnt",
+                other.reason_wanting("a mount namespace")
+            ),
+        ),
     })?;
     match sys::namespace_type(ns.as_fd()) {
         Ok(t) if t == libc::CLONE_NEWNS => {}

@@ -10,7 +10,7 @@
 //! `thread-self` the kernel alone makes. No `/proc` at all is left to the
 //! names' own failures (ENOENT), which the fd forms fall back from.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -23,16 +23,22 @@ const PROC_ROOT_INO: u64 = 1;
 
 /// Refuses a `/proc` that is not the root of a proc filesystem.
 pub(crate) fn check() -> Result<()> {
+    open_root().map(drop)
+}
+
+/// The process's `/proc`, checked to be the root of a proc filesystem;
+/// `None` when there is no `/proc`.
+pub(crate) fn open_root() -> Result<Option<OwnedFd>> {
     let proc = Path::new("/proc");
     let fd = match sys::open_dir_path(sys::cwd(), proc) {
         Ok(fd) => fd,
-        Err(e) if e.errno == libc::ENOENT => return Ok(()),
+        Err(e) if e.errno == libc::ENOENT => return Ok(None),
         Err(e) => return Err(Error::os("open", Some(proc), e)),
     };
     let magic = sys::fs_magic(fd.as_fd()).map_err(|e| Error::os("inspect", Some(proc), e))?;
     let st = sys::stat_fd(fd.as_fd()).map_err(|e| Error::os("inspect", Some(proc), e))?;
     if magic == PROC_SUPER_MAGIC && st.ino == PROC_ROOT_INO {
-        return Ok(());
+        return Ok(Some(fd));
     }
     Err(Error::invalid_path(
         "/proc",

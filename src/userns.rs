@@ -143,8 +143,22 @@ impl UserNamespace {
     /// or a bind-mounted namespace.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        // Non-blocking: a path may name a FIFO, whose open would wait for a writer.
-        let fd = sys::open_read_nonblocking(sys::cwd(), path, true).map_err(|e| {
+        let opened =
+            crate::file::open_checked(sys::cwd(), path, true, crate::file::Kind::Namespace);
+        let fd = opened.map(|(fd, _)| fd).map_err(|e| {
+            let e = match e {
+                crate::file::Unreadable::Os(e) => e,
+                other => {
+                    return Error::invalid_path(
+                        "user namespace",
+                        path,
+                        format!(
+                            "{}; give /proc/PID/ns/user",
+                            other.reason_wanting("a namespace file")
+                        ),
+                    )
+                }
+            };
             if matches!(e.errno, libc::EACCES | libc::EPERM) {
                 return Error::from(crate::error::Repr::Permission {
                     what: format!(
@@ -293,11 +307,10 @@ fn maps_of_proc_ns_file(path: &Path, ns: BorrowedFd<'_>) -> Option<(IdMap, IdMap
         parse_proc_map(std::str::from_utf8(&bytes).ok()?)
     };
     let maps = (read("uid_map")?, read("gid_map")?);
-    let same = sys::open_read(sys::cwd(), path)
-        .and_then(|again| sys::stat_fd(again.as_fd()))
+    let same = crate::file::open_checked(sys::cwd(), path, true, crate::file::Kind::Namespace)
         .ok()
         .zip(sys::stat_fd(ns).ok())
-        .is_some_and(|(again, ns)| again.same_inode(&ns));
+        .is_some_and(|((_, again), ns)| again.same_inode(&ns));
     same.then_some(maps)
 }
 

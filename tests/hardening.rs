@@ -64,6 +64,9 @@ fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
         let huge = dir.join("huge.json");
         let f = fs::File::create(&huge).unwrap();
         f.set_len(8 << 20).unwrap();
+        // A device whose open would act (a watchdog's arms it): never opened.
+        let device = dir.join("device");
+        let watch = OpenWatch::on_new_null_device(&device);
         let before = mounts();
         let mount_layers = || {
             let mut args: Vec<OsString> = vec!["mount".into()];
@@ -86,6 +89,7 @@ fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
                     "a character device, not a regular file",
                 ),
                 (fifo.as_path(), "a FIFO, not a regular file"),
+                (device.as_path(), "a character device, not a regular file"),
                 (huge.as_path(), "larger than"),
                 (dir.as_path(), "a directory, not a regular file"),
             ] {
@@ -98,19 +102,19 @@ fn files_that_are_not_what_they_claim_are_refused_without_reading_them() {
                 refused(&out, 2, &[says, &file.display().to_string()]);
             }
         }
-        // A FIFO where a user namespace or mount namespace file should be.
-        let mut userns = mount_layers();
-        userns.extend([
-            "--userns".into(),
-            fifo.clone().into(),
-            target.clone().into(),
-        ]);
-        refused(&cli_bounded(&userns), 2, &["not a namespace"]);
-        let mut ns = mount_layers();
-        ns.extend(maps());
-        ns.extend(["-N".into(), fifo.clone().into(), target.clone().into()]);
-        refused(&cli_bounded(&ns), 2, &["not a mount namespace"]);
+        // A FIFO or a device where a user namespace or mount namespace file
+        // should be.
+        for file in [&fifo, &device] {
+            let mut userns = mount_layers();
+            userns.extend(["--userns".into(), file.into(), target.clone().into()]);
+            refused(&cli_bounded(&userns), 2, &["not a namespace"]);
+            let mut ns = mount_layers();
+            ns.extend(maps());
+            ns.extend(["-N".into(), file.into(), target.clone().into()]);
+            refused(&cli_bounded(&ns), 2, &["not a mount namespace"]);
+        }
         assert!(new_mounts(&before, &mounts()).is_empty());
+        assert_eq!(watch.opens(), 0, "the device was opened");
     });
 }
 

@@ -924,3 +924,54 @@ fn two_overlays_at_once_on_one_upper(name: &str, used_before: bool, rounds: usiz
         );
     });
 }
+
+/// A file a caller names (an OCI config) swapped with a device node, as a
+/// user who can write its directory would, while idoverlay reads it: the
+/// device's driver is never opened (a watchdog would arm, a tape rewind),
+/// whatever the name leads to at each moment. An inotify watch on the
+/// device node sees every open of it; each read gives the config's maps
+/// or refuses the device.
+#[test]
+fn a_file_swapped_for_a_device_while_it_is_read_never_opens_the_device() {
+    in_private_ns("race::file-device", |s| {
+        let dir = s.tmpfs_dir("f");
+        fs::write(
+            dir.join("config.json"),
+            r#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                          "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}"#,
+        )
+        .unwrap();
+        let device = dir.join("device");
+        let watch = OpenWatch::on_new_null_device(&device);
+        let swapper = Swapper::start(&dir, "config.json", "device");
+        swapper.resume();
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            match idoverlay::idmap::maps_from_oci_config_file(dir.join("config.json")) {
+                Ok((uid, gid)) => {
+                    assert_eq!(uid.to_string(), "0:100000:65536");
+                    assert_eq!(gid.to_string(), "0:100000:65536");
+                    read += 1;
+                }
+                Err(e) => {
+                    let said = e.to_string();
+                    assert!(
+                        said.contains("a character device, not a regular file")
+                            || said.contains("replaced by another file"),
+                        "{said}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert!(swapper.pause());
+        let swaps = swapper.swaps();
+        drop(swapper);
+        eprintln!("{read} read, {refused} refused, {swaps} swaps");
+        assert_eq!(watch.opens(), 0, "the device was opened");
+        assert!(
+            read > 0 && refused > 0,
+            "the race did not happen: {read} read, {refused} refused"
+        );
+    });
+}

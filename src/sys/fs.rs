@@ -165,6 +165,39 @@ pub fn open_read_nonblocking(
     }))
 }
 
+/// `openat(dirfd, path, O_PATH|O_CLOEXEC[|O_NOFOLLOW])`: a handle on any
+/// file that opens nothing (a device's driver, a FIFO) and reads nothing;
+/// with `O_NOFOLLOW`, a symlink in the last component is the handle's file.
+pub fn open_handle(dirfd: BorrowedFd<'_>, path: &Path, follow: bool) -> SysResult<OwnedFd> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::openat(dirfd, path, flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {}, O_PATH|O_CLOEXEC{}",
+            fd_arg(dirfd),
+            path_arg(path),
+            if follow { "" } else { "|O_NOFOLLOW" }
+        )
+    }))
+}
+
+/// `openat(proc, "thread-self/fd/N", O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC)`:
+/// the very file behind the handle `fd`, opened for reading, where `proc`
+/// is the root of a proc filesystem (the magic link leads to the file
+/// itself, whatever its name now leads to).
+pub fn reopen_read(proc: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    let name = format!("thread-self/fd/{}", fd.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    rustix::fs::openat(proc, name.as_str(), flags, Mode::empty()).map_err(fail("openat", || {
+        format!(
+            "{}, {name:?}, O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC",
+            fd_arg(proc)
+        )
+    }))
+}
+
 /// `read(fd)` until end of file or `max + 1` bytes, whichever comes first
 /// (so a caller can tell "more than `max`" from "exactly `max`").
 pub fn read_at_most(fd: BorrowedFd<'_>, max: usize) -> SysResult<Vec<u8>> {

@@ -794,3 +794,73 @@ pub fn userns_for_children() -> (idoverlay::UserNamespace, PathBuf) {
     ));
     (userns, path)
 }
+
+/// Every open of one file, seen by an inotify watch (`IN_OPEN`): the
+/// kernel queues the event inside the `open` itself, so after a call
+/// returns, [`OpenWatch::opens`] tells whether it opened the file.
+pub struct OpenWatch {
+    inotify: std::os::fd::OwnedFd,
+}
+
+impl OpenWatch {
+    /// A null device node (1:3) made at `path` and watched: opening it
+    /// does nothing but be seen, where a watchdog's would arm it.
+    pub fn on_new_null_device(path: &Path) -> OpenWatch {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        // SAFETY: inotify_init1 returns a new fd or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a new fd nobody else owns.
+        let inotify = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid fd and a NUL-terminated path.
+        let wd =
+            unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), name.as_ptr(), libc::IN_OPEN) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        let watch = OpenWatch { inotify };
+        // The watch sees an open (or no test of it could fail).
+        drop(fs::File::open(path).unwrap());
+        assert_eq!(watch.opens(), 1, "the watch missed an open of {path:?}");
+        watch
+    }
+
+    /// The opens since the last call.
+    pub fn opens(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut opens = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a buffer we own, of its length.
+            let n =
+                unsafe { libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return opens;
+            }
+            let mut at = 0;
+            while at + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                if mask & libc::IN_OPEN != 0 {
+                    opens += 1;
+                }
+                at += 16 + len;
+            }
+        }
+    }
+}
