@@ -403,6 +403,60 @@ fn an_upper_deep_below_the_layers_root_is_walked_whole() {
     });
 }
 
+/// An upper and work dir deeper than the walk up goes (4,200 levels,
+/// reached through symlinks, as no path to them fits in PATH_MAX) are
+/// refused in one line, with nothing mounted: where the walk cannot tell
+/// whether they lie inside a layer, they are not taken as lying outside.
+#[test]
+fn an_upper_too_deep_to_walk_up_is_refused() {
+    use rustix::fs::{mkdirat, openat, symlinkat, Mode, OFlags};
+    in_private_ns("locate::too_deep", |s| {
+        let dir = s.tmpfs_dir("deep");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = openat(rustix::fs::CWD, &dir, flags, Mode::empty()).unwrap();
+        let mut via = dir.clone();
+        for level in 0..4200 {
+            if level % 2000 == 0 {
+                let hop = format!("hop{}", level / 2000);
+                let down = vec!["d"; 2000.min(4200 - level)].join("/");
+                symlinkat(down.as_str(), &fd, hop.as_str()).unwrap();
+                via.push(hop);
+            }
+            mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = openat(&fd, "d", flags, Mode::empty()).unwrap();
+        }
+        mkdirat(&fd, "u", Mode::from_raw_mode(0o755)).unwrap();
+        mkdirat(&fd, "w", Mode::from_raw_mode(0o755)).unwrap();
+        let before = mounts();
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            let e = Overlay::new()
+                .lowers(layers.iter().cloned())
+                .upper(via.join("u"))
+                .work(via.join("w"))
+                .idmap(map(), map())
+                .strategy(strategy)
+                .mount(&target)
+                .unwrap_err();
+            let said = e.to_string();
+            assert_eq!(said.lines().count(), 1, "{said}");
+            assert!(
+                said.contains("could not be walked up to the root")
+                    && said.contains("more than 4096 directories"),
+                "{strategy:?}: {said}"
+            );
+        }
+        nothing_new_mounted(&before);
+    });
+}
+
 /// Layers beneath one directory, one of them beyond a mount point below
 /// it (the staged strategies clone that directory with the mounts below):
 /// an upper, work dir or target inside that layer is refused all the same.

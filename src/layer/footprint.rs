@@ -205,7 +205,7 @@ impl Footprint {
         // As directories first (see `locate::walk_up`): the paths below
         // were each true when their own open resolved them.
         let wanted = |at: &DirId| self.bases.iter().any(|b| dir_id(&b.stat) == *at);
-        let inside = walk_up(target, wanted, |at, names_below| {
+        let walked = walk_up(target, wanted, |at, names_below| {
             self.bases
                 .iter()
                 .filter(|b| dir_id(&b.stat) == at)
@@ -216,7 +216,7 @@ impl Footprint {
                         .map(|m| member_name(b, m))
                 })
         });
-        if let Some(name) = inside {
+        if let Some(name) = walked.map_err(|why| super::locate::unwalkable(target, why))? {
             return Err(Error::invalid_path(
                 "target",
                 &target.path,

@@ -640,7 +640,7 @@ fn check_inside_layers_by_fd(
     for d in dirs.into_iter().flatten() {
         let is_layer_or_root =
             |at: &DirId| single_ids.contains_key(at) || roots.contains(&Some(*at));
-        let found = walk_up(d, is_layer_or_root, |at, names_below| {
+        let walked = walk_up(d, is_layer_or_root, |at, names_below| {
             if let Some(&i) = single_ids.get(&at) {
                 return Some(i);
             }
@@ -654,7 +654,7 @@ fn check_inside_layers_by_fd(
                 })
             })
         });
-        if let Some(i) = found {
+        if let Some(i) = walked.map_err(|why| unwalkable(d, why))? {
             return Err(inside(d, i));
         }
     }
@@ -675,6 +675,9 @@ pub(crate) fn dir_id(st: &sys::Stat) -> DirId {
 /// about each directory `wanted` says may matter, with the names the walk
 /// came up through below it (the last components of the fd's path as the
 /// kernel names it then; empty for `d` itself). The first answer wins.
+/// A walk that cannot reach the root says why, and the caller refuses:
+/// a directory that could lie inside a layer unseen is not taken as
+/// lying outside every layer.
 ///
 /// Which directories lie above `d` cannot change while it is walked, for
 /// the part that matters: a directory leaves another's tree, or enters it,
@@ -683,7 +686,7 @@ pub(crate) fn walk_up<T>(
     d: &OpenedDir,
     wanted: impl Fn(&DirId) -> bool,
     mut hit: impl FnMut(DirId, &[u8]) -> Option<T>,
-) -> Option<T> {
+) -> std::result::Result<Option<T>, String> {
     let mut path: Option<Vec<u8>> = None;
     // Each step is one `statx` of `..`, `../..`, … from `d` (or from an
     // ancestor opened once that string grows long): half the syscalls of
@@ -695,18 +698,22 @@ pub(crate) fn walk_up<T>(
     for depth in 0..MAX_WALK {
         let at = dir_id(&st);
         if wanted(&at) {
-            let path = path.get_or_insert_with(|| {
-                sys::fd_path(d.fd.as_fd())
-                    .map(|p| std::os::unix::ffi::OsStringExt::into_vec(p.into_os_string()))
-                    .unwrap_or_default()
-            });
-            if let Some(found) = hit(at, last_components(path, depth)) {
-                return Some(found);
+            if path.is_none() {
+                let named = sys::fd_path(d.fd.as_fd())
+                    .ok_or("its path could not be read from /proc/thread-self/fd")?;
+                path = Some(std::os::unix::ffi::OsStringExt::into_vec(
+                    named.into_os_string(),
+                ));
+            }
+            let names = last_components(path.as_deref().unwrap_or_default(), depth);
+            if let Some(found) = hit(at, names) {
+                return Ok(Some(found));
             }
         }
         if ups.len() >= 3000 {
             let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
-            base = Some(sys::open_dir_path(from, Path::new(OsStr::from_bytes(&ups))).ok()?);
+            let up = Path::new(OsStr::from_bytes(&ups));
+            base = Some(sys::open_dir_path(from, up).map_err(|e| e.to_string())?);
             ups.clear();
         }
         if !ups.is_empty() {
@@ -714,16 +721,29 @@ pub(crate) fn walk_up<T>(
         }
         ups.extend_from_slice(b"..");
         let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
-        let parent_st = sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups))).ok()?;
+        let parent_st = sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups)))
+            .map_err(|e| e.to_string())?;
         // Up across mount points too (a layer of a clone made with the
         // mounts below its root may lie beyond one), to this process's
         // root, whose `..` is itself.
         if dir_id(&parent_st) == at {
-            return None;
+            return Ok(None);
         }
         st = parent_st;
     }
-    None
+    Err(format!("more than {MAX_WALK} directories lie above it"))
+}
+
+/// The refusal of `d` when [`walk_up`] could not reach the root.
+pub(crate) fn unwalkable(d: &OpenedDir, why: String) -> Error {
+    Error::invalid_path(
+        d.role.noun(),
+        &d.path,
+        format!(
+            "could not be walked up to the root to make sure it lies inside no layer ({why}); \
+             give a directory nearer the root"
+        ),
+    )
 }
 
 /// The last `n` components of `path` (all of it when it has fewer).
@@ -753,6 +773,42 @@ fn canonical_path(d: &OpenedDir) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// A directory deeper than a walk goes (reached by fd: no path to it
+    /// fits in PATH_MAX) is refused, not taken as lying inside no layer.
+    #[test]
+    fn a_walk_that_cannot_reach_the_root_says_why() {
+        use rustix::fs::{mkdirat, openat, unlinkat, AtFlags, Mode, OFlags};
+        let top = std::env::temp_dir().join(format!("idoverlay-deep-{}", std::process::id()));
+        std::fs::create_dir(&top).unwrap();
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = openat(sys::cwd(), &top, dir, Mode::empty()).unwrap();
+        for _ in 0..MAX_WALK + 10 {
+            mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = openat(&fd, "d", dir, Mode::empty()).unwrap();
+        }
+        let d = OpenedDir {
+            path: top.join("d"),
+            role: Role::Upper,
+            stat: sys::stat_fd(fd.as_fd()).unwrap(),
+            fd,
+            canonical: None,
+        };
+        let walked = walk_up(&d, |_| false, |_, _| None::<()>);
+        // Its path is longer than readlink gives: names cannot be compared.
+        let unnamed = walk_up(&d, |_| true, |_, _| None::<()>);
+        let OpenedDir { mut fd, .. } = d;
+        for _ in 0..MAX_WALK + 10 {
+            let parent = openat(&fd, "..", dir, Mode::empty()).unwrap();
+            unlinkat(&parent, "d", AtFlags::REMOVEDIR).unwrap();
+            fd = parent;
+        }
+        std::fs::remove_dir(&top).unwrap();
+        let why = walked.unwrap_err();
+        assert!(why.contains("more than 4096 directories"), "{why}");
+        let why = unnamed.unwrap_err();
+        assert!(why.contains("its path could not be read"), "{why}");
+    }
+
     /// Up from a directory 1,200 levels deep (past where the walk's `../..`
     /// string is re-based): it reaches the top, and gives the names it came
     /// up through below it.
@@ -766,7 +822,7 @@ mod tests {
         std::fs::create_dir_all(&deepest).unwrap();
         let top_id = dir_id(&sys::stat_nofollow(sys::cwd(), &top).unwrap());
         let d = super::super::open_dir(&deepest, Role::Upper).unwrap();
-        let names = walk_up(&d, |at| *at == top_id, |_, below| Some(below.to_vec()));
+        let names = walk_up(&d, |at| *at == top_id, |_, below| Some(below.to_vec())).unwrap();
         let mut p = deepest.as_path();
         while p != top.parent().unwrap() {
             std::fs::remove_dir(p).unwrap();
