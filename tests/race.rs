@@ -975,3 +975,86 @@ fn a_file_swapped_for_a_device_while_it_is_read_never_opens_the_device() {
         );
     });
 }
+
+/// An upper and work dir on a bind mount of a directory inside the image
+/// layer (`x/sub`, bound at `b`), while another process swaps the image
+/// `c/x` with another directory `c/y`: the walk up from the upper goes
+/// through the mount tree, from the bind's root to `b`'s parent, and never
+/// meets `x`; and names read at two moments (the layer's, the bind's root
+/// in the mount table) need not agree. Whatever mounts must not show the
+/// image as a layer with its upper inside that image.
+#[test]
+fn an_upper_on_a_bind_mount_of_a_directory_inside_a_layer_is_never_stacked_on_it() {
+    in_private_ns("race::bound_inside", |s| {
+        let dir = s.tmpfs_dir("r");
+        let c = dir.join("c");
+        mkdir(&c, 0o777, 0, 0);
+        let image = c.join("x");
+        write_file(&image.join("layer-file"), "image", 0o644, 0, 0);
+        mkdir(&image.join("sub/u"), 0o755, 0, 0);
+        mkdir(&image.join("sub/w"), 0o755, 0, 0);
+        mkdir(&image.join("sub/t"), 0o755, 0, 0);
+        mkdir(&c.join("y/sub"), 0o755, 0, 0);
+        write_file(&dir.join("lay/l2/other-file"), "l2", 0o644, 0, 0);
+        let bound = dir.join("b");
+        mkdir(&bound, 0o755, 0, 0);
+        run(std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(image.join("sub"))
+            .arg(&bound));
+        let image_held = Held::open(&image);
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let swapper = Swapper::start(&c, "x", "y");
+        let mut tally = Tally::default();
+        for per_layer in [false, true] {
+            for v in VARIANTS.iter().filter(|v| !v.idmap_upper) {
+                for round in 0..4 * ROUNDS {
+                    let what = format!("{} per_layer={per_layer} #{round}", v.name);
+                    let with_upper = round % 2 == 0;
+                    let mut o = Overlay::new()
+                        .lower(c.join("x"))
+                        .lower(dir.join("lay/l2"))
+                        .per_layer_clones(per_layer);
+                    if with_upper {
+                        o = o.upper(bound.join("u")).work(bound.join("w"));
+                    }
+                    let o = v.apply(o, &dir.join("state"));
+                    // Without an upper, the overlay goes at `b/t`: inside `x`.
+                    let at = if with_upper {
+                        target.clone()
+                    } else {
+                        bound.join("t")
+                    };
+                    swapper.resume();
+                    let result = v.mount(&o, &at);
+                    assert!(swapper.pause(), "{what}: names stuck");
+                    if let Err(e) = result {
+                        tally.refused += 1;
+                        assert!(!e.to_string().contains('\n'), "{what}: {e}");
+                        continue;
+                    }
+                    tally.mounted += 1;
+                    let shows_image = at.join("layer-file").exists();
+                    assert!(
+                        with_upper || !shows_image,
+                        "{what}: mounted inside the image layer it shows"
+                    );
+                    if with_upper {
+                        fs::write(at.join("written"), &what).unwrap();
+                    }
+                    idoverlay::unmount_overlay(&at, true).unwrap();
+                    let written = image_held.current_path().join("sub/u/written");
+                    assert!(
+                        !(shows_image && written.exists()),
+                        "{what}: the upper was inside the image layer it was stacked on"
+                    );
+                    let _ = fs::remove_file(&written);
+                    let _ = fs::remove_file(bound.join("u/written"));
+                }
+            }
+        }
+        tally.report("bound inside", swapper);
+        assert!(tally.mounted > 0, "nothing mounted");
+    });
+}

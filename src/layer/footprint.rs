@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::locate::{dir_id, not_in_table, walk_up, DirId, FsLocation};
+use super::locate::{dir_id, not_in_table, walk_up, DirId, FsLocation, LayerMount};
 use super::{OpenedDir, Plan, Role};
 use crate::error::{display_path, Error, Result};
 use crate::mountinfo::MountEntry;
@@ -101,6 +101,10 @@ struct Base {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Footprint {
     bases: Vec<Base>,
+    /// One directory on each mount the bases were opened on (device, mount
+    /// id, fd), kept for walking their filesystems' own trees from a target
+    /// on another mount of them ([`walk_up`]).
+    mounts: Vec<((u32, u32), u64, std::sync::Arc<std::os::fd::OwnedFd>)>,
     /// Located at assembly, from the table read then.
     located: Option<Vec<LocatedMember>>,
 }
@@ -164,8 +168,25 @@ impl Footprint {
                 bases.push(b);
             }
         }
+        let mut mounts: Vec<((u32, u32), u64, std::sync::Arc<std::os::fd::OwnedFd>)> = Vec::new();
+        let opened = singles
+            .iter()
+            .flatten()
+            .chain(upper.iter())
+            .chain(work.iter());
+        let fds = plan.groups.iter().map(|g| g.fd.as_fd());
+        for fd in fds.chain(opened.map(|d| d.fd.as_fd())) {
+            let Ok(st) = sys::stat_fd(fd) else { continue };
+            let Some(id) = st.mnt_id.filter(|id| mounts.iter().all(|m| m.1 != *id)) else {
+                continue;
+            };
+            if let Ok(kept) = sys::dup(fd) {
+                mounts.push((st.dev, id, std::sync::Arc::new(kept)));
+            }
+        }
         let mut footprint = Footprint {
             bases,
+            mounts,
             located: None,
         };
         footprint.located = table.map(|t| footprint.locate_all(t));
@@ -205,7 +226,16 @@ impl Footprint {
         // As directories first (see `locate::walk_up`): the paths below
         // were each true when their own open resolved them.
         let wanted = |at: &DirId| self.bases.iter().any(|b| dir_id(&b.stat) == *at);
-        let walked = walk_up(target, wanted, |at, names_below| {
+        let through: Vec<LayerMount<'_>> = self
+            .mounts
+            .iter()
+            .map(|(dev, mnt_id, fd)| LayerMount {
+                dev: *dev,
+                mnt_id: *mnt_id,
+                fd: fd.as_fd(),
+            })
+            .collect();
+        let walked = walk_up(target, &through, wanted, |at, names_below| {
             self.bases
                 .iter()
                 .filter(|b| dir_id(&b.stat) == at)

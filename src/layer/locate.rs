@@ -5,7 +5,7 @@
 //! the image), a target where no overlay belongs.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -637,10 +637,26 @@ fn check_inside_layers_by_fd(
             ),
         )
     };
+    let mut through: Vec<LayerMount<'_>> = Vec::new();
+    let opened = singles.iter().flatten().map(|d| (d.stat, d.fd.as_fd()));
+    let group_fds = plan.groups.iter().map(|g| g.fd.as_fd());
+    let group_stats = group_fds.filter_map(|fd| sys::stat_fd(fd).ok().map(|st| (st, fd)));
+    for (st, fd) in opened.chain(group_stats) {
+        if let Some(mnt_id) = st
+            .mnt_id
+            .filter(|id| through.iter().all(|m| m.mnt_id != *id))
+        {
+            through.push(LayerMount {
+                dev: st.dev,
+                mnt_id,
+                fd,
+            });
+        }
+    }
     for d in dirs.into_iter().flatten() {
         let is_layer_or_root =
             |at: &DirId| single_ids.contains_key(at) || roots.contains(&Some(*at));
-        let walked = walk_up(d, is_layer_or_root, |at, names_below| {
+        let walked = walk_up(d, &through, is_layer_or_root, |at, names_below| {
             if let Some(&i) = single_ids.get(&at) {
                 return Some(i);
             }
@@ -669,12 +685,33 @@ pub(crate) fn dir_id(st: &sys::Stat) -> DirId {
     (st.dev, st.ino)
 }
 
+/// A mount a layer or a shared root was opened on: a way into its
+/// filesystem's own tree, for a walk that meets another mount of that
+/// filesystem (a bind mount of one of its directories).
+#[derive(Clone, Copy)]
+pub(crate) struct LayerMount<'a> {
+    pub dev: (u32, u32),
+    pub mnt_id: u64,
+    /// Any directory on that mount.
+    pub fd: BorrowedFd<'a>,
+}
+
 /// Walks up from `d`'s fd (`..`, one directory at a time, across mount
 /// points as `..` goes, up to this process's root; at most [`MAX_WALK`]
 /// of them), `d` itself first, and asks `hit`
 /// about each directory `wanted` says may matter, with the names the walk
 /// came up through below it (the last components of the fd's path as the
 /// kernel names it then; empty for `d` itself). The first answer wins.
+///
+/// `..` of a mount's root is its mount point: from a bind mount of a
+/// directory, the walk goes on in the mount tree, not to that directory's
+/// parent. So at the root of a mount on the device of one of `through`
+/// (another mount), the walk also goes up the filesystem's own tree: the
+/// same directory is opened by its file handle on that mount, and walked
+/// up to that mount's root (or until `..` leaves its tree, which tells it
+/// lies below none of that mount's directories). Where the filesystem
+/// gives no handles, only the location by path (`check_located`) tells.
+///
 /// A walk that cannot reach the root says why, and the caller refuses:
 /// a directory that could lie inside a layer unseen is not taken as
 /// lying outside every layer.
@@ -684,34 +721,124 @@ pub(crate) fn dir_id(st: &sys::Stat) -> DirId {
 /// only by a rename inside that tree.
 pub(crate) fn walk_up<T>(
     d: &OpenedDir,
+    through: &[LayerMount<'_>],
     wanted: impl Fn(&DirId) -> bool,
     mut hit: impl FnMut(DirId, &[u8]) -> Option<T>,
 ) -> std::result::Result<Option<T>, String> {
-    let mut path: Option<Vec<u8>> = None;
-    // Each step is one `statx` of `..`, `../..`, … from `d` (or from an
-    // ancestor opened once that string grows long): half the syscalls of
-    // opening each parent. Names above the layers may be renamed between
-    // two steps; the part of the way that decides cannot be (see above).
-    let mut base: Option<std::os::fd::OwnedFd> = None;
-    let mut ups: Vec<u8> = Vec::new();
-    let mut st = d.stat;
-    for depth in 0..MAX_WALK {
-        let at = dir_id(&st);
+    let mut d_path: Option<Vec<u8>> = None;
+    climb(d.fd.as_fd(), d.stat, None, |st, depth, here| {
+        let at = dir_id(st);
         if wanted(&at) {
-            if path.is_none() {
-                let named = sys::fd_path(d.fd.as_fd())
-                    .ok_or("its path could not be read from /proc/thread-self/fd")?;
-                path = Some(std::os::unix::ffi::OsStringExt::into_vec(
-                    named.into_os_string(),
-                ));
-            }
-            let names = last_components(path.as_deref().unwrap_or_default(), depth);
+            let names = last_components(named(&mut d_path, d.fd.as_fd())?, depth);
             if let Some(found) = hit(at, names) {
                 return Ok(Some(found));
             }
         }
+        if st.mount_root != Some(true) {
+            return Ok(None);
+        }
+        let others = through
+            .iter()
+            .filter(|m| m.dev == st.dev && st.mnt_id.is_some_and(|id| id != m.mnt_id));
+        let mut handle = None;
+        for m in others {
+            if handle.is_none() {
+                let fd = here().map_err(|e| e.to_string())?;
+                match sys::file_handle(fd.as_fd()) {
+                    Ok(h) => handle = Some(h),
+                    Err(e) if no_handles(e.errno) => return Ok(None),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            let Some(h) = handle.as_ref() else { break };
+            // The handle's anchor must be an open file, not an `O_PATH`
+            // handle (which `open_by_handle_at` does not take).
+            let anchor = sys::open_dir_read(m.fd, Path::new(".")).map_err(|e| e.to_string())?;
+            let there = match sys::open_dir_by_handle(anchor.as_fd(), h) {
+                Ok(fd) => fd,
+                Err(e) if no_handles(e.errno) => continue,
+                Err(e) => return Err(e.to_string()),
+            };
+            let there_st = sys::stat_fd(there.as_fd()).map_err(|e| e.to_string())?;
+            let below_here = last_components(named(&mut d_path, d.fd.as_fd())?, depth).to_vec();
+            let mut there_path = None;
+            let found = climb(there.as_fd(), there_st, Some(m.mnt_id), |st, up, _| {
+                let at = dir_id(st);
+                if !wanted(&at) {
+                    return Ok(None);
+                }
+                let mut names =
+                    last_components(named(&mut there_path, there.as_fd())?, up).to_vec();
+                if !names.is_empty() && !below_here.is_empty() {
+                    names.push(b'/');
+                }
+                names.extend_from_slice(&below_here);
+                Ok(hit(at, &names))
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// Errors that say a filesystem (or this caller) has no file handles to
+/// give or take: the walk through the filesystem's tree is not possible.
+fn no_handles(errno: i32) -> bool {
+    matches!(errno, libc::EOPNOTSUPP | libc::EOVERFLOW | libc::EPERM)
+}
+
+/// The kernel's name for `fd`, read once into `cache`.
+fn named<'c>(
+    cache: &'c mut Option<Vec<u8>>,
+    fd: BorrowedFd<'_>,
+) -> std::result::Result<&'c [u8], String> {
+    if cache.is_none() {
+        let path =
+            sys::fd_path(fd).ok_or("its path could not be read from /proc/thread-self/fd")?;
+        *cache = Some(std::os::unix::ffi::OsStringExt::into_vec(
+            path.into_os_string(),
+        ));
+    }
+    Ok(cache.as_deref().unwrap_or_default())
+}
+
+/// Up from `start` (whose stat is `st`), one `..` at a time, `visit`ing
+/// each directory with how many levels up it is and a way to open it,
+/// until a visit answers, this process's root is reached, or — `within`
+/// a mount — that mount's root is, or `..` leaves that mount's tree
+/// (`ENOENT`: the start lies below no directory of it).
+fn climb<T>(
+    start: BorrowedFd<'_>,
+    st: sys::Stat,
+    within: Option<u64>,
+    mut visit: impl FnMut(
+        &sys::Stat,
+        usize,
+        &dyn Fn() -> sys::SysResult<std::os::fd::OwnedFd>,
+    ) -> std::result::Result<Option<T>, String>,
+) -> std::result::Result<Option<T>, String> {
+    // Each step is one `statx` of `..`, `../..`, … from `start` (or from
+    // an ancestor opened once that string grows long): half the syscalls
+    // of opening each parent. Names above the layers may be renamed
+    // between two steps; the part of the way that decides cannot be.
+    let mut base: Option<std::os::fd::OwnedFd> = None;
+    let mut ups: Vec<u8> = Vec::new();
+    let mut st = st;
+    for depth in 0..MAX_WALK {
+        let from = base.as_ref().map_or(start, |fd| fd.as_fd());
+        let here = || match ups.is_empty() {
+            true => sys::dup(from),
+            false => sys::open_dir_path(from, Path::new(OsStr::from_bytes(&ups))),
+        };
+        if let Some(found) = visit(&st, depth, &here)? {
+            return Ok(Some(found));
+        }
+        if within.is_some() && st.mnt_id == within && st.mount_root == Some(true) {
+            return Ok(None);
+        }
         if ups.len() >= 3000 {
-            let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
             let up = Path::new(OsStr::from_bytes(&ups));
             base = Some(sys::open_dir_path(from, up).map_err(|e| e.to_string())?);
             ups.clear();
@@ -720,13 +847,16 @@ pub(crate) fn walk_up<T>(
             ups.push(b'/');
         }
         ups.extend_from_slice(b"..");
-        let from = base.as_ref().map_or(d.fd.as_fd(), |fd| fd.as_fd());
-        let parent_st = sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups)))
-            .map_err(|e| e.to_string())?;
+        let from = base.as_ref().map_or(start, |fd| fd.as_fd());
+        let parent_st = match sys::stat_nofollow(from, Path::new(OsStr::from_bytes(&ups))) {
+            Ok(parent) => parent,
+            Err(e) if within.is_some() && e.errno == libc::ENOENT => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         // Up across mount points too (a layer of a clone made with the
         // mounts below its root may lie beyond one), to this process's
         // root, whose `..` is itself.
-        if dir_id(&parent_st) == at {
+        if dir_id(&parent_st) == dir_id(&st) {
             return Ok(None);
         }
         st = parent_st;
@@ -793,9 +923,9 @@ mod tests {
             fd,
             canonical: None,
         };
-        let walked = walk_up(&d, |_| false, |_, _| None::<()>);
+        let walked = walk_up(&d, &[], |_| false, |_, _| None::<()>);
         // Its path is longer than readlink gives: names cannot be compared.
-        let unnamed = walk_up(&d, |_| true, |_, _| None::<()>);
+        let unnamed = walk_up(&d, &[], |_| true, |_, _| None::<()>);
         let OpenedDir { mut fd, .. } = d;
         for _ in 0..MAX_WALK + 10 {
             let parent = openat(&fd, "..", dir, Mode::empty()).unwrap();
@@ -822,7 +952,7 @@ mod tests {
         std::fs::create_dir_all(&deepest).unwrap();
         let top_id = dir_id(&sys::stat_nofollow(sys::cwd(), &top).unwrap());
         let d = super::super::open_dir(&deepest, Role::Upper).unwrap();
-        let names = walk_up(&d, |at| *at == top_id, |_, below| Some(below.to_vec())).unwrap();
+        let names = walk_up(&d, &[], |at| *at == top_id, |_, below| Some(below.to_vec())).unwrap();
         let mut p = deepest.as_path();
         while p != top.parent().unwrap() {
             std::fs::remove_dir(p).unwrap();

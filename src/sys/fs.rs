@@ -198,6 +198,74 @@ pub fn reopen_read(proc: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> SysResult<OwnedF
     }))
 }
 
+/// A file handle as `name_to_handle_at` gives it: `struct file_handle`
+/// (its length and type, then the handle's bytes).
+pub struct FileHandle {
+    buf: Vec<u8>,
+}
+
+/// `MAX_HANDLE_SZ`: the most bytes a handle holds.
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `name_to_handle_at(fd, "", &handle, &mount_id, AT_EMPTY_PATH)`: a handle
+/// on the file behind `fd`, which `open_by_handle_at` turns back into it
+/// through any mount of its filesystem.
+pub fn file_handle(fd: BorrowedFd<'_>) -> SysResult<FileHandle> {
+    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a `struct file_handle` with room for MAX_HANDLE_SZ
+    // bytes (handle_bytes says so), and the path is an empty C string.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(super::SysError {
+            syscall: "name_to_handle_at",
+            args: format!("{}, \"\", AT_EMPTY_PATH", fd_arg(fd)),
+            errno: super::last_errno(),
+        });
+    }
+    let len = u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
+    buf.truncate(8 + len.min(MAX_HANDLE_SZ));
+    Ok(FileHandle { buf })
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH|O_DIRECTORY|O_CLOEXEC)`: the
+/// directory `handle` names, on `mount_fd`'s mount (whose filesystem must
+/// be the handle's: a handle means nothing on another). `mount_fd` is an
+/// open file, not an `O_PATH` handle (`EBADF`).
+pub fn open_dir_by_handle(mount_fd: BorrowedFd<'_>, handle: &FileHandle) -> SysResult<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let mut buf = handle.buf.clone();
+    // SAFETY: `buf` is a whole `struct file_handle` as the kernel gave it;
+    // the kernel returns a new fd or -1.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        return Err(super::SysError {
+            syscall: "open_by_handle_at",
+            args: format!("{}, handle, O_PATH|O_DIRECTORY|O_CLOEXEC", fd_arg(mount_fd)),
+            errno: super::last_errno(),
+        });
+    }
+    // SAFETY: a new fd the kernel just gave us and nobody else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ret as i32) })
+}
+
 /// `read(fd)` until end of file or `max + 1` bytes, whichever comes first
 /// (so a caller can tell "more than `max`" from "exactly `max`").
 pub fn read_at_most(fd: BorrowedFd<'_>, max: usize) -> SysResult<Vec<u8>> {
