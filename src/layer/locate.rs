@@ -612,11 +612,12 @@ fn check_inside_layers_by_fd(
     dirs: [Option<&OpenedDir>; 3],
 ) -> Result<()> {
     let id = dir_id;
-    let roots: Vec<Option<DirId>> = plan
+    let group_stats: Vec<Option<sys::Stat>> = plan
         .groups
         .iter()
-        .map(|g| sys::stat_fd(g.fd.as_fd()).ok().map(|st| id(&st)))
+        .map(|g| sys::stat_fd(g.fd.as_fd()).ok())
         .collect();
+    let roots: Vec<Option<DirId>> = group_stats.iter().map(|st| st.map(|st| id(&st))).collect();
     let single_ids: std::collections::HashMap<DirId, usize> = singles
         .iter()
         .enumerate()
@@ -639,9 +640,9 @@ fn check_inside_layers_by_fd(
     };
     let mut through: Vec<LayerMount<'_>> = Vec::new();
     let opened = singles.iter().flatten().map(|d| (d.stat, d.fd.as_fd()));
-    let group_fds = plan.groups.iter().map(|g| g.fd.as_fd());
-    let group_stats = group_fds.filter_map(|fd| sys::stat_fd(fd).ok().map(|st| (st, fd)));
-    for (st, fd) in opened.chain(group_stats) {
+    let groups = plan.groups.iter().zip(&group_stats);
+    let groups = groups.filter_map(|(g, st)| st.map(|st| (st, g.fd.as_fd())));
+    for (st, fd) in opened.chain(groups) {
         if let Some(mnt_id) = st
             .mnt_id
             .filter(|id| through.iter().all(|m| m.mnt_id != *id))
