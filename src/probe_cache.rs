@@ -49,7 +49,7 @@ fn file_name(fs_type: &str) -> String {
 }
 
 /// The report kept for layers on `fs_type`, if one of this kernel and
-/// boot is there and whole. Changes nothing (the state dir is not created).
+/// boot is there and whole, and its directory of that type took an idmap. Changes nothing (the state dir is not created).
 pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
     let state = state.existing().ok()??;
     let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).ok()?;
@@ -65,12 +65,21 @@ pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
         && kernel_compat::Feature::ALL
             .iter()
             .all(|f| cached.report.features.contains_key(f))
-        && cached.report.path_of_type(fs_type).is_some();
-    whole.then_some(cached.report)
+        && cached
+            .report
+            .path_of_type(fs_type)
+            .is_some_and(|p| p.idmap == Some(true));
+    // The strategy follows from the features, as a live probe's does: a
+    // report kept by an older idoverlay of this boot does not choose.
+    whole.then(|| {
+        let mut report = cached.report;
+        crate::choose::fill_auto(&mut report);
+        report
+    })
 }
 
 /// Keeps `report` for the rest of the boot, for each filesystem type of
-/// the paths it probed (creating the state dir, idoverlay's tmpfs, when
+/// the paths it probed that took an idmap (creating the state dir, idoverlay's tmpfs, when
 /// needed). A report made without privileges (a guess) is not kept.
 pub(crate) fn store(state: &StateDirOnce, report: &ProbeReport) -> Result<()> {
     let kernel = sys::kernel_release();
@@ -80,9 +89,14 @@ pub(crate) fn store(state: &StateDirOnce, report: &ProbeReport) -> Result<()> {
     if report.guess || report.kernel != kernel {
         return Ok(());
     }
+    // Only a type whose directory did take an idmap is kept: a failure is
+    // probed again by the next call, so that one directory another process
+    // swapped in for the layer (a mount of its own user namespace, which
+    // refuses the clone) cannot refuse the type's mounts for the boot.
     let mut types: Vec<&str> = report
         .paths
         .iter()
+        .filter(|p| p.idmap == Some(true))
         .map(|p| p.fs_type.as_str())
         .filter(|t| *t != "unknown")
         .collect();

@@ -317,6 +317,41 @@ fn the_cli_keeps_the_probe_report_for_the_boot_in_the_state_dir() {
             umount();
         }
 
+        // A report whose directory did not take an idmap (what a directory
+        // of another user namespace's mount, swapped in for the layer,
+        // leaves): never kept, never used; probed again, and the mount made.
+        let refused_idmap = {
+            let mut v = v.clone();
+            v["report"]["paths"][0]["idmap"] = false.into();
+            v["report"]["paths"][0]["errno"] = "EINVAL".into();
+            serde_json::to_vec(&v).unwrap()
+        };
+        fs::write(&kept, &refused_idmap).unwrap();
+        let out = mount(&layers);
+        assert!(
+            out.status.success() && !from_cache(&out),
+            "{}",
+            stderr(&out)
+        );
+        let again: serde_json::Value = serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+        assert_eq!(again["report"]["paths"][0]["idmap"], true);
+        umount();
+        // A kept strategy that the features do not give (an older
+        // idoverlay's choice): the features choose.
+        let chose = v["report"]["strategy"].as_str().unwrap().to_string();
+        assert_ne!(chose, "host-staged");
+        let other_choice = {
+            let mut v = v.clone();
+            v["report"]["strategy"] = "host-staged".into();
+            serde_json::to_vec(&v).unwrap()
+        };
+        fs::write(&kept, &other_choice).unwrap();
+        let out = mount(&layers);
+        let said = stderr(&out);
+        assert!(out.status.success() && from_cache(&out), "{said}");
+        assert!(said.contains(&format!("strategy {chose} ")), "{said}");
+        umount();
+
         // `idoverlay probe` always probes live, and refreshes what is kept.
         let before = id(&kept);
         let out = cli(&[
