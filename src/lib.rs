@@ -1199,6 +1199,70 @@ fn unmount_checked(target: &Path, lazy: bool, naming: Naming) -> Result<()> {
     })
 }
 
+/// The working directory's absolute name, to join relative paths with:
+/// only when that name leads to the working directory itself and nobody
+/// but root can rename a directory on its way from `/` (see
+/// [`Overlay::lower`]: every path is resolved by name once, as given).
+/// The kernel resolves a relative name from the working directory's
+/// inode; a name joined with another process's renames in between would
+/// lead to that process's directories instead.
+///
+/// ```no_run
+/// let cwd = idoverlay::working_dir_name()?;
+/// let layer = cwd.join("layers/base");
+/// # Ok::<(), idoverlay::Error>(())
+/// ```
+pub fn working_dir_name() -> Result<PathBuf> {
+    let here = sys::open_dir_path(sys::cwd(), Path::new("."))
+        .and_then(|fd| sys::stat_fd(fd.as_fd()))
+        .map_err(|e| Error::os("open", Some(Path::new(".")), e))?;
+    let name = std::env::current_dir().map_err(|e| {
+        Error::invalid_input(
+            "working directory",
+            ".",
+            format!("has no name ({e}); give absolute paths"),
+        )
+    })?;
+    if !name.is_absolute() {
+        return Err(Error::invalid_path(
+            "working directory",
+            &name,
+            "is not reachable from / (outside this root); give absolute paths",
+        ));
+    }
+    let mut dir = sys::open_dir_path(sys::cwd(), Path::new("/"))
+        .map_err(|e| Error::os("open", Some(Path::new("/")), e))?;
+    let mut at = PathBuf::from("/");
+    for part in name.components() {
+        let std::path::Component::Normal(part) = part else {
+            continue;
+        };
+        if let Some(who) = others_can_rename_in(dir.as_fd(), Path::new(part)) {
+            return Err(Error::invalid_path(
+                "working directory",
+                &name,
+                format!(
+                    "lies under {}, {who}: others could rename {part:?} there, so a relative \
+                     path joined with this name could lead elsewhere; give absolute paths",
+                    error::display_path(&at)
+                ),
+            ));
+        }
+        at.push(part);
+        dir = sys::open_dir_path(dir.as_fd(), Path::new(part))
+            .map_err(|e| Error::os("open", Some(&at), e))?;
+    }
+    let there = sys::stat_fd(dir.as_fd()).map_err(|e| Error::os("inspect", Some(&name), e))?;
+    if !there.same_inode(&here) {
+        return Err(Error::invalid_path(
+            "working directory",
+            &name,
+            "no longer leads to the working directory (renamed meanwhile?); give absolute paths",
+        ));
+    }
+    Ok(name)
+}
+
 /// Who besides root could rename `name` in `parent` (and so put another
 /// mount under that name), or `None` when nobody can: `parent` is owned by
 /// root and writable by nobody else, or sticky with `name` itself owned by

@@ -349,6 +349,63 @@ fn relative_paths_from_the_working_directory() {
     });
 }
 
+/// A working directory whose name another user can redirect (`x` in
+/// uid 1000's `alice`, swapped with alice's own `y` in a loop): relative
+/// paths are refused in one line, as a name joined with it could lead to
+/// alice's layers, and nothing is mounted; the kernel (plain overlay)
+/// would resolve them from the working directory itself. From a
+/// directory only root can rename, the same paths mount.
+#[test]
+fn relative_paths_from_a_working_directory_others_can_rename_are_refused() {
+    in_private_ns("cli::relative_renamable", |s| {
+        let dir = s.tmpfs_dir("c");
+        let alice = dir.join("alice");
+        mkdir(&alice, 0o755, 1000, 1000);
+        for (d, says) in [("x", "root's layer"), ("y", "alice's layer")] {
+            write_file(&alice.join(d).join("l1/f"), says, 0o644, 0, 0);
+            mkdir(&alice.join(d).join("l2"), 0o755, 0, 0);
+        }
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let mount = |cwd: &Path| {
+            idoverlay()
+                .current_dir(cwd)
+                .args(["mount", "-t", "overlay", "overlay", "-o"])
+                .arg("lowerdir=l2:l1,uidmap=0:100000:65536,gidmap=0:100000:65536")
+                .arg(&target)
+                .output()
+                .unwrap()
+        };
+        let before = mounts();
+        let swapper = Swapper::start(&alice, "x", "y");
+        swapper.resume();
+        for _ in 0..20 {
+            let out = mount(&alice.join("x"));
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains("is a relative path") && err.contains("others could rename"),
+                "{err}"
+            );
+            assert!(new_mounts(&before, &mounts()).is_empty());
+        }
+        assert!(swapper.pause());
+        drop(swapper);
+        // The same from a directory only root can rename: mounted.
+        let root_only = dir.join("root-only");
+        write_file(&root_only.join("l1/f"), "root's layer", 0o644, 0, 0);
+        mkdir(&root_only.join("l2"), 0o755, 0, 0);
+        let out = mount(&root_only);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            std::fs::read_to_string(target.join("f")).unwrap(),
+            "root's layer"
+        );
+        run(idoverlay().arg("umount").arg(&target));
+    });
+}
+
 /// `idoverlay list | head -1`: a reader that is gone ends the command with
 /// status 0 and nothing on stderr, for lines (probe, list) and for the
 /// completion script, where println! panicked before.

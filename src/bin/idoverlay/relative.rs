@@ -5,8 +5,13 @@
 //! which must not move with the caller's working directory.
 //!
 //! The join is lexical: `getcwd(3)` gives the working directory's real path
-//! (the kernel's own, no symlink in it), so the joined path names what the
-//! kernel would reach from the working directory, and the library then
+//! (the kernel's own, no symlink in it), used only when, walked from `/`,
+//! it leads to the working directory and no directory on its way can be
+//! renamed by anyone but root (`idoverlay::working_dir_name`): the kernel
+//! resolves a relative name from the working directory's inode, and a name
+//! joined with it must not be redirected by another user's renames in
+//! between. Then the joined path names what the kernel would reach from
+//! the working directory, and the library then
 //! treats it as any absolute input: normalized, resolved once, a symlink
 //! in its last component never followed (`t/`, `t/.`, `t//` included).
 //! Everything reported afterwards (messages, `--json`'s `target`) shows
@@ -24,13 +29,8 @@ use anyhow::Result;
 /// the same directory.
 fn cwd() -> &'static std::result::Result<PathBuf, String> {
     static CWD: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    CWD.get_or_init(|| match std::env::current_dir() {
-        // An unreachable working directory (outside this root) has no
-        // absolute name; glibc and musl say ENOENT, checked all the same.
-        Ok(dir) if dir.as_os_str().as_bytes().starts_with(b"/") => Ok(dir),
-        Ok(dir) => Err(format!("it is {dir:?}, not reachable from /")),
-        Err(e) => Err(e.to_string()),
-    })
+    // Its name, walked from `/`: one nobody but root can redirect.
+    CWD.get_or_init(|| idoverlay::working_dir_name().map_err(|e| e.to_string()))
 }
 
 /// `path` made absolute: an absolute (or empty) path as it is, a relative
@@ -49,8 +49,8 @@ pub fn absolute(what: &str, path: &Path) -> Result<PathBuf> {
                 what,
                 path.to_string_lossy(),
                 format!(
-                    "is a relative path, and the working directory cannot be read ({why}); \
-                     give an absolute path"
+                    "is a relative path, and the working directory's name cannot be used \
+                     ({why})"
                 ),
             )
             .into())
