@@ -136,6 +136,7 @@ fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
         write_file(&img.join("l1/a"), "a", 0o644, 0, 0);
         mkdir(&img.join("l1/up"), 0o755, 0, 0);
         mkdir(&img.join("l1/wk"), 0o755, 0, 0);
+        mkdir(&img.join("l1/inner"), 0o755, 0, 0);
         let bound = bound_elsewhere(&img.join("l1/sub"), &dir.join("bound"));
         mkdir(&bound.join("up"), 0o755, 0, 0);
         mkdir(&bound.join("wk"), 0o755, 0, 0);
@@ -182,6 +183,32 @@ fn a_layer_on_a_mount_no_table_shows_cannot_hide_an_upper_inside_it() {
                     idoverlay::unmount_overlay(&m.target, false).unwrap();
                 }
             }
+        }
+        // A second layer inside the first, named through the host's table:
+        // only locating the clone's layer on its own mount tells (no walk
+        // compares layers with each other).
+        for strategy in [
+            Strategy::Detached,
+            Strategy::PrivateNs,
+            Strategy::HostStaged,
+        ] {
+            let before = mounts();
+            let e = Overlay::new()
+                .lower(&via_fd)
+                .lower(img.join("l1/inner"))
+                .idmap(map(), map())
+                .strategy(strategy)
+                .state_dir(dir.join("state"))
+                .mount(&target)
+                .expect_err("a layer inside another")
+                .to_string();
+            assert!(
+                ["does not show", "inside", "nested"]
+                    .iter()
+                    .any(|w| e.contains(w)),
+                "{strategy}: {e}"
+            );
+            nothing_new_mounted(&before);
         }
         assert_eq!(
             fingerprint_diff(&print, &fingerprint(&img)),
