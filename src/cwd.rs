@@ -46,8 +46,25 @@ pub fn fs_struct_of_this_thread() -> FsStruct {
     let Ok(dir) = sys::open_dir_read(sys::cwd(), Path::new("/proc/self/task")) else {
         return FsStruct::Shared;
     };
-    // The other threads, read into the stack: no allocation.
     let me = sys::gettid();
+    // `/proc` numbers threads in the pid namespace it was mounted in, kcmp
+    // and gettid in the caller's: only when the two agree (this thread is
+    // `/proc/thread-self`) do the listing's numbers name this process's
+    // threads. Under `unshare -p` without a /proc of its own they name
+    // others, or none (ESRCH), and this thread would not find its sharers.
+    let mut own_name = [0u8; 32];
+    let own_name = {
+        use std::io::Write;
+        let mut at = &mut own_name[..];
+        let _ = write!(at, "{}/task/{me}", std::process::id());
+        let left = at.len();
+        &own_name[..32 - left]
+    };
+    match sys::read_link(sys::cwd(), Path::new("/proc/thread-self")) {
+        Ok(name) if name == own_name => {}
+        _ => return FsStruct::Shared,
+    }
+    // The other threads, read into the stack: no allocation.
     let mut others = [0 as libc::pid_t; MAX_THREADS];
     let mut count = 0;
     let mut too_many = false;

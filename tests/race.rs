@@ -1058,3 +1058,98 @@ fn an_upper_on_a_bind_mount_of_a_directory_inside_a_layer_is_never_stacked_on_it
         assert!(tally.mounted > 0, "nothing mounted");
     });
 }
+
+/// In a pid namespace whose `/proc` is its parent's (`unshare -p -f`
+/// without a /proc of its own: `/proc/self/task` numbers threads as the
+/// parent does, gettid and kcmp as the caller does), a thread that shares
+/// the caller's working directory must still never see it lent: it would
+/// resolve relative names inside the layers' clone, and a `chdir` of its
+/// would redirect the layers. The test runs itself again in such a
+/// namespace; there a sibling thread looks at `.` while 200 mounts run.
+#[test]
+fn a_working_directory_shared_with_a_sibling_is_never_lent_under_a_parents_proc() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const NAME: &str =
+        "a_working_directory_shared_with_a_sibling_is_never_lent_under_a_parents_proc";
+    if std::env::var_os("IDOVERLAY_TEST_IN_NEW_PID_NS").is_none() {
+        let out = std::process::Command::new("unshare")
+            .args(["-p", "-f", "--kill-child"])
+            .arg(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture"])
+            .env("IDOVERLAY_TEST_IN_NEW_PID_NS", "1")
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("1 passed"), "{said}");
+        return;
+    }
+    // Really there: this /proc does not name this thread as it names itself.
+    let thread_self = fs::read_link("/proc/thread-self").unwrap();
+    let ours = format!(
+        "{}/task/{}",
+        std::process::id(),
+        rustix::thread::gettid().as_raw_nonzero()
+    );
+    assert_ne!(
+        thread_self,
+        PathBuf::from(&ours),
+        "the same numbering: nothing tested"
+    );
+    in_private_ns("race::parents_proc", |s| {
+        let dir = s.tmpfs_dir("t");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("merged");
+        mkdir(&target, 0o755, 0, 0);
+        std::env::set_current_dir(&dir).unwrap();
+        let home = fs::metadata(".").unwrap();
+        let home = (home.dev(), home.ino());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (seen, looks) = (
+            std::sync::Arc::new(AtomicUsize::new(0)),
+            std::sync::Arc::new(AtomicUsize::new(0)),
+        );
+        // Started after in_private_ns's unshare: it shares this thread's fs.
+        let sibling = {
+            let (stop, seen, looks) = (stop.clone(), seen.clone(), looks.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(m) = fs::metadata(".") {
+                        if (m.dev(), m.ino()) != home {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    looks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let o = Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .strategy(Strategy::Detached)
+            .trace(std::sync::Arc::new(move |l: &str| {
+                sink.lock().unwrap().push(l.to_string())
+            }));
+        for _ in 0..200 {
+            o.mount(&target).unwrap();
+            idoverlay::unmount_overlay(&target, true).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        sibling.join().unwrap();
+        let lines = lines.lock().unwrap();
+        let lent = lines
+            .iter()
+            .filter(|l| l.contains("working directory lent"))
+            .count();
+        assert_eq!(lent, 0, "lent while a sibling thread shares it");
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            0,
+            "the sibling saw another directory"
+        );
+        assert!(looks.load(Ordering::Relaxed) > 0);
+    });
+}

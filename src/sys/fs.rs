@@ -89,6 +89,15 @@ pub fn fd_path_via(
     path.is_absolute().then_some(path)
 }
 
+/// `readlinkat(dirfd, path)`: a symlink's target, as bytes.
+pub fn read_link(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<Vec<u8>> {
+    rustix::fs::readlinkat(dirfd, path, Vec::new())
+        .map(|target| target.into_bytes())
+        .map_err(fail("readlinkat", || {
+            format!("{}, {}", fd_arg(dirfd), path_arg(path))
+        }))
+}
+
 /// `openat(dirfd, path, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC)`: a directory
 /// opened for reading (what `FSCONFIG_SET_FD` wants before 6.15).
 pub fn open_dir_read(dirfd: BorrowedFd<'_>, path: &Path) -> SysResult<OwnedFd> {
