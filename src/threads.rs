@@ -12,12 +12,24 @@ use crate::sys;
 /// How every thread idoverlay starts is named (`comm` keeps 15 bytes).
 pub const PREFIX: &str = "idoverlay-";
 
-/// Runs `f` on a new thread named `idoverlay-{name}` and waits for it.
+/// Starts a thread (`spawn`) with every signal the caller may block
+/// blocked, so that it begins that way, and puts the caller's mask back at
+/// once: a program's signal handlers never run on a thread of idoverlay's,
+/// whose working directory may be inside a layers' clone, whose mount
+/// namespace may be the staging one and whose fs ids may be a container's.
+pub fn with_signals_blocked<R>(spawn: impl FnOnce() -> R) -> R {
+    let mask = sys::block_all_signals();
+    let spawned = spawn();
+    mask.restore();
+    spawned
+}
+
+/// Runs `f` on a new thread named `idoverlay-{name}` (signals blocked, see
+/// [`with_signals_blocked`]) and waits for it.
 pub fn run_on_thread<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name(format!("{PREFIX}{name}"))
-            .spawn_scoped(scope, f)
+        let builder = std::thread::Builder::new().name(format!("{PREFIX}{name}"));
+        with_signals_blocked(|| builder.spawn_scoped(scope, f))
             .map_err(|e| spawn_error(name, e))?
             .join()
             .unwrap_or_else(|_| {

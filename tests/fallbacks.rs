@@ -844,3 +844,46 @@ fn private_ns_stages_in_a_namespace_of_its_own_kept_for_the_boot_and_swept() {
         assert!(out.status.success(), "{}", stderr(&out));
     });
 }
+
+/// A program's signal handlers never run on idoverlay's threads (inside a
+/// layers' clone, the staging namespace, or a container's fs ids): each
+/// starts with every signal blocked, while the caller's own mask is left
+/// as it was. Seen from the trace lines those threads write: their
+/// `SigBlk` in `/proc/thread-self/status`, against the caller's.
+#[test]
+fn idoverlays_threads_start_with_every_signal_blocked() {
+    in_private_ns("fallbacks::thread_signals", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let sig_blk = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        let caller = sig_blk();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+        let sink = seen.clone();
+        let o = Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .strategy(Strategy::PrivateNs)
+            .state_dir(dir.join("state"))
+            .trace(std::sync::Arc::new(move |_: &str| {
+                let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+                sink.lock().unwrap().push((comm.trim().to_string(), sig_blk()));
+            }));
+        o.mount(&target).unwrap();
+        idoverlay::unmount_overlay(&target, false).unwrap();
+        assert_eq!(sig_blk(), caller, "the caller's mask changed");
+        let seen = seen.lock().unwrap();
+        let ours: Vec<_> = seen.iter().filter(|(c, _)| c.starts_with("idoverlay-")).collect();
+        assert!(!ours.is_empty(), "no trace line from a thread of idoverlay's: {seen:?}");
+        // Every signal but SIGKILL, SIGSTOP and the two glibc keeps.
+        let blockable = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)) | (3u64 << 31));
+        for (comm, blk) in ours {
+            assert_eq!(blk & blockable, blockable, "{comm} runs with signals unblocked: {blk:#x}");
+        }
+    });
+}

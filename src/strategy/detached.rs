@@ -355,9 +355,9 @@ impl MountThread {
     fn start() -> Result<MountThread> {
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<MountJob>(1);
         let (result_tx, results) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new()
-            .name(format!("{}mount", crate::threads::PREFIX))
-            .spawn(move || {
+        let builder = std::thread::Builder::new().name(format!("{}mount", crate::threads::PREFIX));
+        let spawned = crate::threads::with_signals_blocked(|| {
+            builder.spawn(move || {
                 // Its own working directory, before the job even arrives.
                 let own_fs = sys::unshare_fs();
                 // No job: the caller took another path.
@@ -374,7 +374,8 @@ impl MountThread {
                 })();
                 let _ = result_tx.send(result);
                 drop(job.clones);
-            });
+            })
+        });
         match spawned {
             Ok(_) => Ok(MountThread { jobs, results }),
             Err(e) => Err(crate::threads::spawn_error("mount", e)),
