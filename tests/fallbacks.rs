@@ -872,18 +872,31 @@ fn idoverlays_threads_start_with_every_signal_blocked() {
             .state_dir(dir.join("state"))
             .trace(std::sync::Arc::new(move |_: &str| {
                 let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
-                sink.lock().unwrap().push((comm.trim().to_string(), sig_blk()));
+                sink.lock()
+                    .unwrap()
+                    .push((comm.trim().to_string(), sig_blk()));
             }));
         o.mount(&target).unwrap();
         idoverlay::unmount_overlay(&target, false).unwrap();
         assert_eq!(sig_blk(), caller, "the caller's mask changed");
         let seen = seen.lock().unwrap();
-        let ours: Vec<_> = seen.iter().filter(|(c, _)| c.starts_with("idoverlay-")).collect();
-        assert!(!ours.is_empty(), "no trace line from a thread of idoverlay's: {seen:?}");
+        let ours: Vec<_> = seen
+            .iter()
+            .filter(|(c, _)| c.starts_with("idoverlay-"))
+            .collect();
+        assert!(
+            !ours.is_empty(),
+            "no trace line from a thread of idoverlay's: {seen:?}"
+        );
         // Every signal but SIGKILL, SIGSTOP and the two glibc keeps.
-        let blockable = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)) | (3u64 << 31));
+        let blockable =
+            !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)) | (3u64 << 31));
         for (comm, blk) in ours {
-            assert_eq!(blk & blockable, blockable, "{comm} runs with signals unblocked: {blk:#x}");
+            assert_eq!(
+                blk & blockable,
+                blockable,
+                "{comm} runs with signals unblocked: {blk:#x}"
+            );
         }
     });
 }
