@@ -226,8 +226,7 @@ fn collect_one(state: &StateDir, id: &str, table: &mut Option<Vec<MountEntry>>) 
     };
     result.owner_pid = Some(record.pid);
     match sys::try_lock_exclusive(fd.as_fd()) {
-        Ok(_) => {}
-        #[allow(unreachable_patterns)]
+        Ok(true) => {}
         Ok(false) => {
             return keep(
                 result,

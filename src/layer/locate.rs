@@ -605,8 +605,9 @@ const MAX_WALK: usize = 4096;
 /// the layers' names there; at the root of another mount of a layer's
 /// filesystem, up that filesystem's own tree as well ([`walk_up`]).
 /// Sound because neither can change unseen: a directory leaves a layer,
-/// or enters it, only by a rename inside that layer; and beneath a shared root the plan shares only layers whose way
-/// down no one but root can rename (`plan::others_can_rename_on_the_way`).
+/// or enters it, only by a rename inside that layer; and beneath a shared
+/// root the plan shares only layers whose way down no one but root can
+/// rename (`plan::others_can_rename_on_the_way`).
 fn check_inside_layers_by_fd(
     plan: &Plan<'_>,
     singles: &[Option<&OpenedDir>],
