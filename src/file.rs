@@ -90,7 +90,7 @@ const NSFS_MAGIC: u64 = 0x6e73_6673;
 /// files).
 ///
 /// The open for reading goes through the handle's magic link in a checked
-/// `/proc` (checked once per process), so it opens the file that was checked even when the name has
+/// `/proc` (checked at each open: no fd is kept for the process), so it opens the file that was checked even when the name has
 /// been swapped since. Without a proc filesystem at `/proc` the name is
 /// opened again and must lead to the same file, which refuses a swap but
 /// only after the other file's open.
@@ -110,8 +110,8 @@ pub(crate) fn open_checked(
     {
         return Err(Unreadable::NotNamespace);
     }
-    if let Some(proc) = crate::procfs::kept_root() {
-        let fd = sys::reopen_read(proc, handle.as_fd()).map_err(Unreadable::Os)?;
+    if let Ok(Some(proc)) = crate::procfs::open_root() {
+        let fd = sys::reopen_read(proc.as_fd(), handle.as_fd()).map_err(Unreadable::Os)?;
         return Ok((fd, st));
     }
     let fd = sys::open_read_nonblocking(dir, path, follow).map_err(Unreadable::Os)?;

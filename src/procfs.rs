@@ -51,16 +51,3 @@ pub(crate) fn open_root() -> Result<Option<OwnedFd>> {
         ),
     ))
 }
-
-/// A proc filesystem's root, checked the first time one is found at
-/// `/proc` and kept for the process: for reopening a file through its
-/// handle (`thread-self/fd/N`), which names the same file from whichever
-/// root the process is in later. `None` while none was found.
-pub(crate) fn kept_root() -> Option<std::os::fd::BorrowedFd<'static>> {
-    static KEPT: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
-    if let Some(fd) = KEPT.get() {
-        return Some(fd.as_fd());
-    }
-    let fd = open_root().ok().flatten()?;
-    Some(KEPT.get_or_init(|| fd).as_fd())
-}
