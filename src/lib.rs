@@ -68,6 +68,7 @@ mod overlayfs;
 mod path;
 pub mod probe;
 mod probe_cache;
+mod process_local;
 mod procfs;
 mod reaper;
 pub mod records;

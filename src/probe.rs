@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use kernel_compat::{idmap_expected, Feature, KernelVersion};
 
@@ -32,6 +32,7 @@ pub use crate::report::{FeatureResult, PathResult, ProbeReport};
 pub fn keep_for_boot(state_dir: &Path, report: &ProbeReport) -> crate::Result<()> {
     crate::probe_cache::store(&crate::state::StateDirOnce::new(state_dir), report)
 }
+use crate::process_local::ProcessLocal;
 use crate::sys::{self, MountAttrs, SysError};
 use crate::userns::UserNamespace;
 
@@ -139,16 +140,17 @@ pub(crate) fn cached(
     fs_type: &str,
     userns: Option<&UserNamespace>,
 ) -> Arc<ProbeReport> {
-    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ProbeReport>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(report) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(fs_type) {
-        return report.clone();
+    static CACHE: ProcessLocal<BTreeMap<String, Arc<ProbeReport>>> =
+        ProcessLocal::new(BTreeMap::new());
+    // Not held while probing: a burst may probe more than once, but a
+    // child forked meanwhile (which probes, unkept) finds the lock free.
+    if let Some(report) = CACHE.lock(|_| {}).and_then(|c| c.get(fs_type).cloned()) {
+        return report;
     }
     let report = Arc::new(probe(&[layer.to_path_buf()], userns));
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(fs_type.to_string(), report.clone());
+    if let Some(mut cache) = CACHE.lock(|_| {}) {
+        cache.insert(fs_type.to_string(), report.clone());
+    }
     report
 }
 

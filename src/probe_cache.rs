@@ -60,7 +60,7 @@ pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
         && cached.version == VERSION
         && cached.kernel == sys::kernel_release()
         && cached.report.kernel == cached.kernel
-        && Some(cached.boot_id.as_str()) == boot_id()
+        && Some(cached.boot_id.as_str()) == boot_id().as_deref()
         && !cached.report.guess
         && kernel_compat::Feature::ALL
             .iter()

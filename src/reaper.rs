@@ -14,9 +14,11 @@
 //! * What is handed over is closed within about [`SLOW_POLL`] plus a grace
 //!   period (the layers' mounts stay pinned that long, never longer), or
 //!   at once when the reaper cannot be used: [`MAX_PENDING`] items already
-//!   waiting, a thread that cannot be started, or a forked child (the
-//!   reaper thread is not copied by `fork`; a child never touches the lock
-//!   the parent's reaper may have held).
+//!   waiting, a thread that cannot be started, or a forked child while
+//!   the lock the parent's reaper may have held is taken (the reaper
+//!   thread is not copied by `fork`: a child that can take the lock drops
+//!   the parent's queue and starts a reaper of its own, see
+//!   [`crate::process_local`]).
 //! * The reaper unshares its fs struct first thing, blocks every signal,
 //!   touches no path and changes nothing but the fd table; so while it
 //!   runs, the caller's thread can still lend its working directory
@@ -26,9 +28,10 @@
 //!   single-threaded process next (`unshare(CLONE_NEWUSER)` refuses a
 //!   process with more than one thread).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::time::Duration;
+
+use crate::process_local::ProcessLocal;
 
 use crate::sys;
 
@@ -54,28 +57,28 @@ struct State {
     stopping: bool,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
+static STATE: ProcessLocal<State> = ProcessLocal::new(State {
     queue: Vec::new(),
     started: false,
     stopping: false,
 });
-/// The process the state belongs to (0: none yet).
-static OWNER: AtomicU32 = AtomicU32::new(0);
 
-fn this_process_owns_the_state() -> bool {
-    let pid = std::process::id();
-    match OWNER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => true,
-        Err(owner) => owner == pid,
-    }
+/// The state, for this process; `None` in a forked child that cannot
+/// have it. The queue a child adopts holds its copies of the parent's
+/// clones, and no reaper of the child's runs for them.
+fn state() -> Option<MutexGuard<'static, State>> {
+    STATE.lock(|state| {
+        state.started = false;
+        state.stopping = false;
+        drop(std::mem::take(&mut state.queue));
+    })
 }
 
 /// Closes `item` soon, on the reaper, or now when the reaper cannot take it.
 pub fn hand_over(item: Item) {
-    if !this_process_owns_the_state() {
+    let Some(mut state) = state() else {
         return drop(item);
-    }
-    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    };
     if state.queue.len() >= MAX_PENDING {
         drop(state);
         return drop(item);
@@ -105,7 +108,8 @@ fn run() {
     let mut looks = 0;
     loop {
         let work = {
-            let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            // The reaper runs in the process that started it: it has the state.
+            let Some(mut state) = state() else { return };
             if state.queue.is_empty() && (state.stopping || idle >= IDLE) {
                 state.started = false;
                 return;
@@ -144,9 +148,11 @@ fn run() {
 /// ```
 pub fn settle() {
     crate::strategy::staging_ns::release();
-    let owner = OWNER.load(Ordering::Acquire) == std::process::id();
+    let owner = STATE.is_this_process();
     if owner {
-        STATE.lock().unwrap_or_else(|e| e.into_inner()).stopping = true;
+        if let Some(mut state) = state() {
+            state.stopping = true;
+        }
     }
     // Gone from the process, not only done: until the kernel has released
     // a thread, it still counts as one. (A bound, in case a caller names
@@ -158,11 +164,10 @@ pub fn settle() {
         std::thread::sleep(Duration::from_micros(100));
     }
     if owner {
-        let rest = {
-            let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+        let rest = state().map(|mut state| {
             state.stopping = false;
             std::mem::take(&mut state.queue)
-        };
+        });
         drop(rest);
     }
 }

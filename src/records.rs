@@ -296,7 +296,7 @@ fn read(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> Option<Record> {
     let record: Record = serde_json::from_slice(&bytes).ok()?;
     let whole = record.format == FORMAT
         && record.version == VERSION
-        && Some(record.boot_id.as_str()) == boot_id()
+        && Some(record.boot_id.as_str()) == boot_id().as_deref()
         && record
             .mount
             .mount_id

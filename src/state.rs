@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_path, Error, Result};
+use crate::process_local::ProcessLocal;
 use crate::sys::{self, MountAttrs};
 
 /// Where host-staged keeps its staging directories unless told otherwise.
@@ -581,22 +582,25 @@ pub(crate) fn write_atomically(
     written
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
-pub(crate) fn boot_id() -> Option<&'static str> {
-    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    BOOT_ID
-        .get_or_init(|| {
-            let bytes = crate::file::read_small(
-                sys::cwd(),
-                Path::new("/proc/sys/kernel/random/boot_id"),
-                64,
-                true,
-            )
-            .ok()?;
-            let id = String::from_utf8(bytes).ok()?.trim().to_string();
-            (!id.is_empty() && !id.contains(' ')).then_some(id)
-        })
-        .as_deref()
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once (each
+/// time in a child forked while it was being read).
+pub(crate) fn boot_id() -> Option<String> {
+    static BOOT_ID: ProcessLocal<Option<Option<String>>> = ProcessLocal::new(None);
+    let read = || {
+        let bytes = crate::file::read_small(
+            sys::cwd(),
+            Path::new("/proc/sys/kernel/random/boot_id"),
+            64,
+            true,
+        )
+        .ok()?;
+        let id = String::from_utf8(bytes).ok()?.trim().to_string();
+        (!id.is_empty() && !id.contains(' ')).then_some(id)
+    };
+    match BOOT_ID.lock(|_| {}) {
+        Some(mut kept) => kept.get_or_insert_with(read).clone(),
+        None => read(),
+    }
 }
 
 /// A process's start time (clock ticks since boot), to tell a pid's

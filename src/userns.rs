@@ -1,12 +1,13 @@
 //! User namespaces: the object an idmapped mount takes its mapping from.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
+use crate::process_local::ProcessLocal;
 use crate::sys;
 
 /// What to do without `CAP_SYS_ADMIN`.
@@ -123,13 +124,15 @@ impl UserNamespace {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn shared(uid_map: &IdMap, gid_map: &IdMap) -> Result<Arc<Self>> {
-        type Cache = Mutex<HashMap<(String, String), Weak<UserNamespace>>>;
-        static CACHE: OnceLock<Cache> = OnceLock::new();
+        type Cache = BTreeMap<(String, String), Weak<UserNamespace>>;
+        static CACHE: ProcessLocal<Cache> = ProcessLocal::new(BTreeMap::new());
         let key = (uid_map.to_string(), gid_map.to_string());
-        let cache = CACHE.get_or_init(Default::default);
         // The lock is held while a namespace is made so that a burst of
-        // threads asking for the same maps makes exactly one.
-        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        // threads asking for the same maps makes exactly one. A child forked
+        // meanwhile cannot take it: it makes its own namespace, unshared.
+        let Some(mut cache) = CACHE.lock(|_| {}) else {
+            return Self::from_maps(uid_map, gid_map).map(Arc::new);
+        };
         if let Some(ns) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(ns);
         }

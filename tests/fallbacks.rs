@@ -900,3 +900,101 @@ fn idoverlays_threads_start_with_every_signal_blocked() {
         }
     });
 }
+
+/// A child forked while another thread holds one of idoverlay's
+/// process-wide locks (making a user namespace for `UserNamespace::shared`,
+/// making private-ns' staging namespace) goes on without it: it never waits
+/// for a thread `fork` did not copy. Each child makes a shared user
+/// namespace, mounts with private-ns and settles; one that has not ended
+/// after 10 s is stuck (killed, and the test ends there).
+#[test]
+fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
+    in_private_ns("fallbacks::fork", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let overlay = |target: &Path| {
+            Overlay::new()
+                .lowers(layers.iter().cloned())
+                .idmap(map(), map())
+                .strategy(Strategy::PrivateNs)
+                .state_dir(dir.join("state"))
+                .mount(target)
+        };
+        let targets: Vec<PathBuf> = ["parent", "child"]
+            .iter()
+            .map(|name| {
+                let t = dir.join(name);
+                mkdir(&t, 0o755, 0, 0);
+                t
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        let (mut stuck, mut failed) = (0, 0);
+        std::thread::scope(|scope| {
+            // Holds the cache's lock while it makes each namespace: the maps
+            // differ every time.
+            scope.spawn(|| {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let m: IdMap = format!("0:{}:1000", 200_000 + (i % 1000) * 1000)
+                        .parse()
+                        .unwrap();
+                    drop(idoverlay::UserNamespace::shared(&m, &m).unwrap());
+                    i += 1;
+                }
+            });
+            // Holds the staging namespace's lock while it makes it: settle
+            // lets go of it every time.
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    overlay(&targets[0]).unwrap();
+                    idoverlay::unmount_overlay(&targets[0], false).unwrap();
+                    idoverlay::settle();
+                }
+            });
+            for _ in 0..100 {
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                // SAFETY: the child only calls idoverlay (glibc's fork keeps
+                // malloc usable in the child) and ends with _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+                if pid == 0 {
+                    let ok = idoverlay::UserNamespace::shared(&map(), &map()).is_ok()
+                        && overlay(&targets[1]).is_ok()
+                        && idoverlay::unmount_overlay(&targets[1], false).is_ok();
+                    idoverlay::settle();
+                    // SAFETY: ends the child without running the parent's
+                    // exit handlers.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                }
+                let mut status = 0;
+                let mut waited = 0;
+                loop {
+                    // SAFETY: waits for the child just forked, by pid.
+                    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                    if r == pid {
+                        break;
+                    }
+                    waited += 1;
+                    if waited == 10_000 {
+                        stuck += 1;
+                        // SAFETY: the child this test forked, by pid.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        // SAFETY: as above.
+                        unsafe { libc::waitpid(pid, &mut status, 0) };
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                if stuck > 0 {
+                    break;
+                }
+                if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                    failed += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!((stuck, failed), (0, 0), "children (stuck, failed) of 100");
+    });
+}

@@ -31,17 +31,18 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::process_local::ProcessLocal;
 use crate::state::StateDirOnce;
 use crate::sys::{self, MountAttrs};
 
 /// The name of the namespace's nsfs bind mount in the state tmpfs.
 pub(crate) const FILE: &str = "staging-ns";
 
-/// The namespace made for this process, when one was.
-static PER_PROCESS: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// The namespace made for this process, when one was (a forked child
+/// adopts its parent's: the namespace is the same for it).
+static PER_PROCESS: ProcessLocal<Option<OwnedFd>> = ProcessLocal::new(None);
 /// No staging namespace can be made here (the root is the initramfs).
 static UNAVAILABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -49,13 +50,16 @@ static UNAVAILABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// assembly ends); the next private-ns assembly makes a new one. For
 /// [`crate::settle`].
 pub(crate) fn release() {
-    PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut kept) = PER_PROCESS.lock(|_| {}) {
+        kept.take();
+    }
 }
 
 /// The staging namespace: per boot in `state_dir` when given, else this
 /// process's. Made on first use. `None` where none can be made (a system
-/// whose root is the initramfs itself, which `pivot_root` cannot leave):
-/// then each assembly stages in a private copy of the caller's namespace
+/// whose root is the initramfs itself, which `pivot_root` cannot leave),
+/// and in a child forked while this process's was being made: then each
+/// assembly stages in a private copy of the caller's namespace
 /// ([`Stage::fresh`]), as before, at the cost of copying the table.
 pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
     use std::sync::atomic::Ordering;
@@ -70,7 +74,11 @@ pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
             PerBoot::Elsewhere => {}
         }
     }
-    let mut kept = PER_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    // Held while the namespace is made, so that a burst makes one. A child
+    // forked meanwhile cannot have it and stages as where none can be made.
+    let Some(mut kept) = PER_PROCESS.lock(|_| {}) else {
+        return Ok(None);
+    };
     if let Some(fd) = kept.as_ref() {
         return sys::dup(fd.as_fd())
             .map(Some)
