@@ -80,6 +80,31 @@ pub fn block_all_signals() -> SignalMask {
     }
 }
 
+/// `rt_sigprocmask(SIG_SETMASK, <all 64>)` on the calling thread: every
+/// signal the kernel lets a task block, glibc's own included; returns the
+/// mask it had. Only around `clone` of a task glibc does not know (a glibc
+/// thread must take glibc's signals: `setuid` waits for every thread to).
+fn block_every_signal_raw() -> u64 {
+    set_signal_mask_raw(u64::MAX)
+}
+
+/// `rt_sigprocmask(SIG_SETMASK, mask)`; returns the mask before.
+fn set_signal_mask_raw(mask: u64) -> u64 {
+    let mut previous: u64 = 0;
+    // SAFETY: the kernel reads 8 bytes of `mask` and writes 8 of `previous`
+    // (the kernel's sigset size on Linux's 64-signal architectures).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            &mut previous as *mut u64,
+            std::mem::size_of::<u64>(),
+        )
+    };
+    previous
+}
+
 /// `gettid()`.
 pub fn gettid() -> i32 {
     rustix::thread::gettid().as_raw_nonzero().get()
@@ -236,8 +261,11 @@ pub fn spawn_userns_child() -> SysResult<UsernsChild> {
     let top = (stack.as_mut_ptr() as usize + USERNS_CHILD_STACK) & !15;
     let mut pidfd: libc::c_int = -1;
     let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::CLONE_FILES | libc::CLONE_PIDFD;
-    // The child inherits this mask: no handler can run in it, ever.
-    let mask = block_all_signals();
+    // The child inherits this mask: no handler can run in it, ever. Not
+    // pthread_sigmask's, which leaves glibc's two signals (32, 33) open:
+    // the child is no thread glibc knows, and a handler of glibc's would run
+    // on its small stack with the calling thread's TLS.
+    let mask = block_every_signal_raw();
     // SAFETY: glibc's clone runs `userns_child_main` on the stack above,
     // which stays allocated until the child is killed (UsernsChild's
     // drop); the child makes raw syscalls only (see userns_child_main).
@@ -252,7 +280,7 @@ pub fn spawn_userns_child() -> SysResult<UsernsChild> {
         )
     };
     let errno = last_errno();
-    mask.restore();
+    set_signal_mask_raw(mask);
     if ret < 0 {
         return Err(SysError {
             syscall: "clone",
@@ -285,5 +313,32 @@ pub fn kcmp_same_fs(a: i32, b: i32) -> SysResult<Option<bool>> {
             errno: last_errno(),
         }),
         _ => Ok(Some(false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The helper blocks every signal but the two no task can block, glibc's
+    /// included; the caller's mask is back as it was.
+    #[test]
+    fn the_user_namespace_helper_starts_with_every_signal_blocked() {
+        let blocked = |status: &str| {
+            let line = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        let thread = || blocked(&std::fs::read_to_string("/proc/thread-self/status").unwrap());
+        let before = thread();
+        let child = match spawn_userns_child() {
+            Ok(child) => child,
+            // Unprivileged where user namespaces are not allowed.
+            Err(e) if matches!(e.errno, libc::EPERM | libc::ENOSPC) => return,
+            Err(e) => panic!("{e}"),
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap();
+        let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+        assert_eq!(blocked(&status), !unblockable, "{status}");
+        assert_eq!(thread(), before);
     }
 }
