@@ -32,6 +32,8 @@ const MAX: usize = 256 * 1024;
 struct Cached {
     format: String,
     version: u32,
+    /// The idoverlay that observed it.
+    idoverlay: String,
     kernel: String,
     boot_id: String,
     report: ProbeReport,
@@ -48,8 +50,8 @@ fn file_name(fs_type: &str) -> String {
     format!("{name}.json")
 }
 
-/// The report kept for layers on `fs_type`, if one of this kernel and
-/// boot is there and whole, and its directory of that type took an idmap. Changes nothing (the state dir is not created).
+/// The report kept for layers on `fs_type`, if one of this kernel, boot
+/// and idoverlay is there and whole, and its directory of that type took an idmap. Changes nothing (the state dir is not created).
 pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
     let state = state.existing().ok()??;
     let dir = sys::open_dir_beneath(state.fd.as_fd(), Path::new(DIR)).ok()?;
@@ -58,6 +60,7 @@ pub(crate) fn load(state: &StateDirOnce, fs_type: &str) -> Option<ProbeReport> {
     let cached: Cached = serde_json::from_slice(&bytes).ok()?;
     let whole = cached.format == FORMAT
         && cached.version == VERSION
+        && cached.idoverlay == env!("CARGO_PKG_VERSION")
         && cached.kernel == sys::kernel_release()
         && cached.report.kernel == cached.kernel
         && Some(cached.boot_id.as_str()) == boot_id().as_deref()
@@ -112,6 +115,7 @@ pub(crate) fn store(state: &StateDirOnce, report: &ProbeReport) -> Result<()> {
     let bytes = serde_json::to_vec(&Cached {
         format: FORMAT.into(),
         version: VERSION,
+        idoverlay: env!("CARGO_PKG_VERSION").into(),
         kernel,
         boot_id: boot.to_string(),
         report: report.clone(),

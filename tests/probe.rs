@@ -284,6 +284,7 @@ fn the_cli_keeps_the_probe_report_for_the_boot_in_the_state_dir() {
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
         assert_eq!(v["boot_id"], boot.trim());
         assert_eq!(v["kernel"], release.trim());
+        assert_eq!(v["idoverlay"], env!("CARGO_PKG_VERSION"));
         assert_eq!(v["report"]["paths"][0]["fs_type"], "tmpfs");
         let id = |p: &Path| {
             let m = fs::metadata(p).unwrap();
@@ -297,14 +298,16 @@ fn the_cli_keeps_the_probe_report_for_the_boot_in_the_state_dir() {
         assert_eq!(id(&kept), first, "rewritten although it was good");
         umount();
 
-        // Another boot's report, or one that does not parse: probed again.
-        let other_boot = serde_json::to_vec(&{
+        // Another boot's report, another idoverlay's, or one that does not
+        // parse: probed again.
+        let other = |key: &str, value: &str| {
             let mut v = v.clone();
-            v["boot_id"] = "00000000-0000-0000-0000-000000000000".into();
-            v
-        })
-        .unwrap();
-        for stale in [other_boot, b"{\"format\":".to_vec()] {
+            v[key] = value.into();
+            serde_json::to_vec(&v).unwrap()
+        };
+        let other_boot = other("boot_id", "00000000-0000-0000-0000-000000000000");
+        let other_idoverlay = other("idoverlay", "0.0.1-older");
+        for stale in [other_boot, other_idoverlay, b"{\"format\":".to_vec()] {
             fs::write(&kept, &stale).unwrap();
             let out = mount(&layers);
             assert!(
