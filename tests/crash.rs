@@ -44,19 +44,30 @@ fn staging_ns_kept(state: &Path) -> bool {
 }
 
 /// Mounts (and unmounts) with private-ns until `state` keeps a staging
-/// namespace: now and then this kernel refuses to bind one (ELOOP, see
-/// staging_ns.rs), and that process mounts from one of its own.
+/// namespace: this kernel refuses to bind one (ELOOP, see staging_ns.rs)
+/// whose id is not below this test's namespace's, and ids come in per-CPU
+/// batches, so the mounts run on each CPU in turn (a busy machine kept
+/// running them all on the one whose batch was behind: ten mounts in a row
+/// kept none).
 fn keep_staging_ns(state: &Path, layers: &[std::path::PathBuf], target: &Path) {
-    for _ in 0..10 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for attempt in 0..20 {
         if staging_ns_kept(state) {
             return;
         }
-        let out = cli_mount("private-ns", state, layers, target);
+        let mut cmd = std::process::Command::new("taskset");
+        cmd.args([
+            "-c",
+            &(attempt % cpus).to_string(),
+            env!("CARGO_BIN_EXE_idoverlay"),
+        ]);
+        common::cli_mount_args_with(&mut cmd, "private-ns", state, layers, &[], target);
+        let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         run(idoverlay().arg("umount").arg(target));
     }
     panic!(
-        "{}: no staging namespace kept in ten mounts",
+        "{}: no staging namespace kept in twenty mounts",
         state.display()
     );
 }
