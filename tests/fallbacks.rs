@@ -998,3 +998,52 @@ fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
         assert_eq!((stuck, failed), (0, 0), "children (stuck, failed) of 100");
     });
 }
+
+/// The boot's staging namespace is kept from a young mount namespace (a
+/// test's, a service's private mounts) whichever CPU the mount runs on:
+/// the kernel binds a namespace's file only in a namespace with a lower
+/// id, ids come in per-CPU batches, and idoverlay makes it again on the
+/// other CPUs when the first is refused. Each mount has a fresh state dir.
+/// (The test runs on a thread of its own: its affinity goes with it.)
+#[test]
+fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return; // nothing to tell: one CPU, one batch
+    }
+    in_private_ns("fallbacks::staging_ns_any_cpu", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        mkdir(&dir.join("run"), 0o755, 0, 0);
+        let mut not_kept = Vec::new();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let all = format!("0-{}", cpus - 1);
+        for i in 0..32 {
+            let state = dir.join(format!("run/state-{i}"));
+            // Started from each CPU in turn (where a new process first
+            // runs, as a rule), free to run on any.
+            let mut on = rustix::thread::CpuSet::new();
+            on.set(i % cpus);
+            rustix::thread::sched_setaffinity(None, &on).unwrap();
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &all, env!("CARGO_BIN_EXE_idoverlay")]);
+            cli_mount_args_with(&mut cmd, "private-ns", &state, &layers, &[], &target);
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            run(idoverlay().arg("umount").arg(&target));
+            let ns = state.join("staging-ns");
+            let kept = mounts()
+                .iter()
+                .any(|m| m.fs_type == "nsfs" && m.mount_point == ns);
+            if !kept {
+                not_kept.push(i);
+            }
+        }
+        assert_eq!(
+            not_kept,
+            Vec::<usize>::new(),
+            "mounts that kept no staging namespace"
+        );
+    });
+}

@@ -217,30 +217,41 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
                 let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
             })
     };
-    let Some(mut made) = make()? else {
+    let Some((mut made, cpu)) = make_on(None)? else {
         return Ok(PerBoot::Kept(None));
     };
     // The kernel refuses (ELOOP) to attach a namespace's file in a
     // namespace whose id is not lower than its own (its guard against
-    // loops). Namespace ids come from per-CPU batches, so one made a
-    // moment ago on another CPU can carry a lower id than the namespace
-    // this process runs in, when that one is young too (a test's, a
-    // service's private mounts; never the init namespace). Measured: of 400
-    // namespaces made from a fresh one, the 201 with a lower id were all
-    // refused, the 199 with a higher one all taken. So a second one is made
-    // and kept; failing that, this process's namespace serves without
-    // being kept.
-    for second_try in [false, true] {
+    // loops). Namespace ids come from per-CPU batches (of 4,096), so one
+    // made on a CPU whose batch is behind carries a lower id than the
+    // namespace this process runs in, when that one is young too (a
+    // test's, a service's private mounts; never the init namespace): on
+    // this 2-CPU machine, from a fresh namespace, one CPU's were all
+    // refused (0 of 10), the other's all taken (10 of 10). So the
+    // namespace is made again on each other CPU in turn (at most
+    // MAX_TRIES in all: each copies the table once, once per boot); failing
+    // that, this process's namespace serves without being kept.
+    const MAX_TRIES: usize = 8;
+    let mut others = sys::allowed_cpus()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&other| other != cpu)
+        .take(MAX_TRIES - 1);
+    loop {
         match keep(&made) {
             Ok(()) => break,
             Err(e) if e.errno != libc::ELOOP => {
                 return Err(Error::os("keep the staging namespace in", Some(path), e));
             }
-            Err(_) if second_try => return Ok(PerBoot::Kept(Some(made))),
-            Err(_) => match make()? {
-                Some(again) => made = again,
-                None => return Ok(PerBoot::Kept(Some(made))),
-            },
+            Err(_) => {
+                let Some(other) = others.next() else {
+                    return Ok(PerBoot::Kept(Some(made)));
+                };
+                match make_on(Some(other))? {
+                    Some((again, _)) => made = again,
+                    None => return Ok(PerBoot::Kept(Some(made))),
+                }
+            }
         }
     }
     drop(marker);
@@ -308,7 +319,16 @@ pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
 /// root (`pivot_root(".", ".")`), the old root detached. `None` when the
 /// root cannot be replaced (`pivot_root` refuses to leave the initramfs).
 fn make() -> Result<Option<OwnedFd>> {
+    Ok(make_on(None)?.map(|(ns, _)| ns))
+}
+
+/// [`make`], on `cpu` when given; with the CPU it was made on.
+fn make_on(cpu: Option<usize>) -> Result<Option<(OwnedFd, usize)>> {
     crate::threads::run_on_thread("staging-ns", || {
+        if let Some(cpu) = cpu {
+            // A CPU this process may no longer use: made where it runs.
+            let _ = sys::run_only_on_cpu(cpu);
+        }
         let failed = |what: &str| {
             let what = what.to_string();
             move |e| {
@@ -318,6 +338,9 @@ fn make() -> Result<Option<OwnedFd>> {
             }
         };
         sys::unshare_mount_ns().map_err(failed("give the staging namespace its own mounts"))?;
+        // The id was given on the CPU the thread ran on here (or a moment
+        // before: only a guess to tell the next try where not to go).
+        let made_on = sys::current_cpu();
         let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
             .map_err(failed("open the staging namespace"))?;
         // Entering it puts root and working directory at the namespace's
@@ -351,7 +374,7 @@ fn make() -> Result<Option<OwnedFd>> {
                 sys::move_mount(proc.as_fd(), sys::cwd(), Path::new("proc"))
             })
             .map_err(failed("mount a /proc in the staging namespace"))?;
-        Ok(Some(ns))
+        Ok(Some((ns, made_on)))
     })
 }
 

@@ -105,6 +105,29 @@ fn set_signal_mask_raw(mask: u64) -> u64 {
     previous
 }
 
+/// `sched_getaffinity(0)`: the CPUs the calling thread may run on.
+pub fn allowed_cpus() -> SysResult<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)
+        .map_err(fail("sched_getaffinity", || "0".to_string()))?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect())
+}
+
+/// `sched_setaffinity(0, {cpu})`: the calling thread runs on `cpu` only.
+/// Only call it on a thread that ends afterwards.
+pub fn run_only_on_cpu(cpu: usize) -> SysResult<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)
+        .map_err(fail("sched_setaffinity", || format!("0, {{{cpu}}}")))
+}
+
+/// `getcpu()`: the CPU the calling thread runs on.
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
 /// `gettid()`.
 pub fn gettid() -> i32 {
     rustix::thread::gettid().as_raw_nonzero().get()
