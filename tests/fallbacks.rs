@@ -1004,7 +1004,8 @@ fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
 /// the kernel binds a namespace's file only in a namespace with a lower
 /// id, ids come in per-CPU batches, and idoverlay makes it again on the
 /// other CPUs when the first is refused. Each mount has a fresh state dir.
-/// (The test runs on a thread of its own: its affinity goes with it.)
+/// (The test runs on a thread of its own: its affinity and the namespace
+/// it unshares go with it.)
 #[test]
 fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
@@ -1018,14 +1019,42 @@ fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
         mkdir(&dir.join("run"), 0o755, 0, 0);
         let mut not_kept = Vec::new();
         let cpus = std::thread::available_parallelism().unwrap().get();
+        let pin = |cpu: usize| {
+            let mut on = rustix::thread::CpuSet::new();
+            on.set(cpu);
+            rustix::thread::sched_setaffinity(None, &on).unwrap();
+        };
+        let unshare_mounts = || {
+            // SAFETY: CLONE_NEWNS on this thread (in_private_ns' own, or a
+            // scoped one below); the fd table is not touched.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.unwrap();
+        };
+        // The CPU whose batch of namespace ids is ahead: a namespace made
+        // there now has the highest id. This test's namespace is made
+        // there, so that a staging namespace made on any other CPU is
+        // refused, and only the retry on this one is kept.
+        let ahead = (0..cpus)
+            .max_by_key(|&cpu| {
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            pin(cpu);
+                            unshare_mounts();
+                            mnt_ns_id()
+                        })
+                        .join()
+                        .unwrap()
+                })
+            })
+            .unwrap();
+        pin(ahead);
+        unshare_mounts();
         let all = format!("0-{}", cpus - 1);
         for i in 0..32 {
             let state = dir.join(format!("run/state-{i}"));
             // Started from each CPU in turn (where a new process first
             // runs, as a rule), free to run on any.
-            let mut on = rustix::thread::CpuSet::new();
-            on.set(i % cpus);
-            rustix::thread::sched_setaffinity(None, &on).unwrap();
+            pin(i % cpus);
             let mut cmd = Command::new("taskset");
             cmd.args(["-c", &all, env!("CARGO_BIN_EXE_idoverlay")]);
             cli_mount_args_with(&mut cmd, "private-ns", &state, &layers, &[], &target);
@@ -1046,4 +1075,15 @@ fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
             "mounts that kept no staging namespace"
         );
     });
+}
+
+/// The id of the calling thread's mount namespace (`NS_GET_MNTNS_ID`).
+fn mnt_ns_id() -> u64 {
+    use std::os::fd::AsRawFd;
+    let ns = fs::File::open("/proc/thread-self/ns/mnt").unwrap();
+    let mut id = 0u64;
+    // SAFETY: NS_GET_MNTNS_ID writes one u64 through the pointer.
+    let r = unsafe { libc::ioctl(ns.as_raw_fd(), 0x8008_b705, &mut id as *mut u64) };
+    assert_eq!(r, 0, "NS_GET_MNTNS_ID: {}", std::io::Error::last_os_error());
+    id
 }
