@@ -73,7 +73,9 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
         state_dir: state_dir.to_path_buf(),
         staging: Vec::new(),
     };
-    let Some(state) = StateDir::open_existing(state_dir)? else {
+    // As a writer: a provisional tmpfs' maker is waited for (its staging is
+    // its own until then), one a killed maker left is adopted.
+    let Some(state) = StateDir::open_existing(state_dir, state::Use::Write)? else {
         return Ok(report);
     };
     let mut names: Vec<Vec<u8>> = sys::dir_entries(state.fd.as_fd())

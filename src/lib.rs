@@ -535,13 +535,36 @@ impl Overlay {
                 self.strategy, report.kernel
             )
         });
-        let result = run(&req, chosen).inspect_err(|_| strategy::undo_chown(&req))?;
+        let result = run(&req, chosen).inspect_err(|_| {
+            strategy::undo_chown(&req);
+            // A state tmpfs this request mounted for its assembly goes
+            // again with it: bad input keeps nothing, the state dir
+            // included (unless it holds anything else, e.g. staging a
+            // failed teardown left for gc).
+            let done = match state.take_back() {
+                Ok(state::TakenBack::NotMade) => return,
+                Ok(state::TakenBack::Detached { dir_removed: true }) => {
+                    "detached again, and the state dir it created removed".to_string()
+                }
+                Ok(state::TakenBack::Detached { dir_removed: false }) => {
+                    "detached again".to_string()
+                }
+                Ok(state::TakenBack::Kept(why)) => format!("kept, final ({why})"),
+                Err(e) => format!("kept ({e})"),
+            };
+            req.trace(|| format!("the state tmpfs this request mounted: {done}"));
+        })?;
         // Kept once something was mounted with it: bad input changes
         // nothing, the state dir included.
         if let Some(report) = to_keep {
             if let Err(e) = probe_cache::store(&state, &report) {
                 req.trace(|| format!("probe report not kept: {e}"));
             }
+        }
+        // (Final already, from `assemble_with`; a fast path that staged in
+        // it, if ever there is one, is covered too.)
+        if let Err(e) = state.make_final() {
+            req.trace(|| format!("{e}"));
         }
         Ok(result)
     }
@@ -558,6 +581,12 @@ impl Overlay {
             }
             Strategy::Auto => unreachable!("choose::for_request resolves auto"),
         };
+        // The overlay exists: a state tmpfs this request mounted for it
+        // stays, final, before anything (the attach's record) opens it
+        // again.
+        if let Err(e) = req.state.make_final() {
+            req.trace(|| format!("{e}"));
+        }
         let kept = req.take_kept();
         let mut all_warnings = kept.warnings;
         all_warnings.extend(warnings);

@@ -7,6 +7,15 @@
 //!   marker file ([`MARKER`]) written into the tmpfs *before* it was
 //!   attached, so an attached state tmpfs always has it. A directory that is
 //!   neither empty nor such a tmpfs is refused, never covered.
+//! * **Provisional until its assembly is done.** A tmpfs mounted for an
+//!   assembly (host-staged's staging, private-ns' staging namespace) is
+//!   attached with its marker locked (`flock`) and read-only (0400); the
+//!   call that mounted it makes it final (0600) once its overlay exists,
+//!   and when it fails takes it away again if it holds only what that call
+//!   put there ("bad input keeps nothing"). Whoever else finds it
+//!   provisional waits for that lock before it keeps anything there, and
+//!   adopts (makes final) one whose maker was killed; so nothing another
+//!   call keeps there is ever taken away with it.
 //! * **Reached once, by fd.** The path is opened from `/` one component at
 //!   a time, each relative to the one before, never through a symlink, and
 //!   every directory on the way must be root's and writable by no one else
@@ -37,6 +46,10 @@ pub const DEFAULT_STATE_DIR: &str = "/run/idoverlay";
 
 /// The marker at the root of every state tmpfs idoverlay mounted.
 pub(crate) const MARKER: &str = ".idoverlay-state";
+/// The marker's mode once its tmpfs is final: it stays, for the boot.
+const MARKER_FINAL: u32 = 0o600;
+/// The marker's mode while its tmpfs is provisional (see [`Made`]).
+const MARKER_PROVISIONAL: u32 = 0o400;
 const MARKER_FORMAT: &str = "idoverlay-state";
 const MARKER_VERSION: u32 = 1;
 /// The format and version of staging records.
@@ -51,6 +64,28 @@ struct Marker {
     version: u32,
 }
 
+/// Whether a marker of this mode says its tmpfs is provisional: told by
+/// the owner's write bit alone, which a umask can only take away (a
+/// final marker a umask made 0400, as earlier builds could, reads as
+/// provisional and is adopted: made final). The `statx` that checks the
+/// marker tells it: the common path, a final tmpfs, costs nothing more.
+fn is_provisional(marker_mode: u32) -> bool {
+    marker_mode & 0o200 == 0
+}
+
+/// What a caller does in the state dir, which decides whether it waits
+/// for the maker of a provisional tmpfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Reads (`show`, `list`, the probe report): a provisional tmpfs is
+    /// read as it is. (`list` may remove records of mounts that are gone,
+    /// which a maker taking its tmpfs away never needs.)
+    Read,
+    /// Keeps, stages or cleans up something there: waits until the maker
+    /// of a provisional tmpfs is done with it, then opens it again.
+    Write,
+}
+
 /// The state dir of one operation, walked and checked when first needed
 /// and then the same fd for all it keeps there: a mount reads the boot's
 /// probe report and writes its record; host-staged stages. Resolved once,
@@ -59,6 +94,11 @@ struct Marker {
 pub(crate) struct StateDirOnce {
     path: PathBuf,
     opened: std::sync::OnceLock<StateDir>,
+    /// A provisional tmpfs another call is making, opened only to read
+    /// ([`StateDirOnce::existing`]): never written to (to write,
+    /// [`StateDirOnce::get_or_create`] waits for its maker and opens the
+    /// state dir again).
+    peeked: std::sync::OnceLock<StateDir>,
 }
 
 impl StateDirOnce {
@@ -66,6 +106,7 @@ impl StateDirOnce {
         StateDirOnce {
             path: path.into(),
             opened: std::sync::OnceLock::new(),
+            peeked: std::sync::OnceLock::new(),
         }
     }
 
@@ -74,26 +115,118 @@ impl StateDirOnce {
         &self.path
     }
 
-    /// As [`StateDir::open_existing`]: `None` while there is none (nothing
-    /// is made); the one opened before, if any.
+    /// As [`StateDir::open_existing`], to read: `None` while there is none
+    /// (nothing is made); the one opened before, if any.
     pub fn existing(&self) -> Result<Option<&StateDir>> {
-        if let Some(state) = self.opened.get() {
+        if let Some(state) = self.opened.get().or_else(|| self.peeked.get()) {
             return Ok(Some(state));
         }
-        Ok(StateDir::open_existing(&self.path)?.map(|state| self.keep(state)))
+        Ok(
+            StateDir::open_existing(&self.path, Use::Read)?.map(|state| {
+                if state.provisional {
+                    self.peeked.get_or_init(|| state)
+                } else {
+                    self.keep(state)
+                }
+            }),
+        )
     }
 
-    /// As [`StateDir::open_or_create`], once.
+    /// As [`StateDir::open_or_create`], once, for what is kept because an
+    /// overlay was made (its record, the probe report): a tmpfs mounted
+    /// here is final at once.
     pub fn get_or_create(&self) -> Result<&StateDir> {
+        self.open_or_create(Making::Final)
+    }
+
+    /// As [`StateDir::open_or_create`], once, for an assembly to stage in:
+    /// a tmpfs mounted here is provisional until [`StateDirOnce::make_final`]
+    /// or [`StateDirOnce::take_back`], which the request's end calls.
+    pub fn get_or_create_for_assembly(&self) -> Result<&StateDir> {
+        self.open_or_create(Making::Provisional)
+    }
+
+    fn open_or_create(&self, making: Making) -> Result<&StateDir> {
         if let Some(state) = self.opened.get() {
             return Ok(state);
         }
-        Ok(self.keep(StateDir::open_or_create(&self.path)?))
+        Ok(self.keep(StateDir::open_or_create(&self.path, making)?))
     }
 
     fn keep(&self, state: StateDir) -> &StateDir {
         self.opened.get_or_init(|| state)
     }
+
+    /// The overlay of the assembly this call mounted a provisional tmpfs
+    /// for exists: the tmpfs stays, final. Nothing when this call mounted
+    /// none (the common case costs no syscall).
+    pub fn make_final(&self) -> Result<()> {
+        match self.opened.get() {
+            Some(state) => state.make_final(),
+            None => Ok(()),
+        }
+    }
+
+    /// The assembly this call mounted a provisional tmpfs for failed: the
+    /// tmpfs is taken away again if it holds only what this call put
+    /// there, else made final (see [`StateDir::take_back`]).
+    pub fn take_back(&self) -> Result<TakenBack> {
+        match self.opened.get() {
+            Some(state) => state.take_back(),
+            None => Ok(TakenBack::NotMade),
+        }
+    }
+}
+
+/// How [`StateDir::open_or_create`] mounts a tmpfs it has to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Making {
+    /// For an assembly: provisional until it is done (see [`Made`]).
+    Provisional,
+    /// For something kept because an overlay was made: final at once.
+    Final,
+}
+
+/// What [`StateDir::take_back`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TakenBack {
+    /// This call mounted no provisional tmpfs (or made it final already).
+    NotMade,
+    /// Detached, and the state dir removed when `dir_removed` (this call
+    /// had created it).
+    Detached { dir_removed: bool },
+    /// Made final and kept, for this reason.
+    Kept(String),
+}
+
+/// What the call that mounted a provisional state tmpfs holds until it is
+/// final or taken away again.
+#[derive(Debug)]
+struct Made {
+    /// The marker, locked (`LOCK_EX`) since before the tmpfs was attached:
+    /// whoever else finds the tmpfs waits for this lock before it keeps
+    /// anything there, so what the tmpfs holds is this call's alone.
+    marker: OwnedFd,
+    /// The state dir's parent (from the walk) and the state dir's name in
+    /// it: to see that the state dir still shows this tmpfs.
+    parent: OwnedFd,
+    name: std::ffi::OsString,
+    /// The directory the tmpfs covers.
+    covered: OwnedFd,
+    /// Whether this call created that directory (it is removed again,
+    /// when empty, with the tmpfs).
+    created: bool,
+    /// The staging namespace this call bound at `staging-ns`, if it did.
+    bound: Option<BoundNs>,
+}
+
+/// The bind mount of a staging namespace's nsfs file: the namespace (its
+/// nsfs device and inode) and the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BoundNs {
+    dev: (u32, u32),
+    ino: u64,
+    mount_id: Option<u64>,
 }
 
 /// An opened, checked state directory.
@@ -106,68 +239,105 @@ pub(crate) struct StateDir {
     /// The state tmpfs' mount id (mountinfo's), to tell its own staged
     /// mounts from anything else.
     pub mount_id: Option<u64>,
+    /// Its marker said provisional when it was opened, by a call that did
+    /// not make it (to read, [`Use::Read`]).
+    provisional: bool,
+    /// Set while the tmpfs is this call's own and provisional.
+    made: std::sync::Mutex<Option<Made>>,
 }
 
 impl StateDir {
-    /// Opens the state directory for `gc`: `Ok(None)` when it does not
-    /// exist or is an empty plain directory (nothing was ever staged);
-    /// refused when it is anything but idoverlay's own.
-    pub fn open_existing(path: &Path) -> Result<Option<StateDir>> {
-        let walked = walk(path)?;
-        let Some(leaf) = walked.leaf else {
-            return Ok(None);
-        };
-        let st = check_leaf(path, &leaf)?;
-        match st.mount_root {
-            Some(true) => Ok(Some(verify_ours(path, leaf, st.mnt_id)?)),
-            _ => {
-                let names = sys::dir_entries(leaf.as_fd())
-                    .map_err(|e| Error::os("read state dir", Some(path), e))?;
-                match names.first() {
-                    None => Ok(None),
-                    Some(name) => Err(not_ours(
-                        path,
-                        &format!("holds {name:?} but is not idoverlay's state tmpfs"),
-                    )),
+    /// Opens the state directory for `gc` (and to read): `Ok(None)` when
+    /// it does not exist or is an empty plain directory (nothing was ever
+    /// staged); refused when it is anything but idoverlay's own. To write,
+    /// a provisional tmpfs' maker is waited for first.
+    pub fn open_existing(path: &Path, usage: Use) -> Result<Option<StateDir>> {
+        loop {
+            let walked = walk(path)?;
+            let Some(leaf) = walked.leaf else {
+                return Ok(None);
+            };
+            let st = check_leaf(path, &leaf)?;
+            if st.mount_root == Some(true) {
+                let state = verify_ours(path, leaf, st.mnt_id)?;
+                if state.provisional && usage == Use::Write {
+                    wait_for_maker(&state)?;
+                    continue;
                 }
+                return Ok(Some(state));
+            }
+            let names = sys::dir_entries(leaf.as_fd())
+                .map_err(|e| Error::os("read state dir", Some(path), e))?;
+            return match names.first() {
+                None => Ok(None),
+                Some(name) => Err(not_ours(
+                    path,
+                    &format!("holds {name:?} but is not idoverlay's state tmpfs"),
+                )),
+            };
+        }
+    }
+
+    /// Opens the state directory to keep or stage something there,
+    /// creating it (root-owned 0700) and mounting idoverlay's private tmpfs
+    /// over it when needed (see [`Making`]). A provisional tmpfs another
+    /// call made is waited for, then everything is looked at again.
+    pub fn open_or_create(path: &Path, making: Making) -> Result<StateDir> {
+        loop {
+            if let Some(state) = Self::try_open_or_create(path, making)? {
+                return Ok(state);
             }
         }
     }
 
-    /// Opens the state directory for staging, creating it (root-owned
-    /// 0700) and mounting idoverlay's private tmpfs over it when needed.
-    pub fn open_or_create(path: &Path) -> Result<StateDir> {
+    /// One try of [`StateDir::open_or_create`]; `None` when the caller must
+    /// start again from the walk: a provisional tmpfs' maker was waited
+    /// for, or the state dir was taken away meanwhile by the call that
+    /// created it (its assembly failed). Each `None` follows another
+    /// call's progress.
+    fn try_open_or_create(path: &Path, making: Making) -> Result<Option<StateDir>> {
         let walked = walk(path)?;
-        let leaf = match walked.leaf {
-            Some(fd) => fd,
+        let (leaf, created) = match walked.leaf {
+            Some(fd) => (fd, false),
             None => {
-                sys::mkdir(walked.parent.as_fd(), Path::new(&walked.name), 0o700)
-                    .or_else(|e| match e.errno {
-                        libc::EEXIST => Ok(()),
-                        _ => Err(e),
-                    })
-                    .map_err(|e| Error::os("create state dir", Some(path), e))?;
-                open_leaf(path, walked.parent.as_fd(), &walked.name)?
-                    .ok_or_else(|| not_ours(path, "vanished while it was being created"))?
+                let created =
+                    match sys::mkdir(walked.parent.as_fd(), Path::new(&walked.name), 0o700) {
+                        Ok(()) => true,
+                        Err(e) if e.errno == libc::EEXIST => false,
+                        Err(e) => return Err(Error::os("create state dir", Some(path), e)),
+                    };
+                match open_leaf(path, walked.parent.as_fd(), &walked.name)? {
+                    Some(fd) => (fd, created),
+                    None => return Ok(None),
+                }
             }
         };
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
-            return verify_ours(path, leaf, st.mnt_id);
+            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?);
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
         // on the (root-only, checked) directory the tmpfs goes over, which
         // nobody else can open to hold its lock; the check is repeated
-        // under it.
+        // under it. Nothing waits for anything else while holding it: a
+        // provisional tmpfs' maker takes it to take its tmpfs away again.
         let lock = sys::open_dir_read(leaf.as_fd(), Path::new("."))
             .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
             .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
-        let leaf = open_leaf(path, walked.parent.as_fd(), &walked.name)?
-            .ok_or_else(|| not_ours(path, "vanished while it was being opened"))?;
+        let Some(leaf) = open_leaf(path, walked.parent.as_fd(), &walked.name)? else {
+            return Ok(None);
+        };
+        let locked = st;
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
-            return verify_ours(path, leaf, st.mnt_id);
+            drop(lock);
+            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?);
+        }
+        // Another directory by that name than the one locked (the one
+        // locked was removed and made again): its lock is another.
+        if !st.same_inode(&locked) {
+            return Ok(None);
         }
         // Never cover what is there: only an empty directory takes the tmpfs.
         let names = sys::dir_entries(leaf.as_fd())
@@ -181,15 +351,210 @@ impl StateDir {
                 ),
             ));
         }
-        let state = mount_state_tmpfs(path, leaf.as_fd())?;
+        let state = mount_state_tmpfs(path, leaf.as_fd(), making)?;
+        let state = match state {
+            Attached::Final(state) => state,
+            Attached::Provisional(mut state, marker) => {
+                state.made = std::sync::Mutex::new(Some(Made {
+                    marker,
+                    parent: walked.parent,
+                    name: walked.name,
+                    covered: leaf,
+                    created,
+                    bound: None,
+                }));
+                state
+            }
+        };
         drop(lock);
-        Ok(state)
+        Ok(Some(state))
+    }
+
+    /// The marker's lock, held to make, keep or remove the staging
+    /// namespace's file: `None` when this call holds it already (it mounted
+    /// the tmpfs, still provisional: nobody else uses it, and a second
+    /// `flock` of this process's would wait for its own first).
+    pub fn lock_marker(&self) -> sys::SysResult<Option<OwnedFd>> {
+        if self.made_here() {
+            return Ok(None);
+        }
+        let fd = sys::open_read(self.fd.as_fd(), Path::new(MARKER))?;
+        sys::lock_exclusive(fd.as_fd())?;
+        Ok(Some(fd))
+    }
+
+    /// Whether this call mounted the tmpfs and it is still provisional.
+    fn made_here(&self) -> bool {
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Notes the staging namespace this call just bound at `staging-ns`
+    /// (`bind`: the bind mount's fd), when the tmpfs is its own and
+    /// provisional: taking the tmpfs away detaches that bind, and only
+    /// that one. Costs nothing otherwise.
+    pub fn bound_here(&self, bind: BorrowedFd<'_>) {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(made) = made.as_mut() {
+            made.bound = sys::stat_fd(bind).ok().map(|st| BoundNs {
+                dev: st.dev,
+                ino: st.ino,
+                mount_id: st.mnt_id,
+            });
+        }
+    }
+
+    /// A tmpfs this call mounted, provisional: made final, and its lock
+    /// given back. Nothing otherwise.
+    pub fn make_final(&self) -> Result<()> {
+        let made = self.made.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match made {
+            Some(made) => sys::fchmod(made.marker.as_fd(), MARKER_FINAL)
+                .map_err(|e| Error::os("make the state tmpfs final", Some(&self.path), e)),
+            None => Ok(()),
+        }
+    }
+
+    /// A tmpfs this call mounted, provisional, for an assembly that failed:
+    /// detached again when all it holds is what this call put there (the
+    /// marker, and the staging namespace this call bound at `staging-ns`,
+    /// that very bind) and the state dir still shows it; the state dir
+    /// removed when this call created it. Anything else (what a failed
+    /// teardown left for `gc`, …) and it is made final and kept: nobody
+    /// else has kept anything there (they wait for the marker's lock,
+    /// held until this returns), but nothing unchecked is ever detached.
+    pub fn take_back(&self) -> Result<TakenBack> {
+        let made = self.made.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(made) = made else {
+            return Ok(TakenBack::NotMade);
+        };
+        match self.take_away(&made) {
+            Ok(dir_removed) => Ok(TakenBack::Detached { dir_removed }),
+            Err(why) => sys::fchmod(made.marker.as_fd(), MARKER_FINAL)
+                .map(|()| TakenBack::Kept(why))
+                .map_err(|e| Error::os("make the state tmpfs final", Some(&self.path), e)),
+        }
+    }
+
+    /// [`StateDir::take_back`]'s checks and detaching; `Err(why)` when it
+    /// must stay (the staging namespace's bind may be detached by then:
+    /// its file is then this namespace's unbound claim, which the next
+    /// private-ns assembly here removes).
+    fn take_away(&self, made: &Made) -> std::result::Result<bool, String> {
+        use crate::strategy::staging_ns::FILE;
+        let root = self.fd.as_fd();
+        let os = |what: &'static str| move |e: sys::SysError| format!("{what}: {e}");
+        // All it holds is what this call put there.
+        let mut names = sys::dir_entries(root).map_err(os("reading it failed"))?;
+        names.sort();
+        let expected: Vec<std::ffi::OsString> = std::iter::once(MARKER)
+            .chain(made.bound.map(|_| FILE))
+            .map(Into::into)
+            .collect();
+        if names != expected {
+            return Err(format!("it holds {names:?}"));
+        }
+        let marker = sys::stat_nofollow(root, Path::new(MARKER)).map_err(os("the marker"))?;
+        let held = sys::stat_fd(made.marker.as_fd()).map_err(os("the marker"))?;
+        if !marker.same_inode(&held) || marker.mount_root != Some(false) {
+            return Err("its marker is not the one this call wrote".into());
+        }
+        // The very bind this call made, of the very namespace it bound.
+        let bind = match made.bound {
+            None => None,
+            Some(bound) => {
+                let fd =
+                    sys::open_read_nonblocking(root, Path::new(FILE), false).map_err(os(FILE))?;
+                let st = sys::stat_fd(fd.as_fd()).map_err(os(FILE))?;
+                let same = st.dev == bound.dev
+                    && st.ino == bound.ino
+                    && st.mount_root == Some(true)
+                    && st.mnt_id.is_some()
+                    && st.mnt_id == bound.mount_id;
+                if !same {
+                    return Err(format!("{FILE} is not the bind this call made"));
+                }
+                Some(fd)
+            }
+        };
+        // The state dir still shows this very mount (nothing over it).
+        let ours = sys::stat_fd(root).map_err(os("the tmpfs"))?;
+        let shown = sys::open_dir_path(made.parent.as_fd(), Path::new(&made.name))
+            .and_then(|fd| sys::stat_fd(fd.as_fd()))
+            .map_err(os("the state dir"))?;
+        let same = shown.mount_root == Some(true)
+            && self.mount_id.is_some()
+            && shown.mnt_id == self.mount_id
+            && shown.same_inode(&ours);
+        if !same {
+            return Err("the state dir shows another mount now".into());
+        }
+        // The covered directory's lock, as a call that found it bare
+        // takes it before mounting there: that call then looks again, and
+        // finds the directory as it is once this is done.
+        let covered = sys::stat_fd(made.covered.as_fd()).map_err(os("the state dir"))?;
+        let _lock = sys::open_dir_read(made.covered.as_fd(), Path::new("."))
+            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+            .map_err(os("locking the state dir"))?;
+        // Each through an fd of exactly what was checked: the bind (it
+        // holds no mount), then the tmpfs, which then holds none either.
+        if let Some(fd) = bind {
+            sys::detach_root_of(fd.as_fd()).map_err(os("detaching its staging namespace"))?;
+        }
+        sys::detach_root_of(root).map_err(os("detaching it"))?;
+        // `rmdir` removes only an empty directory; this one only when it is
+        // still the one this call created.
+        let dir_removed = made.created
+            && sys::stat_nofollow(made.parent.as_fd(), Path::new(&made.name))
+                .is_ok_and(|st| st.same_inode(&covered) && st.mount_root == Some(false))
+            && sys::rmdir(made.parent.as_fd(), Path::new(&made.name)).is_ok();
+        Ok(dir_removed)
     }
 
     /// The path of `name` inside the state dir, for messages.
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// What a try of [`StateDir::open_or_create`] does with a mounted state
+/// dir it verified: uses it, or waits for the maker of a provisional one
+/// and has the caller look again.
+fn ready_or_wait(state: StateDir) -> Result<Option<StateDir>> {
+    if !state.provisional {
+        return Ok(Some(state));
+    }
+    wait_for_maker(&state)?;
+    Ok(None)
+}
+
+/// Waits until the call that mounted this provisional tmpfs is done with
+/// it: it holds the marker's lock from before it attached the tmpfs until
+/// it made it final or took it away again. One still provisional after
+/// that was left by a maker that was killed: adopted, made final (it stays,
+/// as everything a killed assembly leaves; `gc` finishes its staging). One
+/// taken away is detached by then, and making it final changes nothing
+/// anyone sees. The caller opens the state dir again from `/`.
+fn wait_for_maker(state: &StateDir) -> Result<()> {
+    let failed = |e| {
+        Error::os(
+            "wait for the call making the state dir",
+            Some(&state.path),
+            e,
+        )
+    };
+    let marker =
+        sys::open_read_nonblocking(state.fd.as_fd(), Path::new(MARKER), false).map_err(failed)?;
+    sys::lock_shared(marker.as_fd()).map_err(failed)?;
+    let st = sys::stat_fd(marker.as_fd()).map_err(failed)?;
+    // Exclusive, so that of several waiters one adopts it; one that finds
+    // it taken finds it final when it looks again.
+    if is_provisional(st.mode) && sys::try_lock_exclusive(marker.as_fd()).map_err(failed)? {
+        sys::fchmod(marker.as_fd(), MARKER_FINAL).map_err(failed)?;
+    }
+    Ok(())
 }
 
 fn not_ours(path: &Path, why: &str) -> Error {
@@ -373,14 +738,25 @@ fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<Stat
         path: path.to_path_buf(),
         fd: root,
         mount_id,
+        provisional: is_provisional(marker_st.mode),
+        made: std::sync::Mutex::new(None),
     })
+}
+
+/// A state tmpfs [`mount_state_tmpfs`] attached.
+enum Attached {
+    Final(StateDir),
+    /// With its marker, open and locked.
+    Provisional(StateDir, OwnedFd),
 }
 
 /// Mounts a small private tmpfs (0700, nosuid, nodev, noexec) over the
 /// (empty) state dir, with the marker written before it is attached. It
-/// stays: it is idoverlay's. Staged mounts below it propagate nowhere, and
+/// stays (it is idoverlay's), unless it is provisional and its maker takes
+/// it away again: then the marker is attached locked, so that whoever finds
+/// it waits for its maker. Staged mounts below it propagate nowhere, and
 /// staging never shares a filesystem with data.
-fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>) -> Result<StateDir> {
+fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>, making: Making) -> Result<Attached> {
     let ctx = sys::fsopen(c"tmpfs").map_err(|e| Error::os("open state tmpfs", None, e))?;
     let tmpfs = sys::fsconfig_set_string(ctx.as_fd(), c"source", c"idoverlay-state")
         .and_then(|()| sys::fsconfig_set_string(ctx.as_fd(), c"mode", c"0700"))
@@ -398,8 +774,16 @@ fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>) -> Result<StateDir> {
         version: MARKER_VERSION,
     })
     .expect("serializable");
-    sys::create_file(tmpfs.as_fd(), Path::new(MARKER), 0o600)
-        .and_then(|fd| sys::write_all(fd.as_fd(), &marker))
+    let mode = match making {
+        Making::Provisional => MARKER_PROVISIONAL,
+        Making::Final => MARKER_FINAL,
+    };
+    let marker = sys::create_file(tmpfs.as_fd(), Path::new(MARKER), mode)
+        .and_then(|fd| sys::write_all(fd.as_fd(), &marker).map(|()| fd))
+        .and_then(|fd| match making {
+            Making::Provisional => sys::lock_exclusive(fd.as_fd()).map(|()| Some(fd)),
+            Making::Final => Ok(None),
+        })
         .map_err(|e| Error::os("write the state tmpfs' marker", Some(path), e))?;
     // Onto exactly the directory checked.
     sys::move_mount(tmpfs.as_fd(), leaf, Path::new(""))
@@ -407,10 +791,16 @@ fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>) -> Result<StateDir> {
     sys::make_mount_private(tmpfs.as_fd())
         .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
     let mount_id = sys::stat_fd(tmpfs.as_fd()).ok().and_then(|st| st.mnt_id);
-    Ok(StateDir {
+    let state = StateDir {
         path: path.to_path_buf(),
         fd: tmpfs,
         mount_id,
+        provisional: false,
+        made: std::sync::Mutex::new(None),
+    };
+    Ok(match marker {
+        Some(marker) => Attached::Provisional(state, marker),
+        None => Attached::Final(state),
     })
 }
 

@@ -39,7 +39,9 @@ pub(crate) fn assemble(req: &Request<'_>) -> Result<(OwnedFd, Vec<String>)> {
     let ctx = OverlayContext::new(req.params)?;
     let (prepared, clones) = staged::prepare_for_staging(req, false)?;
     let state_dir = req.state.path();
-    let state = req.state.get_or_create()?;
+    // Provisional when mounted here: taken away again when the assembly
+    // fails and it holds nothing else (bad input keeps nothing).
+    let state = req.state.get_or_create_for_assembly()?;
     let id = state::new_staging_id();
     let mut record = LiveRecord::create(state, &id, planned_mounts(req, &prepared))?;
     sys::mkdir(state.fd.as_fd(), Path::new(&id), 0o700)

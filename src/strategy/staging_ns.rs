@@ -112,7 +112,9 @@ enum PerBoot {
 /// there is refused.
 fn per_boot(state: &StateDirOnce) -> Result<PerBoot> {
     let state_dir = state.path();
-    let state = state.get_or_create()?;
+    // Provisional when mounted here: taken away again, with the namespace
+    // bound in it, when the assembly fails (bad input keeps nothing).
+    let state = state.get_or_create_for_assembly()?;
     let path = state_dir.join(FILE);
     let fd = match open_file(state) {
         Ok(fd) => fd,
@@ -196,7 +198,9 @@ fn not_a_mount_ns(state_dir: &Path) -> Error {
 /// Makes the namespace and keeps it in the state tmpfs, under the lock of
 /// its marker (root's alone), so one assembly at a time: another may have
 /// kept one meanwhile, which is taken instead. A file this namespace
-/// claimed and a killed process left unbound is removed first.
+/// claimed and a killed process left unbound is removed first. In a
+/// provisional tmpfs this call mounted, the bind is noted, so that taking
+/// the tmpfs away again detaches that very bind.
 fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot> {
     let marker = lock_marker(state, path)?;
     match clear_unbound(state, path)? {
@@ -215,7 +219,9 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
             .and_then(|()| sys::move_mount(bind.as_fd(), state.fd.as_fd(), Path::new(FILE)))
             .inspect_err(|_| {
                 let _ = sys::unlink(state.fd.as_fd(), Path::new(FILE));
-            })
+            })?;
+        state.bound_here(bind.as_fd());
+        Ok::<(), sys::SysError>(())
     };
     let Some((mut made, cpu)) = make_on(None)? else {
         return Ok(PerBoot::Kept(None));
@@ -259,10 +265,11 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
 }
 
 /// The state tmpfs' marker, locked: whoever holds it may make, keep or
-/// remove the staging namespace's file.
-fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<OwnedFd> {
-    sys::open_read(state.fd.as_fd(), Path::new(crate::state::MARKER))
-        .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+/// remove the staging namespace's file (`None`: this call holds it, see
+/// [`crate::state::StateDir::lock_marker`]).
+fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<Option<OwnedFd>> {
+    state
+        .lock_marker()
         .map_err(|e| Error::os("lock the state dir", path.parent(), e))
 }
 

@@ -609,6 +609,21 @@ pub fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
         .map_err(fail("flock", || format!("{}, LOCK_EX", fd_arg(fd))))
 }
 
+/// `flock(fd, LOCK_SH)`: waits for a shared lock, i.e. until nobody holds
+/// an exclusive one; released when the fd (its open file description) is
+/// closed.
+pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockShared)
+        .map_err(fail("flock", || format!("{}, LOCK_SH", fd_arg(fd))))
+}
+
+/// `fchmod(fd, mode)`: the permission bits of the file an fd refers to
+/// (not subject to the umask).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
+        .map_err(fail("fchmod", || format!("{}, 0{mode:o}", fd_arg(fd))))
+}
+
 /// `write(fd, bytes)`, all of it.
 pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> SysResult<()> {
     while !bytes.is_empty() {
