@@ -49,8 +49,13 @@ fn layers_and_target(s: &Scratch, name: &str) -> (Vec<PathBuf>, PathBuf) {
 }
 
 fn mount_cmd(st: &Setup, extra: &[&str]) -> Command {
+    mount_cmd_in(st, &st.state, extra)
+}
+
+/// [`mount_cmd`] with the state dir `state`.
+fn mount_cmd_in(st: &Setup, state: &Path, extra: &[&str]) -> Command {
     let mut cmd = idoverlay();
-    cmd.arg("mount").arg("--state-dir").arg(&st.state);
+    cmd.arg("mount").arg("--state-dir").arg(state);
     for l in &st.layers {
         cmd.arg("--lower").arg(l);
     }
@@ -837,4 +842,342 @@ fn assemble_beneath_a_mount_that_takes_no_idmap() {
             run(Command::new("umount").arg(&other));
         },
     );
+}
+
+/// The options every strategy hands the kernel, which it refuses only when
+/// the superblock is made (`FSCONFIG_CMD_CREATE`): after host-staged has
+/// staged and private-ns has its staging namespace.
+const REFUSED_AT_CREATE: &str = "metacopy=on,redirect_dir=off";
+
+/// A mount as the tool runs by default (the probe report and private-ns'
+/// staging namespace kept for the boot in the state dir), of `st`'s layers
+/// with the state dir `state`.
+fn mount_as_shipped(st: &Setup, state: &Path, extra: &[&str]) -> Command {
+    let mut cmd = mount_cmd_in(st, state, extra);
+    cmd.env_remove("IDOVERLAY_PROBE_CACHE");
+    cmd
+}
+
+/// The refusal of [`REFUSED_AT_CREATE`], exactly as before the state
+/// tmpfs was ever taken back: status 1, this one line (the fd number
+/// aside).
+fn assert_refused_at_create(out: &std::process::Output, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+    let (head, rest) = err
+        .split_once("fsconfig(fd ")
+        .unwrap_or_else(|| panic!("{what}: {err}"));
+    assert_eq!(head, "idoverlay: cannot create the overlay: ", "{what}");
+    assert_eq!(
+        rest.trim_start_matches(|c: char| c.is_ascii_digit()),
+        ", FSCONFIG_CMD_CREATE, NULL, NULL, 0): Invalid argument (EINVAL); \
+         the kernel log (dmesg) may say more\n",
+        "{what}: {err}"
+    );
+}
+
+/// What `idoverlay show` says of the mount at `target`, with the state dir
+/// `state`.
+fn show_in(state: &Path, target: &Path) -> Value {
+    json(&run(idoverlay()
+        .args(["show", "--json", "--state-dir"])
+        .arg(state)
+        .arg(target)))
+}
+
+/// The names in a directory, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The mounts at `at` (stacked ones too) and below it, in this thread's
+/// namespace.
+fn mounts_at_or_below(at: &Path) -> Vec<mountinfo::MountEntry> {
+    mounts()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(at))
+        .collect()
+}
+
+/// The permission bits of the state tmpfs' marker.
+fn marker_mode(state: &Path) -> u32 {
+    std::fs::symlink_metadata(state.join(".idoverlay-state"))
+        .unwrap()
+        .mode()
+        & 0o7777
+}
+
+/// A mount the kernel refuses (options it refuses only when the superblock
+/// is made, after private-ns has its staging namespace and host-staged has
+/// staged) keeps nothing, for every strategy, with a fresh state dir given
+/// empty or not there at all: the message and status as they were, no new
+/// mount (the state tmpfs and the boot's staging namespace taken away
+/// again), the state dir empty or gone. Before, private-ns and host-staged
+/// left the tmpfs at the state dir, and private-ns the staging namespace's
+/// bind inside it. The state dir then serves the next mount as a fresh one.
+#[test]
+fn a_mount_the_kernel_refuses_keeps_no_state_dir() {
+    in_private_ns("operators::refused_keeps_no_state_dir", |s| {
+        let st = setup(s, "refused", 100000);
+        let run_dir = s.path("run");
+        mkdir(&run_dir, 0o755, 0, 0);
+        for strategy in ["auto", "private-ns", "host-staged"] {
+            for given in [true, false] {
+                let what = format!(
+                    "{strategy}, state dir {}",
+                    ["missing", "given"][given as usize]
+                );
+                let state = run_dir.join(format!("{strategy}-{given}"));
+                if given {
+                    mkdir(&state, 0o700, 0, 0);
+                }
+                let before = mounts();
+                let out = mount_as_shipped(
+                    &st,
+                    &state,
+                    &["--strategy", strategy, "-o", REFUSED_AT_CREATE],
+                )
+                .output()
+                .unwrap();
+                assert_refused_at_create(&out, &what);
+                let new = new_mounts(&before, &mounts());
+                assert!(new.is_empty(), "{what}: {new:#?}");
+                if given {
+                    assert_eq!(names_in(&state), Vec::<String>::new(), "{what}");
+                    assert_eq!(
+                        std::fs::metadata(&state).unwrap().mode() & 0o7777,
+                        0o700,
+                        "{what}"
+                    );
+                } else {
+                    assert!(!state.exists(), "{what}: the state dir it created stays");
+                }
+                // And the state dir serves the next mount as a fresh one.
+                run(&mut mount_as_shipped(
+                    &st,
+                    &state,
+                    &["--strategy", strategy],
+                ));
+                assert_eq!(marker_mode(&state), 0o600, "{what}");
+                assert_eq!(
+                    show_in(&state, &st.target)["target"],
+                    st.target.display().to_string(),
+                    "{what}"
+                );
+                run(idoverlay()
+                    .args(["umount", "--state-dir"])
+                    .arg(&state)
+                    .arg(&st.target));
+            }
+        }
+    });
+}
+
+/// A first mount the kernel refuses, run at the same moment as a correct
+/// one with the same fresh state dir, never takes away what the correct
+/// one keeps there: whichever mounts the state tmpfs, the other waits for
+/// it (a provisional one) or uses it (a final one), and a tmpfs is taken
+/// back only when nobody else kept anything in it. Many rounds, both
+/// strategies that stage refused beside each strategy mounting, either one
+/// started first: each time the correct mount is there and `show` finds
+/// its record, and the state dir shows one state tmpfs (none stacked),
+/// final, holding only what a correct mount keeps.
+#[test]
+fn a_refused_first_mount_never_takes_away_what_a_concurrent_one_keeps() {
+    in_private_ns("operators::refused_beside_a_concurrent_mount", |s| {
+        use std::process::Stdio;
+        let a = setup(s, "a", 100000);
+        let b = setup(s, "b", 100000);
+        let run_dir = s.path("run");
+        mkdir(&run_dir, 0o755, 0, 0);
+        let refused = ["private-ns", "host-staged"];
+        let correct = ["private-ns", "host-staged", "auto"];
+        for round in 0..48 {
+            let (sa, sb) = (refused[round % 2], correct[(round / 2) % 3]);
+            let b_first = (round / 6) % 2 == 1;
+            let what = format!("round {round}: {sa} refused beside {sb} (b first: {b_first})");
+            let state = run_dir.join(format!("s{round}"));
+            let mut ca = mount_as_shipped(&a, &state, &["--strategy", sa, "-o", REFUSED_AT_CREATE]);
+            let mut cb = mount_as_shipped(&b, &state, &["--strategy", sb]);
+            for c in [&mut ca, &mut cb] {
+                c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            let (pa, pb) = if b_first {
+                let pb = cb.spawn().unwrap();
+                (ca.spawn().unwrap(), pb)
+            } else {
+                let pa = ca.spawn().unwrap();
+                (pa, cb.spawn().unwrap())
+            };
+            let (oa, ob) = (
+                pa.wait_with_output().unwrap(),
+                pb.wait_with_output().unwrap(),
+            );
+            assert_refused_at_create(&oa, &what);
+            assert!(ob.status.success(), "{what}: {}", stderr(&ob));
+            assert_eq!(
+                show_in(&state, &b.target)["target"],
+                b.target.display().to_string(),
+                "{what}"
+            );
+            let top = mounts()
+                .into_iter()
+                .rev()
+                .find(|m| m.mount_point == b.target)
+                .unwrap_or_else(|| panic!("{what}: nothing at b's target"));
+            assert_eq!(top.fs_type, "overlay", "{what}");
+            let at_state = mounts_at_or_below(&state);
+            let tmpfs: Vec<_> = at_state.iter().filter(|m| m.mount_point == state).collect();
+            assert_eq!(tmpfs.len(), 1, "{what}: {at_state:#?}");
+            assert_eq!(tmpfs[0].source, "idoverlay-state", "{what}");
+            // Besides it, at most the boot's staging namespace.
+            for m in at_state.iter().filter(|m| m.mount_point != state) {
+                assert_eq!(m.mount_point, state.join("staging-ns"), "{what}: {m:?}");
+                assert_eq!(m.fs_type, "nsfs", "{what}: {m:?}");
+            }
+            assert_eq!(marker_mode(&state), 0o600, "{what}");
+            for name in names_in(&state) {
+                assert!(
+                    [".idoverlay-state", "mounts", "probe", "staging-ns"].contains(&name.as_str()),
+                    "{what}: {name} in the state dir"
+                );
+            }
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&state)
+                .arg(&b.target));
+        }
+    });
+}
+
+/// Waits until `child` either waits for a `flock` of the file with inode
+/// `ino` (its request shown blocked in /proc/locks: true) or has exited
+/// (false). A guard of two minutes turns a hang of neither into a failure.
+fn blocked_on_lock_or_exited(child: &mut std::process::Child, ino: u64) -> bool {
+    let pid = child.id().to_string();
+    let ino = format!(":{ino}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let blocked = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->")
+                && f.get(5) == Some(&pid.as_str())
+                && f.get(6).is_some_and(|dev_ino| dev_ino.ends_with(&ino))
+        });
+        if blocked {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid}: neither waiting for the lock nor done"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A provisional state tmpfs, made here by hand as a call mounting one for
+/// its assembly makes it (its marker 0400, locked by its maker): a mount
+/// waits for the maker (its `flock` seen waiting in /proc/locks) while
+/// `list` only reads and goes on; then, as the maker ends:
+/// * killed (the lock let go, the marker still provisional): the mount
+///   adopts the tmpfs (final now) and mounts, its record there, no second
+///   tmpfs over it;
+/// * taking the tmpfs away again: the mount mounts a state tmpfs of its
+///   own;
+/// * making it final: the mount uses it.
+///
+/// Before, the tool took a provisional tmpfs as any other, waited for
+/// nothing and left it provisional.
+#[test]
+fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() {
+    in_private_ns("operators::provisional_state_tmpfs", |s| {
+        use std::os::unix::fs::PermissionsExt;
+        use std::process::Stdio;
+        let st = setup(s, "p", 100000);
+        let run_dir = s.path("run");
+        mkdir(&run_dir, 0o755, 0, 0);
+        for (maker_ends, strategy) in [
+            ("killed", "host-staged"),
+            ("takes it away", "private-ns"),
+            ("makes it final", "auto"),
+        ] {
+            let what = format!("maker {maker_ends}, {strategy}");
+            let state = run_dir.join(strategy);
+            mkdir(&state, 0o700, 0, 0);
+            run(Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0700,size=4m", "idoverlay-state"])
+                .arg(&state));
+            let marker = state.join(".idoverlay-state");
+            std::fs::write(&marker, br#"{"format":"idoverlay-state","version":1}"#).unwrap();
+            std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o400)).unwrap();
+            let made = mounts_at_or_below(&state);
+            assert_eq!(made.len(), 1);
+            let maker = std::fs::File::open(&marker).unwrap();
+            rustix::fs::flock(&maker, rustix::fs::FlockOperation::LockExclusive).unwrap();
+            let ino = maker.metadata().unwrap().ino();
+
+            let mut lister = idoverlay()
+                .args(["list", "--state-dir"])
+                .arg(&state)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            assert!(
+                !blocked_on_lock_or_exited(&mut lister, ino),
+                "{what}: list waits for the maker"
+            );
+            assert!(lister.wait().unwrap().success(), "{what}: list");
+            let mut mount = mount_as_shipped(&st, &state, &["--strategy", strategy])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            assert!(
+                blocked_on_lock_or_exited(&mut mount, ino),
+                "{what}: mounted without waiting for the maker"
+            );
+            match maker_ends {
+                "killed" => {}
+                "takes it away" => {
+                    run(Command::new("umount").arg("-l").arg(&state));
+                }
+                _ => maker
+                    .set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .unwrap(),
+            }
+            drop(maker);
+            let out = mount.wait_with_output().unwrap();
+            assert!(out.status.success(), "{what}: {}", stderr(&out));
+            let tmpfs: Vec<_> = mounts_at_or_below(&state)
+                .into_iter()
+                .filter(|m| m.mount_point == state)
+                .collect();
+            assert_eq!(tmpfs.len(), 1, "{what}: {tmpfs:#?}");
+            assert_eq!(
+                tmpfs[0].mount_id == made[0].mount_id,
+                maker_ends != "takes it away",
+                "{what}: {tmpfs:#?} vs {made:#?}"
+            );
+            assert_eq!(marker_mode(&state), 0o600, "{what}");
+            assert_eq!(
+                show_in(&state, &st.target)["target"],
+                st.target.display().to_string(),
+                "{what}"
+            );
+            run(idoverlay()
+                .args(["umount", "--state-dir"])
+                .arg(&state)
+                .arg(&st.target));
+        }
+    });
 }
