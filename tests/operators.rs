@@ -901,6 +901,21 @@ fn mounts_at_or_below(at: &Path) -> Vec<mountinfo::MountEntry> {
         .collect()
 }
 
+/// The state dir's tmpfs is final and serves the mount at `target`
+/// (`show` finds it), which is then unmounted.
+fn final_and_serving(state: &Path, target: &Path, what: &str) {
+    assert_eq!(marker_mode(state), 0o600, "{what}");
+    assert_eq!(
+        show_in(state, target)["target"],
+        target.display().to_string(),
+        "{what}"
+    );
+    run(idoverlay()
+        .args(["umount", "--state-dir"])
+        .arg(state)
+        .arg(target));
+}
+
 /// The permission bits of the state tmpfs' marker.
 fn marker_mode(state: &Path) -> u32 {
     std::fs::symlink_metadata(state.join(".idoverlay-state"))
@@ -960,16 +975,7 @@ fn a_mount_the_kernel_refuses_keeps_no_state_dir() {
                     &state,
                     &["--strategy", strategy],
                 ));
-                assert_eq!(marker_mode(&state), 0o600, "{what}");
-                assert_eq!(
-                    show_in(&state, &st.target)["target"],
-                    st.target.display().to_string(),
-                    "{what}"
-                );
-                run(idoverlay()
-                    .args(["umount", "--state-dir"])
-                    .arg(&state)
-                    .arg(&st.target));
+                final_and_serving(&state, &st.target, &what);
             }
         }
     });
@@ -1165,16 +1171,7 @@ fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() 
                 maker_ends != "takes it away",
                 "{what}: {tmpfs:#?} vs {made:#?}"
             );
-            assert_eq!(marker_mode(&state), 0o600, "{what}");
-            assert_eq!(
-                show_in(&state, &st.target)["target"],
-                st.target.display().to_string(),
-                "{what}"
-            );
-            run(idoverlay()
-                .args(["umount", "--state-dir"])
-                .arg(&state)
-                .arg(&st.target));
+            final_and_serving(&state, &st.target, &what);
         }
     });
 }
