@@ -206,7 +206,7 @@ struct Made {
     /// The marker, locked (`LOCK_EX`) since before the tmpfs was attached:
     /// whoever else finds the tmpfs waits for this lock before it keeps
     /// anything there, so what the tmpfs holds is this call's alone.
-    marker: OwnedFd,
+    marker: sys::Locked,
     /// The state dir's parent (from the walk) and the state dir's name in
     /// it: to see that the state dir still shows this tmpfs.
     parent: OwnedFd,
@@ -323,7 +323,7 @@ impl StateDir {
         // under it. Nothing waits for anything else while holding it: a
         // provisional tmpfs' maker takes it to take its tmpfs away again.
         let lock = sys::open_dir_read(leaf.as_fd(), Path::new("."))
-            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+            .and_then(sys::Locked::exclusive)
             .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
         let Some(leaf) = open_leaf(path, walked.parent.as_fd(), &walked.name)? else {
             return Ok(None);
@@ -374,13 +374,12 @@ impl StateDir {
     /// namespace's file: `None` when this call holds it already (it mounted
     /// the tmpfs, still provisional: nobody else uses it, and a second
     /// `flock` of this process's would wait for its own first).
-    pub fn lock_marker(&self) -> sys::SysResult<Option<OwnedFd>> {
+    pub fn lock_marker(&self) -> sys::SysResult<Option<sys::Locked>> {
         if self.made_here() {
             return Ok(None);
         }
         let fd = sys::open_read(self.fd.as_fd(), Path::new(MARKER))?;
-        sys::lock_exclusive(fd.as_fd())?;
-        Ok(Some(fd))
+        sys::Locked::exclusive(fd).map(Some)
     }
 
     /// Whether this call mounted the tmpfs and it is still provisional.
@@ -496,7 +495,7 @@ impl StateDir {
         // finds the directory as it is once this is done.
         let covered = sys::stat_fd(made.covered.as_fd()).map_err(os("the state dir"))?;
         let _lock = sys::open_dir_read(made.covered.as_fd(), Path::new("."))
-            .and_then(|fd| sys::lock_exclusive(fd.as_fd()).map(|()| fd))
+            .and_then(sys::Locked::exclusive)
             .map_err(os("locking the state dir"))?;
         // Each through an fd of exactly what was checked: the bind (it
         // holds no mount), then the tmpfs, which then holds none either.
@@ -545,9 +544,9 @@ fn wait_for_maker(state: &StateDir) -> Result<()> {
             e,
         )
     };
-    let marker =
-        sys::open_read_nonblocking(state.fd.as_fd(), Path::new(MARKER), false).map_err(failed)?;
-    sys::lock_shared(marker.as_fd()).map_err(failed)?;
+    let marker = sys::open_read_nonblocking(state.fd.as_fd(), Path::new(MARKER), false)
+        .and_then(sys::Locked::shared)
+        .map_err(failed)?;
     let st = sys::stat_fd(marker.as_fd()).map_err(failed)?;
     // Exclusive, so that of several waiters one adopts it; one that finds
     // it taken finds it final when it looks again.
@@ -747,7 +746,7 @@ fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<Stat
 enum Attached {
     Final(StateDir),
     /// With its marker, open and locked.
-    Provisional(StateDir, OwnedFd),
+    Provisional(StateDir, sys::Locked),
 }
 
 /// Mounts a small private tmpfs (0700, nosuid, nodev, noexec) over the
@@ -781,7 +780,7 @@ fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>, making: Making) -> Resul
     let marker = sys::create_file(tmpfs.as_fd(), Path::new(MARKER), mode)
         .and_then(|fd| sys::write_all(fd.as_fd(), &marker).map(|()| fd))
         .and_then(|fd| match making {
-            Making::Provisional => sys::lock_exclusive(fd.as_fd()).map(|()| Some(fd)),
+            Making::Provisional => sys::Locked::exclusive(fd).map(Some),
             Making::Final => Ok(None),
         })
         .map_err(|e| Error::os("write the state tmpfs' marker", Some(path), e))?;
@@ -868,7 +867,7 @@ pub(crate) fn is_mount_name(name: &str) -> bool {
 #[derive(Debug)]
 pub(crate) struct LiveRecord {
     /// Open and locked (`flock`) for as long as the assembly runs.
-    fd: OwnedFd,
+    fd: sys::Locked,
     pub record: Record,
 }
 
@@ -923,26 +922,27 @@ impl LiveRecord {
 
 /// Writes `record` to a temporary name, locks it and renames it into
 /// place; returns the locked fd.
-fn publish(state: &StateDir, record: &Record) -> Result<OwnedFd> {
+fn publish(state: &StateDir, record: &Record) -> Result<sys::Locked> {
     let temp = format!(".{}.{:x}.tmp", record.id, sys::random_u64() & 0xffff_ffff);
     let name = Record::file_name(&record.id);
     let err = |e| Error::os("write staging record in", Some(&state.path), e);
     let fd = sys::create_file(state.fd.as_fd(), Path::new(&temp), 0o600).map_err(err)?;
-    let written = sys::lock_exclusive(fd.as_fd())
-        .and_then(|()| {
-            sys::write_all(
-                fd.as_fd(),
-                &serde_json::to_vec(record).expect("serializable"),
-            )
-        })
-        .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)));
-    if let Err(e) = written {
-        let _ = sys::unlink(state.fd.as_fd(), Path::new(&temp));
-        return Err(err(e));
+    let written = sys::Locked::exclusive(fd).and_then(|fd| {
+        sys::write_all(
+            fd.as_fd(),
+            &serde_json::to_vec(record).expect("serializable"),
+        )
+        .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)))
+        .map(|()| fd)
+    });
+    match written {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let _ = sys::unlink(state.fd.as_fd(), Path::new(&temp));
+            Err(err(e))
+        }
     }
-    Ok(fd)
 }
-
 /// The subdirectory `name` of the state tmpfs (root-only), made when
 /// missing; opened beneath the state dir, never through a symlink.
 pub(crate) fn subdir(state: &StateDir, name: &str) -> sys::SysResult<OwnedFd> {

@@ -909,6 +909,9 @@ fn idoverlays_threads_start_with_every_signal_blocked() {
 /// after 10 s is stuck (killed, and the test ends there).
 #[test]
 fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
+    if !alone_in_a_process("a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them") {
+        return;
+    }
     in_private_ns("fallbacks::fork", |s| {
         let dir = s.tmpfs_dir("f");
         let layers = make_layers(&dir.join("layers")).dirs;
@@ -1008,6 +1011,9 @@ fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
 /// it unshares go with it.)
 #[test]
 fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
+    if !alone_in_a_process("the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu") {
+        return;
+    }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         return; // nothing to tell: one CPU, one batch
     }
@@ -1086,4 +1092,98 @@ fn mnt_ns_id() -> u64 {
     let r = unsafe { libc::ioctl(ns.as_raw_fd(), 0x8008_b705, &mut id as *mut u64) };
     assert_eq!(r, 0, "NS_GET_MNTNS_ID: {}", std::io::Error::last_os_error());
     id
+}
+
+/// A child forked while an assembly holds the lock of the state tmpfs it
+/// mounted (provisional until its overlay exists) does not keep that lock
+/// once the assembly is done: the lock is let go, not only our fd closed,
+/// so the next writer does not wait for the child. The fork lands inside
+/// the assembly when the child still sees the marker provisional.
+#[test]
+fn a_child_forked_while_the_state_tmpfs_is_locked_does_not_keep_its_lock() {
+    if !alone_in_a_process("a_child_forked_while_the_state_tmpfs_is_locked_does_not_keep_its_lock")
+    {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    in_private_ns("fallbacks::fork_state_lock", |s| {
+        let dir = s.tmpfs_dir("f");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        mkdir(&dir.join("run"), 0o755, 0, 0);
+        let mut inside = 0;
+        for attempt in 0..500 {
+            let state = dir.join(format!("run/state-{attempt}"));
+            let marker = state.join(".idoverlay-state");
+            let done = AtomicBool::new(false);
+            let forked = std::thread::scope(|scope| {
+                let mounting = scope.spawn(|| {
+                    let mounted = Overlay::new()
+                        .lowers(layers.iter().cloned())
+                        .idmap(map(), map())
+                        .strategy(Strategy::HostStaged)
+                        .state_dir(&state)
+                        .mount(&target);
+                    done.store(true, Ordering::Release);
+                    mounted
+                });
+                let provisional = || {
+                    fs::symlink_metadata(&marker)
+                        .is_ok_and(|m| m.permissions().mode() & 0o777 == 0o400)
+                };
+                while !done.load(Ordering::Acquire) && !provisional() {
+                    std::hint::spin_loop();
+                }
+                let forked = (!done.load(Ordering::Acquire)).then(|| {
+                    let (report_r, report_w) = rustix::pipe::pipe().unwrap();
+                    let (hold_r, hold_w) = rustix::pipe::pipe().unwrap();
+                    // SAFETY: the child stats a file, writes and reads a
+                    // pipe and ends with _exit.
+                    let pid = unsafe { libc::fork() };
+                    assert!(pid >= 0);
+                    if pid == 0 {
+                        drop(hold_w);
+                        let seen = if provisional() { b"P" } else { b"F" };
+                        let _ = rustix::io::write(&report_w, seen);
+                        let _ = rustix::io::read(&hold_r, &mut [0u8; 1]);
+                        // SAFETY: ends the child without the parent's exit handlers.
+                        unsafe { libc::_exit(0) };
+                    }
+                    drop((report_w, hold_r));
+                    let mut seen = [0u8; 1];
+                    rustix::io::read(&report_r, &mut seen).unwrap();
+                    (pid, seen[0] == b'P', hold_w)
+                });
+                mounting.join().unwrap().unwrap();
+                forked
+            });
+            let Some((pid, in_window, hold)) = forked else {
+                idoverlay::unmount_overlay(&target, false).unwrap();
+                continue;
+            };
+            if in_window {
+                inside += 1;
+                // The child holds a copy of the maker's locked fd: the
+                // lock must be free all the same.
+                let fd = fs::File::open(&marker).unwrap();
+                let free =
+                    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+                assert_eq!(
+                    free,
+                    Ok(()),
+                    "attempt {attempt}: the forked child keeps the state tmpfs' lock"
+                );
+            }
+            drop(hold);
+            // SAFETY: waits for the child this test forked, by pid.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            // Only now: the child held copies of the assembly's fds.
+            idoverlay::unmount_overlay(&target, false).unwrap();
+            if inside == 3 {
+                break;
+            }
+        }
+        assert!(inside > 0, "no fork landed inside an assembly in 500 tries");
+    });
 }

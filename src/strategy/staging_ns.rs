@@ -267,7 +267,7 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
 /// The state tmpfs' marker, locked: whoever holds it may make, keep or
 /// remove the staging namespace's file (`None`: this call holds it, see
 /// [`crate::state::StateDir::lock_marker`]).
-fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<Option<OwnedFd>> {
+fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<Option<sys::Locked>> {
     state
         .lock_marker()
         .map_err(|e| Error::os("lock the state dir", path.parent(), e))

@@ -617,6 +617,57 @@ pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
         .map_err(fail("flock", || format!("{}, LOCK_SH", fd_arg(fd))))
 }
 
+/// An open file description locked with `flock`, let go with `LOCK_UN`
+/// when dropped, not only closed: a child forked meanwhile holds a copy of
+/// the description, and closing ours alone would leave the lock held until
+/// that child exits or execs (everyone else waiting for it). In such a
+/// child, dropping its copy of this only closes the fd: the lock is the
+/// parent's to let go.
+pub struct Locked {
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl Locked {
+    /// `flock(fd, LOCK_EX)`, waiting.
+    pub fn exclusive(fd: OwnedFd) -> SysResult<Locked> {
+        lock_exclusive(fd.as_fd())?;
+        Ok(Locked::taken(fd))
+    }
+
+    /// `flock(fd, LOCK_SH)`, waiting.
+    pub fn shared(fd: OwnedFd) -> SysResult<Locked> {
+        lock_shared(fd.as_fd())?;
+        Ok(Locked::taken(fd))
+    }
+
+    fn taken(fd: OwnedFd) -> Locked {
+        Locked {
+            fd,
+            pid: std::process::id(),
+        }
+    }
+
+    /// The locked fd.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::fmt::Debug for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Locked({})", fd_arg(self.fd.as_fd()))
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            let _ = unlock(self.fd.as_fd());
+        }
+    }
+}
+
 /// `fchmod(fd, mode)`: the permission bits of the file an fd refers to
 /// (not subject to the umask).
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {

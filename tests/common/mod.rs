@@ -864,3 +864,28 @@ impl OpenWatch {
         }
     }
 }
+
+/// For a test that forks (a child copies the fds of every other test
+/// running in the binary, and keeps their mounts busy) or that needs the
+/// process's namespaces to itself: `true` in a process of its own, where
+/// the test's body runs; otherwise runs this test binary again with only
+/// `name` (`--exact`), checks that it passed, and gives `false`.
+#[allow(dead_code)]
+pub fn alone_in_a_process(name: &str) -> bool {
+    if std::env::var_os("IDOVERLAY_TEST_ALONE").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture"])
+        .env("IDOVERLAY_TEST_ALONE", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 passed"), "{said}");
+    false
+}
