@@ -148,12 +148,12 @@ fn run() {
 /// ```
 pub fn settle() {
     crate::strategy::staging_ns::release();
-    let owner = STATE.is_this_process();
-    if owner {
-        if let Some(mut state) = state() {
-            state.stopping = true;
-        }
+    // A forked child adopts the state here when it can, dropping its
+    // copies of the parent's pending clones.
+    if let Some(mut state) = state() {
+        state.stopping = true;
     }
+    let owner = STATE.is_this_process();
     // Gone from the process, not only done: until the kernel has released
     // a thread, it still counts as one. (A bound, in case a caller names
     // threads of its own like ours.)
