@@ -322,8 +322,7 @@ impl StateDir {
         // nobody else can open to hold its lock; the check is repeated
         // under it. Nothing waits for anything else while holding it: a
         // provisional tmpfs' maker takes it to take its tmpfs away again.
-        let lock = sys::open_dir_read(leaf.as_fd(), Path::new("."))
-            .and_then(sys::Locked::exclusive)
+        let lock = lock_covered(leaf.as_fd())
             .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
         let Some(leaf) = open_leaf(path, walked.parent.as_fd(), &walked.name)? else {
             return Ok(None);
@@ -494,9 +493,7 @@ impl StateDir {
         // takes it before mounting there: that call then looks again, and
         // finds the directory as it is once this is done.
         let covered = sys::stat_fd(made.covered.as_fd()).map_err(os("the state dir"))?;
-        let _lock = sys::open_dir_read(made.covered.as_fd(), Path::new("."))
-            .and_then(sys::Locked::exclusive)
-            .map_err(os("locking the state dir"))?;
+        let _lock = lock_covered(made.covered.as_fd()).map_err(os("locking the state dir"))?;
         // Each through an fd of exactly what was checked: the bind (it
         // holds no mount), then the tmpfs, which then holds none either.
         if let Some(fd) = bind {
@@ -516,6 +513,13 @@ impl StateDir {
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// The lock of the directory a state tmpfs goes over (root-only, checked:
+/// nobody else can open it to hold it), taken by whoever mounts a tmpfs
+/// there or takes one away again.
+fn lock_covered(dir: BorrowedFd<'_>) -> sys::SysResult<sys::Locked> {
+    sys::open_dir_read(dir, Path::new(".")).and_then(sys::Locked::exclusive)
 }
 
 /// What a try of [`StateDir::open_or_create`] does with a mounted state

@@ -602,17 +602,16 @@ pub fn unlink(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
     }))
 }
 
-/// `flock(fd, LOCK_EX)`: waits for an exclusive lock, released when the fd
-/// (its open file description) is closed.
-pub fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
+/// `flock(fd, LOCK_EX)`: waits for an exclusive lock (held through
+/// [`Locked`], which lets it go).
+fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive)
         .map_err(fail("flock", || format!("{}, LOCK_EX", fd_arg(fd))))
 }
 
 /// `flock(fd, LOCK_SH)`: waits for a shared lock, i.e. until nobody holds
-/// an exclusive one; released when the fd (its open file description) is
-/// closed.
-pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
+/// an exclusive one (held through [`Locked`]).
+fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::fs::flock(fd, rustix::fs::FlockOperation::LockShared)
         .map_err(fail("flock", || format!("{}, LOCK_SH", fd_arg(fd))))
 }
