@@ -29,6 +29,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// ```
 pub struct Error(Box<Inner>);
 
+#[derive(Clone)]
 struct Inner {
     repr: Repr,
     advice: Option<Advice>,
@@ -166,7 +167,7 @@ impl Advice {
 
 /// What a failure is, with its facts (the library's own view; callers see
 /// it through [`Error`]'s accessors).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum Repr {
     #[error(fmt = fmt_invalid)]
     InvalidInput {
@@ -345,6 +346,12 @@ impl Error {
         let mut message = self.0.repr.to_string();
         message.push_str(phrase);
         message
+    }
+
+    /// The same error again, for a caller that meets the same failure a
+    /// second time in one call (a state dir given up on).
+    pub(crate) fn again(&self) -> Error {
+        Error(self.0.clone())
     }
 
     /// An [`ErrorKind::InvalidInput`] error: `what` (the kind of input),

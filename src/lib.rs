@@ -61,6 +61,7 @@ mod fs_type;
 pub mod gc;
 pub mod idmap;
 mod layer;
+mod lock_wait;
 mod mistakes;
 mod mountinfo;
 mod options;

@@ -51,3 +51,13 @@ pub(crate) fn open_root() -> Result<Option<OwnedFd>> {
         ),
     ))
 }
+
+/// `/proc/NAME` (`locks`, `PID/stat`), from a checked proc root, at most
+/// `max` bytes of it: `None` without one, or when it cannot be read.
+pub(crate) fn read(name: &str, max: usize) -> Option<Vec<u8>> {
+    let root = open_root().ok()??;
+    let fd = sys::open_read_nonblocking(root.as_fd(), Path::new(name), false).ok()?;
+    let mut bytes = sys::read_at_most(fd.as_fd(), max).ok()?;
+    bytes.truncate(max);
+    Some(bytes)
+}

@@ -38,8 +38,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_path, Error, Result};
+use crate::lock_wait;
 use crate::process_local::ProcessLocal;
-use crate::sys::{self, MountAttrs};
+use crate::sys::{self, LockMode, MountAttrs};
 
 /// Where host-staged keeps its staging directories unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/idoverlay";
@@ -99,6 +100,10 @@ pub(crate) struct StateDirOnce {
     /// [`StateDirOnce::get_or_create`] waits for its maker and opens the
     /// state dir again).
     peeked: std::sync::OnceLock<StateDir>,
+    /// Why opening it to write failed, once it did: a second use in the
+    /// same call (the record after the probe report) fails the same way at
+    /// once instead of waiting for the same lock again.
+    failed: std::sync::OnceLock<Error>,
 }
 
 impl StateDirOnce {
@@ -107,6 +112,7 @@ impl StateDirOnce {
             path: path.into(),
             opened: std::sync::OnceLock::new(),
             peeked: std::sync::OnceLock::new(),
+            failed: std::sync::OnceLock::new(),
         }
     }
 
@@ -150,7 +156,13 @@ impl StateDirOnce {
         if let Some(state) = self.opened.get() {
             return Ok(state);
         }
-        Ok(self.keep(StateDir::open_or_create(&self.path, making)?))
+        if let Some(e) = self.failed.get() {
+            return Err(e.again());
+        }
+        match StateDir::open_or_create(&self.path, making) {
+            Ok(state) => Ok(self.keep(state)),
+            Err(e) => Err(self.failed.get_or_init(|| e).again()),
+        }
     }
 
     fn keep(&self, state: StateDir) -> &StateDir {
@@ -252,6 +264,7 @@ impl StateDir {
     /// staged); refused when it is anything but idoverlay's own. To write,
     /// a provisional tmpfs' maker is waited for first.
     pub fn open_existing(path: &Path, usage: Use) -> Result<Option<StateDir>> {
+        let deadline = lock_wait::Deadline::new();
         loop {
             let walked = walk(path)?;
             let Some(leaf) = walked.leaf else {
@@ -261,7 +274,7 @@ impl StateDir {
             if st.mount_root == Some(true) {
                 let state = verify_ours(path, leaf, st.mnt_id)?;
                 if state.provisional && usage == Use::Write {
-                    wait_for_maker(&state)?;
+                    wait_for_maker(&state, &deadline)?;
                     continue;
                 }
                 return Ok(Some(state));
@@ -283,9 +296,13 @@ impl StateDir {
     /// over it when needed (see [`Making`]). A provisional tmpfs another
     /// call made is waited for, then everything is looked at again.
     pub fn open_or_create(path: &Path, making: Making) -> Result<StateDir> {
+        let deadline = lock_wait::Deadline::new();
         loop {
-            if let Some(state) = Self::try_open_or_create(path, making)? {
+            if let Some(state) = Self::try_open_or_create(path, making, &deadline)? {
                 return Ok(state);
+            }
+            if deadline.passed() {
+                return Err(lock_wait::kept_changing("open it", path));
             }
         }
     }
@@ -294,8 +311,12 @@ impl StateDir {
     /// start again from the walk: a provisional tmpfs' maker was waited
     /// for, or the state dir was taken away meanwhile by the call that
     /// created it (its assembly failed). Each `None` follows another
-    /// call's progress.
-    fn try_open_or_create(path: &Path, making: Making) -> Result<Option<StateDir>> {
+    /// call's progress; all of it, waits included, ends at `deadline`.
+    fn try_open_or_create(
+        path: &Path,
+        making: Making,
+        deadline: &lock_wait::Deadline,
+    ) -> Result<Option<StateDir>> {
         let walked = walk(path)?;
         let (leaf, created) = match walked.leaf {
             Some(fd) => (fd, false),
@@ -314,7 +335,7 @@ impl StateDir {
         };
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
-            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?);
+            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?, deadline);
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
@@ -322,8 +343,7 @@ impl StateDir {
         // nobody else can open to hold its lock; the check is repeated
         // under it. Nothing waits for anything else while holding it: a
         // provisional tmpfs' maker takes it to take its tmpfs away again.
-        let lock = lock_covered(leaf.as_fd())
-            .map_err(|e| Error::os("lock the state dir", Some(path), e))?;
+        let lock = lock_covered(leaf.as_fd(), deadline, path)?;
         let Some(leaf) = open_leaf(path, walked.parent.as_fd(), &walked.name)? else {
             return Ok(None);
         };
@@ -331,7 +351,7 @@ impl StateDir {
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
             drop(lock);
-            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?);
+            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?, deadline);
         }
         // Another directory by that name than the one locked (the one
         // locked was removed and made again): its lock is another.
@@ -373,12 +393,14 @@ impl StateDir {
     /// namespace's file: `None` when this call holds it already (it mounted
     /// the tmpfs, still provisional: nobody else uses it, and a second
     /// `flock` of this process's would wait for its own first).
-    pub fn lock_marker(&self) -> sys::SysResult<Option<sys::Locked>> {
+    pub fn lock_marker(&self) -> Result<Option<sys::Locked>> {
         if self.made_here() {
             return Ok(None);
         }
-        let fd = sys::open_read(self.fd.as_fd(), Path::new(MARKER))?;
-        sys::Locked::exclusive(fd).map(Some)
+        let op = "lock the state dir";
+        let fd = sys::open_read(self.fd.as_fd(), Path::new(MARKER))
+            .map_err(|e| Error::os(op, Some(&self.path), e))?;
+        lock_wait::lock(fd, LockMode::Exclusive, op, Some(&self.path)).map(Some)
     }
 
     /// Whether this call mounted the tmpfs and it is still provisional.
@@ -493,7 +515,12 @@ impl StateDir {
         // takes it before mounting there: that call then looks again, and
         // finds the directory as it is once this is done.
         let covered = sys::stat_fd(made.covered.as_fd()).map_err(os("the state dir"))?;
-        let _lock = lock_covered(made.covered.as_fd()).map_err(os("locking the state dir"))?;
+        let _lock = lock_covered(
+            made.covered.as_fd(),
+            &lock_wait::Deadline::new(),
+            &self.path,
+        )
+        .map_err(|e| format!("locking it failed: {e}"))?;
         // Each through an fd of exactly what was checked: the bind (it
         // holds no mount), then the tmpfs, which then holds none either.
         if let Some(fd) = bind {
@@ -518,18 +545,24 @@ impl StateDir {
 /// The lock of the directory a state tmpfs goes over (root-only, checked:
 /// nobody else can open it to hold it), taken by whoever mounts a tmpfs
 /// there or takes one away again.
-fn lock_covered(dir: BorrowedFd<'_>) -> sys::SysResult<sys::Locked> {
-    sys::open_dir_read(dir, Path::new(".")).and_then(sys::Locked::exclusive)
+fn lock_covered(
+    dir: BorrowedFd<'_>,
+    deadline: &lock_wait::Deadline,
+    path: &Path,
+) -> Result<sys::Locked> {
+    let op = "lock the state dir";
+    let fd = sys::open_dir_read(dir, Path::new(".")).map_err(|e| Error::os(op, Some(path), e))?;
+    lock_wait::lock_until(fd, LockMode::Exclusive, deadline, op, Some(path))
 }
 
 /// What a try of [`StateDir::open_or_create`] does with a mounted state
 /// dir it verified: uses it, or waits for the maker of a provisional one
 /// and has the caller look again.
-fn ready_or_wait(state: StateDir) -> Result<Option<StateDir>> {
+fn ready_or_wait(state: StateDir, deadline: &lock_wait::Deadline) -> Result<Option<StateDir>> {
     if !state.provisional {
         return Ok(Some(state));
     }
-    wait_for_maker(&state)?;
+    wait_for_maker(&state, deadline)?;
     Ok(None)
 }
 
@@ -540,17 +573,12 @@ fn ready_or_wait(state: StateDir) -> Result<Option<StateDir>> {
 /// as everything a killed assembly leaves; `gc` finishes its staging). One
 /// taken away is detached by then, and making it final changes nothing
 /// anyone sees. The caller opens the state dir again from `/`.
-fn wait_for_maker(state: &StateDir) -> Result<()> {
-    let failed = |e| {
-        Error::os(
-            "wait for the call making the state dir",
-            Some(&state.path),
-            e,
-        )
-    };
-    let marker = sys::open_read_nonblocking(state.fd.as_fd(), Path::new(MARKER), false)
-        .and_then(sys::Locked::shared)
-        .map_err(failed)?;
+fn wait_for_maker(state: &StateDir, deadline: &lock_wait::Deadline) -> Result<()> {
+    let op = "wait for the call making the state dir";
+    let failed = |e| Error::os(op, Some(&state.path), e);
+    let marker =
+        sys::open_read_nonblocking(state.fd.as_fd(), Path::new(MARKER), false).map_err(failed)?;
+    let marker = lock_wait::lock_until(marker, LockMode::Shared, deadline, op, Some(&state.path))?;
     let st = sys::stat_fd(marker.as_fd()).map_err(failed)?;
     // Exclusive, so that of several waiters one adopts it; one that finds
     // it taken finds it final when it looks again.
@@ -784,7 +812,10 @@ fn mount_state_tmpfs(path: &Path, leaf: BorrowedFd<'_>, making: Making) -> Resul
     let marker = sys::create_file(tmpfs.as_fd(), Path::new(MARKER), mode)
         .and_then(|fd| sys::write_all(fd.as_fd(), &marker).map(|()| fd))
         .and_then(|fd| match making {
-            Making::Provisional => sys::Locked::exclusive(fd).map(Some),
+            // Nobody else can open it yet (the tmpfs is detached).
+            Making::Provisional => sys::Locked::try_new(fd, LockMode::Exclusive)
+                .map(Some)
+                .map_err(|(_, e)| e),
             Making::Final => Ok(None),
         })
         .map_err(|e| Error::os("write the state tmpfs' marker", Some(path), e))?;
@@ -931,14 +962,18 @@ fn publish(state: &StateDir, record: &Record) -> Result<sys::Locked> {
     let name = Record::file_name(&record.id);
     let err = |e| Error::os("write staging record in", Some(&state.path), e);
     let fd = sys::create_file(state.fd.as_fd(), Path::new(&temp), 0o600).map_err(err)?;
-    let written = sys::Locked::exclusive(fd).and_then(|fd| {
-        sys::write_all(
-            fd.as_fd(),
-            &serde_json::to_vec(record).expect("serializable"),
-        )
-        .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)))
-        .map(|()| fd)
-    });
+    // A new file of a root-only tmpfs, under a name nobody guesses: nobody
+    // else holds its lock.
+    let written = sys::Locked::try_new(fd, LockMode::Exclusive)
+        .map_err(|(_, e)| e)
+        .and_then(|fd| {
+            sys::write_all(
+                fd.as_fd(),
+                &serde_json::to_vec(record).expect("serializable"),
+            )
+            .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)))
+            .map(|()| fd)
+        });
     match written {
         Ok(fd) => Ok(fd),
         Err(e) => {
@@ -1000,7 +1035,8 @@ pub(crate) fn boot_id() -> Option<String> {
 /// A process's start time (clock ticks since boot), to tell a pid's
 /// current process from an earlier one in reports.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::procfs::read(&format!("{pid}/stat"), 4096)?;
+    let stat = String::from_utf8(stat).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split(' ').nth(19)?.parse().ok()

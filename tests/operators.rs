@@ -1058,38 +1058,226 @@ fn a_refused_first_mount_never_takes_away_what_a_concurrent_one_keeps() {
     });
 }
 
-/// Waits until `child` either waits for a `flock` of the file with inode
-/// `ino` (its request shown blocked in /proc/locks: true) or has exited
-/// (false). A guard of two minutes turns a hang of neither into a failure.
-fn blocked_on_lock_or_exited(child: &mut std::process::Child, ino: u64) -> bool {
-    let pid = child.id().to_string();
-    let ino = format!(":{ino}");
+/// Whether `child` waits for the lock on the file `ino` — it keeps an fd
+/// of that file open while one of its threads sleeps between tries
+/// (idoverlay polls, `LOCK_NB`), seen so ten times in a row — rather than
+/// going on: false once it exits.
+fn waiting_for_lock_or_exited(child: &mut std::process::Child, ino: u64) -> bool {
+    let proc = PathBuf::from(format!("/proc/{}", child.id()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut seen = 0;
     loop {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let blocked = locks.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(1) == Some(&"->")
-                && f.get(5) == Some(&pid.as_str())
-                && f.get(6).is_some_and(|dev_ino| dev_ino.ends_with(&ino))
+        let holds = std::fs::read_dir(proc.join("fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == ino))
         });
-        if blocked {
+        // clock_nanosleep(2), nanosleep(2): what thread::sleep calls.
+        let sleeping = std::fs::read_dir(proc.join("task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("syscall"))
+                    .is_ok_and(|s| matches!(s.split(' ').next(), Some("230" | "35")))
+            })
+        });
+        seen = if holds && sleeping { seen + 1 } else { 0 };
+        if seen == 10 {
             return true;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "pid {pid}: neither waiting for the lock nor done"
+            "{}: neither waiting for the lock nor done",
+            proc.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
+/// A process of the test's own that takes `flock(LOCK_EX)` of `path` and
+/// then stops itself (`SIGSTOP`), as an idoverlay call stopped or stuck
+/// mid-way holds its lock. Killed (by pid) and reaped when dropped.
+struct StoppedHolder(std::process::Child);
+
+impl StoppedHolder {
+    fn of(path: &Path) -> StoppedHolder {
+        use std::io::BufRead;
+        let mut child = Command::new("perl")
+            .args([
+                "-e",
+                r#"open(my $f, "<", $ARGV[0]) or die "$!"; flock($f, 2) or die "$!";
+                   $| = 1; print "locked\n"; kill "STOP", $$; sleep 600"#,
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "locked\n", "{}", path.display());
+        let holder = StoppedHolder(child);
+        while holder.state() != 'T' {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        holder
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn state(&self) -> char {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+    }
+}
+
+impl Drop for StoppedHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A state tmpfs made here by hand as idoverlay makes one: its marker
+/// written, of `marker_mode` (0400 while its maker is still at it, 0600
+/// once final). Returns the marker's path.
+fn state_tmpfs_by_hand(state: &Path, marker_mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    mkdir(state, 0o700, 0, 0);
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0700,size=4m", "idoverlay-state"])
+        .arg(state));
+    let marker = state.join(".idoverlay-state");
+    std::fs::write(&marker, br#"{"format":"idoverlay-state","version":1}"#).unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(marker_mode)).unwrap();
+    marker
+}
+
+/// No wait for a lock in the state dir is for ever. Each lock idoverlay
+/// waits for there, held by a stopped process: a provisional tmpfs'
+/// marker (a host-staged mount waits for its maker), the marker of a
+/// final one while the boot's staging namespace is made (private-ns), and
+/// the directory a state tmpfs goes over while one is mounted there
+/// (host-staged, the state dir not mounted yet). Each mount waits (seen
+/// holding the file open and sleeping between tries), then after 30 s
+/// fails with one line that names the holder, stopped, and how to resume
+/// it; and nothing changed: no mount at or below its state dir but the
+/// hand-made tmpfs, no staging namespace kept, its target not mounted,
+/// the state dir as it was. An auto mount, which needs the state dir only
+/// after its overlay is attached (the probe report, then its record),
+/// mounts, waits once (not once for each: under a minute) and warns in
+/// one line, naming the holder, that no record was kept.
+///
+/// Before, each mount waited in `flock` for as long as the holder lived.
+#[test]
+fn a_lock_held_by_a_stopped_process_is_waited_for_30_s_and_named() {
+    in_private_ns("operators::lock_held_by_a_stopped_process", |s| {
+        let run_dir = s.path("run");
+        mkdir(&run_dir, 0o755, 0, 0);
+        let mut waits = Vec::new();
+        for (case, strategy) in [
+            ("provisional", "host-staged"),
+            ("staging-ns", "private-ns"),
+            ("covered", "host-staged"),
+            ("record", "auto"),
+        ] {
+            let st = setup(s, case, 100000);
+            let state = run_dir.join(case);
+            let locked = match case {
+                "provisional" => state_tmpfs_by_hand(&state, 0o400),
+                "staging-ns" => state_tmpfs_by_hand(&state, 0o600),
+                _ /* covered, record */ => {
+                    mkdir(&state, 0o700, 0, 0);
+                    state.clone()
+                }
+            };
+            let ino = std::fs::metadata(&locked).unwrap().ino();
+            let holder = StoppedHolder::of(&locked);
+            let before = mounts_at_or_below(&state);
+            let names_before = names_in(&state);
+            let started = std::time::Instant::now();
+            let mut mount = mount_as_shipped(&st, &state, &["--strategy", strategy])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            assert!(
+                waiting_for_lock_or_exited(&mut mount, ino),
+                "{case}: did not wait for the lock"
+            );
+            waits.push((
+                case,
+                st,
+                state,
+                holder,
+                before,
+                names_before,
+                started,
+                mount,
+            ));
+        }
+        for (case, st, state, holder, before, names_before, started, mut mount) in waits {
+            // Still waiting 90 s on: it would wait for ever.
+            while mount.try_wait().unwrap().is_none() {
+                if started.elapsed() > std::time::Duration::from_secs(90) {
+                    let _ = mount.kill();
+                    let _ = mount.wait();
+                    panic!("{case}: still waiting after 90 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let out = mount.wait_with_output().unwrap();
+            let waited = started.elapsed();
+            let err = stderr(&out);
+            let mounted = case == "record";
+            assert_eq!(out.status.code(), Some(!mounted as i32), "{case}: {err}");
+            assert_eq!(err.lines().count(), 1, "{case}: {err}");
+            assert_eq!(
+                err.starts_with("idoverlay: warning: no record of the mount was kept: "),
+                mounted,
+                "{case}: {err}"
+            );
+            let pid = holder.pid();
+            assert!(
+                err.contains(&format!(
+                    "pid {pid} (perl, stopped: kill -CONT {pid} resumes it) held it for all the 30 s \
+                     idoverlay waits"
+                )),
+                "{case}: {err}"
+            );
+            assert!(err.contains("EAGAIN"), "{case}: {err}");
+            assert!(
+                waited >= std::time::Duration::from_secs(30),
+                "{case}: {waited:?}"
+            );
+            if mounted {
+                assert!(
+                    waited < std::time::Duration::from_secs(58),
+                    "{case}: waited twice, {waited:?}"
+                );
+            }
+            assert_eq!(holder.state(), 'T', "{case}");
+            drop(holder);
+            assert_eq!(mounts_at_or_below(&state), before, "{case}");
+            assert_eq!(names_in(&state), names_before, "{case}");
+            assert_eq!(
+                mounts_at_or_below(&st.target).len(),
+                mounted as usize,
+                "{case}"
+            );
+            if mounted {
+                run(Command::new("umount").arg(&st.target));
+            }
+        }
+    });
+}
+
 /// A provisional state tmpfs, made here by hand as a call mounting one for
 /// its assembly makes it (its marker 0400, locked by its maker): a mount
-/// waits for the maker (its `flock` seen waiting in /proc/locks) while
+/// waits for the maker (it holds the marker open and sleeps between tries) while
 /// `list` only reads and goes on; then, as the maker ends:
 /// * killed (the lock let go, the marker still provisional): the mount
 ///   adopts the tmpfs (final now) and mounts, its record there, no second
@@ -1115,13 +1303,7 @@ fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() 
         ] {
             let what = format!("maker {maker_ends}, {strategy}");
             let state = run_dir.join(strategy);
-            mkdir(&state, 0o700, 0, 0);
-            run(Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "mode=0700,size=4m", "idoverlay-state"])
-                .arg(&state));
-            let marker = state.join(".idoverlay-state");
-            std::fs::write(&marker, br#"{"format":"idoverlay-state","version":1}"#).unwrap();
-            std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o400)).unwrap();
+            let marker = state_tmpfs_by_hand(&state, 0o400);
             let made = mounts_at_or_below(&state);
             assert_eq!(made.len(), 1);
             let maker = std::fs::File::open(&marker).unwrap();
@@ -1136,7 +1318,7 @@ fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() 
                 .spawn()
                 .unwrap();
             assert!(
-                !blocked_on_lock_or_exited(&mut lister, ino),
+                !waiting_for_lock_or_exited(&mut lister, ino),
                 "{what}: list waits for the maker"
             );
             assert!(lister.wait().unwrap().success(), "{what}: list");
@@ -1146,7 +1328,7 @@ fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() 
                 .spawn()
                 .unwrap();
             assert!(
-                blocked_on_lock_or_exited(&mut mount, ino),
+                waiting_for_lock_or_exited(&mut mount, ino),
                 "{what}: mounted without waiting for the maker"
             );
             match maker_ends {

@@ -202,7 +202,7 @@ fn not_a_mount_ns(state_dir: &Path) -> Error {
 /// provisional tmpfs this call mounted, the bind is noted, so that taking
 /// the tmpfs away again detaches that very bind.
 fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot> {
-    let marker = lock_marker(state, path)?;
+    let marker = state.lock_marker()?;
     match clear_unbound(state, path)? {
         Found::Namespace(fd) => return Ok(PerBoot::Kept(Some(fd))),
         Found::Elsewhere => return Ok(PerBoot::Elsewhere),
@@ -264,15 +264,6 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
     Ok(PerBoot::Kept(Some(made)))
 }
 
-/// The state tmpfs' marker, locked: whoever holds it may make, keep or
-/// remove the staging namespace's file (`None`: this call holds it, see
-/// [`crate::state::StateDir::lock_marker`]).
-fn lock_marker(state: &crate::state::StateDir, path: &Path) -> Result<Option<sys::Locked>> {
-    state
-        .lock_marker()
-        .map_err(|e| Error::os("lock the state dir", path.parent(), e))
-}
-
 /// What [`FILE`] is, under the marker's lock.
 enum Found {
     Namespace(OwnedFd),
@@ -317,7 +308,7 @@ pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
         return Ok(false);
     }
     let path = state.join(FILE);
-    let _marker = lock_marker(state, &path)?;
+    let _marker = state.lock_marker()?;
     Ok(matches!(clear_unbound(state, &path)?, Found::Removed))
 }
 

@@ -602,18 +602,13 @@ pub fn unlink(dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
     }))
 }
 
-/// `flock(fd, LOCK_EX)`: waits for an exclusive lock (held through
-/// [`Locked`], which lets it go).
-fn lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
-    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(fail("flock", || format!("{}, LOCK_EX", fd_arg(fd))))
-}
-
-/// `flock(fd, LOCK_SH)`: waits for a shared lock, i.e. until nobody holds
-/// an exclusive one (held through [`Locked`]).
-fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
-    rustix::fs::flock(fd, rustix::fs::FlockOperation::LockShared)
-        .map_err(fail("flock", || format!("{}, LOCK_SH", fd_arg(fd))))
+/// How a [`Locked`] holds its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// `LOCK_EX`: nobody else holds any lock on it.
+    Exclusive,
+    /// `LOCK_SH`: nobody holds an exclusive one.
+    Shared,
 }
 
 /// An open file description locked with `flock`, let go with `LOCK_UN`
@@ -622,28 +617,38 @@ fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
 /// that child exits or execs (everyone else waiting for it). In such a
 /// child, dropping its copy of this only closes the fd: the lock is the
 /// parent's to let go.
+///
+/// Only ever taken without waiting: a wait, and how long it may last, is
+/// the caller's (`crate::lock_wait`).
 pub struct Locked {
     fd: OwnedFd,
     pid: u32,
 }
 
 impl Locked {
-    /// `flock(fd, LOCK_EX)`, waiting.
-    pub fn exclusive(fd: OwnedFd) -> SysResult<Locked> {
-        lock_exclusive(fd.as_fd())?;
-        Ok(Locked::taken(fd))
-    }
-
-    /// `flock(fd, LOCK_SH)`, waiting.
-    pub fn shared(fd: OwnedFd) -> SysResult<Locked> {
-        lock_shared(fd.as_fd())?;
-        Ok(Locked::taken(fd))
-    }
-
-    fn taken(fd: OwnedFd) -> Locked {
-        Locked {
-            fd,
-            pid: std::process::id(),
+    /// `flock(fd, LOCK_EX|LOCK_NB)` or `flock(fd, LOCK_SH|LOCK_NB)`: the
+    /// lock, or the fd back with the error (`EWOULDBLOCK`: another open
+    /// file description holds a lock that conflicts).
+    pub fn try_new(fd: OwnedFd, mode: LockMode) -> Result<Locked, (OwnedFd, super::SysError)> {
+        let (op, name) = match mode {
+            LockMode::Exclusive => (
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                "LOCK_EX|LOCK_NB",
+            ),
+            LockMode::Shared => (
+                rustix::fs::FlockOperation::NonBlockingLockShared,
+                "LOCK_SH|LOCK_NB",
+            ),
+        };
+        match rustix::fs::flock(fd.as_fd(), op) {
+            Ok(()) => Ok(Locked {
+                fd,
+                pid: std::process::id(),
+            }),
+            Err(e) => {
+                let e = fail("flock", || format!("{}, {name}", fd_arg(fd.as_fd())))(e);
+                Err((fd, e))
+            }
         }
     }
 
