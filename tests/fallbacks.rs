@@ -1006,7 +1006,9 @@ fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
 /// test's, a service's private mounts) whichever CPU the mount runs on:
 /// the kernel binds a namespace's file only in a namespace with a lower
 /// id, ids come in per-CPU batches, and idoverlay makes it again on the
-/// other CPUs when the first is refused. Each mount has a fresh state dir.
+/// other CPUs when the first is refused, each time a copy of the one made
+/// first, which holds two mounts (its tmpfs root and /proc). Each mount
+/// has a fresh state dir.
 /// (The test runs on a thread of its own: its affinity and the namespace
 /// it unshares go with it.)
 #[test]
@@ -1024,6 +1026,7 @@ fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
         mkdir(&target, 0o755, 0, 0);
         mkdir(&dir.join("run"), 0o755, 0, 0);
         let mut not_kept = Vec::new();
+        let mut not_stripped = Vec::new();
         let cpus = std::thread::available_parallelism().unwrap().get();
         let pin = |cpu: usize| {
             let mut on = rustix::thread::CpuSet::new();
@@ -1073,12 +1076,44 @@ fn the_boot_staging_namespace_is_kept_from_a_young_namespace_on_any_cpu() {
                 .any(|m| m.fs_type == "nsfs" && m.mount_point == ns);
             if !kept {
                 not_kept.push(i);
+                continue;
+            }
+            // Made again on another CPU or not, it holds its tmpfs root and
+            // its /proc, nothing of this namespace's table.
+            let inside = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let ns = fs::File::open(&ns).unwrap();
+                        // SAFETY: CLONE_FS on this scoped thread, which
+                        // ends here; the fd table is not touched.
+                        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                            .unwrap();
+                        rustix::thread::move_into_link_name_space(
+                            std::os::fd::AsFd::as_fd(&ns),
+                            Some(rustix::thread::LinkNameSpaceType::Mount),
+                        )
+                        .unwrap();
+                        fs::read_to_string("/proc/thread-self/mountinfo").unwrap()
+                    })
+                    .join()
+                    .unwrap()
+            });
+            let types: Vec<&str> = inside
+                .lines()
+                .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next())
+                .collect();
+            if types != ["tmpfs", "proc"] {
+                not_stripped.push((i, inside));
             }
         }
         assert_eq!(
             not_kept,
             Vec::<usize>::new(),
             "mounts that kept no staging namespace"
+        );
+        assert!(
+            not_stripped.is_empty(),
+            "staging namespaces with more than their two mounts: {not_stripped:#?}"
         );
     });
 }

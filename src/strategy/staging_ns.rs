@@ -84,7 +84,7 @@ pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
             .map(Some)
             .map_err(|e| Error::os("keep the staging namespace", None, e));
     }
-    let Some(made) = make()? else {
+    let Some((made, _)) = make()? else {
         return Ok(None);
     };
     let copy =
@@ -223,7 +223,7 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
         state.bound_here(bind.as_fd());
         Ok::<(), sys::SysError>(())
     };
-    let Some((mut made, cpu)) = make_on(None)? else {
+    let Some((mut made, cpu)) = make()? else {
         return Ok(PerBoot::Kept(None));
     };
     // The kernel refuses (ELOOP) to attach a namespace's file in a
@@ -233,11 +233,13 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
     // namespace this process runs in, when that one is young too (a
     // test's, a service's private mounts; never the init namespace): on
     // this 2-CPU machine, from a fresh namespace, one CPU's were all
-    // refused (0 of 10), the other's all taken (10 of 10). So the
-    // namespace is made again on each other CPU in turn (at most
-    // MAX_TRIES in all: each copies the table once, once per boot); failing
-    // that, this process's namespace serves without being kept.
-    const MAX_TRIES: usize = 8;
+    // refused (0 of 10), the other's all taken (10 of 10). The CPU the
+    // caller's namespace was made on is never behind it, but which one
+    // that was nobody says. So the namespace is made again on each other
+    // CPU in turn, as a copy of the one just made ([`again_on`]: two
+    // mounts to copy, not the caller's table; at most MAX_TRIES in all);
+    // failing that, this process's namespace serves without being kept.
+    const MAX_TRIES: usize = 64;
     let mut others = sys::allowed_cpus()
         .unwrap_or_default()
         .into_iter()
@@ -253,10 +255,7 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
                 let Some(other) = others.next() else {
                     return Ok(PerBoot::Kept(Some(made)));
                 };
-                match make_on(Some(other))? {
-                    Some((again, _)) => made = again,
-                    None => return Ok(PerBoot::Kept(Some(made))),
-                }
+                made = again_on(other, &made)?;
             }
         }
     }
@@ -316,17 +315,9 @@ pub(crate) fn remove_unbound(state: &crate::state::StateDir) -> Result<bool> {
 /// copy of the table, once), everything private, a fresh tmpfs made the
 /// root (`pivot_root(".", ".")`), the old root detached. `None` when the
 /// root cannot be replaced (`pivot_root` refuses to leave the initramfs).
-fn make() -> Result<Option<OwnedFd>> {
-    Ok(make_on(None)?.map(|(ns, _)| ns))
-}
-
-/// [`make`], on `cpu` when given; with the CPU it was made on.
-fn make_on(cpu: Option<usize>) -> Result<Option<(OwnedFd, usize)>> {
+/// With the CPU it was made on.
+fn make() -> Result<Option<(OwnedFd, usize)>> {
     crate::threads::run_on_thread("staging-ns", || {
-        if let Some(cpu) = cpu {
-            // A CPU this process may no longer use: made where it runs.
-            let _ = sys::run_only_on_cpu(cpu);
-        }
         let failed = |what: &str| {
             let what = what.to_string();
             move |e| {
@@ -373,6 +364,21 @@ fn make_on(cpu: Option<usize>) -> Result<Option<(OwnedFd, usize)>> {
             })
             .map_err(failed("mount a /proc in the staging namespace"))?;
         Ok(Some((ns, made_on)))
+    })
+}
+
+/// The staging namespace `made` made again on `cpu` (its id from that
+/// CPU's batch): a private copy of it, made from inside it, so the copy
+/// holds its two mounts (its tmpfs root and /proc) and nothing of the
+/// caller's table, which [`make`] copied once already.
+fn again_on(cpu: usize, made: &OwnedFd) -> Result<OwnedFd> {
+    crate::threads::run_on_thread("staging-ns", || {
+        // A CPU this process may no longer use: made where it runs.
+        let _ = sys::run_only_on_cpu(cpu);
+        let failed = |e| Error::os("make the staging namespace again", None, e);
+        sys::enter_mount_ns(made.as_fd()).map_err(failed)?;
+        sys::unshare_mount_ns().map_err(failed)?;
+        sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt")).map_err(failed)
     })
 }
 
