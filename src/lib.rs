@@ -492,6 +492,13 @@ impl Overlay {
         let first_layer = &self.lowers[0];
         let layer_fs = fs_type::of_path(first_layer).unwrap_or_default();
         let state = state::StateDirOnce::new(self.state_dir_or_default());
+        // A state dir given that idoverlay will use (for the probe report,
+        // the record) but cannot is bad input, refused before anything is
+        // made; the default one, which nobody asked for, only warns later.
+        // The walk is the one the probe report's read would make.
+        if self.state_dir.is_some() && (self.probe_for_boot || self.keep_record) {
+            state.existing()?;
+        }
         let for_boot = (self.probe_for_boot && self.probe_report.is_none())
             .then(|| probe_cache::load(&state, &layer_fs))
             .flatten();

@@ -98,6 +98,10 @@ impl Argv {
         self.a("--upper").a(upper).a("--work").a(work)
     }
 
+    fn state(self, state: &Path) -> Self {
+        self.a("--state-dir").a(state)
+    }
+
     fn host_staged(self, state: &Path) -> Self {
         self.a("--strategy")
             .a("host-staged")

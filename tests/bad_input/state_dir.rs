@@ -66,4 +66,36 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
             .names("\"/\"")
             .says("not / itself"),
     );
+    // Given to a mount that needs it only for its record and the boot's
+    // probe report (auto): refused all the same, before anything is made.
+    let recorded = |state: &Path| Argv::mount().lowers(two).maps().state(state).a(t);
+    v.push(
+        case(
+            "state-dir/auto/under-world-writable",
+            recorded(&under_world),
+        )
+        .state_dir(&under_world)
+        .names_path(&under_world)
+        .says("world-writable"),
+    );
+    v.push(
+        case("state-dir/auto/symlink", recorded(&state_link))
+            .state_dir(&state_link)
+            .names_path(&state_link)
+            .says("symlink"),
+    );
+    v.push(
+        case("state-dir/auto/mode-0755", recorded(&open_state))
+            .state_dir(&open_state)
+            .names_path(&open_state)
+            .says("0700"),
+    );
+    let not_ours = state_dir(d, "not-ours");
+    write_file(&not_ours.join("data"), "", 0o600, 0, 0);
+    v.push(
+        case("state-dir/auto/not-empty", recorded(&not_ours))
+            .state_dir(&not_ours)
+            .names_path(&not_ours)
+            .says("holds \"data\""),
+    );
 }
