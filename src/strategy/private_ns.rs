@@ -33,7 +33,8 @@ pub(crate) fn assemble(req: &Request<'_>, for_boot: bool) -> Result<OwnedFd> {
     // Parameters first: a bad -o is refused before anything is made.
     let ctx = OverlayContext::new(req.params)?;
     let (prepared, clones) = staged::prepare_for_staging(req, true)?;
-    let ns = staging_ns::get(for_boot.then_some(req.state))?;
+    let (ns, source) = staging_ns::get(for_boot.then_some(req.state))?;
+    req.trace(|| format!("private-ns: the staging namespace: {source}"));
     crate::threads::run_on_thread("private-ns", || {
         let ns_stage = match ns {
             Some(ns) => staging_ns::Stage::enter(ns, for_boot)?,

@@ -61,42 +61,87 @@ pub(crate) fn release() {
 /// and in a child forked while this process's was being made: then each
 /// assembly stages in a private copy of the caller's namespace
 /// ([`Stage::fresh`]), as before, at the cost of copying the table.
-pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<Option<OwnedFd>> {
+/// With where it came from, for the request's trace.
+pub(crate) fn get(state_dir: Option<&StateDirOnce>) -> Result<(Option<OwnedFd>, Source)> {
     use std::sync::atomic::Ordering;
     if UNAVAILABLE.load(Ordering::Relaxed) {
-        return Ok(None);
+        return Ok((None, Source::NoneHere));
     }
+    let mut source = Source::Process;
     if let Some(dir) = state_dir {
         match per_boot(dir)? {
-            PerBoot::Kept(fd) => return Ok(fd),
+            PerBoot::Kept(fd, source) => return Ok((fd, source)),
             // The boot's is bound in another mount namespace only: this
             // process's serves, unkept.
-            PerBoot::Elsewhere => {}
+            PerBoot::Elsewhere => source = Source::ProcessBootsElsewhere,
         }
     }
     // Held while the namespace is made, so that a burst makes one. A child
     // forked meanwhile cannot have it and stages as where none can be made.
     let Some(mut kept) = PER_PROCESS.lock(|_| {}) else {
-        return Ok(None);
+        return Ok((None, Source::NoneHere));
     };
     if let Some(fd) = kept.as_ref() {
         return sys::dup(fd.as_fd())
-            .map(Some)
+            .map(|fd| (Some(fd), source))
             .map_err(|e| Error::os("keep the staging namespace", None, e));
     }
     let Some((made, _)) = make()? else {
-        return Ok(None);
+        return Ok((None, Source::NoneHere));
     };
     let copy =
         sys::dup(made.as_fd()).map_err(|e| Error::os("keep the staging namespace", None, e))?;
     *kept = Some(made);
-    Ok(Some(copy))
+    Ok((Some(copy), source))
+}
+
+/// Where [`get`]'s staging namespace came from (its `Display` is for the
+/// trace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The boot's, kept in the state dir.
+    Boot,
+    /// Made now and kept for the boot, at the `tries`-th try (the first
+    /// made on CPU `first`, as far as it could tell).
+    MadeForBoot { tries: usize, first: usize },
+    /// Made now, but the kernel refused to keep each of `tries` (ELOOP):
+    /// used unkept, for this call.
+    NotKept { tries: usize, first: usize },
+    /// This process's.
+    Process,
+    /// This process's: the boot's is bound in another mount namespace.
+    ProcessBootsElsewhere,
+    /// None: none can be made here, or this is a child forked while it
+    /// was being made (a private copy of the caller's namespace serves).
+    NoneHere,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Boot => f.write_str("the boot's, from the state dir"),
+            Source::MadeForBoot { tries, first } => write!(
+                f,
+                "made and kept for the boot (try {tries}, the first on CPU {first})"
+            ),
+            Source::NotKept { tries, first } => write!(
+                f,
+                "made, not kept for the boot: refused (ELOOP) at each of {tries} tries, \
+                 the first on CPU {first}"
+            ),
+            Source::Process => f.write_str("this process's"),
+            Source::ProcessBootsElsewhere => {
+                f.write_str("this process's (the boot's is bound in another mount namespace)")
+            }
+            Source::NoneHere => f.write_str("none (a private copy of the caller's namespace)"),
+        }
+    }
 }
 
 /// What the state tmpfs holds for the boot's staging namespace.
 enum PerBoot {
     /// The namespace (`None`: none can be made here).
-    Kept(Option<OwnedFd>),
+    Kept(Option<OwnedFd>, Source),
     /// A file bound, or being bound, in another mount namespace: every
     /// open of the state tmpfs makes it private, so a namespace copied
     /// before the bind sees the file beneath it.
@@ -122,7 +167,7 @@ fn per_boot(state: &StateDirOnce) -> Result<PerBoot> {
         Err(e) => return Err(Error::os("open the staging namespace", Some(&path), e)),
     };
     if is_mount_ns(&fd) {
-        return Ok(PerBoot::Kept(Some(fd)));
+        return Ok(PerBoot::Kept(Some(fd), Source::Boot));
     }
     match Claim::of(&fd) {
         Claim::Foreign => Err(not_a_mount_ns(state_dir)),
@@ -204,7 +249,7 @@ fn not_a_mount_ns(state_dir: &Path) -> Error {
 fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot> {
     let marker = state.lock_marker()?;
     match clear_unbound(state, path)? {
-        Found::Namespace(fd) => return Ok(PerBoot::Kept(Some(fd))),
+        Found::Namespace(fd) => return Ok(PerBoot::Kept(Some(fd), Source::Boot)),
         Found::Elsewhere => return Ok(PerBoot::Elsewhere),
         Found::Nothing | Found::Removed => {}
     }
@@ -224,7 +269,7 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
         Ok::<(), sys::SysError>(())
     };
     let Some((mut made, cpu)) = make()? else {
-        return Ok(PerBoot::Kept(None));
+        return Ok(PerBoot::Kept(None, Source::NoneHere));
     };
     // The kernel refuses (ELOOP) to attach a namespace's file in a
     // namespace whose id is not lower than its own (its guard against
@@ -235,16 +280,19 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
     // this 2-CPU machine, from a fresh namespace, one CPU's were all
     // refused (0 of 10), the other's all taken (10 of 10). The CPU the
     // caller's namespace was made on is never behind it, but which one
-    // that was nobody says. So the namespace is made again on each other
-    // CPU in turn, as a copy of the one just made ([`again_on`]: two
-    // mounts to copy, not the caller's table; at most MAX_TRIES in all);
-    // failing that, this process's namespace serves without being kept.
+    // that was nobody says. So the namespace is made again on each CPU
+    // in turn, as a copy of the one just made ([`again_on`]: two mounts to
+    // copy, not the caller's table; at most MAX_TRIES in all); failing
+    // that, this process's namespace serves without being kept. The CPU
+    // it was made on comes last, not never: that is a guess (the thread
+    // may move between its `unshare` and asking where it runs), and a
+    // wrong one ruled out the only CPU ahead (1 mount of 32 in the full
+    // suite kept none).
     const MAX_TRIES: usize = 64;
-    let mut others = sys::allowed_cpus()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|&other| other != cpu)
-        .take(MAX_TRIES - 1);
+    let mut cpus = sys::allowed_cpus().unwrap_or_default();
+    cpus.sort_by_key(|&other| other == cpu);
+    let mut others = cpus.into_iter().take(MAX_TRIES - 1);
+    let mut tries = 1;
     loop {
         match keep(&made) {
             Ok(()) => break,
@@ -253,14 +301,21 @@ fn make_and_keep(state: &crate::state::StateDir, path: &Path) -> Result<PerBoot>
             }
             Err(_) => {
                 let Some(other) = others.next() else {
-                    return Ok(PerBoot::Kept(Some(made)));
+                    return Ok(PerBoot::Kept(
+                        Some(made),
+                        Source::NotKept { tries, first: cpu },
+                    ));
                 };
                 made = again_on(other, &made)?;
+                tries += 1;
             }
         }
     }
     drop(marker);
-    Ok(PerBoot::Kept(Some(made)))
+    Ok(PerBoot::Kept(
+        Some(made),
+        Source::MadeForBoot { tries, first: cpu },
+    ))
 }
 
 /// What [`FILE`] is, under the marker's lock.
@@ -328,7 +383,7 @@ fn make() -> Result<Option<(OwnedFd, usize)>> {
         };
         sys::unshare_mount_ns().map_err(failed("give the staging namespace its own mounts"))?;
         // The id was given on the CPU the thread ran on here (or a moment
-        // before: only a guess to tell the next try where not to go).
+        // before: only a guess to tell the next try where to go last).
         let made_on = sys::current_cpu();
         let ns = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt"))
             .map_err(failed("open the staging namespace"))?;
