@@ -288,7 +288,11 @@ impl Overlay {
 
     /// Where `host-staged` keeps its staging (default `/run/idoverlay`):
     /// created root-owned 0700 if missing, never under a world-writable
-    /// directory.
+    /// directory. Also where the mount's record and the boot's probe
+    /// report are kept ([`Overlay::keep_record`],
+    /// [`Overlay::keep_probe_for_boot`]). One given here that idoverlay
+    /// cannot use is refused before anything is made, whatever the
+    /// strategy; the default one only costs the record (a warning).
     #[must_use = "the builder returns the changed Overlay"]
     pub fn state_dir(mut self, path: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(path.into());
