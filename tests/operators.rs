@@ -1357,3 +1357,57 @@ fn a_provisional_state_tmpfs_is_waited_for_and_adopted_when_its_maker_is_gone() 
         }
     });
 }
+
+/// A name holding a newline or an escape sequence never draws a row or a
+/// line of its own in `show` and `list`: each path prints as one run of
+/// printable characters (`\xNN` for the rest), and `--json` keeps it as
+/// it is. Before, both printed it raw: `show` gained a `layers` row
+/// naming `/etc/shadow`, and `list` a second line.
+#[test]
+fn show_and_list_print_each_path_as_one_run_of_printable_characters() {
+    in_private_ns("operators::odd_paths_printed", |s| {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = s.tmpfs_dir("odd");
+        let layers = make_layers(&dir).dirs;
+        let target = dir.join("t\nlayers    /etc/shadow\x1b[2J");
+        mkdir(&target, 0o755, 0, 0);
+        let state = s.path("state");
+        let mut cmd = idoverlay();
+        cmd.arg("mount").arg("--state-dir").arg(&state);
+        for l in &layers {
+            cmd.arg("--lower").arg(l);
+        }
+        run(cmd.args(["--uidmap", MAP, "--gidmap", MAP]).arg(&target));
+        let escaped = format!("{}/t\\x0alayers    /etc/shadow\\x1b[2J", dir.display());
+        let shown = String::from_utf8(
+            run(idoverlay()
+                .args(["show", "--state-dir"])
+                .arg(&state)
+                .arg(&target))
+            .stdout,
+        )
+        .unwrap();
+        assert!(!shown.contains('\x1b'), "{shown}");
+        assert!(
+            shown.lines().any(|l| l == format!("target    {escaped}")),
+            "{shown}"
+        );
+        let layer_rows = shown.lines().filter(|l| l.starts_with("layers ")).count();
+        assert_eq!(layer_rows, 1, "{shown}");
+        assert_eq!(shown.lines().count(), 5 + layers.len(), "{shown}");
+        let listed =
+            String::from_utf8(run(idoverlay().args(["list", "--state-dir"]).arg(&state)).stdout)
+                .unwrap();
+        assert_eq!(listed.lines().count(), 1, "{listed}");
+        assert!(listed.starts_with(&format!("{escaped}  ")), "{listed}");
+        let json = show_in(&state, &target);
+        assert_eq!(
+            json["target"].as_str().map(|t| t.as_bytes()),
+            Some(target.as_os_str().as_bytes())
+        );
+        run(idoverlay()
+            .args(["umount", "--state-dir"])
+            .arg(&state)
+            .arg(&target));
+    });
+}

@@ -213,3 +213,66 @@ fn one_line(e: &anyhow::Error) -> String {
 pub fn stderr_trace() -> idoverlay::Trace {
     std::sync::Arc::new(|line: &str| eprintln!("idoverlay: {line}"))
 }
+
+/// A path as text for a terminal or a log, one run of printable
+/// characters: control characters, invisible ones that reorder or hide
+/// text (bidi controls, zero-width ones), bytes that are not UTF-8, and
+/// `\` itself written `\xNN`. Paths come from whoever named the
+/// directories; raw, a name holding a newline or an escape sequence
+/// would draw rows or lines of its own in `show` and `list`.
+pub fn printable(path: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let hidden = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if hidden(c) {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    #[test]
+    fn a_path_prints_as_one_run_of_printable_characters() {
+        assert_eq!(
+            printable(Path::new("/var/lib/c 1/rootfs")),
+            "/var/lib/c 1/rootfs"
+        );
+        assert_eq!(printable(Path::new("/é/ü")), "/é/ü");
+        assert_eq!(
+            printable(Path::new("/a\nlayers    /etc\x1b[2J")),
+            "/a\\x0alayers    /etc\\x1b[2J"
+        );
+        assert_eq!(printable(Path::new("/a\\x0a")), "/a\\x5cx0a");
+        assert_eq!(
+            printable(Path::new("/\u{202e}txt.exe")),
+            "/\\xe2\\x80\\xaetxt.exe"
+        );
+        assert_eq!(
+            printable(Path::new(OsStr::from_bytes(b"/\xff\xfe/x"))),
+            "/\\xff\\xfe/x"
+        );
+    }
+}

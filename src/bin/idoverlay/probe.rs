@@ -113,7 +113,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             };
             outln!(
                 "  {:<30} {:<10} {:<12} {}",
-                p.path.display(),
+                crate::output::printable(&p.path),
                 p.fs_type,
                 idmap,
                 yes_no(p.idmap_expected)

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use idoverlay::records::MountDescription;
 
-use crate::output::Output;
+use crate::output::{printable, Output};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -78,23 +78,23 @@ pub fn show(args: ShowArgs) -> Result<()> {
         return Ok(());
     }
     let row = |key: &str, value: &str| outln!("{key:<9} {value}");
-    row("target", &m.target.to_string_lossy());
+    row("target", &printable(&m.target));
     for (i, layer) in m.layers.iter().enumerate() {
-        row(if i == 0 { "layers" } else { "" }, &layer.to_string_lossy());
+        row(if i == 0 { "layers" } else { "" }, &printable(layer));
     }
     for (i, layer) in m.data_layers.iter().enumerate() {
-        row(if i == 0 { "data" } else { "" }, &layer.to_string_lossy());
+        row(if i == 0 { "data" } else { "" }, &printable(layer));
     }
     if let (Some(upper), Some(work)) = (&m.upper, &m.work) {
-        row("upper", &upper.to_string_lossy());
-        row("work", &work.to_string_lossy());
+        row("upper", &printable(upper));
+        row("work", &printable(work));
     }
     let map =
         |m: &Option<idoverlay::IdMap>| m.as_ref().map_or("(unknown)".into(), ToString::to_string);
     row("uidmap", &map(&m.uidmap));
     row("gidmap", &map(&m.gidmap));
     if let Some(ns) = &m.userns {
-        row("userns", &ns.to_string_lossy());
+        row("userns", &printable(ns));
     }
     row(
         "strategy",
@@ -135,7 +135,7 @@ pub fn list(args: ListArgs) -> Result<()> {
     for m in &mounts {
         outln!(
             "{}  {}  {} layer{}{}",
-            m.target.display(),
+            printable(&m.target),
             m.strategy,
             m.layers.len() + m.data_layers.len(),
             if m.layers.len() + m.data_layers.len() == 1 {
@@ -145,7 +145,7 @@ pub fn list(args: ListArgs) -> Result<()> {
             },
             m.upper
                 .as_ref()
-                .map(|u| format!("  upper {}", u.display()))
+                .map(|u| format!("  upper {}", printable(u)))
                 .unwrap_or_default()
         );
     }
