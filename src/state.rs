@@ -762,14 +762,23 @@ fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<Stat
     }
     // Attaching made it shared when its parent mount is: made private
     // right after, but a process killed in between leaves it shared, and
-    // staged mounts below it would propagate. So every open makes sure.
-    sys::make_mount_private(root.as_fd())
-        .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
+    // staged mounts below it would propagate. So every open of a final one
+    // makes sure. A provisional one is only read or waited for (nothing is
+    // staged in it but by its maker, who made it private), and its maker
+    // may be detaching it this very moment: making it private then fails
+    // (EINVAL, it is no longer mounted) and would fail a call that only had
+    // to wait and look again. One adopted from a killed maker is final when
+    // the waiter looks again, and made private then.
+    let provisional = is_provisional(marker_st.mode);
+    if !provisional {
+        sys::make_mount_private(root.as_fd())
+            .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
+    }
     Ok(StateDir {
         path: path.to_path_buf(),
         fd: root,
         mount_id,
-        provisional: is_provisional(marker_st.mode),
+        provisional,
         made: std::sync::Mutex::new(None),
     })
 }

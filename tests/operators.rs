@@ -1023,10 +1023,10 @@ fn a_refused_first_mount_never_takes_away_what_a_concurrent_one_keeps() {
             );
             assert_refused_at_create(&oa, &what);
             assert!(ob.status.success(), "{what}: {}", stderr(&ob));
-            assert_eq!(
-                show_in(&state, &b.target)["target"],
-                b.target.display().to_string(),
-                "{what}"
+            assert!(
+                !stderr(&ob).contains("idoverlay: warning"),
+                "{what}: {}",
+                stderr(&ob)
             );
             let top = mounts()
                 .into_iter()
@@ -1050,6 +1050,13 @@ fn a_refused_first_mount_never_takes_away_what_a_concurrent_one_keeps() {
                     "{what}: {name} in the state dir"
                 );
             }
+            let records = names_in(&state.join("mounts"));
+            assert_eq!(records.len(), 1, "{what}: records {records:?}");
+            assert_eq!(
+                show_in(&state, &b.target)["target"],
+                b.target.display().to_string(),
+                "{what}"
+            );
             run(idoverlay()
                 .args(["umount", "--state-dir"])
                 .arg(&state)
