@@ -279,8 +279,14 @@ impl StateDir {
                 }
                 return Ok(Some(state));
             }
-            let names = sys::dir_entries(leaf.as_fd())
-                .map_err(|e| Error::os("read state dir", Some(path), e))?;
+            // A bare directory a call created for a first assembly that
+            // failed is removed by that call (under the covered lock, which
+            // this read does not take): the one opened may be gone by now
+            // (ENOENT), and then there is none, as the next walk shows.
+            let names = match sys::dir_entries(leaf.as_fd()) {
+                Err(e) if e.errno == libc::ENOENT && !deadline.passed() => continue,
+                names => names.map_err(|e| Error::os("read state dir", Some(path), e))?,
+            };
             return match names.first() {
                 None => Ok(None),
                 Some(name) => Err(not_ours(

@@ -981,6 +981,53 @@ fn a_file_swapped_for_a_device_while_it_is_read_never_opens_the_device() {
     });
 }
 
+/// A state dir that another call creates for a first assembly and removes
+/// again when that assembly is refused (as it does, under a lock readers
+/// do not take), read meanwhile: a reader that opened the directory just
+/// before its removal reads a dead directory (getdents64 says ENOENT).
+/// That is "no state yet", as the next look shows, never an error — an
+/// explicit state dir is read this way by every mount.
+#[test]
+fn a_state_dir_removed_while_it_is_read_is_none_not_an_error() {
+    in_private_ns("race::state_dir_removed", |s| {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let state = s.tmpfs_dir("r").join("state");
+        let stop = Arc::new(AtomicBool::new(false));
+        let cycles = Arc::new(AtomicUsize::new(0));
+        let churn = {
+            let (state, stop, cycles) = (state.clone(), stop.clone(), cycles.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if fs::DirBuilder::new().mode(0o700).create(&state).is_ok() {
+                        fs::remove_dir(&state).unwrap();
+                        cycles.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let mut errors = Vec::new();
+        for _ in 0..20_000 {
+            match idoverlay::records::list(&state) {
+                Ok(found) => assert!(found.is_empty(), "{found:?}"),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        let cycles = cycles.load(Ordering::Relaxed);
+        eprintln!("{} errors, {cycles} create/remove cycles", errors.len());
+        assert!(cycles > 0, "the directory was never created and removed");
+        assert!(
+            errors.is_empty(),
+            "{} errors, the first: {}",
+            errors.len(),
+            errors[0]
+        );
+    });
+}
+
 /// An upper and work dir on a bind mount of a directory inside the image
 /// layer (`x/sub`, bound at `b`), while another process swaps the image
 /// `c/x` with another directory `c/y`: the walk up from the upper goes
