@@ -234,13 +234,15 @@ impl UserNamespace {
     /// The user namespace of a running process.
     pub fn from_pid(pid: u32) -> Result<Self> {
         let ns = Self::open(format!("/proc/{pid}/ns/user"))?;
-        // A namespace whose maps are not written yet cannot idmap anything.
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
-        if maps.trim().is_empty() {
+        // A namespace whose maps are not both written yet cannot idmap
+        // anything (an unmapped gid shows as the overflow gid, and writes
+        // fail). Opening read them already, bounded, and checked that they
+        // are this namespace's.
+        if ns.uid_map().is_none() {
             return Err(Error::invalid(
                 "user namespace",
                 format!("/proc/{pid}/ns/user"),
-                "has no uid map (yet); write its maps first",
+                "has no uid and gid maps (yet), or its process exited; write both maps first",
             )
             .with_advice(crate::Advice::GiveIdMapsInstead));
         }

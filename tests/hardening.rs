@@ -776,6 +776,45 @@ fn the_state_tmpfs_is_private_and_its_lock_is_idoverlays_alone() {
     });
 }
 
+/// A reader (`list`, `show`, every mount's first look at an explicit state
+/// dir) leaves a provisional state tmpfs exactly as it is: its maker may be
+/// detaching it that moment, and making it private then failed (EINVAL),
+/// failing a call that only had to look again. A final one it makes private
+/// (a crash between attaching and making it private leaves it shared).
+#[test]
+fn a_reader_leaves_a_provisional_state_tmpfs_as_it_is_and_makes_a_final_one_private() {
+    in_private_ns("hardening::provisional_reader", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let state = dir.join("state");
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .strategy(Strategy::HostStaged)
+            .state_dir(&state)
+            .mount(&target)
+            .unwrap();
+        idoverlay::unmount_overlay(&target, false).unwrap();
+        let shared =
+            |m: &mountinfo::MountEntry| m.mount_point == state && m.optional.contains("shared:");
+        let marker = state.join(".idoverlay-state");
+        for (mode, stays_shared) in [(0o400, true), (0o600, false)] {
+            fs::set_permissions(&marker, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+            run(Command::new("mount").arg("--make-shared").arg(&state));
+            assert!(mounts().iter().any(shared));
+            assert!(idoverlay::records::list(&state).unwrap().is_empty());
+            assert_eq!(
+                mounts().iter().any(shared),
+                stays_shared,
+                "marker {mode:o}: a reader changed the propagation of the state tmpfs"
+            );
+        }
+    });
+}
+
 #[test]
 fn without_a_readable_auxv_the_tool_refuses_as_if_set_uid() {
     in_private_ns("hardening::auxv", |_| {

@@ -615,7 +615,11 @@ mod features {
             let mut ns = None;
             for _ in 0..500 {
                 if fs::read_link(&ns_file).is_ok_and(|l| l != own_ns) {
+                    // Refused until both maps are written: with none, and
+                    // with the uid map alone.
                     for map in ["uid_map", "gid_map"] {
+                        let e = UserNamespace::from_pid(child.id()).unwrap_err();
+                        assert!(e.to_string().contains("has no uid and gid maps"), "{e}");
                         fs::write(format!("/proc/{}/{map}", child.id()), "0 200000 65536\n")
                             .unwrap();
                     }
