@@ -367,7 +367,9 @@ pub fn forget_if_gone(state_dir: impl AsRef<Path>, mount: &MountDescription) -> 
 /// The records of one state dir, for a caller that looks a record up and
 /// later removes it (as `idoverlay umount` does): the state dir is walked
 /// from `/` and checked once, when first needed, and both calls use that
-/// fd. Nothing is created.
+/// fd. Nothing is created. Make one per operation: it keeps the state dir
+/// it opened first, so a long-lived one would not see a state tmpfs
+/// mounted there after the one it opened was taken away.
 ///
 /// ```no_run
 /// let records = idoverlay::records::Records::new(idoverlay::gc::DEFAULT_STATE_DIR);
