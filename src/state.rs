@@ -272,9 +272,20 @@ impl StateDir {
             };
             let st = check_leaf(path, &leaf)?;
             if st.mount_root == Some(true) {
-                let state = verify_ours(path, leaf, st.mnt_id)?;
+                // Detached meanwhile (taken away by its maker, then
+                // adopted by a waiter): none there now, as the next walk
+                // shows.
+                let Some(state) = verify_ours(path, leaf, st.mnt_id)? else {
+                    if deadline.passed() {
+                        return Err(lock_wait::kept_changing("open it", path));
+                    }
+                    continue;
+                };
                 if state.provisional && usage == Use::Write {
                     wait_for_maker(&state, &deadline)?;
+                    if deadline.passed() {
+                        return Err(lock_wait::kept_changing("open it", path));
+                    }
                     continue;
                 }
                 return Ok(Some(state));
@@ -303,8 +314,14 @@ impl StateDir {
     /// call made is waited for, then everything is looked at again.
     pub fn open_or_create(path: &Path, making: Making) -> Result<StateDir> {
         let deadline = lock_wait::Deadline::new();
+        // The directory this call created, kept open (its inode cannot be
+        // another's meanwhile): a later try that mounts over it (another
+        // call's tmpfs was there for a while) removes it again, too.
+        let mut created_here = None;
         loop {
-            if let Some(state) = Self::try_open_or_create(path, making, &deadline)? {
+            if let Some(state) =
+                Self::try_open_or_create(path, making, &deadline, &mut created_here)?
+            {
                 return Ok(state);
             }
             if deadline.passed() {
@@ -322,6 +339,7 @@ impl StateDir {
         path: &Path,
         making: Making,
         deadline: &lock_wait::Deadline,
+        created_here: &mut Option<OwnedFd>,
     ) -> Result<Option<StateDir>> {
         let walked = walk(path)?;
         let (leaf, created) = match walked.leaf {
@@ -334,14 +352,22 @@ impl StateDir {
                         Err(e) => return Err(Error::os("create state dir", Some(path), e)),
                     };
                 match open_leaf(path, walked.parent.as_fd(), &walked.name)? {
-                    Some(fd) => (fd, created),
+                    Some(fd) => {
+                        if created {
+                            *created_here = sys::dup(fd.as_fd()).ok();
+                        }
+                        (fd, created)
+                    }
                     None => return Ok(None),
                 }
             }
         };
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
-            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?, deadline);
+            return match verify_ours(path, leaf, st.mnt_id)? {
+                Some(state) => ready_or_wait(state, deadline),
+                None => Ok(None),
+            };
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
@@ -357,13 +383,20 @@ impl StateDir {
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
             drop(lock);
-            return ready_or_wait(verify_ours(path, leaf, st.mnt_id)?, deadline);
+            return match verify_ours(path, leaf, st.mnt_id)? {
+                Some(state) => ready_or_wait(state, deadline),
+                None => Ok(None),
+            };
         }
         // Another directory by that name than the one locked (the one
         // locked was removed and made again): its lock is another.
         if !st.same_inode(&locked) {
             return Ok(None);
         }
+        let created = created
+            || created_here
+                .as_ref()
+                .is_some_and(|dir| sys::stat_fd(dir.as_fd()).is_ok_and(|c| c.same_inode(&st)));
         // Never cover what is there: only an empty directory takes the tmpfs.
         let names = sys::dir_entries(leaf.as_fd())
             .map_err(|e| Error::os("read state dir", Some(path), e))?;
@@ -576,9 +609,10 @@ fn ready_or_wait(state: StateDir, deadline: &lock_wait::Deadline) -> Result<Opti
 /// it: it holds the marker's lock from before it attached the tmpfs until
 /// it made it final or took it away again. One still provisional after
 /// that was left by a maker that was killed: adopted, made final (it stays,
-/// as everything a killed assembly leaves; `gc` finishes its staging). One
-/// taken away is detached by then, and making it final changes nothing
-/// anyone sees. The caller opens the state dir again from `/`.
+/// as everything a killed assembly leaves; `gc` finishes its staging), but
+/// only while the state dir still shows it: one taken away is detached by
+/// then and stays provisional, so that whoever still holds an fd of it
+/// reads it as nobody's. The caller opens the state dir again from `/`.
 fn wait_for_maker(state: &StateDir, deadline: &lock_wait::Deadline) -> Result<()> {
     let op = "wait for the call making the state dir";
     let failed = |e| Error::os(op, Some(&state.path), e);
@@ -588,10 +622,36 @@ fn wait_for_maker(state: &StateDir, deadline: &lock_wait::Deadline) -> Result<()
     let st = sys::stat_fd(marker.as_fd()).map_err(failed)?;
     // Exclusive, so that of several waiters one adopts it; one that finds
     // it taken finds it final when it looks again.
-    if is_provisional(st.mode) && sys::try_lock_exclusive(marker.as_fd()).map_err(failed)? {
+    // Only one the state dir still shows: one its maker took away is
+    // detached by the time its lock is let go, and stays provisional, so
+    // that whoever still holds an fd of it reads it as nobody's to keep.
+    if is_provisional(st.mode)
+        && still_shown(state)
+        && sys::try_lock_exclusive(marker.as_fd()).map_err(failed)?
+    {
         sys::fchmod(marker.as_fd(), MARKER_FINAL).map_err(failed)?;
     }
     Ok(())
+}
+
+/// Whether the state dir's path leads to `state`'s very tmpfs (its root,
+/// the mount it was opened as).
+fn still_shown(state: &StateDir) -> bool {
+    let (
+        Ok(Walked {
+            leaf: Some(leaf), ..
+        }),
+        Ok(ours),
+    ) = (walk(&state.path), sys::stat_fd(state.fd.as_fd()))
+    else {
+        return false;
+    };
+    sys::stat_fd(leaf.as_fd()).is_ok_and(|st| {
+        st.mount_root == Some(true)
+            && st.mnt_id.is_some()
+            && st.mnt_id == state.mount_id
+            && st.same_inode(&ours)
+    })
 }
 
 fn not_ours(path: &Path, why: &str) -> Error {
@@ -738,7 +798,10 @@ fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<sys::Stat> {
 /// marker idoverlay put there.
 /// `mount_id`: the mount's id from the stat the caller made of `root`
 /// (making it private below changes its propagation, not its id).
-fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<StateDir> {
+/// `None`: a final one that is no longer mounted (a provisional tmpfs its
+/// maker took away, adopted since by a waiter), which the caller opened
+/// just before: there is none there now, and the caller walks again.
+fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<Option<StateDir>> {
     let fs = crate::fs_type::of_fd(root.as_fd());
     let refuse = |why: String| {
         not_ours(
@@ -777,16 +840,21 @@ fn verify_ours(path: &Path, root: OwnedFd, mount_id: Option<u64>) -> Result<Stat
     // the waiter looks again, and made private then.
     let provisional = is_provisional(marker_st.mode);
     if !provisional {
-        sys::make_mount_private(root.as_fd())
-            .map_err(|e| Error::os("make state tmpfs private", Some(path), e))?;
+        match sys::make_mount_private(root.as_fd()) {
+            Ok(()) => {}
+            // Not mounted (any more): EINVAL is mount_setattr's answer
+            // for a detached mount.
+            Err(e) if e.errno == libc::EINVAL => return Ok(None),
+            Err(e) => return Err(Error::os("make state tmpfs private", Some(path), e)),
+        }
     }
-    Ok(StateDir {
+    Ok(Some(StateDir {
         path: path.to_path_buf(),
         fd: root,
         mount_id,
         provisional,
         made: std::sync::Mutex::new(None),
-    })
+    }))
 }
 
 /// A state tmpfs [`mount_state_tmpfs`] attached.
@@ -1108,5 +1176,76 @@ mod tests {
             Record::parse(&serde_json::to_vec(&odd).unwrap(), "1-2"),
             None
         );
+    }
+    /// Runs `body` on a thread of its own mount namespace (everything in it
+    /// private), with a fresh root-only tmpfs directory; skipped without
+    /// the right to mount, unless IDOVERLAY_REQUIRE_PRIVILEGED=1.
+    fn in_private_mount_ns(name: &str, body: impl FnOnce(&Path) + Send + 'static) {
+        let dir =
+            std::env::temp_dir().join(format!("idoverlay-unit-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let scratch = dir.clone();
+        let result = std::thread::spawn(move || {
+            if let Err(e) = sys::unshare_mount_ns() {
+                if std::env::var("IDOVERLAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+                    panic!("{e}: IDOVERLAY_REQUIRE_PRIVILEGED=1 forbids skipping");
+                }
+                eprintln!("SKIP: {e} (run as root)");
+                return;
+            }
+            let run = |args: &[&std::ffi::OsStr]| {
+                let st = std::process::Command::new("mount").args(args).status();
+                assert!(st.unwrap().success(), "mount {args:?}");
+            };
+            run(&["--make-rprivate".as_ref(), "/".as_ref()]);
+            run(&[
+                "-t".as_ref(),
+                "tmpfs".as_ref(),
+                "-o".as_ref(),
+                "mode=0700".as_ref(),
+                "unit".as_ref(),
+                scratch.as_os_str(),
+            ]);
+            body(&scratch);
+        })
+        .join();
+        std::fs::remove_dir(&dir).unwrap();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// A provisional tmpfs its maker took away (its assembly refused): a
+    /// waiter that opened it before never adopts it (it is detached, and
+    /// anyone else holding it must read it as nobody's), and a reader that
+    /// opened it before and finds it final (adopted by an earlier build)
+    /// finds none there rather than failing to make it private (EINVAL).
+    #[test]
+    fn a_taken_away_tmpfs_opened_before_is_neither_adopted_nor_an_error() {
+        in_private_mount_ns("taken-away", |dir| {
+            let path = dir.join("state");
+            let maker = StateDir::open_or_create(&path, Making::Provisional).unwrap();
+            let opened_before = || {
+                let leaf = walk(&path).unwrap().leaf.unwrap();
+                let st = check_leaf(&path, &leaf).unwrap();
+                (leaf, st)
+            };
+            let (leaf, st) = opened_before();
+            let waiter = verify_ours(&path, leaf, st.mnt_id).unwrap().unwrap();
+            assert!(waiter.provisional);
+            let (reader, reader_st) = opened_before();
+            assert_eq!(
+                maker.take_back().unwrap(),
+                TakenBack::Detached { dir_removed: true }
+            );
+            wait_for_maker(&waiter, &lock_wait::Deadline::new()).unwrap();
+            let marker = sys::stat_nofollow(waiter.fd.as_fd(), Path::new(MARKER)).unwrap();
+            assert!(is_provisional(marker.mode), "adopted: {:o}", marker.mode);
+            let fd = sys::open_read(waiter.fd.as_fd(), Path::new(MARKER)).unwrap();
+            sys::fchmod(fd.as_fd(), MARKER_FINAL).unwrap();
+            let read = verify_ours(&path, reader, reader_st.mnt_id);
+            assert!(matches!(read, Ok(None)), "{read:?}");
+            assert!(StateDir::open_existing(&path, Use::Read).unwrap().is_none());
+        });
     }
 }
