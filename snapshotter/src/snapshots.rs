@@ -32,7 +32,7 @@ use crate::labels::{self, Maps};
 use crate::log;
 use crate::mounts::{self, OverlayOptions};
 use crate::storage::{Storage, NEW_PREFIX, RM_PREFIX};
-use crate::store::{Kind, Record, Store};
+use crate::store::{Kind, Record, Store, MAX_PARENTS};
 
 /// The snapshotter: its directories, its store and the lock that keeps
 /// them together.
@@ -191,12 +191,24 @@ impl Snapshots {
                 )));
             }
             ids.insert(0, p.id);
+            if ids.len() > MAX_PARENTS {
+                return Err(Error::FailedPrecondition(format!(
+                    "a snapshot on {parent} would stack {} layers, more than overlayfs \
+                     allows ({MAX_PARENTS}); use an image with fewer layers",
+                    ids.len()
+                )));
+            }
             ids
         };
         let overlay = maps.is_some() && !parents.is_empty();
         let txn = self.store.write()?;
         record.id = txn.allocate_id()?;
         let id = record.id;
+        // The new snapshot's busy mark (free: the id is new) is taken
+        // before its record is visible: a Remove or Commit of the key that
+        // came between the commit and the mark would hold the mark and
+        // wait for the store lock held here, while this waited for the mark.
+        let busy = self.mark_busy(id);
         let temp = self.storage.new_dir(kind == Kind::Active || overlay)?;
         let made = (|| -> Result<()> {
             // The upper's root belongs to the container's root (mapped), or
@@ -226,9 +238,7 @@ impl Snapshots {
             return Ok(mounts::plain(&self.storage, id, kind, &parents, &self.opts));
         }
         // The overlay is assembled outside the store lock, under the new
-        // snapshot's busy mark (free: the id is new), so other snapshots'
-        // requests go on meanwhile.
-        let busy = self.mark_busy(id);
+        // snapshot's busy mark, so other snapshots' requests go on meanwhile.
         drop(guard);
         let maps = maps.expect("overlay implies maps");
         match mounts::assemble(&self.storage, id, kind, &parents, &maps, &self.opts) {
@@ -610,7 +620,8 @@ pub fn check(root: &std::path::Path) -> Result<CheckReport> {
     for (key, record) in &all {
         if !dirs.contains(&record.id) {
             report.problems.push(format!(
-                "{key}: its directory snapshots/{} is missing",
+                "{key}: its directory snapshots/{} is missing; removing the snapshot \
+                 takes its record away",
                 record.id
             ));
         }

@@ -293,6 +293,13 @@ impl Storage {
                 .map(|rel| self.root.join("snapshots").join(rel))
                 .collect()),
             Ok(None) => self.mounts_beneath(&self.snapshot_path(id)),
+            // No directory (an operator's rm, a disk repaired): nothing is
+            // mounted in it, and the record can go.
+            Err(RemoveError::Io { path, source })
+                if source.raw_os_error() == Some(libc::ENOENT) && path == Path::new(&name) =>
+            {
+                Ok(Vec::new())
+            }
             Err(RemoveError::Io { path, source }) => Err(Error::io(
                 "looking for mounts in",
                 self.root.join("snapshots").join(path),

@@ -53,6 +53,11 @@ pub struct Record {
     pub inodes: i64,
 }
 
+/// Most ancestors a snapshot can have: overlayfs stacks at most 500 lower
+/// layers (`OVL_MAX_STACK`). Prepare and View refuse a deeper snapshot, so
+/// a longer chain read from the store is a loop.
+pub const MAX_PARENTS: usize = 500;
+
 /// The metadata store.
 pub struct Store {
     db: Database,
@@ -78,6 +83,30 @@ fn decode_link(bytes: &[u8]) -> Result<Link<'_>> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
+/// Where a new store is made before it gets its name.
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".new");
+    name.into()
+}
+
+/// Unlinks the file `path` (one file, never a directory), if it is there.
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}
+
+fn opening(path: &Path, e: redb::DatabaseError) -> Error {
+    Error::Store(format!(
+        "opening {}: {e}; is another idoverlay-snapshotter using this root? \
+         If not, the file is damaged: move it aside (its snapshots are then lost)",
+        path.display()
+    ))
+}
+
 /// A write transaction: every change in it lands together at
 /// [`Txn::commit`], or not at all when it is dropped.
 pub struct Txn {
@@ -87,13 +116,70 @@ pub struct Txn {
 impl Store {
     /// Opens (or creates) the store file. redb checks and, after a crash,
     /// repairs it here.
+    ///
+    /// A new store is made whole under a temporary name (`PATH.new`) and
+    /// only then linked to `path`: a kill during redb's first writes left a
+    /// file at `path` that no later start could open ("invalid data").
+    /// Now `path` is either absent (start over) or a store that was
+    /// complete and synced.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)?;
+        let temp = temp_path(path);
+        let db = match std::fs::symlink_metadata(path) {
+            Ok(_) => Database::create(path).map_err(|e| opening(path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match Self::create_new(path, &temp)? {
+                    Some(db) => db,
+                    // Another start linked its store first.
+                    None => Database::create(path).map_err(|e| opening(path, e))?,
+                }
+            }
+            Err(e) => return Err(Error::io("looking at", path, e)),
+        };
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOTS)?;
         txn.open_table(META)?;
         txn.commit()?;
+        // A kill between the link and the unlink leaves the temporary name
+        // of a store that is now at `path` (or the torn file of a kill
+        // before the link): either way not the store.
+        remove_if_there(&temp)?;
         Ok(Store { db })
+    }
+
+    /// A store made at `temp`, synced, and linked to `path` (never over an
+    /// existing file; `None` if one appeared), the directory synced.
+    fn create_new(path: &Path, temp: &Path) -> Result<Option<Database>> {
+        // Left by a start killed before its link: never the store.
+        remove_if_there(temp)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(temp)
+            .map_err(|e| Error::io("creating", temp, e))?;
+        let db = Database::builder()
+            .create_file(file)
+            .map_err(|e| opening(temp, e))?;
+        // redb syncs the file at each commit: the tables exist on disk
+        // before the store has a name.
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOTS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        match std::fs::hard_link(temp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                drop(db);
+                remove_if_there(temp)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("linking the new store to", path, e)),
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("syncing", dir, e))?;
+        Ok(Some(db))
     }
 
     /// The record of `key`.
@@ -134,8 +220,7 @@ impl Store {
             })?;
             let link = decode_link(value.value())?;
             ids.push(link.id);
-            // Overlay stacks at most 500 layers; a longer chain is a loop.
-            if ids.len() > 500 {
+            if ids.len() > MAX_PARENTS {
                 return Err(Error::Store(format!("snapshot {key}: parent chain loops")));
             }
             parent = link.parent.into_owned();

@@ -766,3 +766,56 @@ fn a_foreign_mount_where_an_overlay_goes_is_neither_stacked_on_nor_taken_down() 
         snap.stop();
     });
 }
+
+#[test]
+fn a_first_start_killed_at_any_sync_of_its_new_store_starts_again() {
+    // redb writes a new store in several steps, each synced; a kill
+    // between them (power loss, systemd's stop timeout at first boot) must
+    // leave nothing a later start refuses. strace kills the process at the
+    // Nth sync, for each N until opening syncs fewer times than that
+    // (`check` opens the store as a start does, then exits).
+    in_private_ns("first_start_killed_at_a_sync", |scratch| {
+        let mut killed = 0;
+        for n in 1..=16 {
+            let dir = scratch.join(format!("kill-at-sync-{n}"));
+            fs::create_dir(&dir).unwrap();
+            let status = Command::new("strace")
+                .args([
+                    "-f",
+                    "-qq",
+                    "-o",
+                    "/dev/null",
+                    "-e",
+                    "trace=fsync,fdatasync",
+                ])
+                .arg("-e")
+                .arg(format!("inject=fsync,fdatasync:signal=KILL:when={n}"))
+                .arg(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
+                .arg("--root")
+                .arg(dir.join("root"))
+                .arg("--address")
+                .arg(dir.join("snap.sock"))
+                .arg("check")
+                .status()
+                .expect("strace (Debian's strace package; snapshotter/ci-deps installs it)");
+            use std::os::unix::process::ExitStatusExt;
+            if status.signal() != Some(9) {
+                assert!(killed > 0, "never killed at a sync: {status:?}");
+                break;
+            }
+            killed += 1;
+            let snap = Snapshotter::start(&dir);
+            block_on(async {
+                let mut c = snap.client().await;
+                prepare(&mut c, "after", "", HashMap::new()).await.unwrap();
+                assert!(stat(&mut c, "after").await.is_ok());
+            });
+            snap.stop();
+            assert!(
+                !dir.join("root/metadata.redb.new").exists(),
+                "the temporary name is gone once the store is open"
+            );
+        }
+        assert!(killed >= 2, "killed at {killed} syncs only");
+    });
+}
