@@ -276,16 +276,12 @@ impl StateDir {
                 // adopted by a waiter): none there now, as the next walk
                 // shows.
                 let Some(state) = verify_ours(path, leaf, st.mnt_id)? else {
-                    if deadline.passed() {
-                        return Err(lock_wait::kept_changing("open it", path));
-                    }
+                    in_time(&deadline, path)?;
                     continue;
                 };
                 if state.provisional && usage == Use::Write {
                     wait_for_maker(&state, &deadline)?;
-                    if deadline.passed() {
-                        return Err(lock_wait::kept_changing("open it", path));
-                    }
+                    in_time(&deadline, path)?;
                     continue;
                 }
                 return Ok(Some(state));
@@ -324,9 +320,7 @@ impl StateDir {
             {
                 return Ok(state);
             }
-            if deadline.passed() {
-                return Err(lock_wait::kept_changing("open it", path));
-            }
+            in_time(&deadline, path)?;
         }
     }
 
@@ -364,10 +358,8 @@ impl StateDir {
         };
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
-            return match verify_ours(path, leaf, st.mnt_id)? {
-                Some(state) => ready_or_wait(state, deadline),
-                None => Ok(None),
-            };
+            return verify_ours(path, leaf, st.mnt_id)?
+                .map_or(Ok(None), |state| ready_or_wait(state, deadline));
         }
         // Two assemblies (threads or processes) must not both mount a tmpfs
         // here: the second would cover the first one's staging. The lock is
@@ -383,10 +375,8 @@ impl StateDir {
         let st = check_leaf(path, &leaf)?;
         if st.mount_root == Some(true) {
             drop(lock);
-            return match verify_ours(path, leaf, st.mnt_id)? {
-                Some(state) => ready_or_wait(state, deadline),
-                None => Ok(None),
-            };
+            return verify_ours(path, leaf, st.mnt_id)?
+                .map_or(Ok(None), |state| ready_or_wait(state, deadline));
         }
         // Another directory by that name than the one locked (the one
         // locked was removed and made again): its lock is another.
@@ -792,6 +782,15 @@ fn check_leaf(path: &Path, leaf: &OwnedFd) -> Result<sys::Stat> {
         ));
     }
     Ok(st)
+}
+
+/// An error once `deadline` has passed: the state dir at `path` kept
+/// changing under every try to open it.
+fn in_time(deadline: &lock_wait::Deadline, path: &Path) -> Result<()> {
+    if deadline.passed() {
+        return Err(lock_wait::kept_changing("open it", path));
+    }
+    Ok(())
 }
 
 /// A mount at the state dir: idoverlay's only if it is a tmpfs with the
