@@ -44,6 +44,22 @@ pub struct Snapshots {
     /// Ids whose overlay or tree is being worked on outside the store lock.
     busy: Mutex<HashSet<u64>>,
     idle: Condvar,
+    /// Names a Commit is giving a snapshot: reserved (under the store
+    /// lock) before it takes the overlay down, so that of two Commits to
+    /// one name the one refused is refused before it changes anything.
+    naming: Mutex<HashSet<String>>,
+}
+
+/// A name reserved by a Commit, released when dropped.
+struct Naming<'a> {
+    snapshots: &'a Snapshots,
+    name: String,
+}
+
+impl Drop for Naming<'_> {
+    fn drop(&mut self) {
+        self.snapshots.names_being_given().remove(&self.name);
+    }
 }
 
 /// A snapshot's busy mark, cleared when dropped.
@@ -100,6 +116,7 @@ impl Snapshots {
             opts: OverlayOptions::detect(),
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
+            naming: Mutex::new(HashSet::new()),
         };
         let report = snapshots.cleanup()?;
         Ok((snapshots, report))
@@ -127,6 +144,24 @@ impl Snapshots {
             snapshots: self,
             id,
         }
+    }
+
+    fn names_being_given(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.naming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `name` for a Commit: AlreadyExists when a snapshot has it
+    /// or another Commit is giving it.
+    fn reserve_name(&self, name: &str) -> Result<Naming<'_>> {
+        // Under the store lock, as Prepare's check of its key.
+        let _guard = self.locked();
+        if self.store.get(name)?.is_some() || !self.names_being_given().insert(name.to_string()) {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        Ok(Naming {
+            snapshots: self,
+            name: name.to_string(),
+        })
     }
 
     fn is_busy(&self, id: u64) -> bool {
@@ -175,7 +210,7 @@ impl Snapshots {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
         let guard = self.locked();
-        if self.store.get(key)?.is_some() {
+        if self.store.get(key)?.is_some() || self.names_being_given().contains(key) {
             return Err(Error::AlreadyExists(key.to_string()));
         }
         let parents = if parent.is_empty() {
@@ -336,9 +371,7 @@ impl Snapshots {
         if name.is_empty() {
             return Err(Error::InvalidArgument("commit name is empty".into()));
         }
-        if self.store.get(name)?.is_some() {
-            return Err(Error::AlreadyExists(name.to_string()));
-        }
+        let _naming = self.reserve_name(name)?;
         // Under the busy mark only: the overlay goes, the tree is counted.
         if idmapped(&record, &parents)?.is_some() {
             mounts::take_down(&self.storage, record.id)?;
@@ -469,7 +502,14 @@ impl Snapshots {
     pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
         let record = self.stat(key)?;
         if record.kind == Kind::Active {
-            self.storage.usage(record.id)
+            // Usage takes no busy mark: a Remove may delete the tree while
+            // it is counted, and then the snapshot is not found.
+            self.storage
+                .usage(record.id)
+                .map_err(|e| match self.store.get(key) {
+                    Ok(Some(now)) if now.id == record.id => e,
+                    _ => Error::NotFound(key.to_string()),
+                })
         } else {
             Ok((record.size, record.inodes))
         }

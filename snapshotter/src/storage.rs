@@ -321,7 +321,8 @@ impl Storage {
             .collect())
     }
 
-    /// Bytes (allocated blocks) and inodes under snapshot `id`'s `fs`,
+    /// Bytes (allocated blocks) and inodes under snapshot `id`'s `fs`, each
+    /// inode once however many hard links name it (containerd's count),
     /// walked by fd without crossing a mount or following a symlink, to any
     /// depth: the deepest [`remove::MAX_DEPTH`] levels hold their fds; a
     /// level above them gives its fd up and is opened again through `..`
@@ -344,6 +345,8 @@ impl Storage {
         let read = |fd: &OwnedFd| sys::read_names(fd.as_fd(), MAX_ENTRIES).map_err(io("reading"));
         let mut size = 0i64;
         let mut inodes = 1i64;
+        // Inodes with more than one link, counted at their first name.
+        let mut seen = std::collections::HashSet::new();
         let names = read(&top)?;
         let mut stack = vec![Level {
             fd: Some(top),
@@ -378,8 +381,12 @@ impl Storage {
                 Ok(sys::Kind::MountPoint) | Err(_) => continue,
                 Ok(kind) => kind,
             };
+            let (bytes, linked) = sys::entry_blocks_bytes(dir, &name).unwrap_or((0, None));
+            if linked.is_some_and(|inode| !seen.insert(inode)) {
+                continue;
+            }
             inodes += 1;
-            size += sys::entry_blocks_bytes(dir, &name).unwrap_or(0);
+            size += bytes;
             if kind != sys::Kind::Dir {
                 continue;
             }

@@ -149,6 +149,32 @@ impl Store {
     /// A store made at `temp`, synced, and linked to `path` (never over an
     /// existing file; `None` if one appeared), the directory synced.
     fn create_new(path: &Path, temp: &Path) -> Result<Option<Database>> {
+        // One start (or `check`) at a time makes the store: a second one
+        // would remove the first's `temp` below while it is being written,
+        // and the first then link the second's file, or serve from an
+        // unlinked one whose records the next start would not find (and
+        // whose directories it would remove). Whoever does not get the
+        // lock would fail on the store anyway ("already open").
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir_fd = std::fs::File::open(dir).map_err(|e| Error::io("opening", dir, e))?;
+        match rustix::fs::flock(
+            &dir_fd,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::Store(format!(
+                    "{}: another idoverlay-snapshotter (or its check) is making the store \
+                     there; run one at a time on a root",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(Error::io("locking", dir, e.into())),
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            // Another start linked its store before this one got the lock.
+            return Ok(None);
+        }
         // Left by a start killed before its link: never the store.
         remove_if_there(temp)?;
         let file = std::fs::OpenOptions::new()
@@ -175,9 +201,8 @@ impl Store {
             }
             Err(e) => return Err(Error::io("linking the new store to", path, e)),
         }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
+        dir_fd
+            .sync_all()
             .map_err(|e| Error::io("syncing", dir, e))?;
         Ok(Some(db))
     }

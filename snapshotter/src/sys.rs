@@ -109,10 +109,18 @@ pub fn entry_kind(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Kind> {
     })
 }
 
-/// Size in bytes (allocated blocks) of one entry, without following it.
-pub fn entry_blocks_bytes(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<i64> {
+/// Size in bytes (allocated blocks) of one entry, without following it,
+/// and its device and inode when more than one name links to it (a hard
+/// link: counted once, as containerd's `fs.DiskUsage` does).
+pub fn entry_blocks_bytes(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<(i64, Option<(u64, u64)>)> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
-    Ok(st.st_blocks.saturating_mul(512))
+    let linked = FileType::from_raw_mode(st.st_mode) != FileType::Directory && st.st_nlink > 1;
+    #[allow(clippy::unnecessary_cast)] // st_dev's width differs between targets
+    let identity = linked.then_some((st.st_dev as u64, st.st_ino as u64));
+    Ok((st.st_blocks.saturating_mul(512), identity))
 }
 
 /// Owner of a directory fd.

@@ -183,3 +183,159 @@ fn a_snapshot_whose_directory_is_gone_can_be_removed() {
         );
     });
 }
+
+#[test]
+fn two_first_starts_at_once_keep_every_snapshot_either_made() {
+    // Two starts (or a start and a `check`) on a root without a store:
+    // each either fails to open it or keeps what it made. A second start
+    // used to remove the first's half-made store and link its own, so the
+    // first served from an unlinked file: what it made was gone at the
+    // next start, and that start removed its directories.
+    in_private_ns("two_first_starts", |scratch| {
+        let mut both_opened_rounds = 0;
+        for round in 0..200 {
+            let root = scratch.join(format!("root-{round}"));
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let made: Vec<Option<String>> = ["a", "b"]
+                .map(|key| {
+                    let (root, barrier) = (root.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let (s, _) = Snapshots::open(&root).ok()?;
+                        s.create(Kind::Active, key, "", no_labels()).ok()?;
+                        Some(key.to_string())
+                    })
+                })
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let made: Vec<String> = made.into_iter().flatten().collect();
+            assert!(!made.is_empty(), "round {round}: neither start worked");
+            both_opened_rounds += usize::from(made.len() == 2);
+            let (s, _) = Snapshots::open(&root).unwrap();
+            for key in &made {
+                let record = s
+                    .stat(key)
+                    .unwrap_or_else(|e| panic!("round {round}: {key} made, then lost: {e}"));
+                assert!(s.storage().upper_path(record.id).is_dir());
+            }
+            assert!(!root.join("metadata.redb.new").exists());
+        }
+        // Both can open in turn (the first done before the second starts);
+        // what matters is that neither loses what it made.
+        eprintln!("rounds where both made their snapshot: {both_opened_rounds}");
+    });
+}
+
+#[test]
+fn of_two_commits_to_one_name_the_refused_one_keeps_its_overlay() {
+    // The refused Commit must change nothing: its snapshot stays active
+    // with its overlay attached (a running container's rootfs). Both
+    // passed the name check, both took their overlays down, and only then
+    // did one find the name taken.
+    in_private_ns("two_commits_one_name", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        layer(&s, "l1", "");
+        let s = Arc::new(s);
+        for round in 0..200 {
+            for key in ["a", "b"] {
+                s.create(Kind::Active, key, "l1", maps()).unwrap();
+            }
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let results: Vec<_> = ["a", "b"]
+                .map(|key| {
+                    let (s, barrier) = (s.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        (key, s.commit("c", key, no_labels()))
+                    })
+                })
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let mut refused = 0;
+            for (key, result) in results {
+                match result {
+                    Ok(()) => {}
+                    Err(Error::AlreadyExists(_)) => {
+                        refused += 1;
+                        let record = s.stat(key).unwrap();
+                        assert_eq!(record.kind, Kind::Active, "round {round}: {key}");
+                        let at = s.storage().mount_path(record.id);
+                        assert_eq!(
+                            common::mounted_type(&at).as_deref(),
+                            Some("overlay"),
+                            "round {round}: the refused commit of {key} took its overlay down"
+                        );
+                        s.remove(key).unwrap();
+                    }
+                    Err(e) => panic!("round {round}: commit of {key}: {e}"),
+                }
+            }
+            assert_eq!(refused, 1, "round {round}");
+            s.remove("c").unwrap();
+        }
+    });
+}
+
+#[test]
+fn usage_of_a_snapshot_removed_meanwhile_is_not_found() {
+    // Usage takes no busy mark: a Remove may delete the tree it counts.
+    // containerd expects NotFound then, not an I/O error.
+    in_private_ns("usage_beside_remove", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        let s = Arc::new(s);
+        let mut other = Vec::new();
+        for round in 0..300 {
+            s.create(Kind::Active, "u", "", no_labels()).unwrap();
+            let fs = s.storage().upper_path(s.stat("u").unwrap().id);
+            for d in 0..20 {
+                std::fs::create_dir_all(fs.join(format!("d{d}/e/f"))).unwrap();
+            }
+            let counter = {
+                let s = s.clone();
+                std::thread::spawn(move || loop {
+                    match s.usage("u") {
+                        Ok(_) => std::thread::yield_now(),
+                        Err(Error::NotFound(_)) => return None,
+                        Err(e) => return Some(format!("round {round}: {e}")),
+                    }
+                })
+            };
+            s.remove("u").unwrap();
+            other.extend(counter.join().unwrap());
+        }
+        assert!(
+            other.is_empty(),
+            "{} errors: {:?}",
+            other.len(),
+            other.first()
+        );
+    });
+}
+
+#[test]
+fn usage_counts_a_file_with_hard_links_once() {
+    // As containerd's fs.DiskUsage (and du): each inode once.
+    in_private_ns("usage_hard_links", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        s.create(Kind::Active, "h", "", no_labels()).unwrap();
+        let fs = s.storage().upper_path(s.stat("h").unwrap().id);
+        std::fs::write(fs.join("file"), vec![1u8; 1 << 20]).unwrap();
+        let (one_size, one_inodes) = s.usage("h").unwrap();
+        std::fs::create_dir(fs.join("dir")).unwrap();
+        for i in 0..9 {
+            std::fs::hard_link(fs.join("file"), fs.join(format!("dir/link{i}"))).unwrap();
+        }
+        let (size, inodes) = s.usage("h").unwrap();
+        assert_eq!(one_inodes, 2, "fs and the file");
+        assert!(one_size >= 1 << 20, "{one_size}");
+        assert_eq!(inodes, 3, "fs, the file (ten names), dir");
+        assert!(
+            size < 2 * one_size,
+            "the file counted more than once: {size}"
+        );
+        s.commit("hc", "h", no_labels()).unwrap();
+        assert_eq!(s.usage("hc").unwrap().1, 3, "what Commit recorded");
+    });
+}
