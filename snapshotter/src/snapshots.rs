@@ -47,7 +47,12 @@ pub struct Snapshots {
     /// Names a Commit is giving a snapshot: reserved (under the store
     /// lock) before it takes the overlay down, so that of two Commits to
     /// one name the one refused is refused before it changes anything.
+    /// A Commit or Prepare of a name being given waits for that Commit:
+    /// AlreadyExists only once the name is there (containerd's unpack
+    /// takes it to mean the layer exists, and builds on it).
     naming: Mutex<HashSet<String>>,
+    /// Notified when a name leaves `naming`.
+    named: Condvar,
 }
 
 /// A name reserved by a Commit, released when dropped.
@@ -59,6 +64,7 @@ struct Naming<'a> {
 impl Drop for Naming<'_> {
     fn drop(&mut self) {
         self.snapshots.names_being_given().remove(&self.name);
+        self.snapshots.named.notify_all();
     }
 }
 
@@ -117,6 +123,7 @@ impl Snapshots {
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
             naming: Mutex::new(HashSet::new()),
+            named: Condvar::new(),
         };
         let report = snapshots.cleanup()?;
         Ok((snapshots, report))
@@ -150,18 +157,35 @@ impl Snapshots {
         self.naming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reserves `name` for a Commit: AlreadyExists when a snapshot has it
-    /// or another Commit is giving it.
+    /// Reserves `name` for a Commit: AlreadyExists when a snapshot has it;
+    /// while another Commit is giving it, waits for that one first (holding
+    /// no lock; that Commit needs only the store lock to finish).
     fn reserve_name(&self, name: &str) -> Result<Naming<'_>> {
-        // Under the store lock, as Prepare's check of its key.
-        let _guard = self.locked();
-        if self.store.get(name)?.is_some() || !self.names_being_given().insert(name.to_string()) {
-            return Err(Error::AlreadyExists(name.to_string()));
+        loop {
+            {
+                // Under the store lock, as Prepare's check of its key.
+                let _guard = self.locked();
+                if self.store.get(name)?.is_some() {
+                    return Err(Error::AlreadyExists(name.to_string()));
+                }
+                if self.names_being_given().insert(name.to_string()) {
+                    return Ok(Naming {
+                        snapshots: self,
+                        name: name.to_string(),
+                    });
+                }
+            }
+            // Another Commit is giving it: AlreadyExists only once it has.
+            self.wait_name_given(name);
         }
-        Ok(Naming {
-            snapshots: self,
-            name: name.to_string(),
-        })
+    }
+
+    /// Waits until no Commit is giving `name`.
+    fn wait_name_given(&self, name: &str) {
+        let mut naming = self.names_being_given();
+        while naming.contains(name) {
+            naming = self.named.wait(naming).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn is_busy(&self, id: u64) -> bool {
@@ -209,10 +233,17 @@ impl Snapshots {
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
-        let guard = self.locked();
-        if self.store.get(key)?.is_some() || self.names_being_given().contains(key) {
-            return Err(Error::AlreadyExists(key.to_string()));
-        }
+        let guard = loop {
+            let guard = self.locked();
+            if self.store.get(key)?.is_some() {
+                return Err(Error::AlreadyExists(key.to_string()));
+            }
+            if !self.names_being_given().contains(key) {
+                break guard;
+            }
+            drop(guard);
+            self.wait_name_given(key);
+        };
         let parents = if parent.is_empty() {
             Vec::new()
         } else {

@@ -194,8 +194,16 @@ impl Storage {
     pub fn remove_dir(&self, name: &OsStr) -> Result<()> {
         if name.as_encoded_bytes().starts_with(RM_PREFIX.as_bytes()) {
             // Out of the way already (a removal an earlier run did not
-            // finish): renaming it again would only grow its name.
-            return Ok(self.remove_entry(name)?);
+            // finish): renaming it again would only grow its name. Gone
+            // (the Remove that made it finished first): done.
+            return match self.remove_entry(name) {
+                Err(RemoveError::Io { path, source })
+                    if source.raw_os_error() == Some(libc::ENOENT) && path == Path::new(name) =>
+                {
+                    Ok(())
+                }
+                done => Ok(done?),
+            };
         }
         let base = name.to_string_lossy();
         let base = base.strip_prefix(RM_PREFIX).unwrap_or(&base).to_string();

@@ -339,3 +339,75 @@ fn usage_counts_a_file_with_hard_links_once() {
         assert_eq!(s.usage("hc").unwrap().1, 3, "what Commit recorded");
     });
 }
+
+#[test]
+fn a_commit_to_a_name_being_given_waits_and_then_finds_it() {
+    // containerd's unpack commits each layer to its chain id; on
+    // AlreadyExists it takes the layer as there and prepares the next one
+    // on it. So AlreadyExists must mean the name exists: a second Commit
+    // to a name another Commit is giving waits for that one.
+    in_private_ns("commit_name_being_given", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        layer(&s, "l1", "");
+        let s = Arc::new(s);
+        let mut wrong = Vec::new();
+        for round in 0..50 {
+            for key in ["a", "b"] {
+                s.create(Kind::Active, key, "l1", no_labels()).unwrap();
+            }
+            // A tree the first Commit takes a while to count.
+            let fs = s.storage().upper_path(s.stat("a").unwrap().id);
+            for d in 0..20 {
+                std::fs::create_dir(fs.join(format!("d{d}"))).unwrap();
+                for f in 0..500 {
+                    std::fs::write(fs.join(format!("d{d}/f{f}")), b"x").unwrap();
+                }
+            }
+            let first = {
+                let s = s.clone();
+                std::thread::spawn(move || s.commit("chain", "a", no_labels()))
+            };
+            std::thread::sleep(Duration::from_millis(2));
+            if let Err(Error::AlreadyExists(_)) = s.commit("chain", "b", no_labels()) {
+                // What containerd does next: use the layer.
+                if let Err(e) = s.stat("chain") {
+                    wrong.push(format!("round {round}: AlreadyExists, then stat: {e}"));
+                }
+                match s.create(Kind::Active, "next", "chain", no_labels()) {
+                    Ok(_) => s.remove("next").unwrap(),
+                    Err(e) => {
+                        wrong.push(format!("round {round}: AlreadyExists, then prepare: {e}"))
+                    }
+                }
+            }
+            let first = first.join().unwrap();
+            for key in ["a", "b"] {
+                let _ = s.remove(key);
+            }
+            assert!(
+                first.is_ok() || matches!(first, Err(Error::AlreadyExists(_))),
+                "round {round}: {first:?}"
+            );
+            s.remove("chain").unwrap();
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong: {:?}",
+            wrong.len(),
+            wrong.first()
+        );
+    });
+}
+
+#[test]
+fn removing_a_removal_name_that_is_gone_is_done() {
+    // Cleanup lists rm-N, then a Remove finishes deleting it: done, not
+    // a "could not remove" in the cleanup's report.
+    in_private_ns("removal_name_gone", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        s.storage()
+            .remove_dir(std::ffi::OsStr::new("rm-12345"))
+            .unwrap();
+        assert!(s.storage().snapshot_entries().unwrap().is_empty());
+    });
+}
