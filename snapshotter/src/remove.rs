@@ -51,6 +51,15 @@ pub enum RemoveError {
     },
 }
 
+impl RemoveError {
+    /// Whether the walk found no directory `top` to start in (`ENOENT`
+    /// opening it): nothing there to remove or to look into.
+    pub fn is_missing_top(&self, top: &OsStr) -> bool {
+        matches!(self, RemoveError::Io { path, source }
+            if source.raw_os_error() == Some(libc::ENOENT) && path.as_os_str() == top)
+    }
+}
+
 struct Frame {
     fd: OwnedFd,
     /// Name of this directory in its parent.

@@ -197,11 +197,7 @@ impl Storage {
             // finish): renaming it again would only grow its name. Gone
             // (the Remove that made it finished first): done.
             return match self.remove_entry(name) {
-                Err(RemoveError::Io { path, source })
-                    if source.raw_os_error() == Some(libc::ENOENT) && path == Path::new(name) =>
-                {
-                    Ok(())
-                }
+                Err(e) if e.is_missing_top(name) => Ok(()),
                 done => Ok(done?),
             };
         }
@@ -303,11 +299,7 @@ impl Storage {
             Ok(None) => self.mounts_beneath(&self.snapshot_path(id)),
             // No directory (an operator's rm, a disk repaired): nothing is
             // mounted in it, and the record can go.
-            Err(RemoveError::Io { path, source })
-                if source.raw_os_error() == Some(libc::ENOENT) && path == Path::new(&name) =>
-            {
-                Ok(Vec::new())
-            }
+            Err(e) if e.is_missing_top(OsStr::new(&name)) => Ok(Vec::new()),
             Err(RemoveError::Io { path, source }) => Err(Error::io(
                 "looking for mounts in",
                 self.root.join("snapshots").join(path),
