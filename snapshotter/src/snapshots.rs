@@ -8,7 +8,14 @@
 //! slow steps that concern one snapshot only — assembling or taking down its
 //! overlay, deleting its tree — run outside it, under that snapshot's busy
 //! mark, which Remove, Commit and a re-assembly wait for. Lock order: a busy
-//! mark, then the store lock. Reads take no lock: redb gives each read a
+//! mark, then the store lock. The one exception never waits: Prepare marks
+//! its new id under the store lock, before the record is committed (no one
+//! else can know that id yet; marked after the commit, a Remove of the key
+//! could take the mark in between and both would wait for ever). A Commit
+//! also reserves its name (under the store lock, held only to reserve)
+//! before it takes its overlay down; a Commit or Prepare of a name being
+//! given waits for that reservation holding no lock, so `AlreadyExists`
+//! means the name exists. Reads take no lock: redb gives each read a
 //! consistent snapshot.
 //!
 //! Crash consistency comes from the order of steps: `snapshots/new-…` is
