@@ -38,6 +38,25 @@ fn layer(s: &Snapshots, name: &str, parent: &str) {
     s.commit(name, &key, no_labels()).unwrap();
 }
 
+/// `f("a")` and `f("b")`, each on its own thread, released together;
+/// their results in that order.
+fn both_at_once<T: Send + 'static>(
+    f: impl Fn(&'static str) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let (f, barrier) = (Arc::new(f), Arc::new(std::sync::Barrier::new(2)));
+    ["a", "b"]
+        .map(|key| {
+            let (f, barrier) = (f.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(key)
+            })
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_prepare_and_removes_of_its_key_at_once_never_deadlock() {
     // containerd serialises its own calls per key, but any root process on
@@ -195,20 +214,14 @@ fn two_first_starts_at_once_keep_every_snapshot_either_made() {
         let mut both_opened_rounds = 0;
         for round in 0..200 {
             let root = scratch.join(format!("root-{round}"));
-            let barrier = Arc::new(std::sync::Barrier::new(2));
-            let made: Vec<Option<String>> = ["a", "b"]
-                .map(|key| {
-                    let (root, barrier) = (root.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        let (s, _) = Snapshots::open(&root).ok()?;
-                        s.create(Kind::Active, key, "", no_labels()).ok()?;
-                        Some(key.to_string())
-                    })
+            let made = {
+                let root = root.clone();
+                both_at_once(move |key| {
+                    let (s, _) = Snapshots::open(&root).ok()?;
+                    s.create(Kind::Active, key, "", no_labels()).ok()?;
+                    Some(key.to_string())
                 })
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .collect();
+            };
             let made: Vec<String> = made.into_iter().flatten().collect();
             assert!(!made.is_empty(), "round {round}: neither start worked");
             both_opened_rounds += usize::from(made.len() == 2);
@@ -241,18 +254,10 @@ fn of_two_commits_to_one_name_the_refused_one_keeps_its_overlay() {
             for key in ["a", "b"] {
                 s.create(Kind::Active, key, "l1", maps()).unwrap();
             }
-            let barrier = Arc::new(std::sync::Barrier::new(2));
-            let results: Vec<_> = ["a", "b"]
-                .map(|key| {
-                    let (s, barrier) = (s.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        (key, s.commit("c", key, no_labels()))
-                    })
-                })
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .collect();
+            let results = {
+                let s = s.clone();
+                both_at_once(move |key| (key, s.commit("c", key, no_labels())))
+            };
             let mut refused = 0;
             for (key, result) in results {
                 match result {
