@@ -25,6 +25,10 @@ use crate::sys;
 /// Most names read from `snapshots/` or `mounts/` at once.
 const MAX_ENTRIES: usize = 1 << 20;
 
+/// Most hard-linked inodes [`Storage::usage`] remembers (some 50 MB); a
+/// snapshot with more has the rest counted at each of their names.
+const MAX_LINKED: usize = 1 << 20;
+
 /// The snapshotter's root directory and its two subdirectories.
 pub struct Storage {
     root: PathBuf,
@@ -322,19 +326,25 @@ impl Storage {
     }
 
     /// Bytes (allocated blocks) and inodes under snapshot `id`'s `fs`, each
-    /// inode once however many hard links name it (containerd's count),
-    /// walked by fd without crossing a mount or following a symlink, to any
-    /// depth: the deepest [`remove::MAX_DEPTH`] levels hold their fds; a
-    /// level above them gives its fd up and is opened again through `..`
-    /// of its child when the walk comes back to it, checked to be the
-    /// same directory (device and inode), else the walk stops with an
-    /// error rather than count another tree.
+    /// inode once however many hard links name it (containerd's count; past
+    /// [`MAX_LINKED`] linked inodes a linked file counts at each name: too
+    /// much rather than too little, as an eviction by disk use needs),
+    /// walked by fd without crossing a mount or following a symlink, every
+    /// name of every directory (read a few KiB at a time, never collected:
+    /// a directory of millions of names is counted whole in bounded
+    /// memory), to any depth: the deepest [`remove::MAX_DEPTH`] levels
+    /// hold their fds; a level above them gives its fd up, keeping its
+    /// position, and is opened again through `..` of its child when the
+    /// walk comes back to it, checked to be the same directory (device and
+    /// inode), else the walk stops with an error rather than count another
+    /// tree.
     pub fn usage(&self, id: u64) -> Result<(i64, i64)> {
         struct Level {
-            fd: Option<OwnedFd>,
+            names: Option<sys::Names>,
             /// Device and inode, taken when the fd is given up.
             identity: Option<(u64, u64)>,
-            names: Vec<OsString>,
+            /// Where to go on reading it: after the name last read.
+            position: i64,
         }
         let top = self.open_fs(OsStr::new(&id.to_string()))?;
         let path = self.upper_path(id);
@@ -342,23 +352,22 @@ impl Storage {
             let path = &path;
             move |e| Error::io(what, path, e)
         };
-        let read = |fd: &OwnedFd| sys::read_names(fd.as_fd(), MAX_ENTRIES).map_err(io("reading"));
         let mut size = 0i64;
         let mut inodes = 1i64;
         // Inodes with more than one link, counted at their first name.
         let mut seen = std::collections::HashSet::new();
-        let names = read(&top)?;
         let mut stack = vec![Level {
-            fd: Some(top),
+            names: Some(sys::Names::new(top).map_err(io("reading"))?),
             identity: None,
-            names,
+            position: 0,
         }];
-        while let Some(last) = stack.len().checked_sub(1) {
-            let Some(name) = stack[last].names.pop() else {
+        while let Some(level) = stack.last_mut() {
+            let names = level.names.as_mut().expect("the level walked holds its fd");
+            let Some((name, position)) = names.next_name().map_err(io("reading"))? else {
                 let done = stack.pop().expect("non-empty stack");
-                if let Some(parent) = stack.last_mut().filter(|p| p.fd.is_none()) {
-                    let child = done.fd.expect("the level walked holds its fd");
-                    let fd = sys::open_parent(child.as_fd()).map_err(io("reopening"))?;
+                if let Some(parent) = stack.last_mut().filter(|p| p.names.is_none()) {
+                    let child = done.names.expect("the level walked holds its fd");
+                    let fd = sys::open_parent(child.fd()).map_err(io("reopening"))?;
                     if Some(sys::identity(fd.as_fd()).map_err(io("reopening"))?) != parent.identity
                     {
                         return Err(Error::io(
@@ -367,43 +376,47 @@ impl Storage {
                             std::io::Error::other("a directory was moved while it was measured"),
                         ));
                     }
-                    parent.fd = Some(fd);
+                    let mut names = sys::Names::new(fd).map_err(io("reopening"))?;
+                    names.seek(parent.position).map_err(io("reopening"))?;
+                    parent.names = Some(names);
                 }
                 continue;
             };
-            let dir = stack[last]
-                .fd
-                .as_ref()
-                .expect("the level walked holds its fd");
-            let dir = dir.as_fd();
-            // Another mount's root is not this snapshot's to count.
-            let kind = match sys::entry_kind(dir, &name) {
-                Ok(sys::Kind::MountPoint) | Err(_) => continue,
-                Ok(kind) => kind,
+            level.position = position;
+            let dir = names.fd();
+            // Another mount's root is not this snapshot's to count, nor is
+            // an entry gone meanwhile.
+            let entry = match sys::entry_usage(dir, &name) {
+                Ok(e) if e.kind == sys::Kind::MountPoint => continue,
+                Err(_) => continue,
+                Ok(e) => e,
             };
-            let (bytes, linked) = sys::entry_blocks_bytes(dir, &name).unwrap_or((0, None));
-            if linked.is_some_and(|inode| !seen.insert(inode)) {
-                continue;
+            if let Some(inode) = entry.linked {
+                if seen.contains(&inode) {
+                    continue;
+                }
+                if seen.len() < MAX_LINKED {
+                    seen.insert(inode);
+                }
             }
             inodes += 1;
-            size += bytes;
-            if kind != sys::Kind::Dir {
+            size = size.saturating_add(entry.bytes);
+            if entry.kind != sys::Kind::Dir {
                 continue;
             }
             // A mount point (EXDEV) or a vanished entry is skipped.
             let Ok(fd) = sys::open_dir_beneath(dir, &name) else {
                 continue;
             };
-            let names = read(&fd)?;
             stack.push(Level {
-                fd: Some(fd),
+                names: Some(sys::Names::new(fd).map_err(io("reading"))?),
                 identity: None,
-                names,
+                position: 0,
             });
             if let Some(above) = stack.len().checked_sub(remove::MAX_DEPTH + 1) {
                 let level = &mut stack[above];
-                if let Some(fd) = level.fd.take() {
-                    level.identity = Some(sys::identity(fd.as_fd()).map_err(io("measuring"))?);
+                if let Some(names) = level.names.take() {
+                    level.identity = Some(sys::identity(names.fd()).map_err(io("measuring"))?);
                 }
             }
         }

@@ -109,18 +109,48 @@ pub fn entry_kind(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Kind> {
     })
 }
 
-/// Size in bytes (allocated blocks) of one entry, without following it,
-/// and its device and inode when more than one name links to it (a hard
-/// link: counted once, as containerd's `fs.DiskUsage` does).
-pub fn entry_blocks_bytes(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-) -> io::Result<(i64, Option<(u64, u64)>)> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
-    let linked = FileType::from_raw_mode(st.st_mode) != FileType::Directory && st.st_nlink > 1;
-    #[allow(clippy::unnecessary_cast)] // st_dev's width differs between targets
-    let identity = linked.then_some((st.st_dev as u64, st.st_ino as u64));
-    Ok((st.st_blocks.saturating_mul(512), identity))
+/// What [`entry_usage`] tells of one entry.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryUsage {
+    /// What the entry is (see [`entry_kind`]).
+    pub kind: Kind,
+    /// Bytes of the blocks it has allocated.
+    pub bytes: i64,
+    /// Its device and inode when more than one name links to it (a hard
+    /// link: counted once, as containerd's `fs.DiskUsage` does).
+    pub linked: Option<(u64, u64)>,
+}
+
+/// `statx(AT_SYMLINK_NOFOLLOW)` of one entry for Usage: its kind, size and,
+/// when hard-linked, identity, in one syscall.
+pub fn entry_usage(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<EntryUsage> {
+    use rustix::fs::StatxFlags;
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::TYPE | StatxFlags::NLINK | StatxFlags::BLOCKS | StatxFlags::INO,
+    )
+    .map_err(io_err)?;
+    let is_dir = FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory;
+    let kind = if st
+        .stx_attributes
+        .contains(rustix::fs::StatxAttributes::MOUNT_ROOT)
+    {
+        Kind::MountPoint
+    } else if is_dir {
+        Kind::Dir
+    } else {
+        Kind::Other
+    };
+    let dev = (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor);
+    let linked = (!is_dir && st.stx_nlink > 1).then_some((dev, st.stx_ino));
+    let bytes = i64::try_from(st.stx_blocks.saturating_mul(512)).unwrap_or(i64::MAX);
+    Ok(EntryUsage {
+        kind,
+        bytes,
+        linked,
+    })
 }
 
 /// Owner of a directory fd.
@@ -129,23 +159,65 @@ pub fn owner(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((st.st_uid, st.st_gid))
 }
 
+/// A directory's names, read one at a time (`getdents64` a buffer of a
+/// few KiB at a time, however many names it holds), `.` and `..` left
+/// out. Each name comes with the position after it, from which
+/// [`Names::seek`] resumes on a new open of the same directory.
+pub struct Names(rustix::fs::Dir);
+
+impl Names {
+    /// Reads `dir` from its start, through a fresh open of it (`dir`'s own
+    /// position is left as it is).
+    pub fn read_from(dir: BorrowedFd<'_>) -> io::Result<Self> {
+        rustix::fs::Dir::read_from(dir).map(Self).map_err(io_err)
+    }
+
+    /// Reads the directory `fd` opens, from `fd`'s position.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        rustix::fs::Dir::new(fd).map(Self).map_err(io_err)
+    }
+
+    /// The directory being read.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.fd().expect("a Dir holds its fd")
+    }
+
+    /// The next name and the position after it; `None` at the end (or once
+    /// the directory was removed).
+    pub fn next_name(&mut self) -> io::Result<Option<(OsString, i64)>> {
+        loop {
+            let Some(entry) = self.0.read() else {
+                return Ok(None);
+            };
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                return Ok(Some((
+                    OsStr::from_bytes(name).to_os_string(),
+                    entry.offset(),
+                )));
+            }
+        }
+    }
+
+    /// Goes on after the name [`Names::next_name`] gave `position` with.
+    pub fn seek(&mut self, position: i64) -> io::Result<()> {
+        self.0.seek(position).map_err(io_err)
+    }
+}
+
 /// Up to `limit` names of a directory, `.` and `..` left out, read from a
 /// fresh open of it (so from its start). Bounded, so a directory another
 /// process keeps filling cannot make one read grow without end; a caller
 /// that deletes what it got reads again for the rest.
 pub fn read_names(dir: BorrowedFd<'_>, limit: usize) -> io::Result<Vec<OsString>> {
     let mut names = Vec::new();
-    let reader = rustix::fs::Dir::read_from(dir).map_err(io_err)?;
-    for entry in reader {
-        let entry = entry.map_err(io_err)?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        names.push(OsStr::from_bytes(name).to_os_string());
-        if names.len() == limit {
+    let mut reader = Names::read_from(dir)?;
+    while names.len() < limit {
+        let Some((name, _)) = reader.next_name()? else {
             break;
-        }
+        };
+        names.push(name);
     }
     Ok(names)
 }

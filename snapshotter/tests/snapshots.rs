@@ -346,6 +346,61 @@ fn usage_counts_a_file_with_hard_links_once() {
 }
 
 #[test]
+fn usage_counts_every_name_of_a_directory_of_more_than_a_million() {
+    // A container's directory of millions of files: every one counted
+    // (Usage read at most 2^20 names a directory before, so a pod could
+    // put the rest of its disk use past them, out of an eviction's sight).
+    in_private_ns("usage_million_names", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        s.create(Kind::Active, "m", "", no_labels()).unwrap();
+        let fs = s.storage().upper_path(s.stat("m").unwrap().id);
+        let many = (1 << 20) + 1000;
+        let dir = fs.join("many");
+        std::fs::create_dir(&dir).unwrap();
+        let dir = std::fs::File::open(&dir).unwrap();
+        for i in 0..many {
+            let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE;
+            let mode = rustix::fs::Mode::from_raw_mode(0o644);
+            rustix::fs::openat(&dir, format!("{i:x}"), flags, mode).unwrap();
+        }
+        let (_, inodes) = s.usage("m").unwrap();
+        assert_eq!(inodes, many + 2, "fs, many, and each of its names");
+        s.remove("m").unwrap();
+    });
+}
+
+#[test]
+fn usage_of_a_tree_deeper_than_a_walk_holds_fds_for_counts_each_name_once() {
+    // Levels above the deepest 256 give their fd up while the walk is
+    // below them and go on from where they were: each of their names,
+    // before and after the one walked into, is counted once.
+    in_private_ns("usage_deep_wide", |scratch| {
+        let (s, _) = Snapshots::open(&scratch.join("root")).unwrap();
+        s.create(Kind::Active, "d", "", no_labels()).unwrap();
+        let mut dir = s.storage().upper_path(s.stat("d").unwrap().id);
+        let (depth, files) = (400, 30);
+        for _ in 0..depth {
+            for f in 0..files {
+                std::fs::write(dir.join(format!("f{f}")), b"").unwrap();
+            }
+            dir.push("d");
+            std::fs::create_dir(&dir).unwrap();
+        }
+        // A walk that went on from a level's start would walk it for ever.
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || done.send(s.usage("d").unwrap()).unwrap());
+        let (_, inodes) = result
+            .recv_timeout(Duration::from_secs(60))
+            .expect("Usage returns");
+        assert_eq!(
+            inodes,
+            1 + depth * (files + 1),
+            "fs, and each level's files and d"
+        );
+    });
+}
+
+#[test]
 fn a_commit_to_a_name_being_given_waits_and_then_finds_it() {
     // containerd's unpack commits each layer to its chain id; on
     // AlreadyExists it takes the layer as there and prepares the next one
