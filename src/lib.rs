@@ -608,6 +608,7 @@ impl Overlay {
             warnings: all_warnings,
             footprint: kept.footprint,
             pair: kept.pair,
+            upper_owner: kept.upper_owner,
             state_dir: self.state_dir_or_default().to_path_buf(),
             description: self.describe(req, &kept.paths, chosen),
             keep_record: self.keep_record,
@@ -808,6 +809,9 @@ pub struct DetachedMount {
     footprint: Option<layer::Footprint>,
     /// Its upper and work dirs, claimed once it is attached.
     pair: Option<(layer::OpenedDir, layer::OpenedDir)>,
+    /// The owner `--chown-upper` gives the upper, made sure of when the pair
+    /// is claimed.
+    upper_owner: Option<(u32, u32)>,
     state_dir: PathBuf,
     /// What it is made of (the target and mount id once attached).
     description: records::MountDescription,
@@ -861,6 +865,7 @@ impl DetachedMount {
             warnings: Vec::new(),
             footprint: None,
             pair: None,
+            upper_owner: None,
             state_dir: PathBuf::from(gc::DEFAULT_STATE_DIR),
             description: records::MountDescription::default(),
             keep_record: false,
@@ -958,7 +963,9 @@ impl DetachedMount {
         sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
             .map_err(|e| Error::os("attach the overlay at", Some(target), e))?;
         if let Some((upper, work)) = &self.pair {
-            if let Err(taken) = strategy::in_use::claim(upper, work, self.fd.as_fd()) {
+            if let Err(taken) =
+                strategy::in_use::claim(upper, work, self.fd.as_fd(), self.upper_owner)
+            {
                 // Another overlay took the pair meanwhile: this one goes.
                 sys::detach_root_of(self.fd.as_fd())
                     .map_err(|e| Error::os("unmount the overlay just attached", Some(target), e))?;

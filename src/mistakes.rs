@@ -23,6 +23,9 @@ use crate::layer::{OpenedDir, Placement, Plan};
 use crate::sys;
 use crate::userns::UserNamespace;
 
+/// A uid and gid on disk.
+type Owner = (u32, u32);
+
 /// How many entries of the top layer are looked at when its root falls
 /// outside the map.
 const SAMPLE: usize = 64;
@@ -84,12 +87,14 @@ pub(crate) fn upper_owner(
 
 /// Gives an empty upper's root to container root, by its fd (exactly the
 /// directory that was checked). Nothing to do when it is owned so already;
-/// an upper that holds anything is refused rather than changed.
+/// an upper that holds anything is refused rather than changed. Returns
+/// container root's ids on disk (the owner given) and, when it changed
+/// the owner, the owner before.
 pub(crate) fn chown_upper(
     upper: &OpenedDir,
     userns: &UserNamespace,
     idmap_upper: bool,
-) -> Result<Option<(u32, u32)>> {
+) -> Result<(Owner, Option<Owner>)> {
     let Some((uid, gid)) = container_root_on_disk(userns, idmap_upper) else {
         return Err(Error::invalid_path(
             "upper dir",
@@ -99,7 +104,7 @@ pub(crate) fn chown_upper(
         ));
     };
     if (upper.stat.uid, upper.stat.gid) == (uid, gid) {
-        return Ok(None);
+        return Ok(((uid, gid), None));
     }
     let entries =
         sys::dir_entries(upper.fd.as_fd()).map_err(|e| Error::os("read", Some(&upper.path), e))?;
@@ -118,7 +123,7 @@ pub(crate) fn chown_upper(
     }
     sys::chown_fd(upper.fd.as_fd(), uid, gid)
         .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))?;
-    Ok(Some((upper.stat.uid, upper.stat.gid)))
+    Ok(((uid, gid), Some((upper.stat.uid, upper.stat.gid))))
 }
 
 /// The warning for a top layer that shows as nobody through the maps: its

@@ -551,6 +551,64 @@ fn chown_upper_is_undone_when_the_attach_fails() {
     });
 }
 
+/// Two `--chown-upper` mounts at once on one empty upper, each to its own
+/// target: at most one overlay stays (one pair, one overlay), and it keeps
+/// the upper container root's. Before, the one refused (its claim came
+/// second) gave the upper back to 0:0 under the other's live overlay, or
+/// put it back just before that one claimed the pair (19 rounds of 100, a
+/// reviewer's script): container root then saw its `/` as nobody's.
+#[test]
+fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
+    in_private_ns("operators::two_chown_upper_at_once", |s| {
+        let mut wrong = Vec::new();
+        for round in 0..200 {
+            let st = setup(s, &format!("c{round}"), 0);
+            let other = Setup {
+                layers: st.layers.clone(),
+                upper: st.upper.clone(),
+                work: st.work.clone(),
+                target: st.target.with_file_name("rootfs2"),
+                state: st.state.clone(),
+            };
+            mkdir(&other.target, 0o755, 0, 0);
+            let children = [&st, &other].map(|x| {
+                mount_cmd(x, &["--chown-upper"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            });
+            for mut child in children {
+                child.wait().unwrap();
+            }
+            let table = mounts();
+            let live: Vec<&Path> = [&st.target, &other.target]
+                .into_iter()
+                .filter(|t| table.iter().any(|m| m.mount_point == **t))
+                .map(PathBuf::as_path)
+                .collect();
+            assert!(live.len() <= 1, "round {round}: both mounted on one pair");
+            let upper = owner(&st.upper);
+            if !live.is_empty() && upper != (100000, 100000) {
+                wrong.push((round, upper));
+            }
+            for target in live {
+                run(idoverlay()
+                    .args(["umount", "--state-dir"])
+                    .arg(&st.state)
+                    .arg(target));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of 200 rounds left a live overlay whose upper is not container root's \
+             (round, owner): {:?}",
+            wrong.len(),
+            wrong.first()
+        );
+    });
+}
+
 /// Records of mounts made in mount namespaces that are gone since (a
 /// short-lived `unshare -m` each) are removed by `list` from here; one of
 /// a namespace still alive is kept until that namespace goes. Else each

@@ -542,7 +542,7 @@ pub(crate) fn mount_at(
                     )
                 });
                 // The overlay's own fd: no path to check it by.
-                claim_or_take_down(upper, work, overlay, target_path)
+                claim_or_take_down(req, upper, work, overlay, target_path)
                     .map(|root| Some((Vec::new(), Some(root))))
             }
             Err(e) => {
@@ -678,12 +678,18 @@ fn mount_by_fsconfig(
 /// ([`super::in_use::claim`]); a refusal takes that overlay out again,
 /// through its own fd, before it returns. Returns `root`.
 fn claim_or_take_down(
+    req: &Request<'_>,
     upper: &OpenedDir,
     work: &OpenedDir,
     root: OwnedFd,
     target_path: &Path,
 ) -> Result<OwnedFd> {
-    match super::in_use::claim(upper, work, root.as_fd()) {
+    let upper_owner = req
+        .kept
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .upper_owner;
+    match super::in_use::claim(upper, work, root.as_fd(), upper_owner) {
         Ok(()) => Ok(root),
         Err(refusal) => Err(taken_down(&root, target_path, refusal)),
     }
@@ -742,7 +748,7 @@ fn after_mount(
             return Err(taken_down(&root, target_path, refusal));
         }
     }
-    claim_or_take_down(upper, work, root, target_path).map(|root| (Vec::new(), Some(root)))
+    claim_or_take_down(req, upper, work, root, target_path).map(|root| (Vec::new(), Some(root)))
 }
 
 /// Whether `root` is the root of a whole overlay mounted right on the

@@ -204,7 +204,18 @@ fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]
 /// overlays mounted at once on a pair used before both found the claim of
 /// a mount that is gone, both replaced it, and both stayed (seen in
 /// `race.rs`: about one round in fifty).
-pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -> Result<()> {
+///
+/// With `upper_owner` (`--chown-upper`'s container root), the upper's root
+/// is given that owner again, under the lock, should it have lost it:
+/// another request that had chowned it too, and failed, may have put it
+/// back before this overlay claimed the pair (it leaves a claimed upper
+/// alone, see [`give_upper_back`]).
+pub(crate) fn claim(
+    upper: &OpenedDir,
+    work: &OpenedDir,
+    root: BorrowedFd<'_>,
+    upper_owner: Option<(u32, u32)>,
+) -> Result<()> {
     let Some(ours) = mount_id_of(root) else {
         return Ok(());
     };
@@ -214,7 +225,49 @@ pub(crate) fn claim(upper: &OpenedDir, work: &OpenedDir, root: BorrowedFd<'_>) -
     };
     let _locked = lock_pair(upper, work)?;
     claim_one(upper, &upper_text, ours)?;
-    claim_one(work, &work_text, ours)
+    claim_one(work, &work_text, ours)?;
+    if let Some((uid, gid)) = upper_owner {
+        let now = sys::stat_fd(upper.fd.as_fd())
+            .map_err(|e| Error::os("inspect", Some(&upper.path), e))?;
+        if (now.uid, now.gid) != (uid, gid) {
+            sys::chown_fd(upper.fd.as_fd(), uid, gid).map_err(|e| {
+                Error::os("give the upper dir to container root", Some(&upper.path), e)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives an upper dir back to its owner before `--chown-upper`, under the
+/// lock claims take, unless another overlay uses it now: a live overlay
+/// claims it, or its owner is no longer the one given (someone chowned it
+/// since). Two requests on one empty upper both want it chowned; the one
+/// refused (its claim came second) must not take the owner away from the
+/// other's live overlay. `Ok(Some(why))` when it was left as it is.
+pub(crate) fn give_upper_back(
+    chowned: &super::ChownedUpper,
+) -> std::result::Result<Option<&'static str>, sys::SysError> {
+    let fd = chowned.fd.as_fd();
+    let _locked = match lock_with_wait(fd) {
+        Ok(Some(locked)) => Some(locked),
+        Ok(None) => None,
+        Err(e) => return Err(e),
+    };
+    let claimed = sys::get_xattr(fd, CLAIM, CLAIM_MAX)
+        .ok()
+        .flatten()
+        .and_then(|bytes| parse_claim(&bytes))
+        .and_then(live_mount_point);
+    if claimed.is_some() {
+        return Ok(Some("another overlay claims it now"));
+    }
+    let now = sys::stat_fd(fd)?;
+    if (now.uid, now.gid) != chowned.given {
+        return Ok(Some("its owner changed since"));
+    }
+    let (uid, gid) = chowned.before;
+    sys::chown_fd(fd, uid, gid)?;
+    Ok(None)
 }
 
 /// Locks taken by [`lock_pair`], given back when dropped.
@@ -286,37 +339,64 @@ fn lock_pair<'a>(upper: &'a OpenedDir, work: &'a OpenedDir) -> Result<Locks<'a>>
     let mut locked = Locks(Vec::with_capacity(2));
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     for dir in dirs {
-        loop {
-            match sys::try_lock_exclusive(dir.fd.as_fd()) {
-                Ok(true) => {
-                    locked.0.push(dir.fd.as_fd());
-                    break;
-                }
-                Ok(false) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Ok(false) => {
-                    return Err(Error::invalid_path(
-                        dir.role.noun(),
-                        &dir.path,
-                        format!(
-                            "is locked (flock) by another process for over {} s; find it with \
-                             `fuser -v {}` and let it finish",
-                            LOCK_WAIT.as_secs(),
-                            display_path(&dir.path)
-                        ),
-                    ));
-                }
-                // Only an fd opened without read access (O_PATH) makes
-                // this EBADF: a bug here, not a filesystem without locks.
-                Err(e) if e.errno == libc::EBADF => {
-                    return Err(Error::os("lock for its claim", Some(&dir.path), e));
-                }
-                Err(_) => break,
+        match lock_until(dir.fd.as_fd(), deadline) {
+            Ok(Some(true)) => locked.0.push(dir.fd.as_fd()),
+            Ok(Some(false)) => {
+                return Err(Error::invalid_path(
+                    dir.role.noun(),
+                    &dir.path,
+                    format!(
+                        "is locked (flock) by another process for over {} s; find it with \
+                         `fuser -v {}` and let it finish",
+                        LOCK_WAIT.as_secs(),
+                        display_path(&dir.path)
+                    ),
+                ));
             }
+            Ok(None) => {}
+            Err(e) => return Err(Error::os("lock for its claim", Some(&dir.path), e)),
         }
     }
     Ok(locked)
+}
+
+/// Locks one dir as a claim does, waiting up to [`LOCK_WAIT`]; `None` on a
+/// filesystem that takes no `flock`. `Err` when it stays locked.
+fn lock_with_wait(fd: BorrowedFd<'_>) -> std::result::Result<Option<Locks<'_>>, sys::SysError> {
+    match lock_until(fd, std::time::Instant::now() + LOCK_WAIT)? {
+        Some(true) => Ok(Some(Locks(vec![fd]))),
+        Some(false) => Err(sys::SysError {
+            syscall: "flock",
+            args: format!(
+                "LOCK_EX, held by another process for over {} s",
+                LOCK_WAIT.as_secs()
+            ),
+            errno: libc::EWOULDBLOCK,
+        }),
+        None => Ok(None),
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` tried until `deadline`: `Some(true)` locked,
+/// `Some(false)` still held by another, `None` no locks on this
+/// filesystem.
+fn lock_until(
+    fd: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+) -> std::result::Result<Option<bool>, sys::SysError> {
+    loop {
+        match sys::try_lock_exclusive(fd) {
+            Ok(true) => return Ok(Some(true)),
+            Ok(false) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(false) => return Ok(Some(false)),
+            // Only an fd opened without read access (O_PATH) makes this
+            // EBADF: a bug here, not a filesystem without locks.
+            Err(e) if e.errno == libc::EBADF => return Err(e),
+            Err(_) => return Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]

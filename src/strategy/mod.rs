@@ -72,13 +72,28 @@ pub(crate) struct Kept {
     /// Layers the kernel refused beneath their shared clone, opened on
     /// their own (see [`retry_on_its_own`]): located by these, not by name.
     pub retried: Vec<(usize, OpenedDir)>,
-    /// The upper dir `--chown-upper` gave to container root, and its owner
-    /// before: given back when the overlay is refused ([`undo_chown`]).
-    pub chowned_upper: Option<(OwnedFd, (u32, u32))>,
+    /// The upper dir `--chown-upper` gave to container root: given back
+    /// when the overlay is refused ([`undo_chown`]).
+    pub chowned_upper: Option<ChownedUpper>,
+    /// Container root's ids on disk, with `--chown-upper`: the owner the
+    /// upper's root must have once the overlay claims it (see
+    /// [`in_use::claim`]).
+    pub upper_owner: Option<(u32, u32)>,
+}
+
+/// An upper dir `--chown-upper` gave to container root.
+#[derive(Debug)]
+pub(crate) struct ChownedUpper {
+    pub fd: OwnedFd,
+    /// Its owner before.
+    pub before: (u32, u32),
+    /// The owner given.
+    pub given: (u32, u32),
 }
 
 /// Gives the upper dir back to its owner before `--chown-upper`, when the
-/// request that chowned it failed.
+/// request that chowned it failed, unless another overlay uses it now
+/// ([`in_use::give_upper_back`]).
 pub(crate) fn undo_chown(req: &Request<'_>) {
     let chowned = req
         .kept
@@ -86,11 +101,14 @@ pub(crate) fn undo_chown(req: &Request<'_>) {
         .unwrap_or_else(|e| e.into_inner())
         .chowned_upper
         .take();
-    if let Some((fd, (uid, gid))) = chowned {
-        if let Err(e) = sys::chown_fd(fd.as_fd(), uid, gid) {
-            req.trace(|| {
+    if let Some(chowned) = chowned {
+        let (uid, gid) = chowned.before;
+        match in_use::give_upper_back(&chowned) {
+            Ok(None) => {}
+            Ok(Some(why)) => req.trace(|| format!("the upper dir keeps its new owner: {why}")),
+            Err(e) => req.trace(|| {
                 format!("the upper dir's owner could not be put back to {uid}:{gid}: {e}")
-            });
+            }),
         }
     }
 }
@@ -215,13 +233,19 @@ pub(crate) fn prepare<'a>(
     let mut warnings = Vec::new();
     if let Some(upper) = &upper {
         if req.chown_upper {
-            if let Some(owner) = crate::mistakes::chown_upper(upper, req.userns, req.idmap_upper)? {
+            let (given, before) = crate::mistakes::chown_upper(upper, req.userns, req.idmap_upper)?;
+            let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.upper_owner = Some(given);
+            if let Some(before) = before {
                 // Put back if the kernel refuses the overlay after all:
                 // bad input changes nothing (an attempt retried the careful
                 // way finds it chowned, and keeps the first owner).
-                let mut kept = req.kept.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.chowned_upper.is_none() {
-                    kept.chowned_upper = sys::dup(upper.fd.as_fd()).ok().map(|fd| (fd, owner));
+                    kept.chowned_upper = sys::dup(upper.fd.as_fd()).ok().map(|fd| ChownedUpper {
+                        fd,
+                        before,
+                        given,
+                    });
                 }
             }
         } else if let Some(w) = crate::mistakes::upper_owner(upper, req.userns, req.idmap_upper) {
