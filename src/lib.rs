@@ -1202,12 +1202,22 @@ fn unmount_checked(target: &Path, lazy: bool, naming: Naming) -> Result<()> {
                     .and_then(|()| sys::fchdir(parent_fd.as_fd())),
             });
         }
-        let id = sys::stat_fd(fd.as_fd()).ok().and_then(|st| st.mnt_id);
+        // The mount by its id, and the id by what it is: a reused id (one
+        // freed by a mount taken down meanwhile) names another filesystem.
+        let id = sys::stat_fd(fd.as_fd()).ok().and_then(|st| {
+            let unique = sys::stat_fd_unique_mnt_id(fd.as_fd());
+            st.mnt_id.map(|id| (id, unique, st.dev, st.ino))
+        });
         drop(fd);
-        let now = sys::stat_nofollow(parent_fd.as_fd(), name)
-            .ok()
-            .and_then(|st| st.mnt_id);
-        if id.is_none() || now != id {
+        let at_name = || {
+            sys::stat_nofollow(parent_fd.as_fd(), name)
+                .ok()
+                .and_then(|st| {
+                    let unique = sys::stat_unique_mnt_id_nofollow(parent_fd.as_fd(), name);
+                    st.mnt_id.map(|id| (id, unique, st.dev, st.ino))
+                })
+        };
+        if id.is_none() || at_name() != id {
             return Err(Error::invalid_path(
                 "target",
                 target,
@@ -1215,12 +1225,26 @@ fn unmount_checked(target: &Path, lazy: bool, naming: Naming) -> Result<()> {
                  was unmounted",
             ));
         }
-        Ok(match naming {
+        let unmounted = match naming {
             Naming::Proc => sys::unmount(&in_parent, false),
             Naming::OwnCwd => {
                 sys::fchdir(parent_fd.as_fd()).and_then(|()| sys::unmount(name, false))
             }
-        })
+        };
+        // umount(2) takes the top mount at the name: one mounted on the
+        // overlay after the last look went instead, and the overlay is
+        // still there.
+        if unmounted.is_ok() && at_name() == id {
+            return Err(Error::invalid_path(
+                "target",
+                target,
+                "had another mount put on it while it was being unmounted: that one was \
+                 unmounted instead, and the overlay is still mounted there; find who mounts \
+                 there, then",
+            )
+            .with_advice(Advice::UnmountLazily));
+        }
+        Ok(unmounted)
     };
     // EBUSY can be transient: a fork elsewhere in this process briefly holds
     // a copy of every fd (until its exec closes them), pinning the mount.

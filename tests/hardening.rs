@@ -406,6 +406,57 @@ fn umount_takes_only_an_overlay_root_and_exactly_the_one_it_checked() {
     });
 }
 
+/// A mount put on the overlay between umount's last look and its
+/// umount(2) (which takes the top mount at a name) is what goes: the
+/// umount says so and fails, rather than report the overlay unmounted.
+/// strace holds the process at its umount(2) for two seconds while the
+/// test mounts a tmpfs there (a CLI reaches it within milliseconds: had
+/// the tmpfs come before the last look, that look would refuse, also a
+/// failure with the overlay still there).
+#[test]
+fn a_mount_put_on_the_overlay_while_it_is_unmounted_is_reported() {
+    in_private_ns("hardening::umount_stacked", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let t = dir.join("t");
+        mkdir(&t, 0o755, 0, 0);
+        Overlay::new()
+            .lowers(layers.iter().cloned())
+            .idmap(map(), map())
+            .mount(&t)
+            .unwrap();
+        let umount = Command::new("strace")
+            .args([
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "inject=umount2:delay_enter=2000000",
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_idoverlay"))
+            .arg("umount")
+            .arg(&t)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "stacked"])
+            .arg(&t));
+        let out = umount.wait_with_output().unwrap();
+        let at_t: Vec<String> = mounts()
+            .into_iter()
+            .filter(|m| m.mount_point == t)
+            .map(|m| m.fs_type)
+            .collect();
+        assert_eq!(at_t, ["overlay"], "{}", stderr(&out));
+        refused(&out, 2, &["target"]);
+        idoverlay::unmount_overlay(&t, false).unwrap();
+    });
+}
+
 #[test]
 fn a_set_uid_copy_refuses_to_run() {
     in_private_ns("hardening::setuid", |s| {

@@ -528,9 +528,19 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
 /// `statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE)`: the 64-bit mount
 /// id that is never reused (6.8+); `None` on older kernels.
 pub fn stat_fd_unique_mnt_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    unique_mnt_id(fd, Path::new(""), AtFlags::EMPTY_PATH)
+}
+
+/// [`stat_fd_unique_mnt_id`] of `path` in `dirfd`, its last component not
+/// followed.
+pub fn stat_unique_mnt_id_nofollow(dirfd: BorrowedFd<'_>, path: &Path) -> Option<u64> {
+    unique_mnt_id(dirfd, path, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn unique_mnt_id(dirfd: BorrowedFd<'_>, path: &Path, at: AtFlags) -> Option<u64> {
     const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
     let mask = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
-    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask).ok()?;
+    let st = rustix::fs::statx(dirfd, path, at, mask).ok()?;
     (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
 }
 
