@@ -129,6 +129,9 @@ pub enum Advice {
     /// Have idoverlay give an empty upper to container root (in a
     /// warning: [`crate::Overlay::chown_upper`]).
     ChownUpper,
+    /// Give absolute paths (the working directory's name cannot be
+    /// trusted: [`crate::working_dir_name`]).
+    GiveAbsolutePaths,
 }
 
 impl Advice {
@@ -161,6 +164,7 @@ impl Advice {
             Advice::NoDataLayers => "mount without data layers, or on a newer kernel",
             Advice::OneLayerEach => ": give each layer on its own, top-most first",
             Advice::ChownUpper => "or have idoverlay chown the upper (an empty one)",
+            Advice::GiveAbsolutePaths => "; give absolute paths",
         }
     }
 }

@@ -1290,18 +1290,16 @@ pub fn working_dir_name() -> Result<PathBuf> {
         .and_then(|fd| sys::stat_fd(fd.as_fd()))
         .map_err(|e| Error::os("open", Some(Path::new(".")), e))?;
     let name = std::env::current_dir().map_err(|e| {
-        Error::invalid_input(
-            "working directory",
-            ".",
-            format!("has no name ({e}); give absolute paths"),
-        )
+        Error::invalid_input("working directory", ".", format!("has no name ({e})"))
+            .with_advice(Advice::GiveAbsolutePaths)
     })?;
     if !name.is_absolute() {
         return Err(Error::invalid_path(
             "working directory",
             &name,
-            "is not reachable from / (outside this root); give absolute paths",
-        ));
+            "is not reachable from / (outside this root)",
+        )
+        .with_advice(Advice::GiveAbsolutePaths));
     }
     let mut dir = sys::open_dir_path(sys::cwd(), Path::new("/"))
         .map_err(|e| Error::os("open", Some(Path::new("/")), e))?;
@@ -1315,11 +1313,12 @@ pub fn working_dir_name() -> Result<PathBuf> {
                 "working directory",
                 &name,
                 format!(
-                    "lies under {}, {who}: others could rename {part:?} there, so a relative \
-                     path joined with this name could lead elsewhere; give absolute paths",
+                    "lies under {}, {who}: others could rename {part:?} there, so this name \
+                     could lead elsewhere",
                     error::display_path(&at)
                 ),
-            ));
+            )
+            .with_advice(Advice::GiveAbsolutePaths));
         }
         at.push(part);
         dir = sys::open_dir_path(dir.as_fd(), Path::new(part))
@@ -1330,8 +1329,9 @@ pub fn working_dir_name() -> Result<PathBuf> {
         return Err(Error::invalid_path(
             "working directory",
             &name,
-            "no longer leads to the working directory (renamed meanwhile?); give absolute paths",
-        ));
+            "no longer leads to the working directory (renamed meanwhile?)",
+        )
+        .with_advice(Advice::GiveAbsolutePaths));
     }
     Ok(name)
 }

@@ -164,6 +164,51 @@ fn demo_runs_and_leaves_nothing() {
     });
 }
 
+/// A base another user can rename in (a directory of uid 1000's, as
+/// their home is) is refused before anything is made: the demo names its
+/// files by path, and swapping its directory for a symlink there led its
+/// unmount to another overlay and its removals to files it never made (a
+/// reviewer's script: 20 of 20, 5 of 5). A sticky world-writable base of
+/// root's, as /tmp, is fine.
+#[test]
+fn demo_refuses_a_base_others_can_rename_in() {
+    in_private_ns("cli::demo_base", |s| {
+        let before = mounts();
+        let theirs = s.tmpfs_dir("demo-theirs");
+        let base = theirs.join("base");
+        mkdir(&base, 0o755, 1000, 1000);
+        for base in [&theirs.join("base"), &base.join("..").join("base")] {
+            let out = idoverlay()
+                .arg("demo")
+                .arg("--base")
+                .arg(base)
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains("--base") && err.contains("uid 1000"), "{err}");
+            assert_eq!(std::fs::read_dir(base).unwrap().count(), 0, "{err}");
+        }
+        // Beneath it too: its entries are uid 1000's to rename.
+        let below = base.join("below");
+        mkdir(&below, 0o755, 0, 0);
+        let out = idoverlay()
+            .arg("demo")
+            .arg("--base")
+            .arg(&below)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(std::fs::read_dir(&below).unwrap().count(), 0);
+        let sticky = s.tmpfs_dir("demo-sticky");
+        run(std::process::Command::new("chmod").arg("1777").arg(&sticky));
+        run(idoverlay().arg("demo").arg("--base").arg(&sticky));
+        assert_eq!(std::fs::read_dir(&sticky).unwrap().count(), 0);
+        assert_eq!(mounts().len(), before.len());
+    });
+}
+
 #[test]
 fn umount_refuses_what_is_not_an_overlay() {
     in_private_ns("cli::umount_refuses", |s| {

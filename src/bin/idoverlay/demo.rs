@@ -14,7 +14,7 @@ use serde_json::json;
 
 use idoverlay::{IdMap, Overlay};
 
-use crate::output::{stderr_trace, Output};
+use crate::output::{stderr_trace, BadInput, Output};
 
 /// What the demo created, in order, so it can remove exactly that.
 #[derive(Default)]
@@ -80,36 +80,93 @@ pub fn run(base: Option<PathBuf>, json: bool, verbose: bool) -> Result<()> {
     let root = create_private_dir(&base, &mut created)?;
     let result = demo_in(&root, &mut created, json, verbose);
     let left = created.remove_all();
-    if !left.is_empty() {
-        bail!("demo finished but left these behind: {}", left.join("; "));
+    match (result, left.is_empty()) {
+        (result, true) => result,
+        (Ok(()), false) => bail!("demo finished but left these behind: {}", left.join("; ")),
+        (Err(e), false) => bail!("{e:#}; and it left these behind: {}", left.join("; ")),
     }
-    result
 }
 
+/// A fresh 0700 directory in `base`, by a name nobody but root can
+/// redirect: every path the demo then makes, mounts, unmounts and removes
+/// is beneath it. The demo names things by path (as a caller of the
+/// library does), so a base where another user can rename (their home, a
+/// directory they own) is refused: swapping the demo's directory for a
+/// symlink there led its unmount to another overlay and its removals to
+/// files it never made.
 fn create_private_dir(base: &Path, created: &mut Created) -> Result<PathBuf> {
+    let refused = |e: &dyn std::fmt::Display| {
+        anyhow::Error::new(BadInput(format!(
+            "--base {}: {e}; give a directory only root can rename in (the default, $TMPDIR \
+             or /tmp, is one)",
+            base.display()
+        )))
+    };
+    // The base by its inode from here on; and its name, walked from `/`.
+    std::env::set_current_dir(base).map_err(|e| refused(&e))?;
+    idoverlay::working_dir_name().map_err(|e| refused(&e.message_with("")))?;
+    let here = fs::File::open(".").map_err(|e| refused(&e))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     for attempt in 0..16u32 {
-        let path = base.join(format!(
+        let name = format!(
             "idoverlay-demo-{}-{:08x}",
             std::process::id(),
             stamp.wrapping_add(attempt)
-        ));
-        match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => {
-                created.adopt(&path, true);
-                return Ok(path);
-            }
+        );
+        match fs::DirBuilder::new().mode(0o700).create(&name) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("create {}", path.display())),
+            Err(e) => return Err(refused(&format!("cannot create {name}: {e}"))),
         }
+        // Into it by its inode; then its name, walked from `/` again,
+        // must lead there with nobody but root able to rename on the way.
+        let dir = rustix::fs::openat(
+            &here,
+            name.as_str(),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW,
+            rustix::fs::Mode::empty(),
+        );
+        let checked = dir
+            .map_err(std::io::Error::from)
+            .and_then(|dir| {
+                rustix::process::fchdir(&dir)
+                    .map(|()| dir)
+                    .map_err(Into::into)
+            })
+            .map_err(|e| format!("cannot enter {name}: {e}"))
+            .and_then(|dir| {
+                idoverlay::working_dir_name()
+                    .map(|root| (dir, root))
+                    .map_err(|e| e.message_with(""))
+            });
+        return match checked {
+            Ok((_, root)) => {
+                created.adopt(&root, true);
+                Ok(root)
+            }
+            Err(e) => {
+                let _ = std::env::set_current_dir("/");
+                remove_if_still_there(&here, &name);
+                Err(refused(&e))
+            }
+        };
     }
-    bail!(
-        "could not create a fresh directory under {}",
-        base.display()
-    )
+    Err(refused(&"could not create a fresh directory there"))
+}
+
+/// Removes the empty directory `name` in `base`, made by the demo a moment
+/// ago, when the name still leads to a directory of root's (not one
+/// another user put there since).
+fn remove_if_still_there(base: &fs::File, name: &str) {
+    let at = rustix::fs::statat(base, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+    if at.is_ok_and(|st| st.st_uid == 0) {
+        let _ = rustix::fs::unlinkat(base, name, rustix::fs::AtFlags::REMOVEDIR);
+    }
 }
 
 fn demo_in(root: &Path, created: &mut Created, json: bool, verbose: bool) -> Result<()> {

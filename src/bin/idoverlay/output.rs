@@ -156,6 +156,7 @@ impl Output {
             return ExitCode::from(done.1);
         }
         let lib = e.chain().find_map(|c| c.downcast_ref::<idoverlay::Error>());
+        let bad_input = e.downcast_ref::<BadInput>().is_some();
         let message = one_line(e);
         eprintln!("idoverlay: {message}");
         if self.json {
@@ -168,7 +169,7 @@ impl Output {
                     "kernel_messages": err.kernel_messages(),
                 }),
                 None => json!({
-                    "kind": "other",
+                    "kind": if bad_input { "invalid_input" } else { "other" },
                     "message": message,
                     "errno": Value::Null,
                     "path": Value::Null,
@@ -177,9 +178,25 @@ impl Output {
             };
             outln!("{}", json!({ "error": error }));
         }
+        if bad_input {
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
         ExitCode::from(lib.map_or(EXIT_FAILURE, |err| exit_status(err.kind())))
     }
 }
+
+/// Input the user must fix that the command line itself found (not the
+/// library): reported as the library's invalid input is, exit status 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
 
 /// A failure whose details are already on stdout (a `--json` report that
 /// says what went wrong): only the one line goes to stderr, and the exit
