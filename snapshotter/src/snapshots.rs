@@ -258,8 +258,9 @@ impl Snapshots {
                 Error::NotFound(_) => Error::NotFound(format!("parent {parent}")),
                 e => e,
             })?;
+            // containerd's own storage says InvalidArgument here.
             if p.kind != Kind::Committed {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::InvalidArgument(format!(
                     "parent {parent} is not a committed snapshot"
                 )));
             }

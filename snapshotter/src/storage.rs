@@ -352,7 +352,11 @@ impl Storage {
             let path = &path;
             move |e| Error::io(what, path, e)
         };
-        let mut size = 0i64;
+        // The top directory's own blocks count too, as in containerd's
+        // walk (which starts at the root).
+        let mut size = sys::entry_usage(top.as_fd(), OsStr::new("."))
+            .map_err(io("measuring"))?
+            .bytes;
         let mut inodes = 1i64;
         // Inodes with more than one link, counted at their first name.
         let mut seen = std::collections::HashSet::new();

@@ -312,7 +312,7 @@ impl Txn {
             match self.get(&record.parent)? {
                 None => return Err(Error::NotFound(format!("parent {}", record.parent))),
                 Some(p) if p.kind != Kind::Committed => {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::InvalidArgument(format!(
                         "parent {} is not a committed snapshot",
                         record.parent
                     )))

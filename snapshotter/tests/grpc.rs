@@ -194,9 +194,11 @@ fn plain_lifecycle_as_containerd_overlayfs() {
                 prepare(&mut c, "b", "c1", HashMap::new()).await,
                 Err(Code::AlreadyExists)
             );
+            // An active parent: as containerd's own storage (bolt.go,
+            // "parent is not committed snapshot", ErrInvalidArgument).
             assert_eq!(
                 prepare(&mut c, "x", "b", HashMap::new()).await,
-                Err(Code::FailedPrecondition)
+                Err(Code::InvalidArgument)
             );
             assert_eq!(
                 prepare(&mut c, "x", "nope", HashMap::new()).await,
