@@ -170,17 +170,23 @@ fn collect_temp(state: &StateDir, name: &[u8], id: &str) -> StagingResult {
             return result;
         }
         Err(e) => format!("cannot be opened ({e}); left alone"),
-        Ok(fd) => match (read_record(&fd, id), sys::try_lock_exclusive(fd.as_fd())) {
-            (Err(why), _) => format!("a temporary record that {why}; left alone"),
-            (_, Ok(false)) => "a record being written by a running assembly".into(),
-            (_, Err(e)) => format!("cannot be locked ({e})"),
-            (Ok(_), Ok(true)) => match sys::unlink(state.fd.as_fd(), path) {
-                Ok(()) => {
-                    result.kept_because = None;
-                    result.removed = true;
-                    return result;
-                }
-                Err(e) => format!("removing it failed ({e})"),
+        // Locked only once it reads whole: its writer locks it before it
+        // writes a byte, so a whole record unlocked is a dead run's. An
+        // empty one may be a live writer's between its create and its
+        // lock, which a lock taken here, for a moment, would refuse.
+        Ok(fd) => match read_record(&fd, id) {
+            Err(why) => format!("a temporary record that {why}; left alone"),
+            Ok(_) => match sys::try_lock_exclusive(fd.as_fd()) {
+                Ok(false) => "a record being written by a running assembly".into(),
+                Err(e) => format!("cannot be locked ({e})"),
+                Ok(true) => match sys::unlink(state.fd.as_fd(), path) {
+                    Ok(()) => {
+                        result.kept_because = None;
+                        result.removed = true;
+                        return result;
+                    }
+                    Err(e) => format!("removing it failed ({e})"),
+                },
             },
         },
     };

@@ -1045,7 +1045,8 @@ fn publish(state: &StateDir, record: &Record) -> Result<sys::Locked> {
     let err = |e| Error::os("write staging record in", Some(&state.path), e);
     let fd = sys::create_file(state.fd.as_fd(), Path::new(&temp), 0o600).map_err(err)?;
     // A new file of a root-only tmpfs, under a name nobody guesses: nobody
-    // else holds its lock.
+    // else holds its lock (gc, listing it, locks only a record that reads
+    // whole, and this one is empty until locked).
     let written = sys::Locked::try_new(fd, LockMode::Exclusive)
         .map_err(|(_, e)| e)
         .and_then(|fd| {

@@ -268,6 +268,49 @@ fn gc_leaves_alone_whatever_it_cannot_prove_is_a_dead_runs_own() {
     });
 }
 
+/// A temporary staging record is created empty and locked a moment later
+/// by its writer; gc, listing it in between, must not take its lock, even
+/// for a moment, or the writer's `flock(LOCK_NB)` fails and so does its
+/// assembly (1 of 160 host-staged mounts in the test below, once). Here
+/// an empty temporary record is tried with `LOCK_NB` while gc sweeps.
+#[test]
+fn gc_never_locks_an_empty_temporary_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_ns("gc::empty_temp", |s| {
+        let dir = s.tmpfs_dir("g");
+        let state = real_state_dir(&dir, "state");
+        let temp = state.join(".1f-00c0ffee.0badf00d.tmp");
+        write_file(&temp, "", 0o600, 0, 0);
+        let file = std::fs::File::open(&temp).unwrap();
+        let stop = AtomicBool::new(false);
+        let (mut tries, mut refused) = (0u64, 0u64);
+        std::thread::scope(|scope| {
+            let sweeper = scope.spawn(|| {
+                let mut sweeps = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    idoverlay::gc::collect(&state).unwrap();
+                    sweeps += 1;
+                }
+                sweeps
+            });
+            while tries < 200_000 {
+                tries += 1;
+                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                {
+                    Ok(()) => rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock).unwrap(),
+                    Err(_) => refused += 1,
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let sweeps = sweeper.join().unwrap();
+            eprintln!("{tries} tries beside {sweeps} gc sweeps: {refused} refused");
+            assert!(sweeps > 0);
+        });
+        assert_eq!(refused, 0, "gc took the lock of a record being written");
+        assert!(temp.exists(), "an empty temporary record is left alone");
+    });
+}
+
 #[test]
 fn gc_beside_live_assemblies_removes_nothing_live() {
     in_private_ns("gc::live", |s| {
