@@ -79,6 +79,25 @@ pub fn in_private_ns(test: &str, body: impl FnOnce(&Path) + Send + 'static) {
     }
 }
 
+/// A fresh ext4 filesystem (an image in `scratch`, loop mounted in this
+/// namespace) and its mount point: where directories have blocks of their
+/// own (on tmpfs they have none).
+#[allow(dead_code)]
+pub fn ext4_dir(scratch: &Path, rel: &str) -> PathBuf {
+    let image = scratch.join(format!("{rel}.img"));
+    let mnt = scratch.join(rel);
+    fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("truncate").args(["-s", "64M"]).arg(&image));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal"])
+        .arg(&image));
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&mnt));
+    mnt
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
