@@ -397,9 +397,10 @@ mod tests {
             t.create("a1", &record(3, Kind::Active, "")),
             Err(Error::AlreadyExists(_))
         ));
+        // An active parent: InvalidArgument, as containerd's storage.
         assert!(matches!(
             t.create("a2", &record(3, Kind::Active, "a1")),
-            Err(Error::FailedPrecondition(_))
+            Err(Error::InvalidArgument(_))
         ));
         assert!(matches!(
             t.create("a3", &record(3, Kind::Active, "nope")),

@@ -71,6 +71,14 @@ fn role_word(dir: &OpenedDir) -> &'static str {
     dir.role.noun().trim_end_matches(" dir")
 }
 
+/// The mount that claimed `dir`, if one of this boot did.
+fn claim_of(dir: BorrowedFd<'_>) -> Option<MountId> {
+    sys::get_xattr(dir, CLAIM, CLAIM_MAX)
+        .ok()
+        .flatten()
+        .and_then(|bytes| parse_claim(&bytes))
+}
+
 /// The mount a claim names, if it was made in this boot.
 fn parse_claim(bytes: &[u8]) -> Option<MountId> {
     let text = std::str::from_utf8(bytes).ok()?;
@@ -152,10 +160,7 @@ pub(crate) fn check_not_in_use(upper: &OpenedDir, work: &OpenedDir, work_used: b
 pub(crate) fn check_claims(upper: &OpenedDir, work: &OpenedDir) -> Result<bool> {
     let mut both = true;
     for dir in [upper, work] {
-        let claim = sys::get_xattr(dir.fd.as_fd(), CLAIM, CLAIM_MAX)
-            .ok()
-            .flatten()
-            .and_then(|bytes| parse_claim(&bytes));
+        let claim = claim_of(dir.fd.as_fd());
         both &= claim.is_some();
         if let Some(at) = claim.and_then(live_mount_point) {
             return Err(in_use_error(dir, role_word(dir), &at));
@@ -248,17 +253,8 @@ pub(crate) fn give_upper_back(
     chowned: &super::ChownedUpper,
 ) -> std::result::Result<Option<&'static str>, sys::SysError> {
     let fd = chowned.fd.as_fd();
-    let _locked = match lock_with_wait(fd) {
-        Ok(Some(locked)) => Some(locked),
-        Ok(None) => None,
-        Err(e) => return Err(e),
-    };
-    let claimed = sys::get_xattr(fd, CLAIM, CLAIM_MAX)
-        .ok()
-        .flatten()
-        .and_then(|bytes| parse_claim(&bytes))
-        .and_then(live_mount_point);
-    if claimed.is_some() {
+    let _locked = lock_with_wait(fd)?;
+    if claim_of(fd).and_then(live_mount_point).is_some() {
         return Ok(Some("another overlay claims it now"));
     }
     let now = sys::stat_fd(fd)?;
