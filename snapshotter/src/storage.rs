@@ -327,7 +327,7 @@ impl Storage {
 
     /// Bytes (allocated blocks) and inodes under snapshot `id`'s `fs`, each
     /// inode once however many hard links name it (containerd's count; past
-    /// [`MAX_LINKED`] linked inodes a linked file counts at each name: too
+    /// 2^20 (`MAX_LINKED`) linked inodes a linked file counts at each name: too
     /// much rather than too little, as an eviction by disk use needs),
     /// walked by fd without crossing a mount or following a symlink, every
     /// name of every directory (read a few KiB at a time, never collected:
