@@ -86,10 +86,14 @@ pub(crate) fn upper_owner(
 }
 
 /// Gives an empty upper's root to container root, by its fd (exactly the
-/// directory that was checked). Nothing to do when it is owned so already;
-/// an upper that holds anything is refused rather than changed. Returns
-/// container root's ids on disk (the owner given) and, when it changed
-/// the owner, the owner before.
+/// directory that was checked), under the lock claims take and only while
+/// no live overlay claims it ([`crate::strategy::in_use::unclaimed_upper`]:
+/// another request's overlay, claimed between this one's in-use check and
+/// now, keeps its upper's owner). Nothing to do when it is owned so
+/// already (as it is now, not as it was opened); an upper that holds
+/// anything is refused rather than changed. Returns container root's ids
+/// on disk (the owner given) and, when it changed the owner, the owner
+/// before.
 pub(crate) fn chown_upper(
     upper: &OpenedDir,
     userns: &UserNamespace,
@@ -103,27 +107,31 @@ pub(crate) fn chown_upper(
              do not map id 0; give maps that map container root",
         ));
     };
-    if (upper.stat.uid, upper.stat.gid) == (uid, gid) {
-        return Ok(((uid, gid), None));
-    }
-    let entries =
-        sys::dir_entries(upper.fd.as_fd()).map_err(|e| Error::os("read", Some(&upper.path), e))?;
-    if !entries.is_empty() {
-        return Err(Error::invalid_path(
-            "upper dir",
-            &upper.path,
-            format!(
-                "is owned by {}:{} and not empty ({} entries); only an empty upper's root is \
-                 given to container root ({uid}:{gid}): chown it yourself if that is meant",
-                upper.stat.uid,
-                upper.stat.gid,
-                entries.len()
-            ),
-        ));
-    }
-    sys::chown_fd(upper.fd.as_fd(), uid, gid)
-        .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))?;
-    Ok(((uid, gid), Some((upper.stat.uid, upper.stat.gid))))
+    crate::strategy::in_use::unclaimed_upper(upper, || {
+        let now = sys::stat_fd(upper.fd.as_fd())
+            .map_err(|e| Error::os("inspect", Some(&upper.path), e))?;
+        if (now.uid, now.gid) == (uid, gid) {
+            return Ok(((uid, gid), None));
+        }
+        let entries = sys::dir_entries(upper.fd.as_fd())
+            .map_err(|e| Error::os("read", Some(&upper.path), e))?;
+        if !entries.is_empty() {
+            return Err(Error::invalid_path(
+                "upper dir",
+                &upper.path,
+                format!(
+                    "is owned by {}:{} and not empty ({} entries); only an empty upper's root is \
+                     given to container root ({uid}:{gid}): chown it yourself if that is meant",
+                    now.uid,
+                    now.gid,
+                    entries.len()
+                ),
+            ));
+        }
+        sys::chown_fd(upper.fd.as_fd(), uid, gid)
+            .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))?;
+        Ok(((uid, gid), Some((now.uid, now.gid))))
+    })
 }
 
 /// The warning for a top layer that shows as nobody through the maps: its

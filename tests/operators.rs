@@ -54,6 +54,11 @@ fn mount_cmd(st: &Setup, extra: &[&str]) -> Command {
 
 /// [`mount_cmd`] with the state dir `state`.
 fn mount_cmd_in(st: &Setup, state: &Path, extra: &[&str]) -> Command {
+    mount_cmd_mapped(st, state, MAP, extra)
+}
+
+/// [`mount_cmd_in`] with `map` for both uids and gids.
+fn mount_cmd_mapped(st: &Setup, state: &Path, map: &str, extra: &[&str]) -> Command {
     let mut cmd = idoverlay();
     cmd.arg("mount").arg("--state-dir").arg(state);
     for l in &st.layers {
@@ -63,7 +68,7 @@ fn mount_cmd_in(st: &Setup, state: &Path, extra: &[&str]) -> Command {
         .arg(&st.upper)
         .arg("--work")
         .arg(&st.work);
-    cmd.args(["--uidmap", MAP, "--gidmap", MAP]);
+    cmd.args(["--uidmap", map, "--gidmap", map]);
     cmd.args(extra).arg(&st.target);
     cmd
 }
@@ -552,16 +557,21 @@ fn chown_upper_is_undone_when_the_attach_fails() {
 }
 
 /// Two `--chown-upper` mounts at once on one empty upper, each to its own
-/// target: at most one overlay stays (one pair, one overlay), and it keeps
-/// the upper container root's. Before, the one refused (its claim came
-/// second) gave the upper back to 0:0 under the other's live overlay, or
-/// put it back just before that one claimed the pair (19 rounds of 100, a
-/// reviewer's script): container root then saw its `/` as nobody's.
+/// target, with the same maps (a runtime retrying) or with other maps (two
+/// containers given one pair by mistake): at most one overlay stays (one
+/// pair, one overlay), and its upper is its own container root's. Before,
+/// the one refused (its claim came second) gave the upper back to 0:0
+/// under the other's live overlay, or put it back just before that one
+/// claimed the pair (19 rounds of 100, a reviewer's script); and with
+/// other maps one chowned the upper of the other's overlay claimed between
+/// its in-use check and its chown (5 of 200, a second reviewer): container
+/// root then saw its `/` as nobody's.
 #[test]
 fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
     in_private_ns("operators::two_chown_upper_at_once", |s| {
+        let rounds = 400;
         let mut wrong = Vec::new();
-        for round in 0..200 {
+        for round in 0..rounds {
             let st = setup(s, &format!("c{round}"), 0);
             let other = Setup {
                 layers: st.layers.clone(),
@@ -571,9 +581,11 @@ fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
                 state: st.state.clone(),
             };
             mkdir(&other.target, 0o755, 0, 0);
-            let children = [&st, &other].map(|x| {
-                mount_cmd(x, &["--chown-upper"])
-                    .stdout(std::process::Stdio::null())
+            let other_root = if round % 2 == 0 { 100000 } else { 200000 };
+            let other_map = format!("0:{other_root}:65536");
+            let second = mount_cmd_mapped(&other, &other.state, &other_map, &["--chown-upper"]);
+            let children = [mount_cmd(&st, &["--chown-upper"]), second].map(|mut cmd| {
+                cmd.stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap()
@@ -582,17 +594,19 @@ fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
                 child.wait().unwrap();
             }
             let table = mounts();
-            let live: Vec<&Path> = [&st.target, &other.target]
+            let live: Vec<(&Path, u32)> = [(&st.target, 100000), (&other.target, other_root)]
                 .into_iter()
-                .filter(|t| table.iter().any(|m| m.mount_point == **t))
-                .map(PathBuf::as_path)
+                .filter(|(t, _)| table.iter().any(|m| m.mount_point == **t))
+                .map(|(t, root)| (t.as_path(), root))
                 .collect();
             assert!(live.len() <= 1, "round {round}: both mounted on one pair");
             let upper = owner(&st.upper);
-            if !live.is_empty() && upper != (100000, 100000) {
-                wrong.push((round, upper));
+            if let Some((_, root)) = live.first() {
+                if upper != (*root, *root) {
+                    wrong.push((round, *root, upper));
+                }
             }
-            for target in live {
+            for (target, _) in live {
                 run(idoverlay()
                     .args(["umount", "--state-dir"])
                     .arg(&st.state)
@@ -601,8 +615,8 @@ fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
         }
         assert!(
             wrong.is_empty(),
-            "{} of 200 rounds left a live overlay whose upper is not container root's \
-             (round, owner): {:?}",
+            "{} of {rounds} rounds left a live overlay whose upper is not its container \
+             root's (round, container root, owner): {:?}",
             wrong.len(),
             wrong.first()
         );

@@ -243,6 +243,19 @@ pub(crate) fn claim(
     Ok(())
 }
 
+/// Runs `f` (`--chown-upper`'s chown) with `upper` locked as claims lock
+/// it, once no live overlay claims it: refused as in use otherwise. The
+/// in-use check came earlier, unlocked; an overlay claimed since would
+/// have its upper's owner changed under it.
+pub(crate) fn unclaimed_upper<T>(upper: &OpenedDir, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _locked = lock_with_wait(upper.fd.as_fd())
+        .map_err(|e| Error::os("lock for its claim", Some(&upper.path), e))?;
+    if let Some(at) = claim_of(upper.fd.as_fd()).and_then(live_mount_point) {
+        return Err(in_use_error(upper, role_word(upper), &at));
+    }
+    f()
+}
+
 /// Gives an upper dir back to its owner before `--chown-upper`, under the
 /// lock claims take, unless another overlay uses it now: a live overlay
 /// claims it, or its owner is no longer the one given (someone chowned it
