@@ -623,6 +623,60 @@ fn of_two_chown_upper_mounts_at_once_the_one_left_keeps_its_upper_owned() {
     });
 }
 
+/// The same, made exactly: another overlay on the pair is mounted and
+/// claims it right after this request's in-use check (from its trace),
+/// before its `--chown-upper` chown. The chown must see the claim and the
+/// request fail as in use, leaving the other overlay's upper its own
+/// container root's; before, it chowned that live upper to its own maps
+/// (a reviewer: 5 of 200 rounds at random).
+#[test]
+fn a_chown_upper_after_another_overlay_claimed_the_pair_is_refused() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_ns("operators::chown_upper_after_a_claim", |s| {
+        let st = setup(s, "k", 0);
+        let other = Setup {
+            layers: st.layers.clone(),
+            upper: st.upper.clone(),
+            work: st.work.clone(),
+            target: st.target.with_file_name("rootfs2"),
+            state: s.path("state-other"),
+        };
+        mkdir(&other.target, 0o755, 0, 0);
+        let fired = std::sync::Arc::new(AtomicBool::new(false));
+        let (flag, cmd) = (
+            fired.clone(),
+            std::sync::Mutex::new(Some(mount_cmd(&other, &["--chown-upper"]))),
+        );
+        let other_map: idoverlay::IdMap = "0:200000:65536".parse().unwrap();
+        let e = idoverlay::Overlay::new()
+            .lowers(st.layers.iter().cloned())
+            .upper(&st.upper)
+            .work(&st.work)
+            .idmap(other_map.clone(), other_map)
+            .chown_upper(true)
+            .state_dir(&st.state)
+            .trace(std::sync::Arc::new(move |line: &str| {
+                if line.starts_with("upper and work dirs: not in use")
+                    && !flag.swap(true, Ordering::SeqCst)
+                {
+                    let mut cmd = cmd.lock().unwrap().take().unwrap();
+                    run(&mut cmd);
+                }
+            }))
+            .mount(&st.target)
+            .map(|m| m.target)
+            .expect_err("the pair is the other overlay's");
+        assert!(fired.load(Ordering::SeqCst), "not traced: {e}");
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(mounts().iter().any(|m| m.mount_point == other.target));
+        assert_eq!(owner(&st.upper), (100000, 100000), "{e}");
+        run(idoverlay()
+            .args(["umount", "--state-dir"])
+            .arg(&other.state)
+            .arg(&other.target));
+    });
+}
+
 /// Records of mounts made in mount namespaces that are gone since (a
 /// short-lived `unshare -m` each) are removed by `list` from here; one of
 /// a namespace still alive is kept until that namespace goes. Else each

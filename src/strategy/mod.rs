@@ -219,6 +219,7 @@ pub(crate) fn prepare<'a>(
         .transpose()?;
     if let (Some(upper), Some(work)) = (&upper, &work) {
         upper_work::check_upper_work(upper, work)?;
+        req.trace(|| "upper and work dirs: not in use by another overlay".into());
     }
     let opened: Vec<Option<&OpenedDir>> = singles.iter().map(Option::as_ref).collect();
     layer::check_overlaps(
