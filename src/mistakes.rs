@@ -128,10 +128,15 @@ pub(crate) fn chown_upper(
                 ),
             ));
         }
-        sys::chown_fd(upper.fd.as_fd(), uid, gid)
-            .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))?;
+        give_upper(upper, (uid, gid))?;
         Ok(((uid, gid), Some((now.uid, now.gid))))
     })
+}
+
+/// `fchown` of the upper's root to container root's ids on disk.
+pub(crate) fn give_upper(upper: &OpenedDir, (uid, gid): Owner) -> Result<()> {
+    sys::chown_fd(upper.fd.as_fd(), uid, gid)
+        .map_err(|e| Error::os("give the upper dir to container root", Some(&upper.path), e))
 }
 
 /// The warning for a top layer that shows as nobody through the maps: its

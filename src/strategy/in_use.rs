@@ -235,9 +235,7 @@ pub(crate) fn claim(
         let now = sys::stat_fd(upper.fd.as_fd())
             .map_err(|e| Error::os("inspect", Some(&upper.path), e))?;
         if (now.uid, now.gid) != (uid, gid) {
-            sys::chown_fd(upper.fd.as_fd(), uid, gid).map_err(|e| {
-                Error::os("give the upper dir to container root", Some(&upper.path), e)
-            })?;
+            crate::mistakes::give_upper(upper, (uid, gid))?;
         }
     }
     Ok(())

@@ -132,20 +132,11 @@ fn create_private_dir(base: &Path, created: &mut Created) -> Result<PathBuf> {
             rustix::fs::Mode::empty(),
         );
         let checked = dir
-            .map_err(std::io::Error::from)
-            .and_then(|dir| {
-                rustix::process::fchdir(&dir)
-                    .map(|()| dir)
-                    .map_err(Into::into)
-            })
+            .and_then(|dir| rustix::process::fchdir(&dir))
             .map_err(|e| format!("cannot enter {name}: {e}"))
-            .and_then(|dir| {
-                idoverlay::working_dir_name()
-                    .map(|root| (dir, root))
-                    .map_err(|e| e.message_with(""))
-            });
+            .and_then(|()| idoverlay::working_dir_name().map_err(|e| e.message_with("")));
         return match checked {
-            Ok((_, root)) => {
+            Ok(root) => {
                 created.adopt(&root, true);
                 Ok(root)
             }
