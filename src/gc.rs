@@ -5,7 +5,11 @@
 //!
 //! `gc` acts only on a state directory that is provably idoverlay's (its
 //! private tmpfs with idoverlay's marker, see `state.rs`), and inside it only
-//! on staging whose record parses and is not locked by a live assembly. It
+//! on staging whose record parses and is not locked by a live assembly, and
+//! on the temporary files a killed writer left (`.NAME.HEX.tmp`: a record
+//! of a mount or a probe report replacing an older one, or a staging
+//! record), which nobody holds locked: every writer locks its file before
+//! the file has a name (`state::write_atomically`). It
 //! unmounts only mounts that its record names and that are idoverlay's own
 //! staged mounts (a read-only, `nosymfollow`, idmapped clone; the upper/work
 //! clone; the overlay), each exactly through its own fd; it removes only the
@@ -50,7 +54,8 @@ pub struct StagingResult {
 pub struct GcReport {
     /// The state directory looked at.
     pub state_dir: PathBuf,
-    /// One entry per staging directory, record or unknown entry found.
+    /// One entry per staging directory, record, temporary file or unknown
+    /// entry found.
     pub staging: Vec<StagingResult>,
 }
 
@@ -87,10 +92,11 @@ pub fn collect(state_dir: &Path) -> Result<GcReport> {
     let mut table = None;
     let mut ids = Vec::new();
     for name in &names {
-        if name == state::MARKER.as_bytes()
-            || name == crate::probe_cache::DIR.as_bytes()
-            || name == crate::records::DIR.as_bytes()
-        {
+        if name == state::MARKER.as_bytes() {
+            continue;
+        }
+        if name == crate::probe_cache::DIR.as_bytes() || name == crate::records::DIR.as_bytes() {
+            report.staging.extend(collect_temp_files(&state, name));
             continue;
         }
         if name == crate::strategy::staging_ns::FILE.as_bytes() {
@@ -149,11 +155,14 @@ fn left_alone(state: &StateDir, name: &[u8], why: &str) -> StagingResult {
     }
 }
 
-/// The staging id of a temporary record name (`.<id>.<hex>.tmp`).
+/// The staging id of a temporary record name: `.<id>.json.<hex>.tmp`
+/// (`state::temp_name`), or `.<id>.<hex>.tmp` as earlier versions named
+/// it.
 fn temp_record_id(name: &[u8]) -> Option<String> {
     let inner = name.strip_prefix(b".")?.strip_suffix(b".tmp")?;
     let dot = inner.iter().rposition(|b| *b == b'.')?;
     let id = &inner[..dot];
+    let id = id.strip_suffix(b".json").unwrap_or(id);
     state::is_staging_id(id).then(|| String::from_utf8_lossy(id).into_owned())
 }
 
@@ -170,28 +179,101 @@ fn collect_temp(state: &StateDir, name: &[u8], id: &str) -> StagingResult {
             return result;
         }
         Err(e) => format!("cannot be opened ({e}); left alone"),
-        // Locked only once it reads whole: its writer locks it before it
-        // writes a byte, so a whole record unlocked is a dead run's. An
-        // empty one may be a live writer's between its create and its
-        // lock, which a lock taken here, for a moment, would refuse.
+        // A writer locks its record before it has any name, and writes it
+        // before it has this one (`state::write_atomically`): unlocked, it
+        // is a dead run's. Only an earlier version's writer named it first
+        // and locked it then, which a lock taken here in between, for a
+        // moment, would refuse: so one that does not read whole is left.
         Ok(fd) => match read_record(&fd, id) {
             Err(why) => format!("a temporary record that {why}; left alone"),
-            Ok(_) => match sys::try_lock_exclusive(fd.as_fd()) {
-                Ok(false) => "a record being written by a running assembly".into(),
-                Err(e) => format!("cannot be locked ({e})"),
-                Ok(true) => match sys::unlink(state.fd.as_fd(), path) {
-                    Ok(()) => {
-                        result.kept_because = None;
-                        result.removed = true;
-                        return result;
-                    }
-                    Err(e) => format!("removing it failed ({e})"),
-                },
+            Ok(_) => match remove_unlocked(&fd, state.fd.as_fd(), path) {
+                Ok(_) => {
+                    result.kept_because = None;
+                    result.removed = true;
+                    return result;
+                }
+                Err(why) => why,
             },
         },
     };
     result.kept_because = Some(why);
     result
+}
+
+/// The temporary files killed writers left in the state tmpfs' `subdir`
+/// (mount records, probe reports): `.NAME.HEX.tmp`, root's regular files
+/// that nobody holds locked, removed (their writers lock them before they
+/// have a name, see `state::write_atomically`). Nothing else there is
+/// looked at.
+fn collect_temp_files(state: &StateDir, subdir: &[u8]) -> Vec<StagingResult> {
+    let subdir = Path::new(OsStr::from_bytes(subdir));
+    let at = |name: &OsStr| state.path.join(subdir).join(name);
+    let result = |name: &OsStr, kept_because: Option<String>| StagingResult {
+        path: at(name),
+        owner_pid: None,
+        detached: Vec::new(),
+        removed: kept_because.is_none(),
+        kept_because,
+    };
+    let entries = sys::open_dir_beneath(state.fd.as_fd(), subdir)
+        .and_then(|dir| Ok((sys::dir_entries(dir.as_fd())?, dir)));
+    let (names, dir) = match entries {
+        Ok(found) => found,
+        Err(e) if e.errno == libc::ENOENT => return Vec::new(),
+        Err(e) => {
+            return vec![result(
+                subdir.as_os_str(),
+                Some(format!("cannot be read ({e})")),
+            )]
+        }
+    };
+    let mut found = Vec::new();
+    for name in names {
+        let bytes = name.as_bytes();
+        if !(bytes.starts_with(b".") && bytes.ends_with(b".tmp")) {
+            continue;
+        }
+        let path = Path::new(&name);
+        let removed = match sys::open_read_nonblocking(dir.as_fd(), path, false) {
+            // Renamed into place since the listing.
+            Err(e) if e.errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(format!("cannot be opened ({e}); left alone")),
+            Ok(fd) => match sys::stat_fd(fd.as_fd()) {
+                Err(e) => Err(format!("cannot be inspected ({e}); left alone")),
+                Ok(st) if st.mode & libc::S_IFMT != libc::S_IFREG || st.uid != 0 => Err(format!(
+                    "is {}, not a temporary file of idoverlay's; left alone",
+                    if st.uid != 0 { "not root's" } else { st.kind() }
+                )),
+                Ok(_) => remove_unlocked(&fd, dir.as_fd(), path),
+            },
+        };
+        match removed {
+            Ok(false) => {}
+            Ok(true) => found.push(result(&name, None)),
+            Err(why) => found.push(result(&name, Some(why))),
+        }
+    }
+    found
+}
+
+/// Removes `name` in `dir`, open as `fd`, when nobody holds a lock on it
+/// and the name still leads to it: whether it did (not when the name went
+/// elsewhere meanwhile), or why not.
+fn remove_unlocked(
+    fd: &OwnedFd,
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &Path,
+) -> std::result::Result<bool, String> {
+    match sys::try_lock_exclusive(fd.as_fd()) {
+        Ok(false) => Err("being written by a running process (it is locked)".into()),
+        Err(e) => Err(format!("cannot be locked ({e})")),
+        // Renamed into place since it was opened: what the name leads to
+        // now is someone's finished file.
+        Ok(true) if !same_file(fd, dir, name) => Ok(false),
+        Ok(true) => sys::unlink(dir, name)
+            .map(|()| true)
+            .map_err(|e| format!("removing it failed ({e})")),
+    }
 }
 
 /// Whether `name` exists in the state dir (not followed).
@@ -247,7 +329,7 @@ fn collect_one(state: &StateDir, id: &str, table: &mut Option<Vec<MountEntry>>) 
         Err(e) => return keep(result, format!("its record cannot be locked ({e})")),
     }
     // Locked: its owner is gone. Still the file the name leads to?
-    if !same_file(&fd, state, record_path) {
+    if !same_file(&fd, state.fd.as_fd(), record_path) {
         return keep(result, "its record changed meanwhile; run gc again".into());
     }
     let staging =
@@ -304,11 +386,9 @@ fn read_record(fd: &OwnedFd, id: &str) -> std::result::Result<Record, String> {
     Record::parse(&bytes, id).ok_or_else(|| "does not parse as an idoverlay staging record".into())
 }
 
-fn same_file(fd: &OwnedFd, state: &StateDir, name: &Path) -> bool {
-    match (
-        sys::stat_fd(fd.as_fd()),
-        sys::stat_nofollow(state.fd.as_fd(), name),
-    ) {
+/// Whether `name` in `dir` still leads to `fd`'s file (not followed).
+fn same_file(fd: &OwnedFd, dir: std::os::fd::BorrowedFd<'_>, name: &Path) -> bool {
+    match (sys::stat_fd(fd.as_fd()), sys::stat_nofollow(dir, name)) {
         (Ok(a), Ok(b)) => a.same_inode(&b),
         _ => false,
     }

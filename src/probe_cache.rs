@@ -122,7 +122,9 @@ pub(crate) fn store(state: &StateDirOnce, report: &ProbeReport) -> Result<()> {
     })
     .expect("serializable");
     for fs_type in types {
-        crate::state::write_atomically(dir.as_fd(), &file_name(fs_type), &bytes).map_err(failed)?;
+        crate::state::write_atomically(dir.as_fd(), &file_name(fs_type), &bytes)
+            .map(drop)
+            .map_err(failed)?;
     }
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!   reuses: such a record counts only while that id is an overlay mounted
 //!   at the recorded target, as seen from the root the record was made
 //!   from.
-//! * **Written atomically** (a temporary name, renamed into place) in the
+//! * **Written atomically** (without a name until whole, see
+//!   `state::write_atomically`; gc removes what a kill leaves) in the
 //!   state tmpfs (root-only, idoverlay's own, see `state`), read with a
 //!   bound, never through a symlink.
 //! * **Pruned only when provably stale**: a record whose mount is gone from
@@ -225,6 +226,7 @@ pub(crate) fn write(state: &StateDirOnce, mount: &MountDescription) -> Result<()
         Error::invalid_path("target", &mount.target, format!("cannot be recorded ({e})"))
     })?;
     crate::state::write_atomically(dir.as_fd(), &file_name(id, mount.unique_mount_id), &bytes)
+        .map(drop)
         .map_err(failed)
 }
 

@@ -1037,34 +1037,14 @@ impl LiveRecord {
     }
 }
 
-/// Writes `record` to a temporary name, locks it and renames it into
-/// place; returns the locked fd.
+/// Writes `record` in place of its earlier copy, all at once; returns it
+/// locked (see [`write_atomically`]).
 fn publish(state: &StateDir, record: &Record) -> Result<sys::Locked> {
-    let temp = format!(".{}.{:x}.tmp", record.id, sys::random_u64() & 0xffff_ffff);
-    let name = Record::file_name(&record.id);
-    let err = |e| Error::os("write staging record in", Some(&state.path), e);
-    let fd = sys::create_file(state.fd.as_fd(), Path::new(&temp), 0o600).map_err(err)?;
-    // A new file of a root-only tmpfs, under a name nobody guesses: nobody
-    // else holds its lock (gc, listing it, locks only a record that reads
-    // whole, and this one is empty until locked).
-    let written = sys::Locked::try_new(fd, LockMode::Exclusive)
-        .map_err(|(_, e)| e)
-        .and_then(|fd| {
-            sys::write_all(
-                fd.as_fd(),
-                &serde_json::to_vec(record).expect("serializable"),
-            )
-            .and_then(|()| sys::rename(state.fd.as_fd(), Path::new(&temp), Path::new(&name)))
-            .map(|()| fd)
-        });
-    match written {
-        Ok(fd) => Ok(fd),
-        Err(e) => {
-            let _ = sys::unlink(state.fd.as_fd(), Path::new(&temp));
-            Err(err(e))
-        }
-    }
+    let bytes = serde_json::to_vec(record).expect("serializable");
+    write_atomically(state.fd.as_fd(), &Record::file_name(&record.id), &bytes)
+        .map_err(|e| Error::os("write staging record in", Some(&state.path), e))
 }
+
 /// The subdirectory `name` of the state tmpfs (root-only), made when
 /// missing; opened beneath the state dir, never through a symlink.
 pub(crate) fn subdir(state: &StateDir, name: &str) -> sys::SysResult<OwnedFd> {
@@ -1076,22 +1056,56 @@ pub(crate) fn subdir(state: &StateDir, name: &str) -> sys::SysResult<OwnedFd> {
     sys::open_dir_beneath(state.fd.as_fd(), Path::new(name))
 }
 
-/// Writes `bytes` as `name` in `dir` all at once: to a temporary name
-/// (root-only), renamed over `name`, so a reader sees the old file or the
-/// new one, never half of one.
+/// Writes `bytes` as `name` in `dir` all at once, so that a reader sees the
+/// old file or the new one, never half of one, and no kill leaves a file
+/// that gc cannot tell from a live writer's: the file is written and
+/// locked (`LOCK_EX`, returned) while it has no name (`O_TMPFILE`), then
+/// linked as `name`; a `name` that exists is replaced through a temporary
+/// name ([`temp_name`]) renamed over it. So every name of it is whole, and
+/// a temporary one that nobody holds locked is a killed writer's.
 pub(crate) fn write_atomically(
     dir: BorrowedFd<'_>,
     name: &str,
     bytes: &[u8],
-) -> sys::SysResult<()> {
-    let temp = format!(".{name}.{:x}.tmp", sys::random_u64() & 0xffff_ffff);
-    let written = sys::create_file(dir, Path::new(&temp), 0o600)
-        .and_then(|fd| sys::write_all(fd.as_fd(), bytes))
-        .and_then(|()| sys::rename(dir, Path::new(&temp), Path::new(name)));
-    if written.is_err() {
-        let _ = sys::unlink(dir, Path::new(&temp));
+) -> sys::SysResult<sys::Locked> {
+    let fd = sys::create_unnamed_file(dir, 0o600)?;
+    // It has no name: nobody else can hold a lock on it.
+    let fd = sys::Locked::try_new(fd, LockMode::Exclusive).map_err(|(_, e)| e)?;
+    sys::write_all(fd.as_fd(), bytes)?;
+    match name_unnamed(fd.as_fd(), dir, Path::new(name)) {
+        Err(e) if e.errno == libc::EEXIST => {}
+        named => return named.map(|()| fd),
     }
-    written
+    let temp = temp_name(name);
+    name_unnamed(fd.as_fd(), dir, Path::new(&temp))?;
+    match sys::rename(dir, Path::new(&temp), Path::new(name)) {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            let _ = sys::unlink(dir, Path::new(&temp));
+            Err(e)
+        }
+    }
+}
+
+/// The temporary name [`write_atomically`] gives a file that replaces
+/// `name`: `.NAME.HEX.tmp`, with a random part nobody guesses.
+pub(crate) fn temp_name(name: &str) -> String {
+    format!(".{name}.{:x}.tmp", sys::random_u64() & 0xffff_ffff)
+}
+
+/// Links the unnamed file `fd` as `name` in `dir`: by the fd itself
+/// (`AT_EMPTY_PATH`), or, where that needs a capability the caller lacks
+/// (before 6.10, in a user namespace), through its magic link in a checked
+/// `/proc` (never a `/proc` that is not procfs: its `thread-self/fd/N`
+/// could name any file).
+fn name_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &Path) -> sys::SysResult<()> {
+    match sys::link_fd(fd, dir, name) {
+        Err(e) if e.errno == libc::ENOENT => match crate::procfs::open_root() {
+            Ok(Some(proc)) => sys::link_proc_fd(proc.as_fd(), fd, dir, name),
+            _ => Err(e),
+        },
+        linked => linked,
+    }
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), read once (each
@@ -1247,5 +1261,42 @@ mod tests {
             assert!(matches!(read, Ok(None)), "{read:?}");
             assert!(StateDir::open_existing(&path, Use::Read).unwrap().is_none());
         });
+    }
+
+    #[test]
+    fn a_file_written_atomically_has_a_name_only_once_whole() {
+        let dir =
+            std::env::temp_dir().join(format!("idoverlay-unit-atomic-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(&dir).unwrap());
+        let names = || {
+            let mut names = sys::dir_entries(fd.as_fd()).unwrap();
+            names.sort();
+            names
+        };
+        // A new name, then the same name replaced: no other name left.
+        drop(write_atomically(fd.as_fd(), "r.json", b"first").unwrap());
+        assert_eq!(std::fs::read(dir.join("r.json")).unwrap(), b"first");
+        let kept = write_atomically(fd.as_fd(), "r.json", b"second").unwrap();
+        assert_eq!(std::fs::read(dir.join("r.json")).unwrap(), b"second");
+        assert_eq!(names(), ["r.json"]);
+        // Returned locked, the lock taken before it had a name.
+        let other = sys::open_read_nonblocking(fd.as_fd(), Path::new("r.json"), false).unwrap();
+        assert_eq!(sys::try_lock_exclusive(other.as_fd()), Ok(false));
+        drop(kept);
+        assert_eq!(sys::try_lock_exclusive(other.as_fd()), Ok(true));
+        // The way without `CAP_DAC_READ_SEARCH` (before 6.10, in a user
+        // namespace): through /proc's magic link.
+        let unnamed = sys::create_unnamed_file(fd.as_fd(), 0o600).unwrap();
+        sys::write_all(unnamed.as_fd(), b"by proc").unwrap();
+        let proc = crate::procfs::open_root().unwrap().unwrap();
+        sys::link_proc_fd(proc.as_fd(), unnamed.as_fd(), fd.as_fd(), Path::new("p")).unwrap();
+        assert_eq!(std::fs::read(dir.join("p")).unwrap(), b"by proc");
+        let taken = sys::link_proc_fd(proc.as_fd(), unnamed.as_fd(), fd.as_fd(), Path::new("p"));
+        assert_eq!(taken.map_err(|e| e.errno), Err(libc::EEXIST));
+        for name in names() {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

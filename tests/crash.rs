@@ -175,6 +175,124 @@ fn killed_at_every_mount_syscall_leaves_no_temporary_mount() {
     });
 }
 
+/// The syscalls that write, lock and name the files idoverlay keeps in its
+/// state dir (staging records, mount records, the probe report).
+const STATE_FILE_SYSCALLS: [&str; 4] = ["write", "flock", "linkat", "rename,renameat,renameat2"];
+
+/// Every file that idoverlay left in `state` (the tmpfs' top, `mounts/`,
+/// `probe/`) that a reader would not take whole: a temporary name, or a
+/// file that does not parse.
+fn state_files_not_whole(state: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    for dir in [
+        state.to_path_buf(),
+        state.join("mounts"),
+        state.join("probe"),
+    ] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if name.ends_with(".tmp") {
+                bad.push(format!("{}: a temporary file", path.display()));
+            } else if name.ends_with(".json")
+                && serde_json::from_slice::<serde_json::Value>(&fs::read(&path).unwrap()).is_err()
+            {
+                bad.push(format!("{}: does not parse", path.display()));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn killed_while_writing_its_state_files_leaves_nothing_gc_cannot_clean() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    in_private_ns("crash::state_files", |s| {
+        let dir = s.ext4_dir("e");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("rootfs");
+        fs::create_dir(&target).unwrap();
+        let (mut kills, mut report) = (0, Vec::new());
+        // A mount per strategy (host-staged writes a staging record too),
+        // and the probe: kept for the boot, a second run replaces it.
+        for what in ["detached", "private-ns", "host-staged", "probe"] {
+            for syscall in STATE_FILE_SYSCALLS {
+                // One state dir for every run of a syscall: the next run
+                // finds what the last one left (a report to replace).
+                let state = dir.join(format!("state-{what}-{}", &syscall[..4]));
+                let probe = |cmd: &mut std::process::Command| {
+                    cmd.arg(env!("CARGO_BIN_EXE_idoverlay"))
+                        .args(["probe", "--state-dir"])
+                        .arg(&state)
+                        .arg("--path")
+                        .arg(&layers[0])
+                        .output()
+                        .unwrap()
+                };
+                // A first run, not killed, leaves what the next ones
+                // replace (the probe report, kept for the boot).
+                let first = match what {
+                    "probe" => probe(&mut std::process::Command::new("env")),
+                    _ => cli_mount(what, &state, &layers, &target),
+                };
+                assert!(first.status.success(), "{what}: {}", stderr(&first));
+                let mut n = 0;
+                loop {
+                    let out = match n {
+                        0 => None,
+                        _ if what == "probe" => Some(probe(
+                            std::process::Command::new("strace")
+                                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                                .arg(format!("inject={syscall}:signal=KILL:when={n}"))
+                                .arg("--"),
+                        )),
+                        _ => Some(cli_under_strace(
+                            &format!("{syscall}:signal=KILL:when={n}"),
+                            what,
+                            &state,
+                            &layers,
+                            &target,
+                        )),
+                    };
+                    let at = format!("{what}, SIGKILL at {syscall} #{n}");
+                    if mounts().iter().any(|m| m.mount_point == target) {
+                        run(idoverlay()
+                            .args(["umount", "--state-dir"])
+                            .arg(&state)
+                            .arg(&target));
+                    }
+                    let gc = idoverlay()
+                        .args(["gc", "--state-dir"])
+                        .arg(&state)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        gc.status.success(),
+                        "{at}: gc cannot clean up: {}{}",
+                        String::from_utf8_lossy(&gc.stdout),
+                        stderr(&gc)
+                    );
+                    let bad = state_files_not_whole(&state);
+                    assert!(bad.is_empty(), "{at}: after gc {bad:#?}");
+                    match out {
+                        Some(out) if out.status.success() => break,
+                        Some(_) => kills += 1,
+                        None => {}
+                    }
+                    n += 1;
+                    assert!(n < 200, "{what}/{syscall}: never got through");
+                }
+                report.push(format!("{what}/{syscall}: {} kill(s)", n - 1));
+            }
+        }
+        eprintln!("state files: {kills} kills; {}", report.join(", "));
+        assert!(kills > 30, "the kills must hit many syscalls ({kills})");
+    });
+}
+
 #[test]
 fn userns_helper_dies_with_a_killed_caller() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -312,6 +312,60 @@ fn gc_never_locks_an_empty_temporary_record() {
 }
 
 #[test]
+fn gc_never_removes_a_file_a_live_writer_is_replacing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_ns("gc::live_writer", |s| {
+        let dir = s.tmpfs_dir("g");
+        let state = real_state_dir(&dir, "state");
+        let layer = make_layers(&dir.join("layers")).dirs.remove(0);
+        let report = idoverlay::probe::probe(&[layer], None);
+        assert_eq!(report.paths[0].idmap, Some(true), "{report:?}");
+        // The report is replaced each time: a temporary name, renamed
+        // over the last one, which gc must never take from under its
+        // writer.
+        idoverlay::probe::keep_for_boot(&state, &report).unwrap();
+        let stop = AtomicBool::new(false);
+        let (mut writes, mut failed) = (0u64, Vec::new());
+        std::thread::scope(|scope| {
+            let sweeper = scope.spawn(|| {
+                let (mut sweeps, mut removed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let report = idoverlay::gc::collect(&state).unwrap();
+                    removed += report.staging.iter().filter(|s| s.removed).count() as u64;
+                    sweeps += 1;
+                }
+                (sweeps, removed)
+            });
+            while writes < 20_000 {
+                writes += 1;
+                if let Err(e) = idoverlay::probe::keep_for_boot(&state, &report) {
+                    failed.push(e.to_string());
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let (sweeps, removed) = sweeper.join().unwrap();
+            eprintln!(
+                "{writes} replacements beside {sweeps} gc sweeps: {} failed, gc removed {removed}",
+                failed.len()
+            );
+            assert!(sweeps > 100, "gc must sweep all along ({sweeps})");
+        });
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..1]
+        );
+        let left: Vec<_> = fs::read_dir(state.join("probe"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    });
+}
+
+#[test]
 fn gc_beside_live_assemblies_removes_nothing_live() {
     in_private_ns("gc::live", |s| {
         let dir = s.tmpfs_dir("g");

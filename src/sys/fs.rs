@@ -409,6 +409,56 @@ pub fn create_file(dirfd: BorrowedFd<'_>, path: &Path, mode: u32) -> SysResult<O
     ))
 }
 
+/// `openat(dirfd, ".", O_TMPFILE|O_WRONLY|O_CLOEXEC, mode)`: a new file of
+/// `dirfd`'s filesystem with no name until [`link_fd`] or
+/// [`link_proc_fd`] gives it one; gone with its last fd until then.
+pub fn create_unnamed_file(dirfd: BorrowedFd<'_>, mode: u32) -> SysResult<OwnedFd> {
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    rustix::fs::openat(dirfd, ".", flags, Mode::from_raw_mode(mode)).map_err(fail("openat", || {
+        format!(
+            "{}, \".\", O_TMPFILE|O_WRONLY|O_CLOEXEC, 0{mode:o}",
+            fd_arg(dirfd)
+        )
+    }))
+}
+
+/// `linkat(fd, "", dirfd, name, AT_EMPTY_PATH)`: gives `fd`'s file the
+/// name `name` (EEXIST when taken). ENOENT without `CAP_DAC_READ_SEARCH`
+/// before 6.10 (since, also for the file's opener).
+pub fn link_fd(fd: BorrowedFd<'_>, dirfd: BorrowedFd<'_>, name: &Path) -> SysResult<()> {
+    rustix::fs::linkat(fd, "", dirfd, name, AtFlags::EMPTY_PATH).map_err(fail("linkat", || {
+        format!(
+            "{}, \"\", {}, {}, AT_EMPTY_PATH",
+            fd_arg(fd),
+            fd_arg(dirfd),
+            path_arg(name)
+        )
+    }))
+}
+
+/// `linkat(proc, "thread-self/fd/N", dirfd, name, AT_SYMLINK_FOLLOW)`:
+/// gives `fd`'s file the name `name` through its magic link in the proc
+/// root `proc`, which needs no capability.
+pub fn link_proc_fd(
+    proc: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    dirfd: BorrowedFd<'_>,
+    name: &Path,
+) -> SysResult<()> {
+    let link = format!("thread-self/fd/{}", fd.as_raw_fd());
+    rustix::fs::linkat(proc, link.as_str(), dirfd, name, AtFlags::SYMLINK_FOLLOW).map_err(fail(
+        "linkat",
+        || {
+            format!(
+                "{}, {link:?}, {}, {}, AT_SYMLINK_FOLLOW",
+                fd_arg(proc),
+                fd_arg(dirfd),
+                path_arg(name)
+            )
+        },
+    ))
+}
+
 /// What `statx` tells about a file, reduced to what idoverlay uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
