@@ -553,6 +553,69 @@ fn inside_a_user_namespace_own_filesystems_work_and_host_ones_are_refused_clearl
 }
 
 #[test]
+fn a_work_dir_changing_while_it_is_checked_is_refused_as_in_use() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_ns("hardening::work_changing", |s| {
+        let dir = s.tmpfs_dir("h");
+        let layers = make_layers(&dir.join("layers")).dirs;
+        let target = dir.join("t");
+        mkdir(&target, 0o755, 0, 0);
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        mkdir(&upper, 0o755, 0, 0);
+        mkdir(&work.join("index"), 0o755, 0, 0);
+        // What overlay does in a work dir it uses: its temporary names
+        // (`#` and hex) come and go; in index/, which an overlay mounted
+        // without `index=on` leaves alone (the kernel refuses a mount
+        // whose work/ changes as it empties it, a race of its own).
+        let stop = AtomicBool::new(false);
+        let (mut mounted, mut changed, mut other) = (0, 0, Vec::new());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let temp = work.join("index/#1f");
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::create_dir(&temp);
+                    let _ = fs::remove_dir(&temp);
+                }
+            });
+            for _ in 0..1000 {
+                let result = Overlay::new()
+                    .lowers(layers.iter().cloned())
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map(), map())
+                    .strategy(Strategy::Detached)
+                    .state_dir(dir.join("state"))
+                    .mount(&target);
+                match result {
+                    Ok(_) => {
+                        mounted += 1;
+                        idoverlay::unmount_overlay(&target, false).unwrap();
+                    }
+                    Err(e) if e.to_string().contains("changed while it was checked") => {
+                        assert_eq!(e.kind(), idoverlay::ErrorKind::InvalidInput, "{e}");
+                        assert!(!e.to_string().contains('\n'));
+                        changed += 1;
+                    }
+                    Err(e) => other.push(e.to_string()),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        eprintln!(
+            "{mounted} mounted, {changed} refused as changing, {} otherwise",
+            other.len()
+        );
+        assert!(
+            other.is_empty(),
+            "{} refused otherwise, e.g. {}",
+            other.len(),
+            other[0]
+        );
+        assert!(!mounts().iter().any(|m| m.mount_point == target));
+    });
+}
+
+#[test]
 fn a_work_dir_holding_anything_overlay_did_not_leave_is_refused_and_kept() {
     in_private_ns("hardening::work_contents", |s| {
         let dir = s.tmpfs_dir("h");

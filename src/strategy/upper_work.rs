@@ -115,7 +115,20 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
             ),
         )
     };
-    let failed = |e| Error::os("read work dir", Some(&work.path), e);
+    // An entry gone between its listing and its look-up: overlay's own
+    // temporary names come and go while an overlay uses the work dir.
+    let failed = |e: sys::SysError, shown: &str| match e.errno {
+        libc::ENOENT => Error::invalid_path(
+            "work dir",
+            &work.path,
+            format!(
+                "changed while it was checked ({shown} went away): an overlay is using it; an \
+                 upper and work pair serves one overlay at a time: unmount that one first, or \
+                 give this overlay its own"
+            ),
+        ),
+        _ => Error::os("read work dir", Some(&work.path), e),
+    };
     // Opened without crossing a mount, as overlay looks it up.
     let open = |parent: BorrowedFd<'_>, name: &Path, shown: &str| match sys::open_dir_beneath(
         parent, name,
@@ -128,19 +141,20 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
             "{} {shown:?} that is not a directory",
             crate::error::a_or_an(shown)
         ))),
-        Err(e) => Err(failed(e)),
+        Err(e) => Err(failed(e, shown)),
     };
     let sub = open(work.fd.as_fd(), Path::new(dir), dir)?;
-    let sub_st = sys::stat_fd(sub.as_fd()).map_err(failed)?;
+    let sub_st = sys::stat_fd(sub.as_fd()).map_err(|e| failed(e, dir))?;
     let on_other_mount = |st: &sys::Stat| {
         st.mount_root == Some(true) || st.mnt_id != sub_st.mnt_id || st.dev != sub_st.dev
     };
-    for name in sys::dir_entries(sub.as_fd()).map_err(failed)? {
+    for name in sys::dir_entries(sub.as_fd()).map_err(|e| failed(e, dir))? {
         let shown = format!("{dir}/{}", name.to_string_lossy());
         if !overlays_own(name.as_bytes()) {
             return Err(refuse(shown));
         }
-        let st = sys::stat_nofollow(sub.as_fd(), Path::new(&name)).map_err(failed)?;
+        let st =
+            sys::stat_nofollow(sub.as_fd(), Path::new(&name)).map_err(|e| failed(e, &shown))?;
         if on_other_mount(&st) {
             return Err(refuse(format!(
                 "{shown}, a mount point (overlay would empty what is beneath the mount)"
@@ -150,8 +164,9 @@ fn check_overlays_own(work: &OpenedDir, dir: &str, overlays_own: fn(&[u8]) -> bo
             continue;
         }
         let inner = open(sub.as_fd(), Path::new(&name), &shown)?;
-        for entry in sys::dir_entries(inner.as_fd()).map_err(failed)? {
-            let est = sys::stat_nofollow(inner.as_fd(), Path::new(&entry)).map_err(failed)?;
+        for entry in sys::dir_entries(inner.as_fd()).map_err(|e| failed(e, &shown))? {
+            let est = sys::stat_nofollow(inner.as_fd(), Path::new(&entry))
+                .map_err(|e| failed(e, &format!("{shown}/{}", entry.to_string_lossy())))?;
             if !est.is_whiteout() || on_other_mount(&est) {
                 return Err(refuse(format!("{shown}/{}", entry.to_string_lossy())));
             }
