@@ -336,7 +336,7 @@ fn gc_never_removes_a_file_a_live_writer_is_replacing() {
                 }
                 (sweeps, removed)
             });
-            while writes < 20_000 {
+            while writes < 50_000 {
                 writes += 1;
                 if let Err(e) = idoverlay::probe::keep_for_boot(&state, &report) {
                     failed.push(e.to_string());

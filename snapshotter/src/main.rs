@@ -63,17 +63,23 @@ fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are one line (`{:#}`: each cause after a colon), whatever
+/// `RUST_BACKTRACE` says: journald shows one entry per failure. `check`
+/// exits 1 for problems found, 2 when it could not look.
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("idoverlay-snapshotter: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     log::set_verbosity(args.verbose);
     idoverlay::raise_fd_limit();
     if let Some(Command::Check) = args.command {
-        let report = idoverlay_snapshotter::snapshots::check(&args.root).with_context(|| {
-            format!(
-                "checking {} (is the snapshotter stopped?)",
-                args.root.display()
-            )
-        })?;
+        let report = idoverlay_snapshotter::snapshots::check(&args.root)
+            .with_context(|| format!("checking {}", args.root.display()))?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         std::process::exit(if report.problems.is_empty() { 0 } else { 1 });
     }

@@ -659,12 +659,12 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-/// Opens `root` without cleaning anything and reports whether the store,
-/// `snapshots/` and `mounts/` agree. Needs the snapshotter stopped (the
+/// Opens `root` without creating or cleaning anything and reports whether
+/// the store, `snapshots/` and `mounts/` agree. Needs the snapshotter stopped (the
 /// store is locked while it runs).
 pub fn check(root: &std::path::Path) -> Result<CheckReport> {
-    let storage = Storage::open(root)?;
-    let store = Store::open(&storage.root().join("metadata.redb"))?;
+    let storage = Storage::open_existing(root)?;
+    let store = Store::open_existing(&storage.root().join("metadata.redb"))?;
     let mut report = CheckReport::default();
     let all = store.all()?;
     let mut ids = HashSet::new();

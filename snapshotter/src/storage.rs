@@ -43,6 +43,16 @@ pub const RM_PREFIX: &str = "rm-";
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+fn absolute(root: &Path) -> Result<()> {
+    match root.is_absolute() {
+        true => Ok(()),
+        false => Err(Error::InvalidArgument(format!(
+            "--root {} is relative; give an absolute path",
+            root.display()
+        ))),
+    }
+}
+
 fn ensure_dir(path: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode_0700().create(path) {
         Ok(()) => Ok(()),
@@ -66,28 +76,47 @@ impl Storage {
     /// `root/mounts`. `root` must be absolute; it is canonicalized once so
     /// that paths handed to containerd and found in mountinfo agree.
     pub fn open(root: &Path) -> Result<Storage> {
-        if !root.is_absolute() {
-            return Err(Error::InvalidArgument(format!(
-                "--root {} is relative; give an absolute path",
-                root.display()
-            )));
-        }
+        absolute(root)?;
         if let Some(parent) = root.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
         }
         ensure_dir(root)?;
-        let root = root
-            .canonicalize()
-            .map_err(|e| Error::io("resolving", root, e))?;
+        Storage::open_dirs(root, true)
+    }
+
+    /// Opens an existing root and its `snapshots/` and `mounts/`, creating
+    /// nothing: what `check` reads, which must not make a root where a
+    /// mistyped `--root` points (and then find it consistent).
+    pub fn open_existing(root: &Path) -> Result<Storage> {
+        absolute(root)?;
+        Storage::open_dirs(root, false)
+    }
+
+    fn open_dirs(root: &Path, create: bool) -> Result<Storage> {
+        let missing = |what: String| {
+            Error::InvalidArgument(format!(
+                "--root {}: {what}: not an idoverlay-snapshotter root (is --root right?)",
+                root.display()
+            ))
+        };
+        let root = match root.canonicalize() {
+            Ok(root) => root,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing("does not exist".into()))
+            }
+            Err(e) => return Err(Error::io("resolving", root, e)),
+        };
         let root_fd = sys::open_dir_abs(&root).map_err(|e| Error::io("opening", &root, e))?;
         let sub = |name: &str| -> Result<OwnedFd> {
-            match sys::mkdir(root_fd.as_fd(), name, 0o700) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(Error::io("creating", root.join(name), e)),
+            match create.then(|| sys::mkdir(root_fd.as_fd(), name, 0o700)) {
+                None | Some(Ok(())) => {}
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Some(Err(e)) => return Err(Error::io("creating", root.join(name), e)),
             }
-            sys::open_dir_beneath(root_fd.as_fd(), name)
-                .map_err(|e| Error::io("opening", root.join(name), e))
+            sys::open_dir_beneath(root_fd.as_fd(), name).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => missing(format!("it has no {name}/")),
+                _ => Error::io("opening", root.join(name), e),
+            })
         };
         let snapshots = sub("snapshots")?;
         let mounts = sub("mounts")?;

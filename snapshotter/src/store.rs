@@ -146,6 +146,24 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// Opens the existing store file, creating nothing (for `check`); redb
+    /// repairs it after a crash, as a start would.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: no store there: no snapshotter has started on this root yet \
+                     (is --root right?)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io("looking at", path, e)),
+        }
+        let db = Database::open(path).map_err(|e| opening(path, e))?;
+        Ok(Store { db })
+    }
+
     /// A store made at `temp`, synced, and linked to `path` (never over an
     /// existing file; `None` if one appeared), the directory synced.
     fn create_new(path: &Path, temp: &Path) -> Result<Option<Database>> {

@@ -774,14 +774,16 @@ fn a_first_start_killed_at_any_sync_of_its_new_store_starts_again() {
     // redb writes a new store in several steps, each synced; a kill
     // between them (power loss, systemd's stop timeout at first boot) must
     // leave nothing a later start refuses. strace kills the process at the
-    // Nth sync, for each N until opening syncs fewer times than that
-    // (`check` opens the store as a start does, then exits).
+    // Nth sync, for each N until a start syncs fewer times than that (and
+    // then serves: it is ended, by its pid, once it says so).
     in_private_ns("first_start_killed_at_a_sync", |scratch| {
+        use std::os::unix::process::ExitStatusExt;
         let mut killed = 0;
         for n in 1..=16 {
             let dir = scratch.join(format!("kill-at-sync-{n}"));
             fs::create_dir(&dir).unwrap();
-            let status = Command::new("strace")
+            let log = dir.join("first-start.log");
+            let mut strace = Command::new("strace")
                 .args([
                     "-f",
                     "-qq",
@@ -797,10 +799,33 @@ fn a_first_start_killed_at_any_sync_of_its_new_store_starts_again() {
                 .arg(dir.join("root"))
                 .arg("--address")
                 .arg(dir.join("snap.sock"))
-                .arg("check")
-                .status()
+                .stderr(fs::File::create(&log).unwrap())
+                .spawn()
                 .expect("strace (Debian's strace package; snapshotter/ci-deps installs it)");
-            use std::os::unix::process::ExitStatusExt;
+            let status = loop {
+                if let Some(status) = strace.try_wait().unwrap() {
+                    break status;
+                }
+                if fs::read_to_string(&log)
+                    .unwrap()
+                    .contains("idoverlay-snapshotter: serving on")
+                {
+                    // Through every sync: end the snapshotter, strace's child.
+                    let children = format!("/proc/{0}/task/{0}/children", strace.id());
+                    let pid: i32 = fs::read_to_string(children)
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    rustix::process::kill_process(
+                        rustix::process::Pid::from_raw(pid).unwrap(),
+                        rustix::process::Signal::TERM,
+                    )
+                    .unwrap();
+                    break strace.wait().unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
             if status.signal() != Some(9) {
                 assert!(killed > 0, "never killed at a sync: {status:?}");
                 break;
@@ -820,4 +845,68 @@ fn a_first_start_killed_at_any_sync_of_its_new_store_starts_again() {
         }
         assert!(killed >= 2, "killed at {killed} syncs only");
     });
+}
+
+#[test]
+fn check_where_there_is_no_snapshotter_root_says_so_and_creates_nothing() {
+    in_private_ns(
+        "check_where_there_is_no_snapshotter_root_says_so_and_creates_nothing",
+        |scratch| {
+            let plain = scratch.join("plain");
+            fs::create_dir(&plain).unwrap();
+            let half = scratch.join("half");
+            fs::create_dir_all(half.join("snapshots")).unwrap();
+            fs::create_dir_all(half.join("mounts")).unwrap();
+            let listing = || {
+                let mut names: Vec<_> = walk(scratch);
+                names.sort();
+                names
+            };
+            let before = listing();
+            for (root, says) in [
+                (scratch.join("typo/root"), "does not exist"),
+                (plain.clone(), "it has no snapshots/"),
+                (half.clone(), "no store there"),
+            ] {
+                let out = Command::new(env!("CARGO_BIN_EXE_idoverlay-snapshotter"))
+                    .arg("--root")
+                    .arg(&root)
+                    .arg("check")
+                    .env_remove("RUST_BACKTRACE")
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{}: {err}", root.display());
+                assert!(
+                    err.contains(says) && err.contains("is --root right?"),
+                    "{err}"
+                );
+                assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+                assert!(out.stdout.is_empty());
+                assert_eq!(
+                    listing(),
+                    before,
+                    "{}: check created something",
+                    root.display()
+                );
+            }
+        },
+    );
+}
+
+/// Every path beneath `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        found.push(path.strip_prefix(dir).unwrap().to_path_buf());
+        if e.file_type().unwrap().is_dir() {
+            found.extend(
+                walk(&path)
+                    .into_iter()
+                    .map(|p| path.strip_prefix(dir).unwrap().join(p)),
+            );
+        }
+    }
+    found
 }
