@@ -726,20 +726,27 @@ fn req_trace(trace: Option<&Trace>, line: impl FnOnce() -> String) {
 /// A target inside the state dir could be taken for staging by `gc`, and
 /// would put the overlay where only idoverlay's own mounts belong.
 fn check_target_outside_state_dir(state_dir: &Path, target: &layer::OpenedDir) -> Result<()> {
-    let (Ok(state_dir), Some(at)) = (
-        path::normalize(state_dir),
-        target
-            .canonical
-            .clone()
-            .or_else(|| sys::fd_path(target.fd.as_fd())),
-    ) else {
+    match target
+        .canonical
+        .clone()
+        .or_else(|| sys::fd_path(target.fd.as_fd()))
+    {
+        Some(at) => check_target_path_outside_state_dir(state_dir, &target.path, &at),
+        None => Ok(()),
+    }
+}
+
+/// [`check_target_outside_state_dir`] for a target (given as `shown`)
+/// whose real path is `at`.
+fn check_target_path_outside_state_dir(state_dir: &Path, shown: &Path, at: &Path) -> Result<()> {
+    let Ok(state_dir) = path::normalize(state_dir) else {
         return Ok(());
     };
     // `/` is no state dir at all (refused where one is used).
     if state_dir.as_ref() != Path::new("/") && at.starts_with(&state_dir) {
         return Err(Error::invalid_path(
             "target",
-            &target.path,
+            shown,
             format!(
                 "lies inside the state dir {}, which holds only idoverlay's own staging; \
                  mount the overlay elsewhere",
@@ -911,6 +918,12 @@ impl DetachedMount {
         let (mount_ns, target) = (mount_ns.as_ref(), target.as_ref());
         self.keep_record = false;
         let ns = open_mount_namespace(mount_ns)?;
+        // Read here, where /proc shows this process, for the pair's claim
+        // made there: a namespace whose /proc is another pid namespace's
+        // has no `thread-self` for the attaching thread, and a claim
+        // without the boot id is no claim (a second overlay then mounted
+        // on the pair in use).
+        let _ = state::boot_id();
         // The overlay's directories located here, by device and path on
         // their filesystem, which mean the same in every mount namespace;
         // the target located there, through a /proc that shows this
@@ -954,23 +967,33 @@ impl DetachedMount {
                     layer::FsLocation::on_mount(&canonical, id, &table)
                         .map_err(|_| layer::not_in_table(layer::Role::Target, target))
                 })?;
+            check_target_path_outside_state_dir(&self.state_dir, target, &canonical)?;
             layer::refuse_inside(target, &at, &members)?;
+            // As directories too, walked up from the target's fd: the
+            // names located above were true when each was opened, and
+            // directories renamed since (an exchange above a layer and
+            // the target) put the target inside a layer they do not show.
+            if let Some(footprint) = &self.footprint {
+                let via_proc =
+                    |fd: BorrowedFd<'_>| sys::fd_path_via(proc.as_fd(), Path::new(""), fd);
+                footprint.check_target_walk(&opened, &via_proc)?;
+            }
             self.attach_to_fd(opened.fd.as_fd(), target)
         })
     }
 
     fn attach_to_fd(self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<Mounted> {
-        sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
-            .map_err(|e| Error::os("attach the overlay at", Some(target), e))?;
-        if let Some((upper, work)) = &self.pair {
-            if let Err(taken) =
-                strategy::in_use::claim(upper, work, self.fd.as_fd(), self.upper_owner)
-            {
-                // Another overlay took the pair meanwhile: this one goes.
-                sys::detach_root_of(self.fd.as_fd())
-                    .map_err(|e| Error::os("unmount the overlay just attached", Some(target), e))?;
-                return Err(taken);
+        let attach = || {
+            sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
+                .map_err(|e| Error::os("attach the overlay at", Some(target), e))
+        };
+        match &self.pair {
+            // Attached only once the pair is claimed for it: another
+            // overlay that took the pair meanwhile refuses this one.
+            Some((upper, work)) => {
+                strategy::in_use::claim(upper, work, self.fd.as_fd(), self.upper_owner, attach)?
             }
+            None => attach()?,
         }
         let mut description = self.description;
         description.target = sys::fd_path(target_fd).unwrap_or_else(|| target.to_path_buf());

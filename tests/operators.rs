@@ -849,6 +849,51 @@ fn detached_mount_from_fd() {
     });
 }
 
+/// A mount namespace as a container has one (its own pid namespace and
+/// /proc), of a process this test started (`unshare … sleep 60`, ended by
+/// the test by its pid), once it is there; and its `/proc/PID/ns/mnt`.
+fn container_mount_ns() -> (std::process::Child, String) {
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "-p",
+            "-f",
+            "--mount-proc",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    let ns = format!("/proc/{}/ns/mnt", child.id());
+    // Wait until unshare has made its namespace (and mounted /proc).
+    for _ in 0..200 {
+        let here = std::fs::read_link("/proc/thread-self/ns/mnt").unwrap();
+        let there = std::fs::read_link(&ns).unwrap();
+        let proc_mounted = std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" /proc ") && l.contains(" - proc "))
+            .count()
+            >= 2;
+        if here != there && proc_mounted {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (child, ns)
+}
+
+/// The overlays mounted in `child`'s mount namespace.
+fn overlays_in(child: &std::process::Child) -> usize {
+    std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - overlay "))
+        .count()
+}
+
 /// Unmounting inside another mount namespace whose /proc belongs to
 /// another pid namespace (as a container's does): the overlay attached
 /// there goes, this namespace never saw it.
@@ -856,42 +901,8 @@ fn detached_mount_from_fd() {
 fn unmount_inside_another_mount_namespace() {
     in_private_ns("operators::unmount_inside_another_mount_namespace", |s| {
         let (layers, target) = layers_and_target(s, "ns");
-        let mut child = Command::new("unshare")
-            .args([
-                "-m",
-                "--propagation",
-                "private",
-                "-p",
-                "-f",
-                "--mount-proc",
-                "sleep",
-                "60",
-            ])
-            .spawn()
-            .unwrap();
-        let ns = format!("/proc/{}/ns/mnt", child.id());
-        let theirs = || {
-            std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
-                .unwrap()
-                .lines()
-                .filter(|l| l.contains(" - overlay "))
-                .count()
-        };
-        // Wait until unshare has made its namespace (and mounted /proc).
-        for _ in 0..200 {
-            let here = std::fs::read_link("/proc/thread-self/ns/mnt").unwrap();
-            let there = std::fs::read_link(&ns).unwrap();
-            let proc_mounted = std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id()))
-                .unwrap()
-                .lines()
-                .filter(|l| l.contains(" /proc ") && l.contains(" - proc "))
-                .count()
-                >= 2;
-            if here != there && proc_mounted {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let (mut child, ns) = container_mount_ns();
+        let theirs = || overlays_in(&child);
         let map: idoverlay::IdMap = MAP.parse().unwrap();
         let before_here = mounts().len();
         let attach_there = || {
@@ -1581,4 +1592,91 @@ fn show_and_list_print_each_path_as_one_run_of_printable_characters() {
             .arg(&state)
             .arg(&target));
     });
+}
+
+/// Attached in a container's mount namespace (`-N`: its own pid namespace
+/// and /proc), an overlay keeps every check an attach here makes: its
+/// upper and work dirs are claimed there (a second overlay on the pair is
+/// refused and never attached), a target inside the state dir is refused,
+/// and so is a target that directories renamed since the assembly put
+/// inside one of its layers.
+#[test]
+fn attaching_in_a_containers_mount_namespace_keeps_every_check() {
+    in_private_ns(
+        "operators::attaching_in_a_containers_mount_namespace",
+        |s| {
+            let dir = s.tmpfs_dir("n");
+            let layers = make_layers(&dir.join("layers")).dirs;
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            mkdir(&upper, 0o755, 0, 0);
+            mkdir(&work, 0o755, 0, 0);
+            let state = dir.join("state");
+            mkdir(&state, 0o700, 0, 0);
+            let [t1, t2, in_state] = [dir.join("t1"), dir.join("t2"), state.join("x")];
+            for t in [&t1, &t2, &in_state] {
+                mkdir(t, 0o755, 0, 0);
+            }
+            // A layer under x/a, and x/b beside it, in a directory of
+            // uid 1000's, who swaps them after the assembly: the target
+            // x/b/L/sub is then inside the layer.
+            let x = dir.join("x");
+            mkdir(&x, 0o755, 1000, 1000);
+            write_file(&x.join("a/L/who"), "layer", 0o644, 0, 0);
+            mkdir(&x.join("a/L/sub"), 0o755, 0, 0);
+            mkdir(&x.join("b/L/sub"), 0o755, 0, 0);
+            let (mut child, ns) = container_mount_ns();
+            let map: idoverlay::IdMap = MAP.parse().unwrap();
+            let with_pair = || {
+                idoverlay::Overlay::new()
+                    .lowers(&layers)
+                    .upper(&upper)
+                    .work(&work)
+                    .idmap(map.clone(), map.clone())
+                    .state_dir(&state)
+                    .assemble()
+                    .unwrap()
+            };
+            with_pair().attach_in_namespace(&ns, &t1).unwrap();
+            assert_eq!(overlays_in(&child), 1);
+            let claim = rustix::fs::getxattr(&upper, "trusted.idoverlay.mount", &mut [0u8; 256])
+                .map_err(|e| format!("{e}"));
+            assert!(claim.is_ok(), "the upper was not claimed there: {claim:?}");
+            let e = with_pair().attach_in_namespace(&ns, &t2).unwrap_err();
+            assert!(e.to_string().contains("in use"), "{e}");
+            assert_eq!(
+                overlays_in(&child),
+                1,
+                "the second overlay was attached there"
+            );
+            idoverlay::unmount_overlay_in_namespace(&ns, &t1, false).unwrap();
+            let plain = || {
+                idoverlay::Overlay::new()
+                    .lower(x.join("a/L"))
+                    .lowers(&layers)
+                    .idmap(map.clone(), map.clone())
+                    .state_dir(&state)
+                    .assemble()
+                    .unwrap()
+            };
+            let e = plain().attach_in_namespace(&ns, &in_state).unwrap_err();
+            assert!(e.to_string().contains("inside the state dir"), "{e}");
+            let mounted = plain();
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                x.join("a"),
+                rustix::fs::CWD,
+                x.join("b"),
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .unwrap();
+            assert_eq!(std::fs::read_to_string(x.join("b/L/who")).unwrap(), "layer");
+            let e = mounted
+                .attach_in_namespace(&ns, x.join("b/L/sub"))
+                .unwrap_err();
+            assert!(e.to_string().contains("as the directories are now"), "{e}");
+            assert_eq!(overlays_in(&child), 0);
+            child.kill().unwrap();
+            child.wait().unwrap();
+        },
+    );
 }

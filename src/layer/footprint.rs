@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::locate::{dir_id, not_in_table, walk_up, DirId, FsLocation, LayerMount};
+use super::locate::{dir_id, not_in_table, walk_up, DirId, FdPath, FsLocation, LayerMount};
 use super::{OpenedDir, Plan, Role};
 use crate::error::{display_path, Error, Result};
 use crate::mountinfo::MountEntry;
@@ -225,6 +225,14 @@ impl Footprint {
     pub fn check_target(&self, target: &OpenedDir) -> Result<()> {
         // As directories first (see `locate::walk_up`): the paths below
         // were each true when their own open resolved them.
+        self.check_target_walk(target, &sys::fd_path)?;
+        self.check_target_located(target)
+    }
+
+    /// Refuses `target` when, walked up from its fd as directories (see
+    /// `locate::walk_up`), it is one of the overlay's directories or lies
+    /// inside one; in any mount namespace (`fd_path` names fds there).
+    pub(crate) fn check_target_walk(&self, target: &OpenedDir, fd_path: FdPath<'_>) -> Result<()> {
         let wanted = |at: &DirId| self.bases.iter().any(|b| dir_id(&b.stat) == *at);
         let through: Vec<LayerMount<'_>> = self
             .mounts
@@ -235,7 +243,7 @@ impl Footprint {
                 fd: fd.as_fd(),
             })
             .collect();
-        let walked = walk_up(target, &through, wanted, |at, names_below| {
+        let walked = walk_up(target, &through, fd_path, wanted, |at, names_below| {
             self.bases
                 .iter()
                 .filter(|b| dir_id(&b.stat) == at)
@@ -256,6 +264,12 @@ impl Footprint {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// [`Footprint::check_target`]'s part by location: device and path, or
+    /// the mount table where the target's device may not tell.
+    fn check_target_located(&self, target: &OpenedDir) -> Result<()> {
         let st = &target.stat;
         let same_device: Vec<&Base> = self
             .bases

@@ -659,20 +659,26 @@ fn check_inside_layers_by_fd(
     for d in dirs.into_iter().flatten() {
         let is_layer_or_root =
             |at: &DirId| single_ids.contains_key(at) || roots.contains(&Some(*at));
-        let walked = walk_up(d, &through, is_layer_or_root, |at, names_below| {
-            if let Some(&i) = single_ids.get(&at) {
-                return Some(i);
-            }
-            let in_group = |g: usize| roots[g] == Some(at);
-            (0..plan.layers.len()).find(|&i| {
-                let member = plan
-                    .rel(i)
-                    .filter(|_| singles.get(i).is_none_or(Option::is_none));
-                member.is_some_and(|(group, name)| {
-                    in_group(group) && below(names_below, name.as_os_str().as_bytes()).is_some()
+        let walked = walk_up(
+            d,
+            &through,
+            &sys::fd_path,
+            is_layer_or_root,
+            |at, names_below| {
+                if let Some(&i) = single_ids.get(&at) {
+                    return Some(i);
+                }
+                let in_group = |g: usize| roots[g] == Some(at);
+                (0..plan.layers.len()).find(|&i| {
+                    let member = plan
+                        .rel(i)
+                        .filter(|_| singles.get(i).is_none_or(Option::is_none));
+                    member.is_some_and(|(group, name)| {
+                        in_group(group) && below(names_below, name.as_os_str().as_bytes()).is_some()
+                    })
                 })
-            })
-        });
+            },
+        );
         if let Some(i) = walked.map_err(|why| unwalkable(d, why))? {
             return Err(inside(d, i));
         }
@@ -698,6 +704,11 @@ pub(crate) struct LayerMount<'a> {
     /// Any directory on that mount.
     pub fd: BorrowedFd<'a>,
 }
+
+/// How a walk reads the kernel's name for an fd: [`sys::fd_path`], or,
+/// in a mount namespace whose `/proc` does not show this thread (entered
+/// for `-N`), through a proc opened before.
+pub(crate) type FdPath<'a> = &'a dyn Fn(BorrowedFd<'_>) -> Option<PathBuf>;
 
 /// Walks up from `d`'s fd (`..`, one directory at a time, across mount
 /// points as `..` goes, up to this process's root; at most [`MAX_WALK`]
@@ -725,6 +736,7 @@ pub(crate) struct LayerMount<'a> {
 pub(crate) fn walk_up<T>(
     d: &OpenedDir,
     through: &[LayerMount<'_>],
+    fd_path: FdPath<'_>,
     wanted: impl Fn(&DirId) -> bool,
     mut hit: impl FnMut(DirId, &[u8]) -> Option<T>,
 ) -> std::result::Result<Option<T>, String> {
@@ -732,7 +744,7 @@ pub(crate) fn walk_up<T>(
     climb(d.fd.as_fd(), d.stat, None, |st, depth, here| {
         let at = dir_id(st);
         if wanted(&at) {
-            let names = last_components(named(&mut d_path, d.fd.as_fd())?, depth);
+            let names = last_components(named(&mut d_path, d.fd.as_fd(), fd_path)?, depth);
             if let Some(found) = hit(at, names) {
                 return Ok(Some(found));
             }
@@ -763,7 +775,8 @@ pub(crate) fn walk_up<T>(
                 Err(e) => return Err(e.to_string()),
             };
             let there_st = sys::stat_fd(there.as_fd()).map_err(|e| e.to_string())?;
-            let below_here = last_components(named(&mut d_path, d.fd.as_fd())?, depth).to_vec();
+            let below_here =
+                last_components(named(&mut d_path, d.fd.as_fd(), fd_path)?, depth).to_vec();
             let mut there_path = None;
             let found = climb(there.as_fd(), there_st, Some(m.mnt_id), |st, up, _| {
                 let at = dir_id(st);
@@ -771,7 +784,7 @@ pub(crate) fn walk_up<T>(
                     return Ok(None);
                 }
                 let mut names =
-                    last_components(named(&mut there_path, there.as_fd())?, up).to_vec();
+                    last_components(named(&mut there_path, there.as_fd(), fd_path)?, up).to_vec();
                 if !names.is_empty() && !below_here.is_empty() {
                     names.push(b'/');
                 }
@@ -796,10 +809,10 @@ fn no_handles(errno: i32) -> bool {
 fn named<'c>(
     cache: &'c mut Option<Vec<u8>>,
     fd: BorrowedFd<'_>,
+    fd_path: FdPath<'_>,
 ) -> std::result::Result<&'c [u8], String> {
     if cache.is_none() {
-        let path =
-            sys::fd_path(fd).ok_or("its path could not be read from /proc/thread-self/fd")?;
+        let path = fd_path(fd).ok_or("its path could not be read from /proc/thread-self/fd")?;
         *cache = Some(std::os::unix::ffi::OsStringExt::into_vec(
             path.into_os_string(),
         ));
@@ -926,9 +939,9 @@ mod tests {
             fd,
             canonical: None,
         };
-        let walked = walk_up(&d, &[], |_| false, |_, _| None::<()>);
+        let walked = walk_up(&d, &[], &sys::fd_path, |_| false, |_, _| None::<()>);
         // Its path is longer than readlink gives: names cannot be compared.
-        let unnamed = walk_up(&d, &[], |_| true, |_, _| None::<()>);
+        let unnamed = walk_up(&d, &[], &sys::fd_path, |_| true, |_, _| None::<()>);
         let OpenedDir { mut fd, .. } = d;
         for _ in 0..MAX_WALK + 10 {
             let parent = openat(&fd, "..", dir, Mode::empty()).unwrap();
@@ -955,7 +968,14 @@ mod tests {
         std::fs::create_dir_all(&deepest).unwrap();
         let top_id = dir_id(&sys::stat_nofollow(sys::cwd(), &top).unwrap());
         let d = super::super::open_dir(&deepest, Role::Upper).unwrap();
-        let names = walk_up(&d, &[], |at| *at == top_id, |_, below| Some(below.to_vec())).unwrap();
+        let names = walk_up(
+            &d,
+            &[],
+            &sys::fd_path,
+            |at| *at == top_id,
+            |_, below| Some(below.to_vec()),
+        )
+        .unwrap();
         let mut p = deepest.as_path();
         while p != top.parent().unwrap() {
             std::fs::remove_dir(p).unwrap();

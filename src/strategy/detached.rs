@@ -689,7 +689,8 @@ fn claim_or_take_down(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .upper_owner;
-    match super::in_use::claim(upper, work, root.as_fd(), upper_owner) {
+    // Attached already (fsmount and move_mount, or mount(2) itself).
+    match super::in_use::claim(upper, work, root.as_fd(), upper_owner, || Ok(())) {
         Ok(()) => Ok(root),
         Err(refusal) => Err(taken_down(&root, target_path, refusal)),
     }

@@ -199,16 +199,21 @@ fn check_against_table(upper: &OpenedDir, work: &OpenedDir, table: &[MountEntry]
     Ok(())
 }
 
-/// Claims `upper` and `work` for the overlay whose root is `root`, just
-/// mounted. `Err` when another live overlay claimed either meanwhile: the
-/// caller takes its overlay down again. A pair whose filesystem takes no
-/// such xattr, or a kernel that gives no mount id, is not claimed.
+/// Claims `upper` and `work` for the overlay whose root is `root`, not
+/// attached yet, and attaches it (`attach`) while no other claim can come
+/// between. `Err`, and nothing attached, when another live overlay claimed
+/// either meanwhile. A pair whose filesystem takes no such xattr, or a
+/// kernel that gives no mount id, is not claimed (the overlay is attached
+/// all the same).
 ///
-/// Reading a claim and writing ours is one step to every other claimer:
-/// both dirs are locked (`flock`) meanwhile. Without the lock, two
+/// Reading a claim, writing ours and attaching is one step to every other
+/// claimer: both dirs are locked (`flock`) meanwhile. Without the lock, two
 /// overlays mounted at once on a pair used before both found the claim of
 /// a mount that is gone, both replaced it, and both stayed (seen in
-/// `race.rs`: about one round in fifty).
+/// `race.rs`: about one round in fifty). Attached before its claim, under
+/// a lock of its own, an overlay refused had to be taken down again, by
+/// its `/proc/thread-self/fd/N`, which a mount namespace entered for `-N`
+/// whose `/proc` is another pid namespace's does not show: it stayed.
 ///
 /// With `upper_owner` (`--chown-upper`'s container root), the upper's root
 /// is given that owner again, under the lock, should it have lost it:
@@ -220,13 +225,14 @@ pub(crate) fn claim(
     work: &OpenedDir,
     root: BorrowedFd<'_>,
     upper_owner: Option<(u32, u32)>,
+    attach: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let Some(ours) = mount_id_of(root) else {
-        return Ok(());
+        return attach();
     };
     let texts = [upper, work].map(|dir| claim_text(ours, role_word(dir)));
     let [Some(upper_text), Some(work_text)] = texts else {
-        return Ok(());
+        return attach();
     };
     let _locked = lock_pair(upper, work)?;
     claim_one(upper, &upper_text, ours)?;
@@ -238,7 +244,7 @@ pub(crate) fn claim(
             crate::mistakes::give_upper(upper, (uid, gid))?;
         }
     }
-    Ok(())
+    attach()
 }
 
 /// Runs `f` (`--chown-upper`'s chown) with `upper` locked as claims lock
