@@ -73,6 +73,16 @@ pub(crate) fn check_param(key: &str, value: Option<&str>, shown: &str) -> Result
             "sets the mount's source, which idoverlay sets itself (\"overlay\"); leave it out",
         ));
     }
+    if changes_what_is_mounted(key) {
+        return Err(Error::invalid(
+            "option",
+            shown,
+            "is util-linux's, applied to the mounts mount(8) makes itself, and idoverlay does \
+             not do it (ignored, the overlay would be mounted as if it were not given); leave \
+             it out and do it after the mount (a bind mount of the subdirectory, chown or \
+             chmod of the mount point)",
+        ));
+    }
     if key.len() > 255 || value.is_some_and(|v| v.len() > 255) {
         return Err(Error::invalid(
             "option",
@@ -106,6 +116,21 @@ fn is_userspace_only(key: &str) -> bool {
             | "async"
     ) || (key.starts_with("x-") || key.starts_with("X-"))
         && !key.eq_ignore_ascii_case("X-mount.idmap")
+        && !changes_what_is_mounted(key)
+}
+
+/// util-linux's options that change what a mount shows (a subdirectory of
+/// it, the owner or mode of its root), which mount(8) applies to its own
+/// mounts only: ignored, they would leave the overlay not as asked.
+fn changes_what_is_mounted(key: &str) -> bool {
+    [
+        "X-mount.subdir",
+        "X-mount.owner",
+        "X-mount.group",
+        "X-mount.mode",
+    ]
+    .iter()
+    .any(|k| key.eq_ignore_ascii_case(k))
 }
 
 /// Splits a mount option string at commas not escaped by a backslash; the

@@ -30,6 +30,26 @@ pub(crate) fn cases(f: &Fixtures, s: &Scratch, v: &mut Vec<Case>) {
         .names("\"ext4\"")
         .says("overlay"),
     );
+    // util-linux's options that change what is mounted: never ignored.
+    for (name, option) in [
+        ("subdir", "X-mount.subdir=etc"),
+        ("owner", "X-mount.owner=1000"),
+        ("group", "x-mount.group=1000"),
+        ("mode", "X-mount.mode=0700"),
+    ] {
+        v.push(
+            case(
+                &format!("mount8/x-mount-{name}"),
+                m8(
+                    "overlay",
+                    &format!("{lowerdir_two},uidmap={MAP},gidmap={MAP},{option}"),
+                ),
+            )
+            .names(option)
+            .says("idoverlay does not do it")
+            .refused_before_any_clone(),
+        );
+    }
     // Relative lowerdir= entries from the working directory, as mount(8)
     // and overlay take them (and as --lower takes them).
     v.push(
