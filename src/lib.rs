@@ -667,8 +667,11 @@ impl Overlay {
                     return Ok(mounted);
                 }
             }
-            self.assemble_with(req, chosen)?
-                .attach_to_fd(opened.fd.as_fd(), target)
+            self.assemble_with(req, chosen)?.attach_to_fd(
+                opened.fd.as_fd(),
+                target,
+                strategy::in_use::this_mount_ns(),
+            )
         })
     }
 
@@ -900,7 +903,8 @@ impl DetachedMount {
         if let Some(footprint) = &self.footprint {
             footprint.check_target(&opened)?;
         }
-        self.attach_to_fd(opened.fd.as_fd(), target)
+        let ns = strategy::in_use::this_mount_ns();
+        self.attach_to_fd(opened.fd.as_fd(), target, ns)
     }
 
     /// Attaches the overlay at `target` inside another mount namespace (a
@@ -924,6 +928,9 @@ impl DetachedMount {
         // without the boot id is no claim (a second overlay then mounted
         // on the pair in use).
         let _ = state::boot_id();
+        // The claim names the namespace the overlay is attached in, so that
+        // the check before an overlay is made, here, finds it there.
+        let ns_id = sys::mount_namespace_id(ns.as_fd());
         // The overlay's directories located here, by device and path on
         // their filesystem, which mean the same in every mount namespace;
         // the target located there, through a /proc that shows this
@@ -978,11 +985,17 @@ impl DetachedMount {
                     |fd: BorrowedFd<'_>| sys::fd_path_via(proc.as_fd(), Path::new(""), fd);
                 footprint.check_target_walk(&opened, &via_proc)?;
             }
-            self.attach_to_fd(opened.fd.as_fd(), target)
+            self.attach_to_fd(opened.fd.as_fd(), target, ns_id)
         })
     }
 
-    fn attach_to_fd(self, target_fd: BorrowedFd<'_>, target: &Path) -> Result<Mounted> {
+    /// Attaches at `target_fd`, in the mount namespace with id `mount_ns`.
+    fn attach_to_fd(
+        self,
+        target_fd: BorrowedFd<'_>,
+        target: &Path,
+        mount_ns: Option<u64>,
+    ) -> Result<Mounted> {
         let attach = || {
             sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
                 .map_err(|e| Error::os("attach the overlay at", Some(target), e))
@@ -990,9 +1003,14 @@ impl DetachedMount {
         match &self.pair {
             // Attached only once the pair is claimed for it: another
             // overlay that took the pair meanwhile refuses this one.
-            Some((upper, work)) => {
-                strategy::in_use::claim(upper, work, self.fd.as_fd(), self.upper_owner, attach)?
-            }
+            Some((upper, work)) => strategy::in_use::claim(
+                upper,
+                work,
+                self.fd.as_fd(),
+                self.upper_owner,
+                mount_ns,
+                attach,
+            )?,
             None => attach()?,
         }
         let mut description = self.description;

@@ -88,9 +88,7 @@ pub fn hand_over(item: Item) {
         // Not waited for: until the new thread has unshared its fs struct,
         // the fs-struct check sees a thread that shares the caller's, and
         // the next mount takes the slower path.
-        let builder = std::thread::Builder::new().name(format!("{}reap", crate::threads::PREFIX));
-        let spawned = crate::threads::with_signals_blocked(|| builder.spawn(run));
-        match spawned {
+        match crate::threads::spawn("reap", run) {
             Ok(_) => state.started = true,
             Err(_) => {
                 let queue = std::mem::take(&mut state.queue);

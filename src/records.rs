@@ -186,7 +186,7 @@ fn this_mount_ns() -> Option<u64> {
 
 /// This thread's mount namespace: its nsfs inode, and its 64-bit id when
 /// the kernel has one (6.7+), from one open of the namespace file.
-fn this_mount_ns_ids() -> Option<(u64, Option<u64>)> {
+pub(crate) fn this_mount_ns_ids() -> Option<(u64, Option<u64>)> {
     let fd = sys::open_read(sys::cwd(), Path::new("/proc/thread-self/ns/mnt")).ok()?;
     let inode = sys::stat_fd(fd.as_fd()).ok()?.ino;
     Some((inode, sys::mount_namespace_id(fd.as_fd())))

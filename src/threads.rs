@@ -27,18 +27,21 @@ pub fn with_signals_blocked<R>(spawn: impl FnOnce() -> R) -> R {
 /// Runs `f` on a new thread named `idoverlay-{name}` (signals blocked, see
 /// [`with_signals_blocked`]) and waits for it.
 pub fn run_on_thread<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        let builder = std::thread::Builder::new().name(format!("{PREFIX}{name}"));
-        with_signals_blocked(|| builder.spawn_scoped(scope, f))
-            .map_err(|e| spawn_error(name, e))?
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::internal(
-                    format!("thread {PREFIX}{name}"),
-                    "panicked",
-                ))
-            })
-    })
+    let thread = format!("{PREFIX}{name}");
+    with_signals_blocked(|| sys::thread::run(&thread, f))
+        .map_err(|e| spawn_error(name, e))?
+        .unwrap_or_else(|| Err(Error::internal(format!("thread {thread}"), "panicked")))
+}
+
+/// Starts a thread named `idoverlay-{name}` that runs `f` (signals blocked,
+/// see [`with_signals_blocked`]), not waited for. A glibc thread, not a
+/// `std::thread` (see `sys::thread`: a forked child must be able to start
+/// it).
+pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    let thread = format!("{PREFIX}{name}");
+    with_signals_blocked(|| sys::thread::spawn(&thread, Box::new(f)))
+        .map(drop)
+        .map_err(|e| spawn_error(name, e))
 }
 
 /// A thread that could not be started, as the `clone` that failed.

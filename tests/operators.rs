@@ -1633,20 +1633,43 @@ fn attaching_in_a_containers_mount_namespace_keeps_every_check() {
                     .work(&work)
                     .idmap(map.clone(), map.clone())
                     .state_dir(&state)
-                    .assemble()
-                    .unwrap()
             };
-            with_pair().attach_in_namespace(&ns, &t1).unwrap();
+            // The second made before the first is attached: its check found
+            // no claim yet, its attach finds the first's.
+            let first = with_pair().assemble().unwrap();
+            let second = with_pair().assemble().unwrap();
+            first.attach_in_namespace(&ns, &t1).unwrap();
             assert_eq!(overlays_in(&child), 1);
             let claim = rustix::fs::getxattr(&upper, "trusted.idoverlay.mount", &mut [0u8; 256])
                 .map_err(|e| format!("{e}"));
             assert!(claim.is_ok(), "the upper was not claimed there: {claim:?}");
-            let e = with_pair().attach_in_namespace(&ns, &t2).unwrap_err();
+            let e = second.attach_in_namespace(&ns, &t2).unwrap_err();
             assert!(e.to_string().contains("in use"), "{e}");
             assert_eq!(
                 overlays_in(&child),
                 1,
                 "the second overlay was attached there"
+            );
+            // What a copy-up in flight keeps in the first overlay's work/:
+            // a second overlay's superblock would empty it.
+            write_file(&work.join("work/#1f"), "in flight", 0o600, 0, 0);
+            // Seen from here, before a second overlay is made, as there.
+            let e = with_pair().assemble().unwrap_err();
+            assert!(
+                e.to_string().contains("in use")
+                    && e.to_string().contains("another mount namespace"),
+                "{e}"
+            );
+            let e = with_pair().mount(&t2).unwrap_err();
+            assert!(e.to_string().contains("in use"), "{e}");
+            assert!(
+                work.join("work/#1f").exists(),
+                "the first overlay's work/ was emptied"
+            );
+            assert_eq!(
+                overlays_in(&child),
+                1,
+                "a second overlay was attached there"
             );
             idoverlay::unmount_overlay_in_namespace(&ns, &t1, false).unwrap();
             let plain = || {

@@ -355,31 +355,25 @@ impl MountThread {
     fn start() -> Result<MountThread> {
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<MountJob>(1);
         let (result_tx, results) = std::sync::mpsc::sync_channel(1);
-        let builder = std::thread::Builder::new().name(format!("{}mount", crate::threads::PREFIX));
-        let spawned = crate::threads::with_signals_blocked(|| {
-            builder.spawn(move || {
-                // Its own working directory, before the job even arrives.
-                let own_fs = sys::unshare_fs();
-                // No job: the caller took another path.
-                let Ok(job) = job_rx.recv() else { return };
-                let result = (|| {
-                    own_fs.clone()?;
-                    if let Some(g) = job.cwd_group {
-                        sys::fchdir(job.clones.groups[g].as_fd())?;
-                    }
-                    if let Some((uid, gid)) = job.creator {
-                        crate::creds::assume_fs_ids(uid, gid)?;
-                    }
-                    Ok(sys::mount_overlay_legacy(&job.target, job.attrs, &job.data))
-                })();
-                let _ = result_tx.send(result);
-                drop(job.clones);
-            })
-        });
-        match spawned {
-            Ok(_) => Ok(MountThread { jobs, results }),
-            Err(e) => Err(crate::threads::spawn_error("mount", e)),
-        }
+        crate::threads::spawn("mount", move || {
+            // Its own working directory, before the job even arrives.
+            let own_fs = sys::unshare_fs();
+            // No job: the caller took another path.
+            let Ok(job) = job_rx.recv() else { return };
+            let result = (|| {
+                own_fs.clone()?;
+                if let Some(g) = job.cwd_group {
+                    sys::fchdir(job.clones.groups[g].as_fd())?;
+                }
+                if let Some((uid, gid)) = job.creator {
+                    crate::creds::assume_fs_ids(uid, gid)?;
+                }
+                Ok(sys::mount_overlay_legacy(&job.target, job.attrs, &job.data))
+            })();
+            let _ = result_tx.send(result);
+            drop(job.clones);
+        })?;
+        Ok(MountThread { jobs, results })
     }
 
     /// Hands the job over and waits for mount(2)'s result (the outer result
@@ -690,7 +684,8 @@ fn claim_or_take_down(
         .unwrap_or_else(|e| e.into_inner())
         .upper_owner;
     // Attached already (fsmount and move_mount, or mount(2) itself).
-    match super::in_use::claim(upper, work, root.as_fd(), upper_owner, || Ok(())) {
+    let ns = super::in_use::this_mount_ns();
+    match super::in_use::claim(upper, work, root.as_fd(), upper_owner, ns, || Ok(())) {
         Ok(()) => Ok(root),
         Err(refusal) => Err(taken_down(&root, target_path, refusal)),
     }

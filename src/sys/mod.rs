@@ -25,6 +25,7 @@ mod cred;
 mod fs;
 mod mount;
 mod ns;
+pub mod thread;
 
 pub use cred::*;
 pub use fs::*;
