@@ -670,7 +670,7 @@ impl Overlay {
             self.assemble_with(req, chosen)?.attach_to_fd(
                 opened.fd.as_fd(),
                 target,
-                strategy::in_use::this_mount_ns(),
+                strategy::in_use::this_mount_ns,
             )
         })
     }
@@ -903,8 +903,7 @@ impl DetachedMount {
         if let Some(footprint) = &self.footprint {
             footprint.check_target(&opened)?;
         }
-        let ns = strategy::in_use::this_mount_ns();
-        self.attach_to_fd(opened.fd.as_fd(), target, ns)
+        self.attach_to_fd(opened.fd.as_fd(), target, strategy::in_use::this_mount_ns)
     }
 
     /// Attaches the overlay at `target` inside another mount namespace (a
@@ -985,16 +984,17 @@ impl DetachedMount {
                     |fd: BorrowedFd<'_>| sys::fd_path_via(proc.as_fd(), Path::new(""), fd);
                 footprint.check_target_walk(&opened, &via_proc)?;
             }
-            self.attach_to_fd(opened.fd.as_fd(), target, ns_id)
+            self.attach_to_fd(opened.fd.as_fd(), target, || ns_id)
         })
     }
 
-    /// Attaches at `target_fd`, in the mount namespace with id `mount_ns`.
+    /// Attaches at `target_fd`, in the mount namespace whose id `mount_ns`
+    /// tells (asked only for a pair's claim).
     fn attach_to_fd(
         self,
         target_fd: BorrowedFd<'_>,
         target: &Path,
-        mount_ns: Option<u64>,
+        mount_ns: impl FnOnce() -> Option<u64>,
     ) -> Result<Mounted> {
         let attach = || {
             sys::move_mount(self.fd.as_fd(), target_fd, "".as_ref())
@@ -1008,7 +1008,7 @@ impl DetachedMount {
                 work,
                 self.fd.as_fd(),
                 self.upper_owner,
-                mount_ns,
+                mount_ns(),
                 attach,
             )?,
             None => attach()?,
