@@ -946,15 +946,17 @@ fn a_child_forked_while_idoverlay_holds_its_locks_never_waits_for_them() {
                     i += 1;
                 }
             });
-            // Starts and ends std threads all the time, as any program may:
+            // Start and end std threads all the time, as any program may:
             // std's own lock for them, copied held by a fork, stopped every
             // std thread a child started (1 child in about 30 runs, until
             // idoverlay's threads became glibc's, see `sys::thread`).
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::spawn(|| {}).join().unwrap();
-                }
-            });
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::spawn(|| {}).join().unwrap();
+                    }
+                });
+            }
             // Holds the staging namespace's lock while it makes it: settle
             // lets go of it every time.
             scope.spawn(|| {
