@@ -670,7 +670,7 @@ impl Overlay {
             self.assemble_with(req, chosen)?.attach_to_fd(
                 opened.fd.as_fd(),
                 target,
-                strategy::in_use::this_mount_ns,
+                strategy::in_use::this_mount_ns_id,
             )
         })
     }
@@ -903,7 +903,11 @@ impl DetachedMount {
         if let Some(footprint) = &self.footprint {
             footprint.check_target(&opened)?;
         }
-        self.attach_to_fd(opened.fd.as_fd(), target, strategy::in_use::this_mount_ns)
+        self.attach_to_fd(
+            opened.fd.as_fd(),
+            target,
+            strategy::in_use::this_mount_ns_id,
+        )
     }
 
     /// Attaches the overlay at `target` inside another mount namespace (a

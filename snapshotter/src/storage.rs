@@ -108,10 +108,12 @@ impl Storage {
         };
         let root_fd = sys::open_dir_abs(&root).map_err(|e| Error::io("opening", &root, e))?;
         let sub = |name: &str| -> Result<OwnedFd> {
-            match create.then(|| sys::mkdir(root_fd.as_fd(), name, 0o700)) {
-                None | Some(Ok(())) => {}
-                Some(Err(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Some(Err(e)) => return Err(Error::io("creating", root.join(name), e)),
+            if create {
+                match sys::mkdir(root_fd.as_fd(), name, 0o700) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(Error::io("creating", root.join(name), e)),
+                }
             }
             sys::open_dir_beneath(root_fd.as_fd(), name).map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) => missing(format!("it has no {name}/")),

@@ -684,7 +684,7 @@ fn claim_or_take_down(
         .unwrap_or_else(|e| e.into_inner())
         .upper_owner;
     // Attached already (fsmount and move_mount, or mount(2) itself).
-    let ns = super::in_use::this_mount_ns();
+    let ns = super::in_use::this_mount_ns_id();
     match super::in_use::claim(upper, work, root.as_fd(), upper_owner, ns, || Ok(())) {
         Ok(()) => Ok(root),
         Err(refusal) => Err(taken_down(&root, target_path, refusal)),

@@ -145,7 +145,7 @@ fn live_mount_point(claim: Claim) -> Option<Seen> {
 }
 
 /// The id of this thread's mount namespace (6.7+), which a claim names.
-pub(crate) fn this_mount_ns() -> Option<u64> {
+pub(crate) fn this_mount_ns_id() -> Option<u64> {
     crate::records::this_mount_ns_ids().and_then(|(_, id)| id)
 }
 

@@ -1,8 +1,8 @@
 //! Every system call idoverlay makes, as thin typed wrappers, by family:
-//! files and directories (`fs`), mounts (`mount`), namespaces, threads and
-//! the user-namespace helper (`ns`), credentials (`cred`). No policy lives
-//! here: what to open, when to lend a working directory or which
-//! capability to ask for is decided by the modules above.
+//! files and directories (`fs`), mounts (`mount`), namespaces and the
+//! user-namespace helper (`ns`), credentials (`cred`), threads (`thread`).
+//! No policy lives here: what to open, when to lend a working directory or
+//! which capability to ask for is decided by the modules above.
 //!
 //! This is the only module allowed `unsafe` (as in libpathrs, where
 //! `syscalls.rs` plays this role; the crate root denies it everywhere
